@@ -1,0 +1,1 @@
+"""Domains, accounts, mailboxes, credentials, ACL rights, alerts: pure data rules, no sockets."""

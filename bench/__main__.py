@@ -1,0 +1,276 @@
+"""`python -m bench`: set up Dovecot and cgpop on the same data, run the workloads, report.
+
+Each workload runs `reps` times per server, alternating the server order between repetitions,
+after one untimed warm-up per server (Dovecot builds its index files, cgpop its caches). The
+median of the valid runs is reported; a server with an invalid run in a workload is shown as
+INVALID for it. Raw figures and machine facts go to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import certs, cgpop_side, dovecot
+from bench.servers import RunningServer
+from bench.workloads import FULL, FULL_DATA, HEADLINE, QUICK, QUICK_DATA, WORKLOADS, Env, Run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NOFILE = 65536  # 10,000 idle sessions need one fd each here, and as many in the server
+# Memory per idle session barely moves between repetitions, and 10,000 logins take minutes.
+MAX_REPS = {"idle": 1}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small counts: a smoke run of ~1 min")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(WORKLOADS),
+        metavar="WORKLOAD",
+        help=f"run only this workload (repeatable): {', '.join(WORKLOADS)}",
+    )
+    p.add_argument("--server", choices=("dovecot", "cgpop", "both"), default="both")
+    p.add_argument(
+        "--dovecot-modes",
+        default="hp,default",
+        help="comma list of Dovecot configurations (hp, default)",
+    )
+    p.add_argument("--reps", type=int, help="repetitions per workload and server")
+    p.add_argument("--keep", action="store_true", help="keep the temporary run directory")
+    p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    return p.parse_args(argv)
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def server_nofile(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return " ".join(line.split()[3:5])
+    except OSError:
+        pass
+    return "?"
+
+
+def machine(dovecot_version: str | None) -> dict[str, Any]:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_GB": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "dovecot": dovecot_version,
+        "cgpop": cgpop_side.version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def median_figures(runs: list[Run]) -> dict[str, float] | None:
+    if not runs or not all(r.valid for r in runs):
+        return None
+    keys = runs[0].figures.keys()
+    return {k: statistics.median(r.figures[k] for r in runs if k in r.figures) for k in keys}
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
+
+
+def table(results: dict[str, dict[str, list[Run]]], labels: list[str]) -> str:
+    hp = "dovecot-hp"
+    cols = ["workload", "figure", *labels]
+    if "cgpop" in labels and hp in labels:
+        cols.append("cgpop/hp")
+    rows = [cols]
+    for wl, per_server in results.items():
+        medians = {lab: median_figures(per_server.get(lab, [])) for lab in labels}
+        for fig, higher in HEADLINE[wl]:
+            row = [wl, fig + (" ↑" if higher else " ↓")]
+            for lab in labels:
+                m, runs = medians[lab], per_server.get(lab, [])
+                if m is None:
+                    bad = sum(r.errors for r in runs)
+                    row.append(f"INVALID({bad})" if runs else "-")
+                else:
+                    row.append(fmt(m.get(fig)))
+            if len(cols) > len(row):
+                c, d = medians.get("cgpop"), medians.get(hp)
+                ok = c and d and fig in c and fig in d and d[fig]
+                row.append(f"{c[fig] / d[fig]:.2f}x" if ok and c and d else "-")
+            rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+async def run_all(
+    servers: list[RunningServer], env: Env, names: list[str], reps: int
+) -> dict[str, dict[str, list[Run]]]:
+    results: dict[str, dict[str, list[Run]]] = {}
+    for name in names:
+        wl = WORKLOADS[name]
+        per: dict[str, list[Run]] = {s.label: [] for s in servers}
+        results[name] = per
+        for s in servers:
+            warm = await wl(s, env, True)
+            if not warm.valid:
+                print(
+                    f"  {name} warm-up on {s.label}: {warm.errors} errors {warm.error_samples[:3]}",
+                    flush=True,
+                )
+        for rep in range(min(reps, MAX_REPS.get(name, reps))):
+            order = servers if rep % 2 == 0 else servers[::-1]
+            for s in order:
+                run = await wl(s, env, False)
+                per[s.label].append(run)
+                figs = ", ".join(f"{k}={fmt(v)}" for k, v in run.figures.items())
+                state = "ok" if run.valid else f"INVALID {run.errors} errors"
+                print(
+                    f"  {name:9} {s.label:16} rep {rep + 1}: {state}; {figs}; server cpu "
+                    f"{run.server_cpu_s:.2f}s, loadgen cpu {run.loadgen_cpu_s:.2f}s",
+                    flush=True,
+                )
+                for sample in run.error_samples[:3]:
+                    print(f"      {sample}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = args.only or list(WORKLOADS)
+    wanted = set(names)
+    scale = QUICK if args.quick else FULL
+    ds = QUICK_DATA if args.quick else FULL_DATA
+    reps = args.reps or scale.reps
+    nofile = raise_nofile()
+    use_dovecot = args.server in ("dovecot", "both")
+    use_cgpop = args.server in ("cgpop", "both")
+    exe = cgpop_side.executable() if use_cgpop else None
+    if use_cgpop and exe is None:
+        print(
+            "cgpop is not installed in this environment (pip install -e .); use --server dovecot",
+            file=sys.stderr,
+        )
+        return 2
+    dv_version = dovecot.ensure_installed() if use_dovecot else None
+
+    root = Path(tempfile.mkdtemp(prefix="cgpop-bench-"))
+    root.chmod(0o755)  # Dovecot's mail processes run as nobody and must reach the homes
+    cert, key = certs.make_cert(root)
+    env = Env(data=ds, scale=scale, tls=certs.client_context(cert))
+    servers: list[RunningServer] = []
+    setup: dict[str, float] = {}
+    print(f"run directory {root}; fd limit {nofile}", flush=True)
+    try:
+        if use_cgpop:
+            assert exe is not None
+            t0 = time.perf_counter()
+            conf, ports = cgpop_side.write_config(root / "cgpop", cert, key)
+            cgpop_side.create_accounts(exe, conf, ds, wanted)
+            setup["cgpop_accounts_s"] = time.perf_counter() - t0
+            srv = cgpop_side.start(exe, root / "cgpop", conf, ports)
+            servers.append(srv)
+            t0 = time.perf_counter()
+            asyncio.run(cgpop_side.load_messages(srv, ds, wanted))
+            setup["cgpop_lmtp_load_s"] = time.perf_counter() - t0
+        if use_dovecot:
+            t0 = time.perf_counter()
+            passwd = dovecot.populate(root / "dovecot-data", ds, wanted)
+            setup["dovecot_maildir_write_s"] = time.perf_counter() - t0
+            for mode in args.dovecot_modes.split(","):
+                servers.append(
+                    dovecot.start(mode.strip(), root / f"dovecot-{mode.strip()}", passwd, cert, key)
+                )
+        for s in servers:
+            s.info["nofile"] = server_nofile(s.pid)
+        print("setup: " + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()), flush=True)
+        results = asyncio.run(run_all(servers, env, names, reps))
+    finally:
+        for s in servers:
+            s.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    labels = [s.label for s in servers]
+    info = machine(dv_version)
+    print()
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    if use_dovecot:
+        print("Dovecot settings changed for the load test (both modes):")
+        for k, v in dovecot.LOADTEST_SETTINGS.items():
+            print(f"  {k} = {v}")
+        print("Dovecot high-performance mode adds:")
+        for k, v in dovecot.HP_SETTINGS.items():
+            print(f"  {k}: {v}")
+    if use_cgpop:
+        print("cgpop settings changed from its defaults:")
+        for k, v in cgpop_side.SETTINGS.items():
+            print(f"  {k} = {v}")
+    print(f"\nmedian of {reps} run(s); ↑ higher is better, ↓ lower is better")
+    print(table(results, labels))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "machine": info,
+        "quick": args.quick,
+        "reps": reps,
+        "setup_s": setup,
+        "scale": scale.__dict__
+        if hasattr(scale, "__dict__")
+        else {f: getattr(scale, f) for f in scale.__slots__},
+        "servers": {
+            s.label: {
+                "ports": s.ports.__dict__
+                if hasattr(s.ports, "__dict__")
+                else {f: getattr(s.ports, f) for f in s.ports.__slots__},
+                **s.info,
+            }
+            for s in servers
+        },
+        "dovecot_settings": {"both": dovecot.LOADTEST_SETTINGS, "hp": dovecot.HP_SETTINGS},
+        "cgpop_settings": cgpop_side.SETTINGS,
+        "results": {
+            wl: {
+                lab: {"median": median_figures(runs), "runs": [r.as_dict() for r in runs]}
+                for lab, runs in per.items()
+            }
+            for wl, per in results.items()
+        },
+    }
+    args.out.write_text(json.dumps(doc, indent=2))
+    print(f"\nraw figures: {args.out}")
+    invalid = any(not r.valid for per in results.values() for runs in per.values() for r in runs)
+    return 1 if invalid else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""What the workloads need to know about a running server, and small process helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+@dataclass(slots=True)
+class Endpoints:
+    pop3: int
+    pop3s: int | None  # implicit TLS port, None when the server has none yet
+    lmtp: int | None
+
+
+@dataclass(slots=True)
+class RunningServer:
+    """A started server: its label, the pid at the root of its process tree, its ports."""
+
+    label: str
+    proc: subprocess.Popen[bytes]
+    ports: Endpoints
+    log: Path
+    info: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def free_port() -> int:
+    """A port the kernel considers free now (bind to :0, read it, close)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_greeting(
+    port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0
+) -> None:
+    """Block until the port answers with a line, or fail with the server's log tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            with socket.create_connection((HOST, port), timeout=2) as s:
+                if s.recv(512):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)  # an external process: nothing to wait on but the port itself
+    raise RuntimeError(f"no greeting on port {port} within {timeout}s:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"

@@ -1,0 +1,380 @@
+"""The `cgpop` command: `serve`, and the administration of domains, accounts, mailboxes,
+routes and delivery. Each subcommand takes `-c/--config`; listings take `--json`.
+
+Exit codes: 0 success, 1 a refused operation (clear message on stderr), 2 usage or
+configuration error. `deliver` uses sendmail's codes (0, 65, 67, 75; sysexits.h).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from accounts.credentials import make_credentials
+from accounts.names import normalize_account, normalize_domain, validate_mailbox
+from cgpop import __version__
+from cgpop import config as configmod
+from cgpop.store.api import StoreError
+from cgpop.store.sqlite import SqliteStore
+
+EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
+EX_DATAERR, EX_NOUSER, EX_TEMPFAIL = 65, 67, 75
+
+
+class CliError(Exception):
+    def __init__(self, text: str, code: int = EX_FAIL) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+Command = Callable[[argparse.Namespace, configmod.Config], int]
+COMMANDS: dict[tuple[str, ...], Command] = {}
+
+
+def command(*path: str) -> Callable[[Command], Command]:
+    def deco(fn: Command) -> Command:
+        COMMANDS[path] = fn
+        return fn
+
+    return deco
+
+
+def open_store(cfg: configmod.Config) -> SqliteStore:
+    return SqliteStore(cfg.server.data_dir,
+                       duplicate_window=cfg.delivery.duplicate_window
+                       if cfg.delivery.duplicate_suppression else None)
+
+
+def split_address(text: str) -> tuple[str, str]:
+    """`name@domain` -> (domain, name), normalised; a clear CliError otherwise."""
+    name, sep, domain = text.rpartition("@")
+    if not sep or not name or not domain:
+        raise CliError(f"expected NAME@DOMAIN, got {text!r}", EX_USAGE)
+    try:
+        return normalize_domain(domain), normalize_account(name)
+    except ValueError as exc:
+        raise CliError(f"{text}: {exc}", EX_USAGE) from None
+
+
+def out(args: argparse.Namespace, rows: Any, text: Callable[[], Sequence[str]]) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        for line in text():
+            print(line)
+    return EX_OK
+
+
+def read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+    elif args.password is not None:
+        password = args.password
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+    else:
+        raise CliError("give --password-stdin or --password", EX_USAGE)
+    if not password:
+        raise CliError("empty password refused", EX_USAGE)
+    if len(password) > 1024:
+        raise CliError("password longer than 1024 characters refused", EX_USAGE)
+    return password
+
+
+# --- serve ---
+@command("serve")
+def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    from cgpop import logs
+    from cgpop.server import Gateway
+
+    logs.setup(cfg.server.log_level, cfg.server.syslog)
+
+    async def main() -> None:
+        gw = Gateway(cfg)
+        await gw.serve_forever()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    return EX_OK
+
+
+# --- domains ---
+@command("domain", "add")
+def cmd_domain_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    open_store(cfg).add_domain(_domain(args.name))
+    return EX_OK
+
+
+@command("domain", "remove")
+def cmd_domain_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    open_store(cfg).remove_domain(_domain(args.name))
+    return EX_OK
+
+
+@command("domain", "list")
+def cmd_domain_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    names = open_store(cfg).list_domains()
+    return out(args, names, lambda: names)
+
+
+@command("domain", "alias", "add")
+def cmd_alias_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    open_store(cfg).add_domain_alias(_domain(args.alias), _domain(args.domain))
+    return EX_OK
+
+
+@command("domain", "alias", "remove")
+def cmd_alias_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    open_store(cfg).remove_domain_alias(_domain(args.alias), _domain(args.domain))
+    return EX_OK
+
+
+@command("domain", "alias", "list")
+def cmd_alias_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    pairs = open_store(cfg).list_domain_aliases()
+    rows = [{"alias": a, "domain": d} for a, d in pairs]
+    return out(args, rows, lambda: [f"{a} -> {d}" for a, d in pairs])
+
+
+def _domain(text: str) -> str:
+    try:
+        return normalize_domain(text)
+    except ValueError as exc:
+        raise CliError(f"{text}: {exc}", EX_USAGE) from None
+
+
+# --- accounts ---
+@command("account", "add")
+def cmd_account_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    domain, name = split_address(args.address)
+    creds = make_credentials(read_password(args), shared_secret=args.shared_secret)
+    open_store(cfg).add_account(domain, name, creds)
+    return EX_OK
+
+
+@command("account", "passwd")
+def cmd_account_passwd(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    domain, name = split_address(args.address)
+    creds = make_credentials(read_password(args), shared_secret=args.shared_secret)
+    open_store(cfg).set_credentials(domain, name, creds)
+    return EX_OK
+
+
+@command("account", "remove")
+def cmd_account_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    domain, name = split_address(args.address)
+    open_store(cfg).remove_account(domain, name)
+    return EX_OK
+
+
+@command("account", "list")
+def cmd_account_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    names = open_store(cfg).list_accounts(_domain(args.domain) if args.domain else None)
+    return out(args, names, lambda: names)
+
+
+# --- mailboxes ---
+def _mailbox(text: str) -> str:
+    try:
+        return validate_mailbox(text)
+    except ValueError as exc:
+        raise CliError(f"mailbox {text!r}: {exc}", EX_USAGE) from None
+
+
+@command("mailbox", "add")
+def cmd_mailbox_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    domain, name = split_address(args.address)
+    open_store(cfg).add_mailbox(domain, name, _mailbox(args.mailbox))
+    return EX_OK
+
+
+@command("mailbox", "remove")
+def cmd_mailbox_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    domain, name = split_address(args.address)
+    open_store(cfg).remove_mailbox(domain, name, _mailbox(args.mailbox))
+    return EX_OK
+
+
+@command("mailbox", "list")
+def cmd_mailbox_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    domain, name = split_address(args.address)
+    names = open_store(cfg).list_mailboxes(domain, name)
+    return out(args, names, lambda: names)
+
+
+@command("mailbox", "show")
+def cmd_mailbox_show(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    domain, name = split_address(args.address)
+    store = open_store(cfg)
+    mailbox = store.get_mailbox(domain, name, _mailbox(args.mailbox))
+    if mailbox is None:
+        raise CliError(f"no mailbox {args.mailbox} for {name}@{domain}")
+    msgs = store.list_messages(mailbox)
+    rows = [{"uid": m.uid, "uidl": m.uidl, "size": m.size, "flags": list(m.flags),
+             "x_real_to": m.x_real_to, "internal_date": m.internal_date} for m in msgs]
+    return out(args, rows, lambda: [
+        f"{m.uid:>8} {m.uidl:<20} {m.size:>9} {' '.join(m.flags) or '-':<16} {m.x_real_to or '-'}"
+        for m in msgs])
+
+
+# --- routes ---
+@command("route", "add")
+def cmd_route_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    from router.table import validate_route
+
+    try:
+        pattern, target = validate_route(args.pattern, args.target)
+    except ValueError as exc:
+        raise CliError(f"route {args.pattern} -> {args.target}: {exc}", EX_USAGE) from None
+    open_store(cfg).add_route(pattern, target)
+    return EX_OK
+
+
+@command("route", "remove")
+def cmd_route_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    from router.table import parse_pattern
+
+    try:
+        pattern = str(parse_pattern(args.pattern))
+    except ValueError as exc:
+        raise CliError(f"route {args.pattern}: {exc}", EX_USAGE) from None
+    open_store(cfg).remove_route(pattern)
+    return EX_OK
+
+
+@command("route", "list")
+def cmd_route_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    pairs = open_store(cfg).list_routes()
+    rows = [{"pattern": p, "target": t} for p, t in pairs]
+    return out(args, rows, lambda: [f"{p} -> {t}" for p, t in pairs])
+
+
+# --- delivery ---
+@command("deliver")
+def cmd_deliver(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    from cgpop.delivery import Deliverer, Status
+
+    limit = cfg.lmtp.max_message_size
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise CliError(f"message larger than lmtp.max_message_size ({limit} octets)", EX_DATAERR)
+    if not data.strip():
+        raise CliError("empty message on standard input", EX_DATAERR)
+    store = open_store(cfg)
+    deliverer = Deliverer(store, default_domain=cfg.server.default_domain,
+                          real_to_header=cfg.pop3.real_to_header)
+    results = deliverer.deliver(args.sender, args.recipients, data)
+    code = EX_OK
+    for r in results:
+        if r.status in (Status.DELIVERED, Status.DUPLICATE):
+            continue
+        print(f"cgpop deliver: {r.lmtp_reply}", file=sys.stderr)
+        if r.status is Status.TEMPORARY:
+            code = EX_TEMPFAIL
+        elif code == EX_OK:
+            code = EX_NOUSER
+    return code
+
+
+# --- the parser ---
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                        help="TOML configuration file (default: $CGPOP_CONFIG, else built-in)")
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="cgpop", parents=[common],
+                                     description="cgpop: a multi-account POP3 gateway")
+    parser.add_argument("--version", action="version", version=f"cgpop {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def group(name: str, help_: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        p = sub.add_parser(name, help=help_, parents=[common])
+        return p.add_subparsers(dest="sub", required=True, metavar="ACTION")
+
+    sub.add_parser("serve", parents=[common], help="run the gateway (POP3 and LMTP listeners)")
+
+    d = group("domain", "manage domains")
+    d.add_parser("add", parents=[common]).add_argument("name")
+    d.add_parser("remove", parents=[common]).add_argument("name")
+    d.add_parser("list", parents=[common, listing])
+    da = d.add_parser("alias", parents=[common], help="domain aliases").add_subparsers(
+        dest="sub2", required=True, metavar="ACTION")
+    for action in ("add", "remove"):
+        p = da.add_parser(action, parents=[common])
+        p.add_argument("alias")
+        p.add_argument("domain")
+    da.add_parser("list", parents=[common, listing])
+
+    a = group("account", "manage accounts")
+    for action in ("add", "passwd"):
+        p = a.add_parser(action, parents=[common])
+        p.add_argument("address", metavar="NAME@DOMAIN")
+        pw = p.add_mutually_exclusive_group()
+        pw.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+        pw.add_argument("--password", metavar="PW", help="the password (visible in ps!)")
+        p.add_argument("--shared-secret", action="store_true",
+                       help="also keep a plaintext-equivalent secret, for APOP and CRAM-MD5")
+    a.add_parser("remove", parents=[common]).add_argument("address", metavar="NAME@DOMAIN")
+    a.add_parser("list", parents=[common, listing]).add_argument("domain", nargs="?")
+
+    m = group("mailbox", "manage mailboxes")
+    for action in ("add", "remove"):
+        p = m.add_parser(action, parents=[common])
+        p.add_argument("address", metavar="NAME@DOMAIN")
+        p.add_argument("mailbox")
+    m.add_parser("list", parents=[common, listing]).add_argument("address", metavar="NAME@DOMAIN")
+    p = m.add_parser("show", parents=[common, listing])
+    p.add_argument("address", metavar="NAME@DOMAIN")
+    p.add_argument("mailbox")
+
+    r = group("route", "manage the routing table")
+    p = r.add_parser("add", parents=[common])
+    p.add_argument("pattern")
+    p.add_argument("target")
+    r.add_parser("remove", parents=[common]).add_argument("pattern")
+    r.add_parser("list", parents=[common, listing])
+
+    p = sub.add_parser("deliver", parents=[common], help="deliver a message from stdin")
+    p.add_argument("--from", dest="sender", default="", metavar="SENDER")
+    p.add_argument("recipients", nargs="+", metavar="RCPT")
+    for extend in EXTENSIONS:
+        extend(sub, common, listing)
+    return parser
+
+
+Extension = Callable[[Any, argparse.ArgumentParser, argparse.ArgumentParser], None]
+EXTENSIONS: list[Extension] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = configmod.load(getattr(args, "config", None))
+    except configmod.ConfigError as exc:
+        print(f"cgpop: configuration error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    path = tuple(x for x in (args.cmd, getattr(args, "sub", None), getattr(args, "sub2", None))
+                 if x)
+    fn = COMMANDS[path]
+    try:
+        return fn(args, cfg)
+    except CliError as exc:
+        print(f"cgpop: {exc}", file=sys.stderr)
+        return exc.code
+    except StoreError as exc:
+        print(f"cgpop: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL if args.cmd == "deliver" else EX_FAIL
+    except KeyboardInterrupt:
+        return 130

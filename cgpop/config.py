@@ -1,0 +1,314 @@
+"""Configuration: one TOML file loaded once into frozen dataclasses (STYLE rule 10).
+
+Every key is validated here; an error names the file, the key and the reason, before any
+listener opens. `conf/cgpop.toml` documents every key with its default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - tomli only where tomllib is missing
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """A bad configuration file or key. The text is meant for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    hostname: str = "localhost"
+    data_dir: Path = Path("cgpop-data")
+    default_domain: str = "example.com"
+    # Accounts allowed to act for others (SASL PLAIN authzid) and with `la` on every mailbox.
+    admins: tuple[str, ...] = ()
+    # Bound on how long sessions get to finish at SIGTERM before they are cancelled.
+    shutdown_grace: float = 10.0
+    log_level: str = "INFO"
+    syslog: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pop3Config:
+    listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 1100),)
+    tls_listen: tuple[Endpoint, ...] = ()
+    # RFC 1939 section 3: the autologout timer "MUST be of at least 10 minutes".
+    idle_timeout: float = 600.0
+    # RFC 2449 section 4 limits command lines to 255 octets; we accept up to this many and then
+    # answer one -ERR for the whole overlong line.
+    max_line: int = 1024
+    max_bad_commands: int = 20
+    max_auth_failures: int = 3
+    plaintext_auth: str = "tls"
+    # Show the APOP timestamp in the greeting. Off by default: clients such as curl switch to
+    # APOP whenever they see it, and only accounts with --shared-secret can use APOP.
+    apop: bool = False
+    max_channels: int = 1000
+    max_per_ip: int = 100
+    max_per_account: int = 50
+    proxy_from: tuple[str, ...] = ()
+    # Header whose value selects messages for an individual-name login.
+    real_to_header: str = "X-Real-To"
+    # Domain bound to a listener address ("127.0.0.2:110" = "client1.com").
+    listener_domains: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LmtpConfig:
+    listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 2400),)
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    # Cyrus-style duplicate suppression: same Message-ID to the same recipient within the window.
+    duplicate_suppression: bool = True
+    duplicate_window: float = 3 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class XtndConfig:
+    enabled: bool = True
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    relay: str = ""
+    relay_starttls: bool = False
+    relay_user: str = ""
+    relay_password: str = ""
+    max_queue_age: float = 5 * 24 * 3600.0
+    allowed_from: tuple[str, ...] = ()
+    rate_messages_per_hour: int = 200
+    rate_recipients_per_hour: int = 1000
+    dns_servers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
+    lmtp: LmtpConfig = field(default_factory=LmtpConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    xtnd: XtndConfig = field(default_factory=XtndConfig)
+    source: str = "<built-in defaults>"
+
+    @property
+    def db_path(self) -> Path:
+        return self.server.data_dir / "cgpop.sqlite3"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """`host:port` or `[v6]:port`."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return Endpoint(host, int(port))
+
+
+class _Section:
+    """Typed reads from one TOML table, each error naming file and key."""
+
+    def __init__(self, source: str, name: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        self.source, self.name, self.data = source, name, dict(data)
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.name}.{key}: {reason}")
+
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data.pop(key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(key, f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    def positive(self, key: str, kind: type, default: Any) -> Any:
+        value = self.get(key, kind, default)
+        if value <= 0:
+            raise self.fail(key, "must be positive")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, None)
+        if value is None:
+            return default
+        if not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "expected a list of strings")
+        return tuple(value)
+
+    def endpoints(self, key: str, default: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        try:
+            return tuple(parse_endpoint(v) for v in self.strings(key, ()))
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def done(self) -> None:
+        if self.data:
+            raise self.fail(sorted(self.data)[0], "unknown key")
+
+
+_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd")
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the file named by `path`, else `$CGPOP_CONFIG`, else the built-in defaults."""
+    if path is None:
+        path = os.environ.get("CGPOP_CONFIG") or None
+    if path is None:
+        return Config()
+    source = str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return from_dict(raw, source=source, base=Path(source).resolve().parent)
+
+
+def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>", base: Path | None = None) -> Config:
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: [{unknown[0]}]: unknown section")
+    sec = {name: _Section(source, name, raw.get(name, {})) for name in _SECTIONS}
+    base = base or Path.cwd()
+
+    def path_of(s: _Section, key: str, default: Path | None) -> Path | None:
+        value = s.get(key, str, None)
+        if value is None:
+            return default
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+
+    s = sec["server"]
+    d = ServerConfig()
+    data_dir = path_of(s, "data_dir", None)
+    server = ServerConfig(
+        hostname=s.get("hostname", str, d.hostname),
+        data_dir=data_dir if data_dir is not None else d.data_dir,
+        default_domain=s.get("default_domain", str, d.default_domain).lower(),
+        admins=tuple(a.lower() for a in s.strings("admins", d.admins)),
+        shutdown_grace=s.positive("shutdown_grace", float, d.shutdown_grace),
+        log_level=s.get("log_level", str, d.log_level).upper(),
+        syslog=s.get("syslog", bool, d.syslog),
+    )
+    if server.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise s.fail("log_level", "expected DEBUG, INFO, WARNING or ERROR")
+    s.done()
+
+    p = sec["pop3"]
+    dp = Pop3Config()
+    idle = p.positive("idle_timeout", float, dp.idle_timeout)
+    if idle < 600:
+        raise p.fail("idle_timeout", "RFC 1939 requires at least 600 seconds")
+    plaintext = p.get("plaintext_auth", str, dp.plaintext_auth)
+    if plaintext not in ("tls", "always"):
+        raise p.fail("plaintext_auth", 'expected "tls" or "always"')
+    max_line = p.positive("max_line", int, dp.max_line)
+    if not 255 <= max_line <= 65536:
+        raise p.fail("max_line", "must be between 255 (RFC 2449) and 65536")
+    domains = p.get("listener_domains", dict, {})
+    for k, v in domains.items():
+        if not isinstance(v, str):
+            raise p.fail(f"listener_domains.{k}", "expected a domain name")
+    pop3 = Pop3Config(
+        listen=p.endpoints("listen", dp.listen) if "listen" in p.data else dp.listen,
+        tls_listen=p.endpoints("tls_listen", dp.tls_listen),
+        idle_timeout=idle,
+        max_line=max_line,
+        max_bad_commands=p.positive("max_bad_commands", int, dp.max_bad_commands),
+        max_auth_failures=p.positive("max_auth_failures", int, dp.max_auth_failures),
+        plaintext_auth=plaintext,
+        apop=p.get("apop", bool, dp.apop),
+        max_channels=p.positive("max_channels", int, dp.max_channels),
+        max_per_ip=p.positive("max_per_ip", int, dp.max_per_ip),
+        max_per_account=p.positive("max_per_account", int, dp.max_per_account),
+        proxy_from=p.strings("proxy_from", dp.proxy_from),
+        real_to_header=p.get("real_to_header", str, dp.real_to_header),
+        listener_domains={k: v.lower() for k, v in domains.items()},
+    )
+    p.done()
+
+    m = sec["lmtp"]
+    dm = LmtpConfig()
+    lmtp = LmtpConfig(
+        listen=m.endpoints("listen", dm.listen) if "listen" in m.data else dm.listen,
+        max_message_size=m.positive("max_message_size", int, dm.max_message_size),
+        max_recipients=m.positive("max_recipients", int, dm.max_recipients),
+    )
+    m.done()
+
+    v = sec["delivery"]
+    dv = DeliveryConfig()
+    delivery = DeliveryConfig(
+        duplicate_suppression=v.get("duplicate_suppression", bool, dv.duplicate_suppression),
+        duplicate_window=v.positive("duplicate_window", float, dv.duplicate_window),
+    )
+    v.done()
+
+    t = sec["tls"]
+    tls = TlsConfig(cert=path_of(t, "cert", None), key=path_of(t, "key", None))
+    if (tls.cert is None) != (tls.key is None):
+        raise t.fail("cert" if tls.cert is None else "key", "cert and key go together")
+    t.done()
+    if pop3.tls_listen and tls.cert is None:
+        raise ConfigError(f"{source}: pop3.tls_listen: needs [tls] cert and key")
+
+    x = sec["xtnd"]
+    dx = XtndConfig()
+    xtnd = XtndConfig(
+        enabled=x.get("enabled", bool, dx.enabled),
+        max_message_size=x.positive("max_message_size", int, dx.max_message_size),
+        max_recipients=x.positive("max_recipients", int, dx.max_recipients),
+        relay=x.get("relay", str, dx.relay),
+        relay_starttls=x.get("relay_starttls", bool, dx.relay_starttls),
+        relay_user=x.get("relay_user", str, dx.relay_user),
+        relay_password=x.get("relay_password", str, dx.relay_password),
+        max_queue_age=x.positive("max_queue_age", float, dx.max_queue_age),
+        allowed_from=tuple(a.lower() for a in x.strings("allowed_from", dx.allowed_from)),
+        rate_messages_per_hour=x.positive("rate_messages_per_hour", int, dx.rate_messages_per_hour),
+        rate_recipients_per_hour=x.positive(
+            "rate_recipients_per_hour", int, dx.rate_recipients_per_hour
+        ),
+        dns_servers=x.strings("dns_servers", dx.dns_servers),
+    )
+    if xtnd.relay:
+        try:
+            parse_endpoint(xtnd.relay)
+        except ValueError as exc:
+            raise x.fail("relay", str(exc)) from None
+    x.done()
+
+    return Config(server, pop3, lmtp, delivery, tls, xtnd, source)

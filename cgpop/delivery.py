@@ -1,0 +1,118 @@
+"""Local delivery: one code path for LMTP, `cgpop deliver` and XTND XMIT local recipients.
+
+Each recipient is resolved through router/; every copy gets `Return-Path:` and
+`X-Real-To: <recipient as given>` on top (CommuniGate's local delivery), and all copies of one
+delivery share one stored body. Blocking: run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from cgpop.store.api import Copy, Store, StoreError, TemporaryFailure
+from router.resolve import resolve_recipient
+from router.route import Route, RouteError
+
+log = logging.getLogger("cgpop.delivery")
+
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+class Status(Enum):
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"
+    UNKNOWN = "unknown"  # LMTP 550, deliver exit 67
+    REFUSED = "refused"  # the mailbox does not accept posting: LMTP 550, exit 67
+    TEMPORARY = "temporary"  # LMTP 451, deliver exit 75
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    recipient: str
+    status: Status
+    detail: str = ""
+
+    @property
+    def lmtp_reply(self) -> str:
+        if self.status is Status.DELIVERED:
+            return f"250 2.0.0 <{self.recipient}> delivered"
+        if self.status is Status.DUPLICATE:
+            return f"250 2.0.0 <{self.recipient}> duplicate suppressed"
+        if self.status is Status.TEMPORARY:
+            return f"451 4.3.0 <{self.recipient}> temporary failure, try again later"
+        if self.status is Status.REFUSED:
+            return f"550 5.7.1 <{self.recipient}> mailbox does not accept mail"
+        return f"550 5.1.1 <{self.recipient}> no such user"
+
+
+def message_id(message: bytes) -> str | None:
+    end = _HEADER_END.search(message)
+    header = message[: end.start()] if end else message
+    found = _MESSAGE_ID.search(header)
+    if found is None:
+        return None
+    value = re.sub(rb"\s+", b"", found.group(1)).decode("ascii", "replace")
+    return value[:998] or None
+
+
+def _clean(address: str) -> str:
+    # The prefix is a header line: never let an envelope address smuggle a line break in.
+    return re.sub(r"[\x00-\x1f\x7f<>]", "", address)[:320]
+
+
+class Deliverer:
+    def __init__(self, store: Store, *, default_domain: str, real_to_header: str = "X-Real-To",
+                 may_post: object = None) -> None:
+        self.store = store
+        self.default_domain = default_domain
+        self.real_to_header = real_to_header
+
+    def resolve(self, recipient: str) -> Route | None:
+        try:
+            return resolve_recipient(recipient, default_domain=self.default_domain,
+                                     directory=self.store)
+        except (RouteError, ValueError):
+            return None
+
+    def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+        results: list[Result | None] = []
+        copies: list[Copy] = []
+        slots: list[int] = []
+        mid = message_id(message)
+        for rcpt in recipients:
+            route = self.resolve(rcpt)
+            if route is None:
+                results.append(Result(rcpt, Status.UNKNOWN))
+                continue
+            mailbox = self.store.get_mailbox(route.domain, route.account, route.mailbox)
+            if mailbox is None:
+                results.append(Result(rcpt, Status.UNKNOWN))
+                continue
+            prefix = (f"Return-Path: <{_clean(sender)}>\r\n"
+                      f"{self.real_to_header}: <{_clean(rcpt)}>\r\n").encode("utf-8")
+            copies.append(Copy(mailbox.id, prefix, _clean(rcpt), route.individual, mid,
+                               f"{mailbox.id}/{route.individual or ''}"))
+            slots.append(len(results))
+            results.append(None)
+        if copies:
+            try:
+                stored = self.store.deliver(message, copies)
+            except TemporaryFailure as exc:
+                log.warning("delivery failed temporarily: %s", exc)
+                stored = None
+            except (StoreError, OSError) as exc:
+                log.error("delivery failed: %s", exc)
+                stored = None
+            for n, slot in enumerate(slots):
+                rcpt = recipients[slot]
+                if stored is None:
+                    results[slot] = Result(rcpt, Status.TEMPORARY)
+                else:
+                    results[slot] = Result(rcpt, Status.DELIVERED if stored[n] else
+                                           Status.DUPLICATE)
+        return [r for r in results if r is not None]

@@ -1,0 +1,81 @@
+"""The LMTP listener (RFC 2033): a real MTA (Postfix, Exim) delivers into cgpop here.
+
+aiosmtpd supplies the protocol machinery (LHLO, the DATA reader with its size limit, the
+SMTP-smuggling-safe end of data); this module supplies one reply per recipient after DATA,
+RFC 2033 section 4.2, with each recipient's fate from the shared delivery path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import Envelope
+from aiosmtpd.smtp import Session as SmtpSession
+
+from cgpop.config import Endpoint
+from cgpop.logs import SessionLog
+
+if TYPE_CHECKING:
+    from cgpop.server import Gateway
+
+log = logging.getLogger("cgpop")
+_ids = itertools.count(1)
+
+
+class _Handler:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    def _log(self, session: SmtpSession) -> SessionLog:
+        if not hasattr(session, "cgpop_id"):
+            session.cgpop_id = f"{os.getpid():x}-l{next(_ids)}"  # type: ignore[attr-defined]
+        peer = session.peer if isinstance(session.peer, str) else "%s:%s" % tuple(
+            session.peer[:2]) if session.peer else "?"
+        return SessionLog(log, "LMTP", session.cgpop_id, peer)  # type: ignore[attr-defined]
+
+    async def handle_RCPT(self, server: LMTP, session: SmtpSession, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.gw.config.lmtp.max_recipients:
+            return "452 4.5.3 too many recipients"
+        # Refuse unknown users at RCPT so the MTA bounces them at once (RFC 2033 section 4.2).
+        route = await self.gw.read(self.gw.deliverer.resolve, address)
+        if route is None:
+            self._log(session).info("unknown recipient %s", address[:200])
+            return f"550 5.1.1 <{address}> no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 recipient ok"
+
+    async def handle_DATA(self, server: LMTP, session: SmtpSession, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        if isinstance(content, str):  # pragma: no cover - decode_data is off
+            content = content.encode("utf-8", "surrogateescape")
+        sender = envelope.mail_from or ""
+        results = await self.gw.write(self.gw.deliverer.deliver, sender, envelope.rcpt_tos,
+                                      content)
+        slog = self._log(session)
+        for r in results:
+            slog.info("from=<%s> to=<%s> size=%d %s", sender[:200], r.recipient[:200],
+                      len(content), r.status.value)
+        # aiosmtpd writes the returned status and CRLF: joined lines give one reply each.
+        return "\r\n".join(r.lmtp_reply for r in results)
+
+
+async def start_lmtp(gw: Gateway, ep: Endpoint) -> asyncio.Server:
+    handler = _Handler(gw)
+    limit = gw.config.lmtp.max_message_size
+    hostname = gw.config.server.hostname
+
+    def factory() -> Any:
+        return LMTP(handler, hostname=hostname, ident="cgpop LMTP", data_size_limit=limit,
+                    enable_SMTPUTF8=True, decode_data=False)
+
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.create_server(factory, ep.host, ep.port, reuse_address=True)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {ep} for lmtp: {exc.strerror}") from None

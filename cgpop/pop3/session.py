@@ -1,0 +1,310 @@
+"""One POP3 session as a pure state machine: a line in, events out (STYLE rules 1-5).
+
+The maildrop snapshot taken at login lives here, so STAT, LIST, UIDL, DELE and RSET are pure
+functions of it; RETR/TOP/QUIT and logins are handed to the shell as work events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from cgpop.errors import Pop3Error, Pop3Fatal
+from cgpop.pop3.events import (
+    Close,
+    Commit,
+    Event,
+    Grant,
+    LoginOutcome,
+    PasswordLogin,
+    Send,
+    SendMessage,
+    StartTls,
+)
+from cgpop.pop3.grammar import Value, parse_args
+from cgpop.pop3.states import LEGAL, State
+from cgpop.store.api import Snapshot
+
+IMPLEMENTATION = "cgpop"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What this connection allows right now; the shell rebuilds it when TLS starts."""
+
+    hostname: str
+    # "<...@host>" timestamp of RFC 1939 section 7, shown in the greeting; "" when APOP is off.
+    apop_banner: str = ""
+    plaintext_allowed: bool = True
+    stls_available: bool = False
+    tls_active: bool = False
+    sasl_mechanisms: tuple[str, ...] = ()
+    xtnd_enabled: bool = False
+    max_bad_commands: int = 20
+    max_auth_failures: int = 3
+
+
+def ok(text: str) -> bytes:
+    return f"+OK {text}\r\n".encode("utf-8", "replace")
+
+
+def multiline(status: str, lines: list[str]) -> bytes:
+    """A multi-line reply whose lines are known not to start with "." (numbers, keywords)."""
+    body = "".join(f"{line}\r\n" for line in lines)
+    return f"+OK {status}\r\n{body}.\r\n".encode("ascii", "replace")
+
+
+Handler = Callable[["Session", tuple[Value, ...]], list[Event]]
+
+
+class Session:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.state = State.AUTHORIZATION
+        self.user: str | None = None
+        self.grant: Grant | None = None
+        self.deleted: set[int] = set()
+        self.bad_commands = 0
+        self.auth_failures = 0
+        self.busy = False
+        self.closed = False
+
+    # --- entry points used by the shell ---
+    def greeting(self) -> list[Event]:
+        banner = f" {self.policy.apop_banner}" if self.policy.apop_banner else ""
+        return [Send(ok(f"{self.policy.hostname} cgpop POP3 ready{banner}"))]
+
+    def handle_overlong(self) -> list[Event]:
+        """A command line past the limit: the shell read to its end; answer once."""
+        return self._bad(Pop3Error("line too long"))
+
+    def handle_line(self, raw: bytes) -> list[Event]:
+        if self.closed or self.busy:
+            raise RuntimeError("handle_line while busy or closed")
+        line = raw.rstrip(b"\r\n")
+        if b"\x00" in line or b"\r" in line or b"\n" in line:
+            return self._bad(Pop3Error("invalid characters in command"))
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._bad(Pop3Error("command is not valid UTF-8"))
+        verb, _, rest = text.partition(" ")
+        verb = verb.upper()
+        states = LEGAL.get(verb)
+        if states is None:
+            return self._bad(Pop3Error("unknown command"))
+        if self.state not in states:
+            return self._bad(Pop3Error(f"{verb} is not allowed in the {self.state.value} state"))
+        try:
+            args = parse_args(verb, rest)
+        except Pop3Error as exc:
+            return self._bad(exc)
+        try:
+            return _HANDLERS[verb](self, args)
+        except Pop3Fatal as exc:
+            self.closed = True
+            return [Send(exc.reply()), Close()]
+        except Pop3Error as exc:
+            return [Send(exc.reply())]
+
+    def login_result(self, outcome: LoginOutcome) -> list[Event]:
+        self.busy = False
+        self.user = None
+        if outcome.grant is not None:
+            self.grant = outcome.grant
+            self.state = State.TRANSACTION
+            snap = outcome.grant.snapshot
+            return [Send(ok(f"{outcome.grant.account} has {len(snap)} messages "
+                            f"({snap.total_size} octets)"))]
+        error = outcome.error or Pop3Error("authentication failed", "AUTH")
+        events: list[Event] = [Send(error.reply())]
+        if outcome.counts_as_failure:
+            self.auth_failures += 1
+            if self.auth_failures >= self.policy.max_auth_failures:
+                self.closed = True
+                events = [Send(Pop3Error("too many failed logins, closing", "AUTH").reply())]
+                events.append(Close())
+        return events
+
+    def commit_result(self, ok_: bool, remaining: int) -> list[Event]:
+        self.busy = False
+        self.closed = True
+        if ok_:
+            return [Send(ok(f"{self.policy.hostname} cgpop signing off ({remaining} messages "
+                            "left)")), Close()]
+        # RFC 1939 section 6: "-ERR some deleted messages not removed".
+        return [Send(Pop3Error("some deleted messages not removed", "SYS/TEMP").reply()), Close()]
+
+    def tls_started(self, policy: Policy) -> None:
+        """RFC 2595 section 4: after STLS the session restarts in AUTHORIZATION, forgetting
+        anything learnt before (a USER name included)."""
+        self.busy = False
+        self.policy = policy
+        self.user = None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        assert self.grant is not None
+        return self.grant.snapshot
+
+    # --- helpers ---
+    def _bad(self, error: Pop3Error) -> list[Event]:
+        self.bad_commands += 1
+        if self.bad_commands >= self.policy.max_bad_commands:
+            self.closed = True
+            return [Send(error.reply()), Send(Pop3Error("too many bad commands").reply()),
+                    Close()]
+        return [Send(error.reply())]
+
+    def _message(self, number: Value) -> int:
+        assert isinstance(number, int)
+        if not 1 <= number <= len(self.snapshot):
+            raise Pop3Error("no such message")
+        if number - 1 in self.deleted:
+            raise Pop3Error(f"message {number} already deleted")
+        return number - 1
+
+    def _live(self) -> tuple[int, int]:
+        snap = self.snapshot
+        count = len(snap) - len(self.deleted)
+        size = snap.total_size - sum(snap.sizes[i] for i in self.deleted)
+        return count, size
+
+    # --- AUTHORIZATION ---
+    def _user(self, args: tuple[Value, ...]) -> list[Event]:
+        if not self.policy.plaintext_allowed:
+            raise Pop3Error("plaintext authentication is disabled on this connection; "
+                            "use STLS first")
+        self.user = str(args[0])
+        return [Send(ok("send your password"))]
+
+    def _pass(self, args: tuple[Value, ...]) -> list[Event]:
+        if self.user is None:
+            raise Pop3Error("send USER first")
+        self.busy = True
+        return [PasswordLogin(self.user, password=str(args[0]))]
+
+    def _apop(self, args: tuple[Value, ...]) -> list[Event]:
+        if not self.policy.apop_banner:
+            raise Pop3Error("APOP is not enabled on this server")
+        name, digest = str(args[0]), str(args[1]).lower()
+        self.busy = True
+        return [PasswordLogin(name, apop_digest=digest)]
+
+    def _auth(self, args: tuple[Value, ...]) -> list[Event]:
+        mechs = self.policy.sasl_mechanisms
+        if not args:
+            # The bare AUTH listing (CommuniGate, Dovecot; draft-myers-sasl-pop3).
+            return [Send(multiline("available mechanisms", list(mechs)))]
+        raise Pop3Error(f"unsupported authentication mechanism {str(args[0])[:40]}")
+
+    def _stls(self, args: tuple[Value, ...]) -> list[Event]:
+        if self.policy.tls_active:
+            raise Pop3Error("TLS is already active")
+        if not self.policy.stls_available:
+            raise Pop3Error("STLS is not available")
+        self.busy = True
+        return [StartTls(ok("begin TLS negotiation"))]
+
+    def _capa(self, args: tuple[Value, ...]) -> list[Event]:
+        p = self.policy
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        if p.plaintext_allowed:
+            caps.insert(1, "USER")
+        if p.sasl_mechanisms:
+            caps.append("SASL " + " ".join(p.sasl_mechanisms))
+        if p.stls_available and not p.tls_active and self.state is State.AUTHORIZATION:
+            caps.append("STLS")
+        if p.xtnd_enabled:
+            caps.append("XTND")
+        caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")
+        return [Send(multiline("capability list follows", caps))]
+
+    def _quit(self, args: tuple[Value, ...]) -> list[Event]:
+        if self.state is State.AUTHORIZATION:
+            self.closed = True
+            return [Send(ok(f"{self.policy.hostname} cgpop signing off")), Close()]
+        self.state = State.UPDATE
+        uids = tuple(self.snapshot.uids[i] for i in sorted(self.deleted))
+        if not uids:
+            return self.commit_result(True, len(self.snapshot))
+        self.busy = True
+        return [Commit(uids)]
+
+    # --- TRANSACTION ---
+    def _noop(self, args: tuple[Value, ...]) -> list[Event]:
+        return [Send(ok(""))]
+
+    def _stat(self, args: tuple[Value, ...]) -> list[Event]:
+        count, size = self._live()
+        return [Send(ok(f"{count} {size}"))]
+
+    def _list(self, args: tuple[Value, ...]) -> list[Event]:
+        snap = self.snapshot
+        if args:
+            i = self._message(args[0])
+            return [Send(ok(f"{i + 1} {snap.sizes[i]}"))]
+        count, size = self._live()
+        deleted = self.deleted
+        sizes = snap.sizes
+        lines = [f"{i + 1} {sizes[i]}" for i in range(len(snap)) if i not in deleted]
+        return [Send(multiline(f"{count} messages ({size} octets)", lines))]
+
+    def _uidl(self, args: tuple[Value, ...]) -> list[Event]:
+        snap = self.snapshot
+        if args:
+            i = self._message(args[0])
+            return [Send(ok(f"{i + 1} {snap.uidl(i)}"))]
+        prefix = f"{snap.mailbox.uidvalidity:x}."
+        deleted = self.deleted
+        uids = snap.uids
+        lines = [f"{i + 1} {prefix}{uids[i]}" for i in range(len(snap)) if i not in deleted]
+        return [Send(multiline("unique-id listing follows", lines))]
+
+    def _retr(self, args: tuple[Value, ...]) -> list[Event]:
+        i = self._message(args[0])
+        assert self.grant is not None
+        status = ok(f"{self.snapshot.sizes[i]} octets")
+        return [SendMessage(status, i, None, self.grant.may_seen)]
+
+    def _top(self, args: tuple[Value, ...]) -> list[Event]:
+        i = self._message(args[0])
+        lines = args[1]
+        assert isinstance(lines, int)
+        return [SendMessage(ok("top of message follows"), i, lines, False)]
+
+    def _dele(self, args: tuple[Value, ...]) -> list[Event]:
+        i = self._message(args[0])
+        assert self.grant is not None
+        if not (self.grant.may_delete and self.grant.may_expunge):
+            missing = "t (delete)" if not self.grant.may_delete else "e (expunge)"
+            raise Pop3Error(f"you lack the {missing} right on this mailbox", "SYS/PERM")
+        self.deleted.add(i)
+        return [Send(ok(f"message {i + 1} deleted"))]
+
+    def _rset(self, args: tuple[Value, ...]) -> list[Event]:
+        self.deleted.clear()
+        count, size = self._live()
+        return [Send(ok(f"maildrop has {count} messages ({size} octets)"))]
+
+
+_HANDLERS: dict[str, Handler] = {
+    "USER": Session._user,
+    "PASS": Session._pass,
+    "APOP": Session._apop,
+    "AUTH": Session._auth,
+    "STLS": Session._stls,
+    "CAPA": Session._capa,
+    "QUIT": Session._quit,
+    "NOOP": Session._noop,
+    "STAT": Session._stat,
+    "LIST": Session._list,
+    "UIDL": Session._uidl,
+    "RETR": Session._retr,
+    "TOP": Session._top,
+    "DELE": Session._dele,
+    "RSET": Session._rset,
+}
+assert set(_HANDLERS) == set(LEGAL), "state table and handler table must name the same verbs"
+
+__all__ = ["Policy", "Session", "replace"]

@@ -1,0 +1,414 @@
+"""The thin asyncio shell (STYLE rule 8): listeners, one task per connection, and the work the
+sans-IO engine asks for (logins, message streaming, commits) carried out off the event loop.
+
+Replies to pipelined commands are collected and written once per chunk of input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cgpop.auth import Authenticator
+from cgpop.config import Config, Endpoint
+from cgpop.delivery import Deliverer
+from cgpop.errors import Pop3Error
+from cgpop.logs import SessionLog, redact
+from cgpop.pop3.events import (
+    Close,
+    Commit,
+    Event,
+    LoginOutcome,
+    PasswordLogin,
+    Send,
+    SendMessage,
+    StartTls,
+)
+from cgpop.pop3.lines import LineBuffer
+from cgpop.pop3.session import Policy, Session
+from cgpop.sasl.apop import make_apop_banner
+from cgpop.store.api import NotFound
+from cgpop.store.sqlite import SqliteStore
+from cgpop.wire import TERMINATOR, top_lines
+
+log = logging.getLogger("cgpop")
+T = TypeVar("T")
+
+READ_SIZE = 64 * 1024
+# Flush collected replies once they pass this, so a pipelined burst cannot grow memory.
+FLUSH_AT = 256 * 1024
+SWEEP_INTERVAL = 15.0
+INTERNAL_ERROR = Pop3Error("internal server error", "SYS/TEMP").reply()
+TOO_MANY = Pop3Error("too many connections, try later", "SYS/TEMP").reply()
+
+
+@dataclass(eq=False)
+class Connection:
+    id: str
+    peer: str
+    writer: asyncio.StreamWriter
+    last_active: float = field(default_factory=time.monotonic)
+    account: str | None = None
+
+
+class ServerState:
+    """Open connections, for limits, the idle sweeper and shutdown."""
+
+    def __init__(self) -> None:
+        self.connections: set[Connection] = set()
+        self.per_ip: dict[str, int] = {}
+        self.per_account: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+
+class SeenBatcher:
+    """RETR sets \\Seen at once, but many sessions' flag updates share one write transaction."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.pending: list[tuple[int, int]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, mailbox_id: int, uid: int) -> None:
+        self.pending.append((mailbox_id, uid))
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    await self.gateway.write(self.gateway.store.mark_seen, batch)
+                except Exception:
+                    log.exception("could not set \\Seen on %d messages", len(batch))
+        finally:
+            self.task = None
+
+    async def drain(self) -> None:
+        while self.task is not None:
+            await asyncio.shield(self.task)
+
+
+class Gateway:
+    """Everything `cgpop serve` runs: the store, the POP3 and LMTP listeners."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = SqliteStore(
+            config.server.data_dir,
+            duplicate_window=(config.delivery.duplicate_window
+                              if config.delivery.duplicate_suppression else None),
+        )
+        self.auth = Authenticator(self.store, admins=config.server.admins)
+        self.deliverer = Deliverer(self.store, default_domain=config.server.default_domain,
+                                   real_to_header=config.pop3.real_to_header)
+        # Readers in parallel (WAL); writes through one thread so they never contend.
+        self.readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cgpop-read")
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgpop-write")
+        self.state = ServerState()
+        self.seen = SeenBatcher(self)
+        self.servers: list[asyncio.Server] = []
+        self.bound: dict[str, list[tuple[str, int]]] = {"pop3": [], "pop3s": [], "lmtp": []}
+        self._ids = itertools.count(1)
+        self._stopping = asyncio.Event()
+        self._collect_wanted = False
+
+    # --- running blocking work ---
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.readers, fn, *args)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
+
+    # --- lifecycle ---
+    async def start(self) -> None:
+        await self.write(self.store.remove_orphan_files)
+        await self.write(self.store.collect)
+        for ep in self.config.pop3.listen:
+            await self._listen("pop3", ep, self._pop3_handler(ep, tls=False))
+        from cgpop.lmtp import start_lmtp
+
+        for ep in self.config.lmtp.listen:
+            server = await start_lmtp(self, ep)
+            self._register("lmtp", server)
+        asyncio.get_running_loop().create_task(self._sweeper())
+
+    def _register(self, kind: str, server: asyncio.Server) -> None:
+        self.servers.append(server)
+        for sock in server.sockets:
+            addr = sock.getsockname()
+            self.bound[kind].append((addr[0], addr[1]))
+            log.info("%s listening on %s:%d", kind.upper(), addr[0], addr[1])
+
+    async def _listen(self, kind: str, ep: Endpoint, handler: Callable[..., Any]) -> None:
+        try:
+            server = await asyncio.start_server(handler, ep.host, ep.port, reuse_address=True,
+                                                limit=READ_SIZE, backlog=1024)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {ep} for {kind}: {exc.strerror}") from None
+        self._register(kind, server)
+
+    async def stop(self) -> None:
+        """Close listeners, give sessions `shutdown_grace` seconds, then cancel the rest."""
+        self._stopping.set()
+        for server in self.servers:
+            server.close()
+        tasks = set(self.state.tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.server.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        await self.seen.drain()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        await self.write(self.store.collect)
+        self.readers.shutdown(wait=True)
+        self.writer.shutdown(wait=True)
+        self.store.close()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self.start()
+        await self._stopping.wait()
+        log.info("shutting down")
+        await self.stop()
+
+    async def _sweeper(self) -> None:
+        """Autologout (RFC 1939 section 3): idle sessions are closed silently. One timer for
+        all connections instead of one per read keeps the per-session cost down."""
+        idle = self.config.pop3.idle_timeout
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SWEEP_INTERVAL)
+            now = time.monotonic()
+            for conn in list(self.state.connections):
+                if now - conn.last_active > idle:
+                    conn.writer.transport.abort()
+            if self._collect_wanted:
+                self._collect_wanted = False
+                with contextlib.suppress(Exception):
+                    await self.write(self.store.collect)
+
+    # --- POP3 connections ---
+    def _pop3_handler(self, ep: Endpoint, *, tls: bool) -> Callable[..., Any]:
+        domain = self.config.pop3.listener_domains.get(str(ep), self.config.server.default_domain)
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.state.tasks.add(task)
+            try:
+                await self._pop3(reader, writer, domain, tls)
+            finally:
+                self.state.tasks.discard(task)
+
+        return handler
+
+    def policy(self, *, tls: bool, peer_ip: str) -> Policy:
+        c = self.config
+        loopback = peer_ip.startswith("127.") or peer_ip == "::1"
+        plaintext = c.pop3.plaintext_auth == "always" or tls or loopback
+        return Policy(
+            hostname=c.server.hostname,
+            apop_banner=make_apop_banner(c.server.hostname) if c.pop3.apop else "",
+            plaintext_allowed=plaintext,
+            stls_available=False,
+            tls_active=tls,
+            max_bad_commands=c.pop3.max_bad_commands,
+            max_auth_failures=c.pop3.max_auth_failures,
+        )
+
+    async def _pop3(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    domain: str, tls: bool) -> None:
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        peer_ip = str(peername[0])
+        conn = Connection(f"{os.getpid():x}-{next(self._ids)}", f"{peer_ip}:{peername[1]}",
+                          writer)
+        slog = SessionLog(log, "POP", conn.id, conn.peer)
+        st = self.state
+        cfg = self.config.pop3
+        if len(st.connections) >= cfg.max_channels or st.per_ip.get(peer_ip, 0) >= cfg.max_per_ip:
+            slog.warning("refused: channel limit reached")
+            with contextlib.suppress(Exception):
+                writer.write(TOO_MANY)
+                await writer.drain()
+            writer.close()
+            return
+        st.connections.add(conn)
+        st.per_ip[peer_ip] = st.per_ip.get(peer_ip, 0) + 1
+        slog.info("connected")
+        session = Session(self.policy(tls=tls, peer_ip=peer_ip))
+        runner = _Runner(self, session, conn, writer, slog, domain)
+        try:
+            await runner.run_events(session.greeting())
+            await runner.flush()
+            lines = LineBuffer(cfg.max_line)
+            while not session.closed:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    break
+                conn.last_active = time.monotonic()
+                for line in lines.feed(data):
+                    if session.closed:
+                        break
+                    if line is None:
+                        slog.info("overlong command line")
+                        events = session.handle_overlong()
+                    else:
+                        slog.debug("C: %s", redact(line.decode("utf-8", "replace").rstrip()))
+                        events = session.handle_line(line)
+                    await runner.run_events(events)
+                await runner.flush()
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            slog.exception("internal error")
+            with contextlib.suppress(Exception):
+                writer.write(INTERNAL_ERROR)
+        finally:
+            st.connections.discard(conn)
+            st.per_ip[peer_ip] -= 1
+            if not st.per_ip[peer_ip]:
+                del st.per_ip[peer_ip]
+            if conn.account:
+                st.per_account[conn.account] -= 1
+                if not st.per_account[conn.account]:
+                    del st.per_account[conn.account]
+            if session.grant is not None:
+                self.store.close_maildrop(session.grant.snapshot)
+                self._collect_wanted = True
+            with contextlib.suppress(Exception):
+                writer.close()
+            slog.info("disconnected")
+
+
+class _Runner:
+    """Carries out one session's events, in order, with batched writes."""
+
+    def __init__(self, gw: Gateway, session: Session, conn: Connection,
+                 writer: asyncio.StreamWriter, slog: SessionLog, domain: str) -> None:
+        self.gw, self.session, self.conn, self.writer = gw, session, conn, writer
+        self.slog, self.domain = slog, domain
+        self.out: list[bytes] = []
+        self.out_size = 0
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_size += len(data)
+
+    async def flush(self) -> None:
+        if self.out:
+            self.writer.write(b"".join(self.out))
+            self.out.clear()
+            self.out_size = 0
+        await self.writer.drain()
+
+    async def run_events(self, events: Iterable[Event]) -> None:
+        for event in events:
+            if isinstance(event, Send):
+                self.send(event.data)
+                if self.out_size >= FLUSH_AT:
+                    await self.flush()
+            elif isinstance(event, Close):
+                await self.flush()
+                self.writer.close()
+            elif isinstance(event, PasswordLogin):
+                await self.run_events(self.session.login_result(await self.login(event)))
+            elif isinstance(event, SendMessage):
+                await self.send_message(event)
+            elif isinstance(event, Commit):
+                await self.run_events(await self.commit(event))
+            elif isinstance(event, StartTls):
+                raise NotImplementedError("STLS")
+
+    async def login(self, event: PasswordLogin) -> LoginOutcome:
+        gw = self.gw
+        outcome = await gw.read(
+            lambda: gw.auth.password_login(
+                event.login, self.domain, password=event.password,
+                apop_digest=event.apop_digest, apop_banner=self.session.policy.apop_banner)
+        )
+        if outcome.grant is None:
+            self.slog.info("login failed for %r", event.login[:100])
+            return outcome
+        account = outcome.grant.account
+        per_account = gw.state.per_account
+        if per_account.get(account, 0) >= gw.config.pop3.max_per_account:
+            gw.store.close_maildrop(outcome.grant.snapshot)
+            self.slog.warning("login %s refused: per-account session limit", account)
+            return LoginOutcome(error=Pop3Error("too many sessions for this account, try later",
+                                                "SYS/TEMP"), counts_as_failure=False)
+        per_account[account] = per_account.get(account, 0) + 1
+        self.conn.account = account
+        snap = outcome.grant.snapshot
+        self.slog.info("login %s mailbox %s (%d messages)", account, snap.mailbox.name, len(snap))
+        return outcome
+
+    async def send_message(self, event: SendMessage) -> None:
+        gw = self.gw
+        snap = self.session.snapshot
+        try:
+            stored = await gw.read(gw.store.read_message, snap, event.index)
+        except NotFound:
+            self.send(Pop3Error("message is no longer available", "SYS/TEMP").reply())
+            return
+        self.send(event.status)
+        if stored.data is not None:
+            if event.lines is None:
+                self.send(stored.prefix)
+                self.send(stored.data)
+            else:
+                for part in top_lines((stored.prefix, stored.data), event.lines):
+                    self.send(part)
+        else:
+            # Large body: stream it in bounded chunks read off the event loop.
+            await self.flush()
+            chunks = stored.chunks()
+            if event.lines is not None:
+                chunks = top_lines(chunks, event.lines)
+            while True:
+                part = await gw.read(next, chunks, None)
+                if part is None:
+                    break
+                self.writer.write(part)
+                await self.writer.drain()
+        self.send(TERMINATOR)
+        if event.mark_seen:
+            gw.seen.add(snap.mailbox.id, snap.uids[event.index])
+
+    async def commit(self, event: Commit) -> list[Event]:
+        gw = self.gw
+        snap = self.session.snapshot
+        try:
+            removed = await gw.write(gw.store.expunge, snap.mailbox.id, event.uids)
+        except Exception:
+            self.slog.exception("expunge failed")
+            return self.session.commit_result(False, 0)
+        self.slog.info("expunged %d of %d messages", removed, len(event.uids))
+        gw._collect_wanted = True
+        return self.session.commit_result(True, len(snap) - len(event.uids))
+
+
+def bound_port(gw: Gateway, kind: str = "pop3") -> int:
+    return gw.bound[kind][0][1]
+
+
+__all__ = ["Gateway", "bound_port", "socket"]

@@ -1,0 +1,1 @@
+"""The snapshot store: its interface (api), the embedded SQLite backend, and message bodies."""

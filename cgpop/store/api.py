@@ -1,0 +1,171 @@
+"""The store's typed interface (STYLE rule 9) and the records that cross it.
+
+Contract (Cyrus-style snapshot semantics, issue 2):
+- `open_maildrop` returns an immutable snapshot; message numbers are indexes into it and never
+  change for the life of the session. No call ever refuses or waits for another session.
+- `expunge` removes only the given UIDs; UIDs already gone are not an error.
+- A body stays readable through `read_message` by every session whose snapshot holds it until
+  that session calls `close_maildrop`, even after another session expunged the message.
+- Nothing is removed unless `expunge` is called (a session that ends without QUIT commits nothing).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from accounts.credentials import Credentials
+
+SEEN = 1
+ANSWERED = 2
+FLAGGED = 4
+DELETED = 8
+DRAFT = 16
+FLAG_NAMES = {SEEN: "\\Seen", ANSWERED: "\\Answered", FLAGGED: "\\Flagged", DELETED: "\\Deleted",
+              DRAFT: "\\Draft"}
+
+
+def flag_names(bits: int) -> list[str]:
+    return [name for bit, name in FLAG_NAMES.items() if bits & bit]
+
+
+class StoreError(Exception):
+    """A request the store refuses (unknown domain, duplicate name...). Text is for operators."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class TemporaryFailure(StoreError):
+    """Try again later (locked database, disk full): LMTP 451, `deliver` exit 75."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    domain: str
+    name: str
+    credentials: Credentials
+
+    @property
+    def address(self) -> str:
+        return f"{self.name}@{self.domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    id: int
+    account_id: int
+    owner: str  # owner's address, name@domain
+    name: str
+    uidvalidity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A session's view of its maildrop, taken at login. Index i is message number i + 1."""
+
+    mailbox: Mailbox
+    uids: array[int]
+    sizes: array[int]
+    body_ids: array[int]
+    opened_at: float
+    total_size: int = field(default=0)
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def uidl(self, index: int) -> str:
+        # RFC 1939 section 7: 1-70 characters in 0x21-0x7E, unique and stable in the maildrop.
+        # UIDs are never reused in a mailbox and uidvalidity changes if the mailbox is recreated.
+        return f"{self.mailbox.uidvalidity:x}.{self.uids[index]}"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One message as the admin CLI shows it."""
+
+    uid: int
+    uidl: str
+    size: int
+    flags: tuple[str, ...]
+    x_real_to: str | None
+    internal_date: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A copy's octets as stored: CRLF, dot-stuffed, ending in CRLF. The body is inline
+    (`data`) when small, else in the file at `path`, read in bounded chunks."""
+
+    prefix: bytes
+    data: bytes | None
+    path: Path | None
+    size: int  # unstuffed size of prefix + body, as LIST reports it
+
+    def chunks(self, chunk_size: int = 256 * 1024) -> Iterator[bytes]:
+        yield self.prefix
+        if self.data is not None:
+            yield self.data
+            return
+        assert self.path is not None
+        with open(self.path, "rb") as fh:
+            while chunk := fh.read(chunk_size):
+                yield chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One stored copy of a delivery: its mailbox and the header lines put on top of it."""
+
+    mailbox_id: int
+    prefix: bytes  # e.g. b"Return-Path: <a@b>\r\nX-Real-To: <c@d>\r\n", already CRLF
+    x_real_to: str | None
+    individual: str | None
+    message_id: str | None = None
+    dedup_key: str | None = None  # recipient key for duplicate suppression
+
+
+class Store(Protocol):
+    """What the engine, the delivery path and the CLI need from a backend."""
+
+    # --- domains, accounts, mailboxes ---
+    def add_domain(self, name: str) -> None: ...
+    def remove_domain(self, name: str) -> None: ...
+    def list_domains(self) -> list[str]: ...
+    def domain_exists(self, name: str) -> bool: ...
+    # router.resolve.Directory
+    def canonical_domain(self, name: str) -> str | None: ...
+    def account_exists(self, domain: str, account: str) -> bool: ...
+    def route_target(self, pattern: str) -> str | None: ...
+    def add_account(self, domain: str, name: str, creds: Credentials) -> None: ...
+    def set_credentials(self, domain: str, name: str, creds: Credentials) -> None: ...
+    def remove_account(self, domain: str, name: str) -> None: ...
+    def list_accounts(self, domain: str | None = None) -> list[str]: ...
+    def get_account(self, domain: str, name: str) -> Account | None: ...
+    def add_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox: ...
+    def remove_mailbox(self, domain: str, account: str, mailbox: str) -> None: ...
+    def list_mailboxes(self, domain: str, account: str) -> list[str]: ...
+    def get_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox | None: ...
+    def list_messages(self, mailbox: Mailbox) -> list[MessageInfo]: ...
+
+    # --- delivery ---
+    def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
+        """Store `message` once for all copies; durable before it returns. Returns per copy
+        whether it was stored (False: suppressed as a duplicate)."""
+        ...
+
+    # --- POP sessions ---
+    def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot: ...
+    def read_message(self, snapshot: Snapshot, index: int) -> StoredMessage:
+        """Where the copy's stored octets are. Works for every message of the snapshot until
+        `close_maildrop`, even after another session expunged it."""
+        ...
+    def mark_seen(self, items: Sequence[tuple[int, int]]) -> None: ...
+    def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int: ...
+    def close_maildrop(self, snapshot: Snapshot) -> None: ...
+    def close(self) -> None: ...

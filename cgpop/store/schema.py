@@ -1,0 +1,121 @@
+"""SQLite schema, versioned: MIGRATIONS[i] takes a database from version i to i + 1.
+
+Later features append migrations; an existing data directory is upgraded at open.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the core store.
+    """
+    CREATE TABLE domains (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        domain_id INTEGER NOT NULL REFERENCES domains(id),
+        name TEXT NOT NULL,
+        salt BLOB NOT NULL,
+        iterations INTEGER NOT NULL,
+        stored_key BLOB NOT NULL,
+        server_key BLOB NOT NULL,
+        shared_secret TEXT,
+        UNIQUE (domain_id, name)
+    );
+    -- AUTOINCREMENT: a mailbox id is never reused, so neither is a UIDL (RFC 1939 section 7).
+    CREATE TABLE mailboxes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        name TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        next_uid INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (account_id, name)
+    );
+    -- Single-instance store: one row per delivery, shared by all its copies. Small bodies
+    -- live inline in `data`; large ones in a file under bodies/ named by `file`.
+    -- Both hold the CRLF-normalised, dot-stuffed octets; `size` is the unstuffed length.
+    CREATE TABLE bodies (
+        id INTEGER PRIMARY KEY,
+        size INTEGER NOT NULL,
+        data BLOB,
+        file TEXT,
+        refs INTEGER NOT NULL,
+        zero_at REAL
+    );
+    CREATE INDEX bodies_unreferenced ON bodies(zero_at) WHERE refs = 0;
+    -- An expunged copy keeps its row (and so its prefix and body) until no session that
+    -- opened before the expunge is still open; the server's collector then deletes it.
+    -- mailbox_id has no foreign key for the same reason: a removed mailbox's copies linger.
+    CREATE TABLE messages (
+        mailbox_id INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        body_id INTEGER NOT NULL REFERENCES bodies(id),
+        size INTEGER NOT NULL,
+        flags INTEGER NOT NULL DEFAULT 0,
+        internal_date REAL NOT NULL,
+        x_real_to TEXT,
+        individual TEXT,
+        expunged_at REAL,
+        prefix BLOB NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID;
+    -- Individual-name logins read only this index (no header parsing at login).
+    CREATE INDEX messages_individual ON messages(mailbox_id, individual, uid)
+        WHERE individual IS NOT NULL;
+    CREATE INDEX messages_expunged ON messages(expunged_at) WHERE expunged_at IS NOT NULL;
+    -- Every expunge of a copy, however it happens, releases its body once.
+    CREATE TRIGGER messages_expunge_releases_body AFTER UPDATE OF expunged_at ON messages
+    WHEN OLD.expunged_at IS NULL AND NEW.expunged_at IS NOT NULL BEGIN
+        UPDATE bodies SET refs = refs - 1,
+            zero_at = CASE WHEN refs - 1 = 0 THEN NEW.expunged_at ELSE zero_at END
+        WHERE id = OLD.body_id;
+    END;
+    CREATE TABLE duplicates (
+        message_id TEXT NOT NULL,
+        rcpt TEXT NOT NULL,
+        seen_at REAL NOT NULL,
+        PRIMARY KEY (message_id, rcpt)
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+def version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations, each in its own transaction. Returns the final version."""
+    current = version(conn)
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {current} is newer than this cgpop ({len(MIGRATIONS)})"
+        )
+    for target in range(current + 1, len(MIGRATIONS) + 1):
+        script = MIGRATIONS[target - 1]
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+    return version(conn)
+
+MIGRATIONS.append(
+    # 2: the routing table and domain aliases (router/).
+    """
+    CREATE TABLE routes (
+        pattern TEXT PRIMARY KEY,
+        target TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE domain_aliases (
+        alias TEXT PRIMARY KEY,
+        domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    """
+)

@@ -1,0 +1,551 @@
+"""The embedded snapshot store: SQLite in WAL mode under the data directory.
+
+Methods are blocking; the asyncio layer runs them in worker threads (one connection per thread).
+Durability: deliveries commit with synchronous=FULL after body files are fsynced, so an
+acknowledged message survives a crash and a crash before commit leaves nothing visible (an
+orphan body file at most, removed at the next start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from array import array
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from accounts.credentials import Credentials
+from cgpop.store import schema
+from cgpop.store.api import (
+    SEEN,
+    Account,
+    Copy,
+    Mailbox,
+    MessageInfo,
+    NotFound,
+    Snapshot,
+    StoredMessage,
+    StoreError,
+    TemporaryFailure,
+    flag_names,
+)
+from cgpop.wire import dot_stuff, normalize_crlf
+
+# Bodies up to this size are kept inline in the database: one fsync per delivery, no file
+# open per RETR. Larger ones go to files and are streamed.
+INLINE_MAX = 128 * 1024
+# SQLite's default SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32; stay far below it.
+_CHUNK = 500
+_BUSY_TIMEOUT_MS = 30_000
+
+
+def _now() -> float:
+    return time.time()
+
+
+class SqliteStore:
+    def __init__(self, data_dir: Path, *, duplicate_window: float | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.bodies_dir = self.data_dir / "bodies"
+        self.db_path = self.data_dir / "cgpop.sqlite3"
+        self.duplicate_window = duplicate_window
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        # Open sessions by the time their snapshot was taken: the collector keeps every
+        # expunged copy that one of them may still read.
+        self._open: Counter[float] = Counter()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.bodies_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        schema.migrate(self._conn())
+
+    # --- connections ---
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.db_path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise TemporaryFailure(f"database busy: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    # --- domains ---
+    def _domain_id(self, conn: sqlite3.Connection, name: str) -> int:
+        row = conn.execute("SELECT id FROM domains WHERE name = ?", (name.lower(),)).fetchone()
+        if row is None:
+            raise NotFound(f"no such domain: {name}")
+        return int(row[0])
+
+    def add_domain(self, name: str) -> None:
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM domain_aliases WHERE alias = ?",
+                            (name.lower(),)).fetchone():
+                raise StoreError(f"{name} is already a domain alias")
+            try:
+                conn.execute("INSERT INTO domains(name) VALUES (?)", (name.lower(),))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"domain already exists: {name}") from None
+
+    def remove_domain(self, name: str) -> None:
+        with self._tx() as conn:
+            did = self._domain_id(conn, name)
+            (count,) = conn.execute(
+                "SELECT count(*) FROM accounts WHERE domain_id = ?", (did,)
+            ).fetchone()
+            if count:
+                raise StoreError(f"domain {name} still has {count} account(s); remove them first")
+            conn.execute("DELETE FROM domains WHERE id = ?", (did,))
+
+    def list_domains(self) -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT name FROM domains ORDER BY name")]
+
+    def domain_exists(self, name: str) -> bool:
+        row = self._conn().execute("SELECT 1 FROM domains WHERE name = ?", (name.lower(),))
+        return row.fetchone() is not None
+
+    # --- the router's view (router.resolve.Directory) ---
+    def canonical_domain(self, name: str) -> str | None:
+        name = name.lower()
+        row = self._conn().execute(
+            "SELECT name FROM domains WHERE name = ? UNION ALL "
+            "SELECT d.name FROM domain_aliases a JOIN domains d ON d.id = a.domain_id "
+            "WHERE a.alias = ?",
+            (name, name),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def account_exists(self, domain: str, account: str) -> bool:
+        row = self._conn().execute(
+            "SELECT 1 FROM accounts a JOIN domains d ON d.id = a.domain_id "
+            "WHERE d.name = ? AND a.name = ?",
+            (domain.lower(), account.lower()),
+        ).fetchone()
+        return row is not None
+
+    def route_target(self, pattern: str) -> str | None:
+        row = self._conn().execute("SELECT target FROM routes WHERE pattern = ?", (pattern,))
+        found = row.fetchone()
+        return None if found is None else str(found[0])
+
+    def add_route(self, pattern: str, target: str) -> None:
+        with self._tx() as conn:
+            try:
+                conn.execute("INSERT INTO routes(pattern, target) VALUES (?, ?)", (pattern, target))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"a route for {pattern} already exists") from None
+
+    def remove_route(self, pattern: str) -> None:
+        with self._tx() as conn:
+            if conn.execute("DELETE FROM routes WHERE pattern = ?", (pattern,)).rowcount == 0:
+                raise NotFound(f"no route for {pattern}")
+
+    def list_routes(self) -> list[tuple[str, str]]:
+        rows = self._conn().execute("SELECT pattern, target FROM routes ORDER BY pattern")
+        return [(str(p), str(t)) for p, t in rows]
+
+    def add_domain_alias(self, alias: str, domain: str) -> None:
+        with self._tx() as conn:
+            did = self._domain_id(conn, domain)
+            alias = alias.lower()
+            if conn.execute("SELECT 1 FROM domains WHERE name = ?", (alias,)).fetchone():
+                raise StoreError(f"{alias} is a domain, not a free alias name")
+            try:
+                conn.execute("INSERT INTO domain_aliases(alias, domain_id) VALUES (?, ?)",
+                             (alias, did))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"alias already exists: {alias}") from None
+
+    def remove_domain_alias(self, alias: str, domain: str) -> None:
+        with self._tx() as conn:
+            did = self._domain_id(conn, domain)
+            cur = conn.execute("DELETE FROM domain_aliases WHERE alias = ? AND domain_id = ?",
+                               (alias.lower(), did))
+            if cur.rowcount == 0:
+                raise NotFound(f"no alias {alias} for {domain}")
+
+    def list_domain_aliases(self) -> list[tuple[str, str]]:
+        rows = self._conn().execute(
+            "SELECT a.alias, d.name FROM domain_aliases a JOIN domains d ON d.id = a.domain_id "
+            "ORDER BY a.alias")
+        return [(str(a), str(d)) for a, d in rows]
+
+    # --- accounts ---
+    def _account_id(self, conn: sqlite3.Connection, domain: str, name: str) -> int:
+        row = conn.execute(
+            "SELECT a.id FROM accounts a JOIN domains d ON d.id = a.domain_id "
+            "WHERE d.name = ? AND a.name = ?",
+            (domain.lower(), name.lower()),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no such account: {name}@{domain}")
+        return int(row[0])
+
+    def add_account(self, domain: str, name: str, creds: Credentials) -> None:
+        with self._tx() as conn:
+            did = self._domain_id(conn, domain)
+            try:
+                cur = conn.execute(
+                    "INSERT INTO accounts(domain_id, name, salt, iterations, stored_key, "
+                    "server_key, shared_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (did, name.lower(), creds.salt, creds.iterations, creds.stored_key,
+                     creds.server_key, creds.shared_secret),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(f"account already exists: {name}@{domain}") from None
+            assert cur.lastrowid is not None
+            self._insert_mailbox(conn, cur.lastrowid, "INBOX")
+
+    def set_credentials(self, domain: str, name: str, creds: Credentials) -> None:
+        with self._tx() as conn:
+            aid = self._account_id(conn, domain, name)
+            conn.execute(
+                "UPDATE accounts SET salt = ?, iterations = ?, stored_key = ?, server_key = ?, "
+                "shared_secret = ? WHERE id = ?",
+                (creds.salt, creds.iterations, creds.stored_key, creds.server_key,
+                 creds.shared_secret, aid),
+            )
+
+    def remove_account(self, domain: str, name: str) -> None:
+        with self._tx() as conn:
+            aid = self._account_id(conn, domain, name)
+            ids = [r[0] for r in conn.execute("SELECT id FROM mailboxes WHERE account_id = ?",
+                                              (aid,))]
+            for mid in ids:
+                self._drop_mailbox(conn, mid)
+            conn.execute("DELETE FROM accounts WHERE id = ?", (aid,))
+
+    def list_accounts(self, domain: str | None = None) -> list[str]:
+        sql = "SELECT a.name || '@' || d.name FROM accounts a JOIN domains d ON d.id = a.domain_id"
+        args: tuple[str, ...] = ()
+        if domain is not None:
+            self._domain_id(self._conn(), domain)
+            sql += " WHERE d.name = ?"
+            args = (domain.lower(),)
+        return [r[0] for r in self._conn().execute(sql + " ORDER BY d.name, a.name", args)]
+
+    def get_account(self, domain: str, name: str) -> Account | None:
+        row = self._conn().execute(
+            "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret "
+            "FROM accounts a JOIN domains d ON d.id = a.domain_id WHERE d.name = ? AND a.name = ?",
+            (domain.lower(), name.lower()),
+        ).fetchone()
+        if row is None:
+            return None
+        creds = Credentials(bytes(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]), row[5])
+        return Account(int(row[0]), domain.lower(), name.lower(), creds)
+
+    # --- mailboxes ---
+    def _insert_mailbox(self, conn: sqlite3.Connection, account_id: int, name: str) -> int:
+        # uidvalidity grows strictly, so a re-created mailbox never repeats a UIDL.
+        (last,) = conn.execute("SELECT max(uidvalidity) FROM mailboxes").fetchone()
+        uidvalidity = max(int(_now()), (last or 0) + 1)
+        try:
+            cur = conn.execute(
+                "INSERT INTO mailboxes(account_id, name, uidvalidity) VALUES (?, ?, ?)",
+                (account_id, name, uidvalidity),
+            )
+        except sqlite3.IntegrityError:
+            raise StoreError(f"mailbox already exists: {name}") from None
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _drop_mailbox(self, conn: sqlite3.Connection, mailbox_id: int) -> None:
+        # Copies are expunged, not deleted: open sessions may still read them.
+        conn.execute(
+            "UPDATE messages SET expunged_at = ? WHERE mailbox_id = ? AND expunged_at IS NULL",
+            (_now(), mailbox_id),
+        )
+        conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+
+    def add_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox:
+        with self._tx() as conn:
+            aid = self._account_id(conn, domain, account)
+            self._insert_mailbox(conn, aid, mailbox)
+        found = self.get_mailbox(domain, account, mailbox)
+        assert found is not None
+        return found
+
+    def remove_mailbox(self, domain: str, account: str, mailbox: str) -> None:
+        if mailbox == "INBOX":
+            raise StoreError("INBOX cannot be removed; remove the account instead")
+        with self._tx() as conn:
+            aid = self._account_id(conn, domain, account)
+            row = conn.execute(
+                "SELECT id FROM mailboxes WHERE account_id = ? AND name = ?", (aid, mailbox)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no such mailbox: {mailbox}")
+            self._drop_mailbox(conn, int(row[0]))
+
+    def list_mailboxes(self, domain: str, account: str) -> list[str]:
+        conn = self._conn()
+        aid = self._account_id(conn, domain, account)
+        rows = conn.execute("SELECT name FROM mailboxes WHERE account_id = ? ORDER BY name", (aid,))
+        return [r[0] for r in rows]
+
+    def get_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox | None:
+        row = self._conn().execute(
+            "SELECT m.id, m.account_id, m.uidvalidity FROM mailboxes m "
+            "JOIN accounts a ON a.id = m.account_id JOIN domains d ON d.id = a.domain_id "
+            "WHERE d.name = ? AND a.name = ? AND m.name = ?",
+            (domain.lower(), account.lower(), mailbox),
+        ).fetchone()
+        if row is None:
+            return None
+        owner = f"{account.lower()}@{domain.lower()}"
+        return Mailbox(int(row[0]), int(row[1]), owner, mailbox, int(row[2]))
+
+    def list_messages(self, mailbox: Mailbox) -> list[MessageInfo]:
+        rows = self._conn().execute(
+            "SELECT uid, size, flags, x_real_to, internal_date FROM messages "
+            "WHERE mailbox_id = ? AND expunged_at IS NULL ORDER BY uid",
+            (mailbox.id,),
+        )
+        return [
+            MessageInfo(uid, f"{mailbox.uidvalidity:x}.{uid}", size, tuple(flag_names(flags)),
+                        x_real_to, when)
+            for uid, size, flags, x_real_to, when in rows
+        ]
+
+    def message_flags(self, mailbox_id: int, uid: int) -> int | None:
+        row = self._conn().execute(
+            "SELECT flags FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    # --- delivery ---
+    def _write_body_file(self, stuffed: bytes) -> str:
+        name = secrets.token_hex(16)
+        rel = f"{name[:2]}/{name}"
+        final = self.bodies_dir / rel
+        final.parent.mkdir(exist_ok=True)
+        tmp = self.bodies_dir / "tmp" / name
+        with open(tmp, "wb") as fh:
+            fh.write(stuffed)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        dirfd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+        return rel
+
+    def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
+        if not copies:
+            return []
+        normalized = normalize_crlf(message)
+        size = len(normalized)
+        stuffed = dot_stuff(normalized)
+        del normalized
+        file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
+        now = _now()
+        stored: list[bool] = []
+        try:
+            with self._tx() as conn:
+                keep: list[Copy] = []
+                for copy in copies:
+                    fresh = self._claim_duplicate_slot(conn, copy, now)
+                    stored.append(fresh)
+                    if fresh:
+                        keep.append(copy)
+                if not keep:
+                    return stored
+                cur = conn.execute(
+                    "INSERT INTO bodies(size, data, file, refs) VALUES (?, ?, ?, ?)",
+                    (size, None if file else stuffed, file, len(keep)),
+                )
+                body_id = cur.lastrowid
+                for copy in keep:
+                    row = conn.execute(
+                        "UPDATE mailboxes SET next_uid = next_uid + 1 WHERE id = ? "
+                        "RETURNING next_uid - 1",
+                        (copy.mailbox_id,),
+                    ).fetchone()
+                    if row is None:
+                        raise NotFound("mailbox disappeared during delivery")
+                    prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
+                    conn.execute(
+                        "INSERT INTO messages(mailbox_id, uid, body_id, size, internal_date, "
+                        "x_real_to, individual, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (copy.mailbox_id, row[0], body_id, size + len(prefix), now,
+                         copy.x_real_to, copy.individual, prefix),
+                    )
+        except BaseException:
+            if file is not None:
+                with contextlib.suppress(OSError):
+                    (self.bodies_dir / file).unlink()
+            raise
+        if file is not None and not any(stored):
+            with contextlib.suppress(OSError):
+                (self.bodies_dir / file).unlink()
+        return stored
+
+    def _claim_duplicate_slot(self, conn: sqlite3.Connection, copy: Copy, now: float) -> bool:
+        """Cyrus-style duplicate suppression: False if this Message-ID already reached this
+        recipient within the window."""
+        if self.duplicate_window is None or not copy.message_id or not copy.dedup_key:
+            return True
+        row = conn.execute(
+            "SELECT seen_at FROM duplicates WHERE message_id = ? AND rcpt = ?",
+            (copy.message_id, copy.dedup_key),
+        ).fetchone()
+        if row is not None and now - row[0] < self.duplicate_window:
+            return False
+        conn.execute(
+            "INSERT OR REPLACE INTO duplicates(message_id, rcpt, seen_at) VALUES (?, ?, ?)",
+            (copy.message_id, copy.dedup_key, now),
+        )
+        return True
+
+    # --- POP sessions ---
+    def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot:
+        conn = self._conn()
+        if individual is None:
+            rows = conn.execute(
+                "SELECT uid, size, body_id FROM messages "
+                "WHERE mailbox_id = ? AND expunged_at IS NULL ORDER BY uid",
+                (mailbox.id,),
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT uid, size, body_id FROM messages INDEXED BY messages_individual "
+                "WHERE mailbox_id = ? AND individual = ? AND expunged_at IS NULL ORDER BY uid",
+                (mailbox.id, individual.lower()),
+            ).fetchall()
+        opened = _now()
+        with self._lock:
+            self._open[opened] += 1
+        if rows:
+            uids, sizes, bodies = zip(*rows, strict=True)
+        else:
+            uids = sizes = bodies = ()
+        size_arr = array("q", sizes)
+        return Snapshot(mailbox, array("q", uids), size_arr, array("q", bodies), opened,
+                        sum(size_arr))
+
+    def read_message(self, snapshot: Snapshot, index: int) -> StoredMessage:
+        row = self._conn().execute(
+            "SELECT m.prefix, b.data, b.file, m.size FROM messages m "
+            "JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ? AND m.uid = ?",
+            (snapshot.mailbox.id, snapshot.uids[index]),
+        ).fetchone()
+        if row is None:
+            raise NotFound("message no longer exists")
+        prefix, data, file, size = row
+        path = None if file is None else self.bodies_dir / file
+        return StoredMessage(bytes(prefix), None if data is None else bytes(data), path, size)
+
+    def mark_seen(self, items: Sequence[tuple[int, int]]) -> None:
+        """Set \\Seen on (mailbox_id, uid) pairs, many sessions' RETRs in one transaction.
+        \\Seen is advisory state: NORMAL sync is still crash-consistent in WAL mode (only the
+        last flag changes may be lost on power failure) and saves an fsync per batch."""
+        conn = self._conn()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._tx() as tx:
+                tx.executemany(
+                    f"UPDATE messages SET flags = flags | {SEEN} WHERE mailbox_id = ? AND uid = ?",
+                    items,
+                )
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
+        now = _now()
+        count = 0
+        with self._tx() as conn:
+            for i in range(0, len(uids), _CHUNK):
+                part = uids[i : i + _CHUNK]
+                cur = conn.execute(
+                    "UPDATE messages SET expunged_at = ? WHERE mailbox_id = ? "
+                    f"AND expunged_at IS NULL AND uid IN ({','.join('?' * len(part))})",
+                    (now, mailbox_id, *part),
+                )
+                count += cur.rowcount
+        return count
+
+    def close_maildrop(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._open[snapshot.opened_at] -= 1
+            if self._open[snapshot.opened_at] <= 0:
+                del self._open[snapshot.opened_at]
+
+    # --- the collector (the safety mechanism) ---
+    def collect(self) -> int:
+        """Remove expunged copies and unreferenced bodies that no open session can still read.
+        Only the serving process calls this: it alone knows which sessions are open."""
+        with self._lock:
+            horizon = min(self._open) if self._open else float("inf")
+        horizon = min(horizon, _now())
+        files: list[str] = []
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM messages WHERE expunged_at IS NOT NULL AND expunged_at < ?",
+                (horizon,),
+            )
+            rows = conn.execute(
+                "SELECT id, file FROM bodies WHERE refs = 0 AND zero_at < ?", (horizon,)
+            ).fetchall()
+            for i in range(0, len(rows), _CHUNK):
+                part = [r[0] for r in rows[i : i + _CHUNK]]
+                conn.execute(
+                    f"DELETE FROM bodies WHERE id IN ({','.join('?' * len(part))})", part
+                )
+            files = [r[1] for r in rows if r[1]]
+        for rel in files:
+            with contextlib.suppress(FileNotFoundError):
+                (self.bodies_dir / rel).unlink()
+        return len(rows)
+
+    def remove_orphan_files(self) -> int:
+        """At start: body files no row names (a crash between fsync and commit)."""
+        known = {r[0] for r in self._conn().execute("SELECT file FROM bodies WHERE file IS NOT NULL")}
+        removed = 0
+        for path in self.bodies_dir.glob("*/*"):
+            rel = f"{path.parent.name}/{path.name}"
+            if path.parent.name == "tmp" or rel not in known:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def prune_duplicates(self) -> None:
+        if self.duplicate_window is not None:
+            with self._tx() as conn:
+                conn.execute("DELETE FROM duplicates WHERE seen_at < ?",
+                             (_now() - self.duplicate_window,))

@@ -1,0 +1,1 @@
+"""Pure address work: login-name grammar, routing table, resolve() -> Route. No I/O here."""
