@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 
+from accounts.acl import GROUP_PREFIX, Rights, effective_rights
 from accounts.credentials import DUMMY_CREDENTIALS, Credentials, verify_password
 from cgpop.errors import Pop3Error
 from cgpop.pop3.events import Grant, LoginOutcome
 from cgpop.sasl.apop import apop_digest_ok
-from cgpop.store.api import Account, Store
+from cgpop.store.api import Account, Mailbox, Store
 from router.resolve import resolve_login
 from router.route import LoginTarget, RouteError
 
@@ -63,6 +64,38 @@ class Authenticator:
             return LoginOutcome(error=AUTH_FAILED)
         return self.open(target, account)
 
+    def sasl_credentials(self, authcid: str, default_domain: str, password: str | None
+                         ) -> tuple[Credentials | None, bool | None]:
+        """For a SASL mechanism's NeedCredentials: the stored keys of the account the name
+        authenticates as, and when a password came with it (PLAIN, LOGIN) whether it is right
+        (KDF work is done even for unknown names, as in password_login)."""
+        creds = self.credentials_for(authcid, default_domain)
+        if password is None:
+            return creds, None
+        good = verify_password(creds or DUMMY_CREDENTIALS, password)
+        return creds, good and creds is not None
+
+    def open_login(self, login: str, default_domain: str) -> LoginOutcome:
+        """After SASL proved the credentials of `login` (or an admin's, for an authorization
+        identity): resolve it and open the maildrop it names."""
+        target, account = self.lookup(login, default_domain)
+        if target is None or account is None:
+            return LoginOutcome(error=AUTH_FAILED)
+        return self.open(target, account)
+
+    def is_admin(self, login: str, default_domain: str) -> bool:
+        target = self.lookup(login, default_domain)[0]
+        return target is not None and target.auth_address in self.admins
+
+    def rights(self, mailbox: Mailbox, user: str) -> Rights:
+        """What `user` (an authenticated address) may do on `mailbox` (Cyrus semantics)."""
+        entries = self.store.acl_entries(mailbox)
+        # Group membership matters only when an entry names a group: skip the lookup otherwise.
+        groups = (self.store.groups_of(user)
+                  if any(e.identifier.startswith(GROUP_PREFIX) for e in entries) else frozenset())
+        return effective_rights(entries, user=user, groups=groups,
+                                is_owner=mailbox.owner == user, is_admin=user in self.admins)
+
     def open(self, target: LoginTarget, account: Account) -> LoginOutcome:
         """Credentials are proved: open the maildrop the name picked, if rights allow."""
         route = target.route
@@ -70,9 +103,13 @@ class Authenticator:
         if mailbox is None:
             log.info("login %s: no mailbox %s#%s", account.address, route.mailbox, route.address)
             return LoginOutcome(error=AUTH_FAILED)
-        owner = route.address == account.address
-        if not owner:
-            # Foreign and public mailboxes need ACLs (issue 3); until then only owners read.
+        rights = self.rights(mailbox, account.address)
+        # POP needs `r` to open a maildrop. Refused like a bad password, so the reply does not
+        # tell whether the mailbox exists (issue 3: no probing).
+        if "r" not in rights:
+            log.info("login %s: no r right on %s#%s (has %r)", account.address, route.mailbox,
+                     route.address, str(rights))
             return LoginOutcome(error=AUTH_FAILED)
         snapshot = self.store.open_maildrop(mailbox, route.individual)
-        return LoginOutcome(grant=Grant(account.address, snapshot))
+        return LoginOutcome(grant=Grant(account.address, snapshot, may_seen="s" in rights,
+                                        may_delete="t" in rights, may_expunge="e" in rights))

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from cgpop.store.api import Copy, Store, StoreError, TemporaryFailure
+from accounts.acl import effective_rights
+from accounts.names import INBOX
+from cgpop.store.api import Copy, Mailbox, Store, StoreError, TemporaryFailure
 from router.resolve import resolve_recipient
 from router.route import Route, RouteError
 
@@ -66,8 +68,8 @@ def _clean(address: str) -> str:
 
 
 class Deliverer:
-    def __init__(self, store: Store, *, default_domain: str, real_to_header: str = "X-Real-To",
-                 may_post: object = None) -> None:
+    def __init__(self, store: Store, *, default_domain: str, real_to_header: str = "X-Real-To"
+                 ) -> None:
         self.store = store
         self.default_domain = default_domain
         self.real_to_header = real_to_header
@@ -79,20 +81,43 @@ class Deliverer:
         except (RouteError, ValueError):
             return None
 
+    def may_post(self, mailbox: Mailbox) -> bool:
+        """Issue 3: INBOX always takes mail; any other mailbox only when its ACL gives
+        `anyone` or `anonymous` the `p` right (RFC 4314 section 2.1, Cyrus's lmtpd rule)."""
+        if mailbox.name == INBOX:
+            return True
+        return "p" in effective_rights(self.store.acl_entries(mailbox), user=None)
+
+    def target(self, recipient: str) -> tuple[Route, Mailbox] | Status:
+        """Where a copy for `recipient` goes, or why it cannot go anywhere."""
+        route = self.resolve(recipient)
+        if route is None:
+            return Status.UNKNOWN
+        mailbox = self.store.get_mailbox(route.domain, route.account, route.mailbox)
+        if mailbox is None:
+            return Status.UNKNOWN
+        if not self.may_post(mailbox):
+            return Status.REFUSED
+        return route, mailbox
+
+    def check(self, recipient: str) -> Status | None:
+        """For LMTP RCPT: None when `recipient` would be accepted, else the refusal."""
+        found = self.target(recipient)
+        return found if isinstance(found, Status) else None
+
     def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
         results: list[Result | None] = []
         copies: list[Copy] = []
         slots: list[int] = []
         mid = message_id(message)
         for rcpt in recipients:
-            route = self.resolve(rcpt)
-            if route is None:
-                results.append(Result(rcpt, Status.UNKNOWN))
+            found = self.target(rcpt)
+            if isinstance(found, Status):
+                if found is Status.REFUSED:
+                    log.info("recipient %s refused: mailbox takes no posting", rcpt[:200])
+                results.append(Result(rcpt, found))
                 continue
-            mailbox = self.store.get_mailbox(route.domain, route.account, route.mailbox)
-            if mailbox is None:
-                results.append(Result(rcpt, Status.UNKNOWN))
-                continue
+            route, mailbox = found
             prefix = (f"Return-Path: <{_clean(sender)}>\r\n"
                       f"{self.real_to_header}: <{_clean(rcpt)}>\r\n").encode("utf-8")
             copies.append(Copy(mailbox.id, prefix, _clean(rcpt), route.individual, mid,

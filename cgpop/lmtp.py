@@ -18,6 +18,7 @@ from aiosmtpd.smtp import Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
 from cgpop.config import Endpoint
+from cgpop.delivery import Result
 from cgpop.logs import SessionLog
 
 if TYPE_CHECKING:
@@ -42,11 +43,12 @@ class _Handler:
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.gw.config.lmtp.max_recipients:
             return "452 4.5.3 too many recipients"
-        # Refuse unknown users at RCPT so the MTA bounces them at once (RFC 2033 section 4.2).
-        route = await self.gw.read(self.gw.deliverer.resolve, address)
-        if route is None:
-            self._log(session).info("unknown recipient %s", address[:200])
-            return f"550 5.1.1 <{address}> no such user"
+        # Refuse unknown users, missing mailboxes and mailboxes that take no posting at RCPT,
+        # so the MTA bounces them at once (RFC 2033 section 4.2); DATA checks again.
+        refused = await self.gw.read(self.gw.deliverer.check, address)
+        if refused is not None:
+            self._log(session).info("recipient %s refused: %s", address[:200], refused.value)
+            return Result(address, refused).lmtp_reply
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 recipient ok"
 

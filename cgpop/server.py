@@ -13,30 +13,38 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cgpop.auth import Authenticator
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer
 from cgpop.errors import Pop3Error
 from cgpop.logs import SessionLog, redact
+from cgpop import sasl
+from cgpop.auth import AUTH_FAILED
+from cgpop.penalty import Penalty
 from cgpop.pop3.events import (
     Close,
     Commit,
     Event,
     LoginOutcome,
     PasswordLogin,
+    SaslCredentials,
+    SaslLogin,
     Send,
     SendMessage,
     StartTls,
+    Submit,
 )
-from cgpop.pop3.lines import LineBuffer
+from cgpop.pop3.lines import NEED_MORE, LineBuffer
 from cgpop.pop3.session import Policy, Session
 from cgpop.sasl.apop import make_apop_banner
+from cgpop.tlsconf import ReloadableContext
 from cgpop.store.api import NotFound
 from cgpop.store.sqlite import SqliteStore
 from cgpop.wire import TERMINATOR, top_lines
@@ -69,6 +77,12 @@ class ServerState:
         self.per_ip: dict[str, int] = {}
         self.per_account: dict[str, int] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+
+
+class Submitter(Protocol):
+    """XTND XMIT behind the engine (xtnd/): None means accepted for every recipient."""
+
+    async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None: ...
 
 
 class SeenBatcher:
@@ -118,6 +132,11 @@ class Gateway:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgpop-write")
         self.state = ServerState()
         self.seen = SeenBatcher(self)
+        self.penalty = Penalty()
+        self.tls: ReloadableContext | None = None
+        if config.tls.cert is not None and config.tls.key is not None:
+            self.tls = ReloadableContext(config.tls.cert, config.tls.key)
+        self.submitter: Submitter | None = None
         self.servers: list[asyncio.Server] = []
         self.bound: dict[str, list[tuple[str, int]]] = {"pop3": [], "pop3s": [], "lmtp": []}
         self._ids = itertools.count(1)
@@ -137,6 +156,8 @@ class Gateway:
         await self.write(self.store.collect)
         for ep in self.config.pop3.listen:
             await self._listen("pop3", ep, self._pop3_handler(ep, tls=False))
+        for ep in self.config.pop3.tls_listen:
+            await self._listen("pop3s", ep, self._pop3_handler(ep, tls=True))
         from cgpop.lmtp import start_lmtp
 
         for ep in self.config.lmtp.listen:
@@ -184,10 +205,21 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         await self.start()
         await self._stopping.wait()
         log.info("shutting down")
         await self.stop()
+
+    def reload_tls(self) -> None:
+        """SIGHUP: re-read the certificate; sessions already in TLS keep theirs."""
+        if self.tls is None:
+            return
+        try:
+            self.tls.reload()
+            log.info("TLS certificate reloaded")
+        except ValueError as exc:
+            log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
     async def _sweeper(self) -> None:
         """Autologout (RFC 1939 section 3): idle sessions are closed silently. One timer for
@@ -222,14 +254,18 @@ class Gateway:
 
     def policy(self, *, tls: bool, peer_ip: str) -> Policy:
         c = self.config
-        loopback = peer_ip.startswith("127.") or peer_ip == "::1"
-        plaintext = c.pop3.plaintext_auth == "always" or tls or loopback
+        loopback = peer_ip.startswith("127.") or peer_ip in ("::1", "::ffff:127.0.0.1")
+        secure = tls or loopback
+        always = c.pop3.plaintext_auth == "always"
         return Policy(
             hostname=c.server.hostname,
             apop_banner=make_apop_banner(c.server.hostname) if c.pop3.apop else "",
-            plaintext_allowed=plaintext,
-            stls_available=False,
+            plaintext_allowed=secure or always,
+            stls_available=self.tls is not None,
             tls_active=tls,
+            sasl_mechanisms=tuple(sasl.available(secure, always)),
+            xtnd_enabled=c.xtnd.enabled and self.submitter is not None,
+            xtnd_max_size=c.xtnd.max_message_size,
             max_bad_commands=c.pop3.max_bad_commands,
             max_auth_failures=c.pop3.max_auth_failures,
         )
@@ -254,29 +290,39 @@ class Gateway:
         st.per_ip[peer_ip] = st.per_ip.get(peer_ip, 0) + 1
         slog.info("connected")
         session = Session(self.policy(tls=tls, peer_ip=peer_ip))
-        runner = _Runner(self, session, conn, writer, slog, domain)
+        lines = LineBuffer(cfg.max_line)
+        runner = _Runner(self, session, conn, reader, writer, slog, domain, lines, peer_ip)
         try:
+            if tls:
+                # Implicit TLS (RFC 8314): handshake first, with the current certificate.
+                assert self.tls is not None
+                await writer.start_tls(self.tls.context)
             await runner.run_events(session.greeting())
             await runner.flush()
-            lines = LineBuffer(cfg.max_line)
             while not session.closed:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     break
                 conn.last_active = time.monotonic()
-                for line in lines.feed(data):
-                    if session.closed:
+                lines.push(data)
+                while not session.closed:
+                    lines.body_mode = session.in_body
+                    line = lines.pop()
+                    if line == NEED_MORE:
                         break
                     if line is None:
                         slog.info("overlong command line")
                         events = session.handle_overlong()
                     else:
-                        slog.debug("C: %s", redact(line.decode("utf-8", "replace").rstrip()))
+                        if session.in_sasl:
+                            slog.debug("C: <SASL response>")
+                        elif not session.in_body:
+                            slog.debug("C: %s", redact(line.decode("utf-8", "replace").rstrip()))
                         events = session.handle_line(line)
                     await runner.run_events(events)
                 await runner.flush()
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError) as exc:
+            slog.info("connection lost: %s", type(exc).__name__)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -304,8 +350,10 @@ class _Runner:
     """Carries out one session's events, in order, with batched writes."""
 
     def __init__(self, gw: Gateway, session: Session, conn: Connection,
-                 writer: asyncio.StreamWriter, slog: SessionLog, domain: str) -> None:
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slog: SessionLog,
+                 domain: str, lines: LineBuffer, peer_ip: str) -> None:
         self.gw, self.session, self.conn, self.writer = gw, session, conn, writer
+        self.reader, self.lines, self.peer_ip = reader, lines, peer_ip
         self.slog, self.domain = slog, domain
         self.out: list[bytes] = []
         self.out_size = 0
@@ -337,7 +385,48 @@ class _Runner:
             elif isinstance(event, Commit):
                 await self.run_events(await self.commit(event))
             elif isinstance(event, StartTls):
-                raise NotImplementedError("STLS")
+                await self.start_tls(event)
+            elif isinstance(event, SaslCredentials):
+                creds, good = await self.gw.read(self.gw.auth.sasl_credentials, event.authcid,
+                                                 self.domain, event.password)
+                await self.run_events(self.session.sasl_credentials(creds, good))
+            elif isinstance(event, SaslLogin):
+                outcome = await self.sasl_login(event)
+                await self.run_events(self.session.login_result(await self.admit(
+                    outcome, event.proven_by or event.login)))
+            elif isinstance(event, Submit):
+                await self.run_events(self.session.submit_result(await self.submit(event)))
+
+    async def start_tls(self, event: StartTls) -> None:
+        """RFC 2595 section 4: reply, drop everything the client pipelined after STLS (no
+        plaintext command injection), handshake, and restart the session's view."""
+        self.send(event.reply)
+        await self.flush()
+        self.lines.discard()
+        # Bytes that arrived after our last read are still in the stream's buffer; they were
+        # sent in cleartext and must not be read as if they came through TLS.
+        buffer = getattr(self.reader, "_buffer", None)
+        if isinstance(buffer, bytearray):
+            buffer.clear()
+        assert self.gw.tls is not None
+        await self.writer.start_tls(self.gw.tls.context)
+        self.session.tls_started(self.gw.policy(tls=True, peer_ip=self.peer_ip))
+        self.slog.info("TLS started")
+
+    async def sasl_login(self, event: SaslLogin) -> LoginOutcome:
+        gw = self.gw
+        if event.proven_by is not None:
+            admin = await gw.read(gw.auth.is_admin, event.proven_by, self.domain)
+            if not admin:
+                self.slog.info("%r may not log in as %r", event.proven_by[:100], event.login[:100])
+                return LoginOutcome(error=AUTH_FAILED)
+        return await gw.read(gw.auth.open_login, event.login, self.domain)
+
+    async def submit(self, event: Submit) -> Pop3Error | None:
+        gw = self.gw
+        if gw.submitter is None or self.conn.account is None:
+            return Pop3Error("submission is not available", "SYS/TEMP")
+        return await gw.submitter.submit(self.conn.account, self.conn.peer, event.message)
 
     async def login(self, event: PasswordLogin) -> LoginOutcome:
         gw = self.gw
@@ -346,9 +435,20 @@ class _Runner:
                 event.login, self.domain, password=event.password,
                 apop_digest=event.apop_digest, apop_banner=self.session.policy.apop_banner)
         )
+        return await self.admit(outcome, event.login)
+
+    async def admit(self, outcome: LoginOutcome, login: str) -> LoginOutcome:
+        """Apply the failed-login delay and the per-account cap to a login's outcome."""
+        gw = self.gw
         if outcome.grant is None:
-            self.slog.info("login failed for %r", event.login[:100])
+            self.slog.info("login failed for %r", login[:100])
+            if outcome.counts_as_failure:
+                gw.penalty.record_failure(self.peer_ip, login.lower()[:320])
+                # A growing delay per peer and per account slows guessing; the reply is the
+                # same whatever failed.
+                await asyncio.sleep(gw.penalty.delay_for(self.peer_ip, login.lower()[:320]))
             return outcome
+        gw.penalty.record_success(self.peer_ip, login.lower()[:320])
         account = outcome.grant.account
         per_account = gw.state.per_account
         if per_account.get(account, 0) >= gw.config.pop3.max_per_account:

@@ -148,8 +148,11 @@ async def send(
 class _Client(smtplib.SMTP):
     """smtplib.SMTP that connects to a given address and notes when DATA's end was written."""
 
-    def __init__(self, address: str | None, helo: str, timeout: float) -> None:
+    def __init__(self, host: str, address: str | None, helo: str, timeout: float) -> None:
         super().__init__(local_hostname=helo, timeout=timeout)
+        # smtplib takes the STARTTLS server name (SNI, certificate check) from `_host`, which
+        # only its constructor sets, and only when it also connects at once.
+        self._host = host
         self._address = address
         self.data_end_sent = False
 
@@ -177,7 +180,7 @@ def _deliver(
     address: str | None,
     ssl_context: ssl.SSLContext | None,
 ) -> RelayResult:
-    client = _Client(address, helo, timeout)
+    client = _Client(host, address, helo, timeout)
     done: dict[str, RecipientResult] = {}
     accepted: list[str] = []
     stage = "connect"

@@ -6,7 +6,7 @@ result method on the session before it feeds another line (STYLE rule 1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cgpop.errors import Pop3Error
 from cgpop.store.api import Snapshot
@@ -59,6 +59,33 @@ class StartTls:
 
 
 @dataclass(frozen=True, slots=True)
+class SaslCredentials:
+    """A SASL mechanism needs the stored keys of `authcid` (and, with `password`, whether it is
+    right). Result: `Session.sasl_credentials`."""
+
+    authcid: str
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SaslLogin:
+    """SASL proved the credentials: open the maildrop of `login`. When `proven_by` is set the
+    proven identity is `proven_by`'s, allowed only for admins (RFC 4616 authzid).
+    Result: `Session.login_result`."""
+
+    login: str
+    proven_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """XTND XMIT: a complete, unstuffed message (CRLF) to submit for the logged-in account.
+    Result: `Session.submit_result`."""
+
+    message: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """What a successful login opened and what its rights allow (Cyrus ACL letters)."""
 
@@ -77,4 +104,5 @@ class LoginOutcome:
     counts_as_failure: bool = True
 
 
-Event = Send | Close | PasswordLogin | SendMessage | Commit | StartTls
+Event = (Send | Close | PasswordLogin | SendMessage | Commit | StartTls | SaslCredentials
+         | SaslLogin | Submit)

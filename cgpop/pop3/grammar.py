@@ -49,6 +49,7 @@ GRAMMAR: dict[str, Syntax] = {
     "TOP": Syntax((Arg.MSG, Arg.COUNT), usage="TOP msg lines"),
     "DELE": Syntax((Arg.MSG,), usage="DELE msg"),
     "RSET": Syntax(usage="RSET"),
+    "XTND": Syntax((Arg.REST,), usage="XTND XMIT"),
 }
 
 Value = int | str

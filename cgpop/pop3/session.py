@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import base64
+import binascii
+
+from cgpop import sasl
 from cgpop.errors import Pop3Error, Pop3Fatal
 from cgpop.pop3.events import (
     Close,
@@ -17,13 +21,17 @@ from cgpop.pop3.events import (
     Grant,
     LoginOutcome,
     PasswordLogin,
+    SaslCredentials,
+    SaslLogin,
     Send,
     SendMessage,
     StartTls,
+    Submit,
 )
 from cgpop.pop3.grammar import Value, parse_args
 from cgpop.pop3.states import LEGAL, State
 from cgpop.store.api import Snapshot
+from xtnd.body import BodyReader
 
 IMPLEMENTATION = "cgpop"
 
@@ -40,6 +48,7 @@ class Policy:
     tls_active: bool = False
     sasl_mechanisms: tuple[str, ...] = ()
     xtnd_enabled: bool = False
+    xtnd_max_size: int = 25 * 1024 * 1024
     max_bad_commands: int = 20
     max_auth_failures: int = 3
 
@@ -52,6 +61,13 @@ def multiline(status: str, lines: list[str]) -> bytes:
     """A multi-line reply whose lines are known not to start with "." (numbers, keywords)."""
     body = "".join(f"{line}\r\n" for line in lines)
     return f"+OK {status}\r\n{body}.\r\n".encode("ascii", "replace")
+
+
+def _b64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 Handler = Callable[["Session", tuple[Value, ...]], list[Event]]
@@ -68,7 +84,21 @@ class Session:
         self.auth_failures = 0
         self.busy = False
         self.closed = False
+        # A SASL exchange in progress, and whether the next line is its response.
+        self.sasl: sasl.Mechanism | None = None
+        self.sasl_awaiting = False
+        self.sasl_success: sasl.Success | None = None
+        # An XTND XMIT body being read.
+        self.body: BodyReader | None = None
+        self.sasl_config = sasl.SaslConfig(hostname=policy.hostname)
 
+    @property
+    def in_body(self) -> bool:
+        return self.body is not None
+
+    @property
+    def in_sasl(self) -> bool:
+        return self.sasl_awaiting
     # --- entry points used by the shell ---
     def greeting(self) -> list[Event]:
         banner = f" {self.policy.apop_banner}" if self.policy.apop_banner else ""
@@ -81,6 +111,10 @@ class Session:
     def handle_line(self, raw: bytes) -> list[Event]:
         if self.closed or self.busy:
             raise RuntimeError("handle_line while busy or closed")
+        if self.body is not None:
+            return self._body_line(raw)
+        if self.sasl_awaiting:
+            return self._sasl_line(raw)
         line = raw.rstrip(b"\r\n")
         if b"\x00" in line or b"\r" in line or b"\n" in line:
             return self._bad(Pop3Error("invalid characters in command"))
@@ -125,6 +159,18 @@ class Session:
                 events = [Send(Pop3Error("too many failed logins, closing", "AUTH").reply())]
                 events.append(Close())
         return events
+
+    def sasl_credentials(self, creds: object, password_ok: bool | None) -> list[Event]:
+        """The answer to SaslCredentials: `creds` is `Credentials | None`."""
+        self.busy = False
+        assert self.sasl is not None
+        return self._sasl_step(self.sasl.credentials(creds, password_ok))  # type: ignore[arg-type]
+
+    def submit_result(self, error: Pop3Error | None) -> list[Event]:
+        self.busy = False
+        if error is not None:
+            return [Send(error.reply())]
+        return [Send(b"+OK Message sent successfully\r\n")]
 
     def commit_result(self, ok_: bool, remaining: int) -> list[Event]:
         self.busy = False
@@ -196,7 +242,72 @@ class Session:
         if not args:
             # The bare AUTH listing (CommuniGate, Dovecot; draft-myers-sasl-pop3).
             return [Send(multiline("available mechanisms", list(mechs)))]
-        raise Pop3Error(f"unsupported authentication mechanism {str(args[0])[:40]}")
+        name = str(args[0]).upper()
+        mech = sasl.create(name, self.sasl_config) if name in mechs else None
+        if mech is None:
+            if name in sasl.PLAINTEXT_MECHANISMS:
+                raise Pop3Error(f"{name} is disabled on this connection; use STLS first")
+            raise Pop3Error(f"unsupported authentication mechanism {name[:40]}")
+        initial: bytes | None = None
+        if len(args) == 2:
+            # RFC 5034 section 4: "=" is an empty initial response.
+            initial = b"" if args[1] == "=" else _b64(str(args[1]))
+            if initial is None:
+                return self.login_result(LoginOutcome(
+                    error=Pop3Error("invalid base64 in initial response"),
+                    counts_as_failure=False))
+        self.sasl = mech
+        return self._sasl_step(mech.start(initial))
+
+    def _sasl_line(self, raw: bytes) -> list[Event]:
+        self.sasl_awaiting = False
+        line = raw.rstrip(b"\r\n").strip(b" ")
+        if line == b"*":
+            self._sasl_end()
+            return [Send(Pop3Error("authentication cancelled").reply())]
+        data = _b64(line.decode("ascii", "replace"))
+        if data is None:
+            self._sasl_end()
+            return self.login_result(LoginOutcome(error=Pop3Error("invalid base64 in response"),
+                                                  counts_as_failure=False))
+        if self.sasl_success is not None:
+            # The client's (empty) answer to the server-final challenge (RFC 5034 section 4).
+            success, self.sasl_success = self.sasl_success, None
+            return self._sasl_login(success)
+        assert self.sasl is not None
+        return self._sasl_step(self.sasl.respond(data))
+
+    def _sasl_step(self, step: sasl.Step) -> list[Event]:
+        if isinstance(step, sasl.Challenge):
+            self.sasl_awaiting = True
+            return [Send(b"+ " + base64.b64encode(step.data) + b"\r\n")]
+        if isinstance(step, sasl.NeedCredentials):
+            self.busy = True
+            return [SaslCredentials(step.authcid, step.password)]
+        if isinstance(step, sasl.Success):
+            if step.final is not None:
+                self.sasl_success = step
+                self.sasl_awaiting = True
+                return [Send(b"+ " + base64.b64encode(step.final) + b"\r\n")]
+            return self._sasl_login(step)
+        self._sasl_end()
+        if step.credentials_bad:
+            return self.login_result(LoginOutcome(error=Pop3Error("authentication failed",
+                                                                  "AUTH")))
+        return self.login_result(LoginOutcome(error=Pop3Error("authentication exchange failed"),
+                                              counts_as_failure=False))
+
+    def _sasl_login(self, success: sasl.Success) -> list[Event]:
+        self._sasl_end()
+        self.busy = True
+        if success.authzid is not None:
+            return [SaslLogin(success.authzid, proven_by=success.authcid)]
+        return [SaslLogin(success.authcid)]
+
+    def _sasl_end(self) -> None:
+        self.sasl = None
+        self.sasl_awaiting = False
+        self.sasl_success = None
 
     def _stls(self, args: tuple[Value, ...]) -> list[Event]:
         if self.policy.tls_active:
@@ -282,6 +393,25 @@ class Session:
         self.deleted.add(i)
         return [Send(ok(f"message {i + 1} deleted"))]
 
+    def _xtnd(self, args: tuple[Value, ...]) -> list[Event]:
+        sub = str(args[0]).strip().upper()
+        if sub != "XMIT" or not self.policy.xtnd_enabled:
+            raise Pop3Error("unknown XTND command")
+        self.body = BodyReader(self.policy.xtnd_max_size)
+        return [Send(b"+OK Start sending message.\r\n")]
+
+    def _body_line(self, raw: bytes) -> list[Event]:
+        assert self.body is not None
+        if not self.body.feed_line(raw):
+            return []
+        result = self.body.result()
+        self.body = None
+        if result.overflow:
+            limit = self.policy.xtnd_max_size
+            return [Send(Pop3Error(f"message too large (limit {limit} octets)").reply())]
+        self.busy = True
+        return [Submit(result.message)]
+
     def _rset(self, args: tuple[Value, ...]) -> list[Event]:
         self.deleted.clear()
         count, size = self._live()
@@ -304,6 +434,7 @@ _HANDLERS: dict[str, Handler] = {
     "TOP": Session._top,
     "DELE": Session._dele,
     "RSET": Session._rset,
+    "XTND": Session._xtnd,
 }
 assert set(_HANDLERS) == set(LEGAL), "state table and handler table must name the same verbs"
 

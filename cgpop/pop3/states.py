@@ -34,4 +34,5 @@ LEGAL: dict[str, frozenset[State]] = {
     "TOP": T,
     "DELE": T,
     "RSET": T,
+    "XTND": T,
 }

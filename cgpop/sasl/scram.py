@@ -228,7 +228,7 @@ class ScramSha256(MechanismBase):
         client_signature = hmac.digest(stored_key, auth_message, "sha256")
         client_key = bytes(a ^ b for a, b in zip(proof, client_signature, strict=True))
         proof_ok = hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
-        if creds is None:
+        if creds is None or not proof_ok:
             return self._fail("SCRAM bad credentials", credentials_bad=True)
         server_signature = hmac.digest(server_key, auth_message, "sha256")
         final = b"v=" + base64.b64encode(server_signature)

@@ -119,3 +119,72 @@ MIGRATIONS.append(
     ) WITHOUT ROWID;
     """
 )
+
+MIGRATIONS.append(
+    # 3: access control (Cyrus ACL semantics, accounts/acl.py) and groups.
+    """
+    CREATE TABLE acl (
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        identifier TEXT NOT NULL,  -- 'name@domain', 'group:NAME', 'anyone', 'anonymous'
+        negative INTEGER NOT NULL DEFAULT 0,
+        rights TEXT NOT NULL,
+        PRIMARY KEY (mailbox_id, negative, identifier)
+    ) WITHOUT ROWID;
+    CREATE TABLE group_members (
+        group_name TEXT NOT NULL,
+        member TEXT NOT NULL,  -- 'name@domain'
+        PRIMARY KEY (group_name, member)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_member ON group_members(member);
+    """
+)
+
+MIGRATIONS.append(
+    # 4: CommuniGate-style alerts: per account, per domain or server-wide, each delivered
+    # once to each account it concerns.
+    """
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scope TEXT NOT NULL CHECK (scope IN ('account', 'domain', 'server')),
+        target TEXT NOT NULL,  -- 'name@domain', 'domain', or '' for the server
+        text TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE alerts_delivered (
+        alert_id INTEGER NOT NULL REFERENCES alerts(id) ON DELETE CASCADE,
+        account TEXT NOT NULL,  -- 'name@domain'
+        delivered_at REAL NOT NULL,
+        PRIMARY KEY (alert_id, account)
+    ) WITHOUT ROWID;
+    """
+)
+
+MIGRATIONS.append(
+    # 5: the outbound queue of XTND XMIT (xtnd/): one message, one row per recipient.
+    """
+    CREATE TABLE queue_messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sender TEXT NOT NULL,
+        account TEXT NOT NULL,  -- the submitting account, for DSNs
+        message BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE queue_recipients (
+        message_id INTEGER NOT NULL REFERENCES queue_messages(id) ON DELETE CASCADE,
+        recipient TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued'
+            CHECK (state IN ('queued', 'sending', 'sent', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_error TEXT,
+        PRIMARY KEY (message_id, recipient)
+    ) WITHOUT ROWID;
+    CREATE INDEX queue_due ON queue_recipients(next_attempt) WHERE state = 'queued';
+    CREATE TABLE submissions (
+        account TEXT NOT NULL,
+        at REAL NOT NULL,
+        recipients INTEGER NOT NULL
+    );
+    CREATE INDEX submissions_by_account ON submissions(account, at);
+    """
+)

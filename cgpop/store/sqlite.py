@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
 from accounts.credentials import Credentials
 from cgpop.store import schema
 from cgpop.store.api import (
@@ -42,6 +43,8 @@ INLINE_MAX = 128 * 1024
 # SQLite's default SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32; stay far below it.
 _CHUNK = 500
 _BUSY_TIMEOUT_MS = 30_000
+# The account whose new mailboxes start with DEFAULT_PUBLIC_ACL (CommuniGate/Cyrus "public").
+PUBLIC_ACCOUNT = "public"
 
 
 def _now() -> float:
@@ -227,7 +230,8 @@ class SqliteStore:
             except sqlite3.IntegrityError:
                 raise StoreError(f"account already exists: {name}@{domain}") from None
             assert cur.lastrowid is not None
-            self._insert_mailbox(conn, cur.lastrowid, "INBOX")
+            box_id = self._insert_mailbox(conn, cur.lastrowid, "INBOX")
+            self._default_acl(conn, name, box_id)
 
     def set_credentials(self, domain: str, name: str, creds: Credentials) -> None:
         with self._tx() as conn:
@@ -294,7 +298,8 @@ class SqliteStore:
     def add_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox:
         with self._tx() as conn:
             aid = self._account_id(conn, domain, account)
-            self._insert_mailbox(conn, aid, mailbox)
+            box_id = self._insert_mailbox(conn, aid, mailbox)
+            self._default_acl(conn, account, box_id)
         found = self.get_mailbox(domain, account, mailbox)
         assert found is not None
         return found
@@ -346,6 +351,86 @@ class SqliteStore:
             "SELECT flags FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
         ).fetchone()
         return None if row is None else int(row[0])
+
+    # --- ACL and groups (accounts/acl.py has the rights arithmetic) ---
+    def _default_acl(self, conn: sqlite3.Connection, account: str, mailbox_id: int) -> None:
+        # Issue 3: every new mailbox of an account named `public` (in any domain) is readable
+        # by everybody until its owner or an admin says otherwise.
+        if account.lower() == PUBLIC_ACCOUNT:
+            conn.executemany(
+                "INSERT INTO acl(mailbox_id, identifier, negative, rights) VALUES (?, ?, ?, ?)",
+                [(mailbox_id, e.identifier, int(e.negative), str(e.rights))
+                 for e in DEFAULT_PUBLIC_ACL])
+
+    def acl_entries(self, mailbox: Mailbox) -> list[AclEntry]:
+        """The mailbox's ACL, positive entries first, each group sorted by identifier."""
+        rows = self._conn().execute(
+            "SELECT identifier, negative, rights FROM acl WHERE mailbox_id = ? "
+            "ORDER BY negative, identifier", (mailbox.id,))
+        return [AclEntry(str(i), Rights.parse(str(r)), bool(n)) for i, n, r in rows]
+
+    def get_acl_entry(self, mailbox: Mailbox, identifier: str, negative: bool = False
+                      ) -> AclEntry | None:
+        row = self._conn().execute(
+            "SELECT rights FROM acl WHERE mailbox_id = ? AND identifier = ? AND negative = ?",
+            (mailbox.id, identifier, int(negative))).fetchone()
+        return None if row is None else AclEntry(identifier, Rights.parse(str(row[0])), negative)
+
+    def set_acl_entry(self, mailbox: Mailbox, entry: AclEntry) -> None:
+        """Add or replace the entry for (identifier, negative). Empty rights remove it, as
+        Cyrus's SETACL with an empty rights string does (RFC 4314 section 3.1)."""
+        if not entry.rights:
+            with contextlib.suppress(NotFound):
+                self.delete_acl_entry(mailbox, entry.identifier, entry.negative)
+            return
+        with self._tx() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(mailbox_id, negative, identifier) "
+                    "DO UPDATE SET rights = excluded.rights",
+                    (mailbox.id, entry.identifier, int(entry.negative), str(entry.rights)))
+            except sqlite3.IntegrityError:  # the foreign key: the mailbox was removed
+                raise NotFound(f"no such mailbox: {mailbox.name}") from None
+
+    def delete_acl_entry(self, mailbox: Mailbox, identifier: str, negative: bool = False) -> None:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "DELETE FROM acl WHERE mailbox_id = ? AND identifier = ? AND negative = ?",
+                (mailbox.id, identifier, int(negative)))
+            if cur.rowcount == 0:
+                sign = "-" if negative else ""
+                raise NotFound(f"no ACL entry for {sign}{identifier} on {mailbox.name}")
+
+    def add_group_member(self, group: str, member: str) -> None:
+        with self._tx() as conn:
+            try:
+                conn.execute("INSERT INTO group_members(group_name, member) VALUES (?, ?)",
+                             (group.lower(), member.lower()))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"{member} is already in group {group}") from None
+
+    def remove_group_member(self, group: str, member: str) -> None:
+        with self._tx() as conn:
+            cur = conn.execute("DELETE FROM group_members WHERE group_name = ? AND member = ?",
+                               (group.lower(), member.lower()))
+            if cur.rowcount == 0:
+                raise NotFound(f"{member} is not in group {group}")
+
+    def list_group_members(self, group: str | None = None) -> list[tuple[str, str]]:
+        """(group, member) pairs, sorted; one group's only when `group` is given."""
+        sql = "SELECT group_name, member FROM group_members"
+        args: tuple[str, ...] = ()
+        if group is not None:
+            sql += " WHERE group_name = ?"
+            args = (group.lower(),)
+        rows = self._conn().execute(sql + " ORDER BY group_name, member", args)
+        return [(str(g), str(m)) for g, m in rows]
+
+    def groups_of(self, address: str) -> frozenset[str]:
+        rows = self._conn().execute("SELECT group_name FROM group_members WHERE member = ?",
+                                    (address.lower(),))
+        return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
     def _write_body_file(self, stuffed: bytes) -> str:

@@ -198,3 +198,8 @@ def test_spent_after_failure() -> None:
     mech.start(b"p=x,,n=a,r=b")
     with pytest.raises(SaslStateError):
         mech.respond(b"anything")
+
+
+def test_channel_binding_refused_with_its_own_reason() -> None:
+    step = ScramSha256(CONFIG).start(b"p=tls-server-end-point,,n=alice,r=abc")
+    assert step == Failure("SCRAM channel binding not supported", False)

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dns.message
 import dns.rcode
@@ -19,7 +19,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -59,12 +59,13 @@ class SinkHandler:
         return self.data_reply
 
 
-class _PortZeroController(Controller):  # type: ignore[misc]
+class _PortZeroController(Controller):
     """aiosmtpd's Controller, bound to port 0: the real port is read back before the trigger."""
 
     def _trigger_server(self) -> None:
+        assert isinstance(self.server, asyncio.Server)
         self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -214,8 +215,8 @@ class _DnsProtocol(asyncio.DatagramProtocol):
         self.queries: list[tuple[str, str]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # The selector loop's datagram transport does not subclass DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         query = dns.message.from_wire(data)

@@ -1,0 +1,110 @@
+"""Delivery over LMTP (RFC 2033) with the standard library's smtplib.LMTP, read back by POP3."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import LiveServer, message
+from tests.e2e.helpers import TIMEOUT, pop, uids
+
+ANN = "ann@example.com"
+
+
+@pytest.fixture
+def lmtp(server: LiveServer) -> Iterator[smtplib.LMTP]:
+    server.add_account(ANN, "annpw")
+    client = smtplib.LMTP(server.host, server.port("lmtp"), timeout=TIMEOUT)
+    yield client
+    client.close()
+
+
+def x_real_to(server: LiveServer, address: str) -> list[bytes]:
+    client = pop(server, address, "secret" if address.startswith("joe") else "annpw")
+    try:
+        count = client.stat()[0]
+        return [line for n in range(1, count + 1) for line in client.top(n, 0)[1]
+                if line.startswith(b"X-Real-To:")]
+    finally:
+        client.quit()
+
+
+def test_lhlo(lmtp: smtplib.LMTP) -> None:
+    code, text = lmtp.ehlo("client.test")
+    assert code == 250
+    assert lmtp.does_esmtp
+    assert b"PIPELINING" in text.upper() or lmtp.has_extn("8bitmime")
+
+
+def test_unknown_recipient_refused_at_rcpt(server: LiveServer, lmtp: smtplib.LMTP) -> None:
+    lmtp.ehlo("client.test")
+    assert lmtp.mail("sender@remote.test")[0] == 250
+    assert lmtp.rcpt("joe@example.com")[0] == 250
+    code, text = lmtp.rcpt("nobody@example.com")
+    assert code == 550
+    assert b"nobody@example.com" in text
+    code, _ = lmtp.data(message("one known"))
+    assert code == 250
+    lmtp.quit()
+    assert len(uids(server)) == 1
+    assert x_real_to(server, "joe@example.com") == [b"X-Real-To: <joe@example.com>"]
+
+
+def test_one_reply_per_recipient_after_data(server: LiveServer, lmtp: smtplib.LMTP) -> None:
+    lmtp.ehlo("client.test")
+    lmtp.mail("sender@remote.test")
+    given = ["Joe@Example.COM", ANN, "joe"]
+    for rcpt in given:
+        assert lmtp.rcpt(rcpt)[0] == 250
+    # No Message-ID: joe gets two copies, not one copy and a suppressed duplicate.
+    first = lmtp.data(message("to three"))
+    replies = [first] + [lmtp.getreply() for _ in given[1:]]
+    assert [code for code, _ in replies] == [250, 250, 250]
+    # In recipient order, each naming its recipient.
+    for (_, text), rcpt in zip(replies, given, strict=True):
+        assert f"<{rcpt}>".encode() in text
+    # The session is still in step: the next command gets its own reply.
+    assert lmtp.noop()[0] == 250
+    lmtp.quit()
+    # X-Real-To is the envelope recipient as given, one copy each (joe gets two).
+    assert sorted(x_real_to(server, "joe@example.com")) == [
+        b"X-Real-To: <Joe@Example.COM>", b"X-Real-To: <joe>"]
+    assert x_real_to(server, ANN) == [f"X-Real-To: <{ANN}>".encode()]
+
+
+def test_sendmail_to_two_recipients(server: LiveServer, lmtp: smtplib.LMTP) -> None:
+    refused = lmtp.sendmail("sender@remote.test", ["joe@example.com", ANN],
+                            message("via sendmail", "hello\n"))
+    assert refused == {}
+    assert lmtp.noop()[0] == 250  # the second recipient's reply was not left in the stream
+    lmtp.quit()
+    joe = pop(server)
+    try:
+        lines = joe.retr(1)[1]
+        assert lines[:2] == [b"Return-Path: <sender@remote.test>",
+                             b"X-Real-To: <joe@example.com>"]
+    finally:
+        joe.quit()
+
+
+def test_duplicate_suppressed(server: LiveServer, lmtp: smtplib.LMTP) -> None:
+    msg = message("dup", message_id="<same@remote.test>")
+    for attempt in range(2):
+        lmtp.ehlo("client.test")
+        lmtp.mail("sender@remote.test")
+        lmtp.rcpt("joe@example.com")
+        code, text = lmtp.data(msg)
+        assert code == 250
+        if attempt:
+            assert b"duplicate" in text
+        lmtp.rset()
+    lmtp.quit()
+    assert len(uids(server)) == 1
+    # Another recipient still gets its copy.
+    server.deliver(ANN, msg)
+    assert len(uids(server, ANN)) == 1
+    # Mail without the same Message-ID is not suppressed.
+    server.deliver("joe@example.com", message("dup", message_id="<other@remote.test>"))
+    assert len(uids(server)) == 2
