@@ -1,5 +1,5 @@
 """The `cgpop` command: `serve`, and the administration of domains, accounts, mailboxes,
-routes and delivery. Each subcommand takes `-c/--config`; listings take `--json`.
+routes, ACLs, groups and delivery. Each subcommand takes `-c/--config`; listings take `--json`.
 
 Exit codes: 0 success, 1 a refused operation (clear message on stderr), 2 usage or
 configuration error. `deliver` uses sendmail's codes (0, 65, 67, 75; sysexits.h).
@@ -15,11 +15,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from accounts.acl import GROUP_PREFIX, AclEntry, parse_acl_entry
 from accounts.credentials import make_credentials
 from accounts.names import normalize_account, normalize_domain, validate_mailbox
 from cgpop import __version__
 from cgpop import config as configmod
-from cgpop.store.api import StoreError
+from cgpop.store.api import Mailbox, StoreError
 from cgpop.store.sqlite import SqliteStore
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
@@ -257,6 +258,96 @@ def cmd_route_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
     return out(args, rows, lambda: [f"{p} -> {t}" for p, t in pairs])
 
 
+# --- access control and groups (issue 3; Cyrus semantics, accounts/acl.py) ---
+class _IdentifierParser(argparse.ArgumentParser):
+    """`acl set|delete` take a negative identifier such as `-fred@example.com` (cyradm's
+    syntax): a single-dash word that is no option of ours is a positional argument here, so
+    it works with or without `--`. `-c PATH` and `--config PATH` still name the config."""
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        if (arg_string.startswith("-") and not arg_string.startswith("--")
+                and len(arg_string) > 2
+                and arg_string.split("=", 1)[0] not in self._option_string_actions):
+            return None
+        return super()._parse_optional(arg_string)
+
+
+def _acl_mailbox(store: SqliteStore, args: argparse.Namespace) -> Mailbox:
+    domain, name = split_address(args.address)
+    mailbox = store.get_mailbox(domain, name, _mailbox(args.mailbox))
+    if mailbox is None:
+        raise CliError(f"no mailbox {args.mailbox} for {name}@{domain}")
+    return mailbox
+
+
+def _acl_entry(args: argparse.Namespace, cfg: configmod.Config, rights: str) -> AclEntry:
+    try:
+        return parse_acl_entry(args.identifier, rights, default_domain=cfg.server.default_domain)
+    except ValueError as exc:
+        raise CliError(f"ACL entry {args.identifier} {rights}: {exc}", EX_USAGE) from None
+
+
+@command("acl", "set")
+def cmd_acl_set(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    entry = _acl_entry(args, cfg, args.rights)
+    store = open_store(cfg)
+    store.set_acl_entry(_acl_mailbox(store, args), entry)
+    return EX_OK
+
+
+@command("acl", "delete")
+def cmd_acl_delete(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    entry = _acl_entry(args, cfg, "")
+    store = open_store(cfg)
+    store.delete_acl_entry(_acl_mailbox(store, args), entry.identifier, entry.negative)
+    return EX_OK
+
+
+@command("acl", "list")
+def cmd_acl_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    store = open_store(cfg)
+    entries = store.acl_entries(_acl_mailbox(store, args))
+    rows = [{"identifier": e.identifier, "negative": e.negative, "rights": str(e.rights)}
+            for e in entries]
+    return out(args, rows, lambda: [str(e) for e in entries])
+
+
+def _group(text: str) -> str:
+    name = text[len(GROUP_PREFIX):] if text.lower().startswith(GROUP_PREFIX) else text
+    try:
+        return normalize_account(name)
+    except ValueError as exc:
+        raise CliError(f"group {text!r}: {exc}", EX_USAGE) from None
+
+
+def _member(text: str) -> str:
+    domain, name = split_address(text)
+    return f"{name}@{domain}"
+
+
+@command("group", "add")
+def cmd_group_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    open_store(cfg).add_group_member(_group(args.group), _member(args.member))
+    return EX_OK
+
+
+@command("group", "remove")
+def cmd_group_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    open_store(cfg).remove_group_member(_group(args.group), _member(args.member))
+    return EX_OK
+
+
+@command("group", "list")
+def cmd_group_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    wanted = _group(args.group) if args.group else None
+    groups: dict[str, list[str]] = {}
+    for group, member in open_store(cfg).list_group_members(wanted):
+        groups.setdefault(group, []).append(member)
+    if wanted is not None and not groups:
+        raise CliError(f"no group {wanted} (a group exists while it has members)")
+    return out(args, groups, lambda: [f"{g}: {' '.join(m)}" for g, m in groups.items()])
+
+
 # --- delivery ---
 @command("deliver")
 def cmd_deliver(args: argparse.Namespace, cfg: configmod.Config) -> int:
@@ -345,6 +436,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_parser("remove", parents=[common]).add_argument("pattern")
     r.add_parser("list", parents=[common, listing])
 
+    acl = sub.add_parser("acl", parents=[common], help="mailbox access-control lists")
+    # typeshed ties `parents` to the parser class; an _IdentifierParser is an ArgumentParser.
+    ac: argparse._SubParsersAction[argparse.ArgumentParser] = acl.add_subparsers(
+        dest="sub", required=True, metavar="ACTION", parser_class=_IdentifierParser)
+    for action in ("set", "delete"):
+        p = ac.add_parser(action, parents=[common])
+        p.add_argument("address", metavar="OWNER@DOMAIN")
+        p.add_argument("mailbox")
+        p.add_argument("identifier", metavar="IDENTIFIER",
+                       help="NAME@DOMAIN, group:NAME, anyone or anonymous; '-' first: negative")
+        if action == "set":
+            p.add_argument("rights", metavar="RIGHTS", help="letters of lrswipkxtean, d, c; none")
+    p = ac.add_parser("list", parents=[common, listing])
+    p.add_argument("address", metavar="OWNER@DOMAIN")
+    p.add_argument("mailbox")
+
+    g = group("group", "manage groups (ACL identifiers group:NAME)")
+    for action in ("add", "remove"):
+        p = g.add_parser(action, parents=[common])
+        p.add_argument("group")
+        p.add_argument("member", metavar="MEMBER@DOMAIN")
+    g.add_parser("list", parents=[common, listing]).add_argument("group", nargs="?")
+
     p = sub.add_parser("deliver", parents=[common], help="deliver a message from stdin")
     p.add_argument("--from", dest="sender", default="", metavar="SENDER")
     p.add_argument("recipients", nargs="+", metavar="RCPT")
@@ -358,6 +472,9 @@ EXTENSIONS: list[Extension] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Subcommands that live in their own modules register themselves on import.
+    from cgpop import cli_queue, cli_secure  # noqa: F401
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

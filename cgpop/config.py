@@ -7,16 +7,11 @@ listener opens. `conf/cgpop.toml` documents every key with its default.
 from __future__ import annotations
 
 import os
-import sys
+import tomllib  # Python >= 3.11 (pyproject): tomli is never needed
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - tomli only where tomllib is missing
-    import tomli as tomllib
 
 
 class ConfigError(Exception):
@@ -198,7 +193,9 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     return from_dict(raw, source=source, base=Path(source).resolve().parent)
 
 
-def from_dict(raw: Mapping[str, Any], *, source: str = "<dict>", base: Path | None = None) -> Config:
+def from_dict(
+    raw: Mapping[str, Any], *, source: str = "<dict>", base: Path | None = None
+) -> Config:
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"{source}: [{unknown[0]}]: unknown section")

@@ -119,7 +119,7 @@ class Deliverer:
                 continue
             route, mailbox = found
             prefix = (f"Return-Path: <{_clean(sender)}>\r\n"
-                      f"{self.real_to_header}: <{_clean(rcpt)}>\r\n").encode("utf-8")
+                      f"{self.real_to_header}: <{_clean(rcpt)}>\r\n").encode()
             copies.append(Copy(mailbox.id, prefix, _clean(rcpt), route.individual, mid,
                                f"{mailbox.id}/{route.individual or ''}"))
             slots.append(len(results))

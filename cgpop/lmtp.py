@@ -39,6 +39,15 @@ class _Handler:
             session.peer[:2]) if session.peer else "?"
         return SessionLog(log, "LMTP", session.cgpop_id, peer)  # type: ignore[attr-defined]
 
+    async def handle_EHLO(self, server: LMTP, session: SmtpSession, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """RFC 2033 section 5: an LMTP server MUST implement PIPELINING, so LHLO says so
+        (aiosmtpd reads commands in order, so pipelined input already works).
+        ENHANCEDSTATUSCODES is not claimed: aiosmtpd's own replies (MAIL, RSET) lack them."""
+        # The 5-argument hook takes over what aiosmtpd otherwise records itself.
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_RCPT(self, server: LMTP, session: SmtpSession, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.gw.config.lmtp.max_recipients:

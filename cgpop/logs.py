@@ -16,7 +16,9 @@ class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def __init__(self, logger: logging.Logger, tag: str, session: str, peer: str) -> None:
         super().__init__(logger, {"tag": tag, "session": session, "peer": peer})
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         extra = self.extra or {}
         return f"{extra['tag']} [{extra['session']}] {extra['peer']}: {msg}", kwargs
 

@@ -137,6 +137,8 @@ class Gateway:
         if config.tls.cert is not None and config.tls.key is not None:
             self.tls = ReloadableContext(config.tls.cert, config.tls.key)
         self.submitter: Submitter | None = None
+        # The XTND XMIT service (xtnd/service.py) with its relay worker, when enabled.
+        self.submission: Any = None
         self.servers: list[asyncio.Server] = []
         self.bound: dict[str, list[tuple[str, int]]] = {"pop3": [], "pop3s": [], "lmtp": []}
         self._ids = itertools.count(1)
@@ -163,6 +165,10 @@ class Gateway:
         for ep in self.config.lmtp.listen:
             server = await start_lmtp(self, ep)
             self._register("lmtp", server)
+        if self.config.xtnd.enabled:
+            from xtnd.service import start_submission
+
+            self.submission = await start_submission(self)
         asyncio.get_running_loop().create_task(self._sweeper())
 
     def _register(self, kind: str, server: asyncio.Server) -> None:
@@ -193,6 +199,8 @@ class Gateway:
             if pending:
                 await asyncio.wait(pending, timeout=5)
         await self.seen.drain()
+        if self.submission is not None:
+            await self.submission.stop()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()

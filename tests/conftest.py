@@ -41,8 +41,9 @@ class LiveServer:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking store call on the server's writer thread (keeps SQLite use ordered)."""
-        fut: Future[Any] = asyncio.run_coroutine_threadsafe(self.gateway.write(fn, *args),
-                                                            self.loop)
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(
+            self.gateway.write(fn, *args), self.loop
+        )
         return fut.result(30)
 
     def add_account(self, address: str, password: str, *, shared_secret: bool = False) -> None:
@@ -52,11 +53,15 @@ class LiveServer:
             self.call(self.store.add_domain, domain)
         self.call(self.store.add_account, domain, name, creds)
 
-    def deliver(self, rcpt: str | list[str], message: bytes, sender: str = "sender@remote.test"
-                ) -> list[Any]:
+    def deliver(
+        self, rcpt: str | list[str], message: bytes, sender: str = "sender@remote.test"
+    ) -> list[Any]:
         rcpts = [rcpt] if isinstance(rcpt, str) else rcpt
-        d = Deliverer(self.store, default_domain=self.config.server.default_domain,
-                      real_to_header=self.config.pop3.real_to_header)
+        d = Deliverer(
+            self.store,
+            default_domain=self.config.server.default_domain,
+            real_to_header=self.config.pop3.real_to_header,
+        )
         return list(self.call(d.deliver, sender, rcpts, message))
 
     def stop(self) -> None:
@@ -68,8 +73,12 @@ class LiveServer:
 
 def start_server(data_dir: Path, **sections: dict[str, Any]) -> LiveServer:
     raw: dict[str, dict[str, Any]] = {
-        "server": {"data_dir": str(data_dir), "hostname": "test.local",
-                   "default_domain": "example.com", "shutdown_grace": 2},
+        "server": {
+            "data_dir": str(data_dir),
+            "hostname": "test.local",
+            "default_domain": "example.com",
+            "shutdown_grace": 2,
+        },
         "pop3": {"listen": ["127.0.0.1:0"]},
         "lmtp": {"listen": ["127.0.0.1:0"]},
     }

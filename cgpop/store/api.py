@@ -25,8 +25,13 @@ ANSWERED = 2
 FLAGGED = 4
 DELETED = 8
 DRAFT = 16
-FLAG_NAMES = {SEEN: "\\Seen", ANSWERED: "\\Answered", FLAGGED: "\\Flagged", DELETED: "\\Deleted",
-              DRAFT: "\\Draft"}
+FLAG_NAMES = {
+    SEEN: "\\Seen",
+    ANSWERED: "\\Answered",
+    FLAGGED: "\\Flagged",
+    DELETED: "\\Deleted",
+    DRAFT: "\\Draft",
+}
 
 
 def flag_names(bits: int) -> list[str]:
@@ -156,15 +161,17 @@ class Store(Protocol):
 
     # --- access control (Cyrus semantics; identifiers canonical, see accounts/acl.py) ---
     def acl_entries(self, mailbox: Mailbox) -> list[AclEntry]: ...
-    def get_acl_entry(self, mailbox: Mailbox, identifier: str, negative: bool = False
-                      ) -> AclEntry | None: ...
+    def get_acl_entry(
+        self, mailbox: Mailbox, identifier: str, negative: bool = False
+    ) -> AclEntry | None: ...
     def set_acl_entry(self, mailbox: Mailbox, entry: AclEntry) -> None:
         """Add or replace the entry keyed by (identifier, negative); empty rights remove it."""
         ...
-    def delete_acl_entry(self, mailbox: Mailbox, identifier: str, negative: bool = False
-                         ) -> None:
+
+    def delete_acl_entry(self, mailbox: Mailbox, identifier: str, negative: bool = False) -> None:
         """Raise NotFound when there is no such entry."""
         ...
+
     def add_group_member(self, group: str, member: str) -> None: ...
     def remove_group_member(self, group: str, member: str) -> None: ...
     def list_group_members(self, group: str | None = None) -> list[tuple[str, str]]: ...
@@ -184,6 +191,7 @@ class Store(Protocol):
         """Where the copy's stored octets are. Works for every message of the snapshot until
         `close_maildrop`, even after another session expunged it."""
         ...
+
     def mark_seen(self, items: Sequence[tuple[int, int]]) -> None: ...
     def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int: ...
     def close_maildrop(self, snapshot: Snapshot) -> None: ...

@@ -106,6 +106,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             raise
     return version(conn)
 
+
 MIGRATIONS.append(
     # 2: the routing table and domain aliases (router/).
     """

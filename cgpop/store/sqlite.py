@@ -83,6 +83,14 @@ class SqliteStore:
                 self._conns.append(conn)
         return conn
 
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for modules that keep their own tables (xtnd queue)."""
+        return self._conn()
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (rollback on error), durable (synchronous=FULL)."""
+        return self._tx()
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()

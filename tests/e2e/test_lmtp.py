@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -31,11 +32,32 @@ def x_real_to(server: LiveServer, address: str) -> list[bytes]:
         client.quit()
 
 
-def test_lhlo(lmtp: smtplib.LMTP) -> None:
+def test_lhlo(server: LiveServer, lmtp: smtplib.LMTP) -> None:
     code, text = lmtp.ehlo("client.test")
     assert code == 250
-    assert lmtp.does_esmtp
-    assert b"PIPELINING" in text.upper() or lmtp.has_extn("8bitmime")
+    assert text.splitlines()[0] == server.config.server.hostname.encode()
+    # RFC 2033 section 5: an LMTP server MUST implement PIPELINING.
+    assert lmtp.has_extn("pipelining")
+    assert lmtp.mail("sender@remote.test")[0] == 250
+    # HELO and EHLO are not LMTP commands.
+    assert lmtp.docmd("HELO client.test")[0] == 500
+    assert lmtp.docmd("EHLO client.test")[0] == 500
+
+
+def test_pipelined_transaction(server: LiveServer, lmtp: smtplib.LMTP) -> None:
+    with socket.create_connection((server.host, server.port("lmtp")), TIMEOUT) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        sock.sendall(b"LHLO client.test\r\nMAIL FROM:<a@remote.test>\r\n"
+                     b"RCPT TO:<joe@example.com>\r\nRCPT TO:<nobody@example.com>\r\n"
+                     b"RCPT TO:<ann@example.com>\r\nDATA\r\n")
+        while f.readline().startswith(b"250-"):
+            pass
+        assert [f.readline()[:3] for _ in range(5)] == [b"250", b"250", b"550", b"250", b"354"]
+        sock.sendall(b"Subject: piped\r\n\r\nhi\r\n.\r\nNOOP\r\nQUIT\r\n")
+        rest = f.read().splitlines()
+    assert rest == [b"250 2.0.0 <joe@example.com> delivered",
+                    b"250 2.0.0 <ann@example.com> delivered", b"250 OK", b"221 Bye"]
 
 
 def test_unknown_recipient_refused_at_rcpt(server: LiveServer, lmtp: smtplib.LMTP) -> None:

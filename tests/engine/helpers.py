@@ -14,15 +14,22 @@ MAILBOX = Mailbox(7, 1, "joe@example.com", "INBOX", 0x1234)
 
 def snapshot(sizes: list[int]) -> Snapshot:
     uids = array("q", [10 * (i + 1) for i in range(len(sizes))])
-    return Snapshot(MAILBOX, uids, array("q", sizes), array("q", range(len(sizes))), 0.0,
-                    sum(sizes))
+    return Snapshot(
+        MAILBOX, uids, array("q", sizes), array("q", range(len(sizes))), 0.0, sum(sizes)
+    )
 
 
 class Driver:
     """Feeds lines, answers work events like the shell would, collects the wire text."""
 
-    def __init__(self, sizes: list[int] | None = None, *, password: str = "secret",
-                 grant_kwargs: dict[str, bool] | None = None, **policy: object) -> None:
+    def __init__(
+        self,
+        sizes: list[int] | None = None,
+        *,
+        password: str = "secret",
+        grant_kwargs: dict[str, bool] | None = None,
+        **policy: object,
+    ) -> None:
         self.session = Session(Policy(hostname="test", **policy))  # type: ignore[arg-type]
         self.sizes = sizes if sizes is not None else [100, 200, 300]
         self.password = password

@@ -9,10 +9,22 @@ from tests.engine.helpers import Driver
 
 # A well-formed invocation of each verb, so only legality decides the outcome.
 SAMPLE = {
-    "USER": "USER joe", "PASS": "PASS secret", "APOP": "APOP joe " + "0" * 32, "AUTH": "AUTH",
-    "STLS": "STLS", "CAPA": "CAPA", "QUIT": "QUIT", "NOOP": "NOOP", "STAT": "STAT",
-    "LIST": "LIST", "UIDL": "UIDL", "RETR": "RETR 1", "TOP": "TOP 1 0", "DELE": "DELE 1",
-    "RSET": "RSET", "XTND": "XTND XMIT",
+    "USER": "USER joe",
+    "PASS": "PASS secret",
+    "APOP": "APOP joe " + "0" * 32,
+    "AUTH": "AUTH",
+    "STLS": "STLS",
+    "CAPA": "CAPA",
+    "QUIT": "QUIT",
+    "NOOP": "NOOP",
+    "STAT": "STAT",
+    "LIST": "LIST",
+    "UIDL": "UIDL",
+    "RETR": "RETR 1",
+    "TOP": "TOP 1 0",
+    "DELE": "DELE 1",
+    "RSET": "RSET",
+    "XTND": "XTND XMIT",
 }
 
 

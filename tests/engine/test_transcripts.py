@@ -44,7 +44,9 @@ def test_stat_list_uidl() -> None:
     assert d("STAT") == "+OK 3 600\r\n"
     assert d("LIST") == "+OK 3 messages (600 octets)\r\n1 100\r\n2 200\r\n3 300\r\n.\r\n"
     assert d("LIST 2") == "+OK 2 200\r\n"
-    assert d("UIDL") == "+OK unique-id listing follows\r\n1 1234.10\r\n2 1234.20\r\n3 1234.30\r\n.\r\n"
+    assert (
+        d("UIDL") == "+OK unique-id listing follows\r\n1 1234.10\r\n2 1234.20\r\n3 1234.30\r\n.\r\n"
+    )
     assert d("UIDL 3") == "+OK 3 1234.30\r\n"
 
 
@@ -176,6 +178,9 @@ def test_capa_tells_the_truth() -> None:
 
 def test_apop_only_when_enabled() -> None:
     d = Driver()
-    assert d("APOP joe 0123456789abcdef0123456789abcdef") == "-ERR APOP is not enabled on this server\r\n"
+    assert (
+        d("APOP joe 0123456789abcdef0123456789abcdef")
+        == "-ERR APOP is not enabled on this server\r\n"
+    )
     d2 = Driver(apop_banner="<1.2@test>")
     assert d2.greeting == "+OK test cgpop POP3 ready <1.2@test>\r\n"

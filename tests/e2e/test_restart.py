@@ -1,0 +1,65 @@
+"""A restart on the same data directory keeps accounts, messages, flags and UIDLs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from cgpop.store.api import SEEN
+from cgpop.store.sqlite import INLINE_MAX
+from tests.conftest import LiveServer, message
+from tests.e2e.helpers import USER, flags, pop
+
+
+def test_restart_keeps_messages_flags_and_uidls(tmp_path: Path,
+                                                server_factory: Callable[..., LiveServer]
+                                                ) -> None:
+    data_dir = tmp_path / "restart-data"
+    first = server_factory(data_dir=data_dir)
+    first.add_account(USER, "secret")
+    first.deliver(USER, message("one", "first\n"))
+    first.deliver(USER, message("two", ".dotted\n" + "y" * 200 + "\n"))
+    first.deliver(USER, message("big", ("z" * 99 + "\n") * (INLINE_MAX // 50)))
+    client = pop(first)
+    before_uidl = client.uidl()[1]
+    before_list = client.list()[1]
+    before = [client.top(n, 99999999)[1] for n in (1, 2, 3)]  # TOP: no \Seen
+    client.dele(1)
+    client.quit()
+    client = pop(first)
+    client.retr(1)  # message "two": sets \Seen
+    client.quit()
+    assert flags(first, 2) == SEEN
+    first.stop()
+
+    second = server_factory(data_dir=data_dir)
+    # Nothing re-added: the account and its password come from the data directory.
+    client = pop(second)
+    try:
+        assert client.uidl()[1] == [b"1 " + before_uidl[1].split()[1],
+                                    b"2 " + before_uidl[2].split()[1]]
+        assert client.list()[1] == [b"1 " + before_list[1].split()[1],
+                                    b"2 " + before_list[2].split()[1]]
+        assert client.top(1, 0)[1][-2] == b"Subject: two"
+        assert client.top(2, 0)[1][-2] == b"Subject: big"
+    finally:
+        client.quit()
+    assert flags(second, 1) is None  # expunged before the restart
+    assert flags(second, 2) == SEEN
+    assert flags(second, 3) == 0
+    client = pop(second)
+    try:
+        assert client.retr(1)[1] == before[1]
+        assert client.retr(2)[1] == before[2]
+    finally:
+        client.quit()
+    # New mail after the restart gets a fresh UID, never a reused one.
+    second.deliver(USER, message("four"))
+    client = pop(second)
+    try:
+        uidls = [line.split()[1] for line in client.uidl()[1]]
+    finally:
+        client.quit()
+    assert len(uidls) == 3
+    assert uidls[2] not in [line.split()[1] for line in before_uidl]
+    assert uidls[2].endswith(b".4")
