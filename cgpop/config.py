@@ -6,6 +6,7 @@ listener opens. `conf/cgpop.toml` documents every key with its default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib  # Python >= 3.11 (pyproject): tomli is never needed
 from collections.abc import Mapping
@@ -58,7 +59,17 @@ class Pop3Config:
     max_channels: int = 1000
     max_per_ip: int = 100
     max_per_account: int = 50
+    # Peers (addresses or CIDR networks) that must open with a PROXY v1/v2 header naming the real
+    # client; from anyone else a PROXY header is just an unknown command.
     proxy_from: tuple[str, ...] = ()
+    # Failed-login delay (cgpop/penalty.py): the wait after the first recent failure from a peer
+    # or against an account, doubling up to the maximum. Seconds.
+    auth_delay: float = 0.25
+    auth_delay_max: float = 5.0
+    # Key of the HMAC that derives the fake SCRAM salt of unknown names (cgpop/sasl/common.py).
+    # Empty: a random key kept in data_dir/sasl-fake-salt.key (mode 0600), made on first start,
+    # so the fake salt stays the same across restarts.
+    sasl_fake_salt_key: str = ""
     # Header whose value selects messages for an individual-name login.
     real_to_header: str = "X-Real-To"
     # Domain bound to a listener address ("127.0.0.2:110" = "client1.com").
@@ -99,6 +110,17 @@ class XtndConfig:
     rate_messages_per_hour: int = 200
     rate_recipients_per_hour: int = 1000
     dns_servers: tuple[str, ...] = ()
+    # Port of `dns_servers` (tests run a DNS server on loopback) and of the MX hosts' SMTP
+    # (RFC 5321 section 4.5.4: port 25; tests point it at a sink on loopback).
+    dns_port: int = 53
+    smtp_port: int = 25
+    # Waits in seconds after the 1st, 2nd, ... failed attempt; the last repeats (xtnd/retry.py).
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
+    # How often the relay worker looks for due entries it was not woken for (`cgpop queue
+    # flush` runs in another process): the bound on how long a flush takes to be noticed.
+    queue_poll_interval: float = 5.0
+    # Bound on each SMTP socket operation (RFC 5321 section 4.5.3.2 suggests minutes).
+    relay_timeout: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +195,17 @@ class _Section:
             raise self.fail(sorted(self.data)[0], "unknown key")
 
 
+def _retry_schedule(s: _Section, default: tuple[float, ...]) -> tuple[float, ...]:
+    value = s.get("retry_schedule", list, None)
+    if value is None:
+        return default
+    if not value or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        raise s.fail("retry_schedule", "expected a non-empty list of positive seconds")
+    return tuple(float(v) for v in value)
+
+
 _SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd")
 
 
@@ -236,6 +269,19 @@ def from_dict(
     max_line = p.positive("max_line", int, dp.max_line)
     if not 255 <= max_line <= 65536:
         raise p.fail("max_line", "must be between 255 (RFC 2449) and 65536")
+    proxy_from = p.strings("proxy_from", dp.proxy_from)
+    for net in proxy_from:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise p.fail("proxy_from", f"not an address or network: {net!r}") from None
+    auth_delay = p.get("auth_delay", float, dp.auth_delay)
+    auth_delay_max = p.get("auth_delay_max", float, dp.auth_delay_max)
+    if not 0 <= auth_delay <= auth_delay_max <= 60:
+        raise p.fail("auth_delay", "need 0 <= auth_delay <= auth_delay_max <= 60")
+    salt_key = p.get("sasl_fake_salt_key", str, dp.sasl_fake_salt_key)
+    if salt_key and len(salt_key) < 16:
+        raise p.fail("sasl_fake_salt_key", "use at least 16 characters (or leave it empty)")
     domains = p.get("listener_domains", dict, {})
     for k, v in domains.items():
         if not isinstance(v, str):
@@ -252,7 +298,10 @@ def from_dict(
         max_channels=p.positive("max_channels", int, dp.max_channels),
         max_per_ip=p.positive("max_per_ip", int, dp.max_per_ip),
         max_per_account=p.positive("max_per_account", int, dp.max_per_account),
-        proxy_from=p.strings("proxy_from", dp.proxy_from),
+        proxy_from=proxy_from,
+        auth_delay=auth_delay,
+        auth_delay_max=auth_delay_max,
+        sasl_fake_salt_key=salt_key,
         real_to_header=p.get("real_to_header", str, dp.real_to_header),
         listener_domains={k: v.lower() for k, v in domains.items()},
     )
@@ -300,7 +349,15 @@ def from_dict(
             "rate_recipients_per_hour", int, dx.rate_recipients_per_hour
         ),
         dns_servers=x.strings("dns_servers", dx.dns_servers),
+        dns_port=x.positive("dns_port", int, dx.dns_port),
+        smtp_port=x.positive("smtp_port", int, dx.smtp_port),
+        retry_schedule=_retry_schedule(x, dx.retry_schedule),
+        queue_poll_interval=x.positive("queue_poll_interval", float, dx.queue_poll_interval),
+        relay_timeout=x.positive("relay_timeout", float, dx.relay_timeout),
     )
+    for key in ("dns_port", "smtp_port"):
+        if getattr(xtnd, key) > 65535:
+            raise x.fail(key, "must be a port number (1-65535)")
     if xtnd.relay:
         try:
             parse_endpoint(xtnd.relay)

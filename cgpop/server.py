@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -20,18 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from cgpop.auth import Authenticator
+from cgpop import alerts, proxyproto, sasl
+from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer
 from cgpop.errors import Pop3Error
 from cgpop.logs import SessionLog, redact
-from cgpop import sasl
-from cgpop.auth import AUTH_FAILED
-from cgpop.penalty import Penalty
+from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3.events import (
     Close,
     Commit,
     Event,
+    FailedLogin,
     LoginOutcome,
     PasswordLogin,
     SaslCredentials,
@@ -44,9 +46,9 @@ from cgpop.pop3.events import (
 from cgpop.pop3.lines import NEED_MORE, LineBuffer
 from cgpop.pop3.session import Policy, Session
 from cgpop.sasl.apop import make_apop_banner
-from cgpop.tlsconf import ReloadableContext
 from cgpop.store.api import NotFound
 from cgpop.store.sqlite import SqliteStore
+from cgpop.tlsconf import ReloadableContext
 from cgpop.wire import TERMINATOR, top_lines
 
 log = logging.getLogger("cgpop")
@@ -57,7 +59,13 @@ READ_SIZE = 64 * 1024
 FLUSH_AT = 256 * 1024
 SWEEP_INTERVAL = 15.0
 INTERNAL_ERROR = Pop3Error("internal server error", "SYS/TEMP").reply()
+SHUTTING_DOWN = Pop3Error("server shutting down", "SYS/TEMP").reply()
 TOO_MANY = Pop3Error("too many connections, try later", "SYS/TEMP").reply()
+BAD_PROXY = Pop3Error("PROXY protocol header expected").reply()
+# A trusted proxy sends its header at once (HAProxy writes it on connect); a peer that has not
+# finished it in this time is not a working proxy.
+PROXY_TIMEOUT = 10.0
+FAKE_SALT_KEY_FILE = "sasl-fake-salt.key"
 
 
 @dataclass(eq=False)
@@ -67,6 +75,8 @@ class Connection:
     writer: asyncio.StreamWriter
     last_active: float = field(default_factory=time.monotonic)
     account: str | None = None
+    # True while waiting for the client's next input: nothing half-done, safe to close.
+    idle: bool = True
 
 
 class ServerState:
@@ -132,7 +142,12 @@ class Gateway:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgpop-write")
         self.state = ServerState()
         self.seen = SeenBatcher(self)
-        self.penalty = Penalty()
+        self.penalty = Penalty(PenaltyPolicy(base=config.pop3.auth_delay,
+                                             maximum=config.pop3.auth_delay_max))
+        self.sasl_config = sasl.SaslConfig(hostname=config.server.hostname,
+                                           fake_salt_key=self._fake_salt_key())
+        self.proxy_from = tuple(ipaddress.ip_network(n, strict=False)
+                                for n in config.pop3.proxy_from)
         self.tls: ReloadableContext | None = None
         if config.tls.cert is not None and config.tls.key is not None:
             self.tls = ReloadableContext(config.tls.cert, config.tls.key)
@@ -144,6 +159,38 @@ class Gateway:
         self._ids = itertools.count(1)
         self._stopping = asyncio.Event()
         self._collect_wanted = False
+
+    def _fake_salt_key(self) -> bytes:
+        """The configured key, else one kept in the data directory, made (0600) on first start:
+        a per-process key would change the fake salt of unknown names at each restart."""
+        configured = self.config.pop3.sasl_fake_salt_key
+        if configured:
+            return configured.encode("utf-8")
+        path = self.config.server.data_dir / FAKE_SALT_KEY_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = path.read_bytes()
+            if len(key) < 16:
+                raise OSError(f"{path}: too short to be a key; delete it to make a new one"
+                              ) from None
+            return key
+        key = secrets.token_bytes(32)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
+
+    def proxied(self, peer_ip: str) -> bool:
+        """True when `peer_ip` is a trusted proxy that must send a PROXY header."""
+        if not self.proxy_from:
+            return False
+        try:
+            ip = ipaddress.ip_address(peer_ip)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.proxy_from)
 
     # --- running blocking work ---
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -191,13 +238,23 @@ class Gateway:
         self._stopping.set()
         for server in self.servers:
             server.close()
+        # Sessions waiting for input are closed now (without QUIT nothing is expunged); busy
+        # ones get `shutdown_grace` seconds to finish their command, then their connection is
+        # aborted. Tasks are not cancelled: asyncio 3.11 streams log a traceback for that.
+        for conn in list(self.state.connections):
+            if conn.idle:
+                with contextlib.suppress(Exception):
+                    conn.writer.write(SHUTTING_DOWN)
+                    conn.writer.close()
         tasks = set(self.state.tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.config.server.shutdown_grace)
+            for conn in list(self.state.connections):
+                conn.writer.transport.abort()
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=5)
             for task in pending:
                 task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
         await self.seen.drain()
         if self.submission is not None:
             await self.submission.stop()
@@ -255,6 +312,8 @@ class Gateway:
             self.state.tasks.add(task)
             try:
                 await self._pop3(reader, writer, domain, tls)
+            except asyncio.CancelledError:
+                pass  # last resort of stop(); the connection is already gone
             finally:
                 self.state.tasks.discard(task)
 
@@ -276,35 +335,49 @@ class Gateway:
             xtnd_max_size=c.xtnd.max_message_size,
             max_bad_commands=c.pop3.max_bad_commands,
             max_auth_failures=c.pop3.max_auth_failures,
+            sasl_config=self.sasl_config,
         )
 
     async def _pop3(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     domain: str, tls: bool) -> None:
         peername = writer.get_extra_info("peername") or ("?", 0)
-        peer_ip = str(peername[0])
-        conn = Connection(f"{os.getpid():x}-{next(self._ids)}", f"{peer_ip}:{peername[1]}",
+        peer_ip, peer_port = str(peername[0]), int(peername[1])
+        conn = Connection(f"{os.getpid():x}-{next(self._ids)}", f"{peer_ip}:{peer_port}",
                           writer)
         slog = SessionLog(log, "POP", conn.id, conn.peer)
         st = self.state
         cfg = self.config.pop3
-        if len(st.connections) >= cfg.max_channels or st.per_ip.get(peer_ip, 0) >= cfg.max_per_ip:
-            slog.warning("refused: channel limit reached")
-            with contextlib.suppress(Exception):
-                writer.write(TOO_MANY)
-                await writer.drain()
-            writer.close()
+        # Checked before anything is read, so a flood costs no more than an accept.
+        if len(st.connections) >= cfg.max_channels:
+            await self._refuse(writer, tls, slog, "channel limit reached")
             return
         st.connections.add(conn)
-        st.per_ip[peer_ip] = st.per_ip.get(peer_ip, 0) + 1
-        slog.info("connected")
-        session = Session(self.policy(tls=tls, peer_ip=peer_ip))
-        lines = LineBuffer(cfg.max_line)
-        runner = _Runner(self, session, conn, reader, writer, slog, domain, lines, peer_ip)
+        counted_ip: str | None = None
+        session: Session | None = None
         try:
+            if self.proxied(peer_ip):
+                source = await self._proxy_header(reader, writer, slog)
+                if source is None:
+                    return
+                if source != (peer_ip, peer_port):
+                    slog.info("proxied for %s:%d", source[0], source[1])
+                    peer_ip, peer_port = source
+                    conn.peer = f"{peer_ip}:{peer_port}"
+                    slog = SessionLog(log, "POP", conn.id, conn.peer)
+            if st.per_ip.get(peer_ip, 0) >= cfg.max_per_ip:
+                await self._refuse(writer, tls, slog, "per-address limit reached")
+                return
+            st.per_ip[peer_ip] = st.per_ip.get(peer_ip, 0) + 1
+            counted_ip = peer_ip
+            slog.info("connected")
+            session = Session(self.policy(tls=tls, peer_ip=peer_ip))
+            lines = LineBuffer(cfg.max_line)
+            runner = _Runner(self, session, conn, reader, writer, slog, domain, lines, peer_ip)
             if tls:
-                # Implicit TLS (RFC 8314): handshake first, with the current certificate.
+                # Implicit TLS (RFC 8314): handshake first, with the current certificate. Bytes
+                # already read past a PROXY header are the start of the handshake.
                 assert self.tls is not None
-                await writer.start_tls(self.tls.context)
+                await start_tls(reader, writer, self.tls.context, carry=True)
             await runner.run_events(session.greeting())
             await runner.flush()
             while not session.closed:
@@ -339,19 +412,102 @@ class Gateway:
                 writer.write(INTERNAL_ERROR)
         finally:
             st.connections.discard(conn)
-            st.per_ip[peer_ip] -= 1
-            if not st.per_ip[peer_ip]:
-                del st.per_ip[peer_ip]
+            if counted_ip is not None:
+                st.per_ip[counted_ip] -= 1
+                if not st.per_ip[counted_ip]:
+                    del st.per_ip[counted_ip]
             if conn.account:
                 st.per_account[conn.account] -= 1
                 if not st.per_account[conn.account]:
                     del st.per_account[conn.account]
-            if session.grant is not None:
+            if session is not None and session.grant is not None:
                 self.store.close_maildrop(session.grant.snapshot)
                 self._collect_wanted = True
             with contextlib.suppress(Exception):
                 writer.close()
-            slog.info("disconnected")
+            if counted_ip is not None:
+                slog.info("disconnected")
+
+    async def _refuse(self, writer: asyncio.StreamWriter, tls: bool, slog: SessionLog,
+                      why: str) -> None:
+        """Past a connection limit: `-ERR [SYS/TEMP] ... try later` and close at once. On an
+        implicit-TLS listener the reply is sent in TLS, bounded by a short handshake timeout."""
+        slog.warning("refused: %s", why)
+        with contextlib.suppress(Exception):
+            if tls:
+                assert self.tls is not None
+                await asyncio.wait_for(writer.start_tls(self.tls.context), PROXY_TIMEOUT)
+            writer.write(TOO_MANY)
+            await writer.drain()
+        with contextlib.suppress(Exception):
+            writer.close()
+
+    async def _proxy_header(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            slog: SessionLog) -> tuple[str, int] | None:
+        """Read the PROXY header a trusted peer must send first; the real client's address and
+        port (the socket's own peer for LOCAL/UNKNOWN), or None after refusing the connection."""
+        try:
+            result = await asyncio.wait_for(read_proxy_header(reader), PROXY_TIMEOUT)
+        except (proxyproto.ProxyError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            slog.warning("refused: no valid PROXY header from a trusted proxy (%s)",
+                         type(exc).__name__ if not isinstance(exc, proxyproto.ProxyError)
+                         else exc)
+            with contextlib.suppress(Exception):
+                writer.write(BAD_PROXY)
+                await writer.drain()
+            return None
+        if result.source is None:
+            peername = writer.get_extra_info("peername") or ("?", 0)
+            return str(peername[0]), int(peername[1])
+        return result.source
+
+
+async def read_proxy_header(reader: asyncio.StreamReader) -> proxyproto.ProxyResult:
+    """Read exactly one PROXY header, never a byte past it: what follows (POP3 commands, or a
+    TLS ClientHello on an implicit-TLS listener) stays in the reader for the session. At most
+    V1_MAX or 16 + V2_MAX_PAYLOAD bytes are read (proxyproto enforces both)."""
+    buf = b""
+    while True:
+        result = proxyproto.parse(buf)
+        if isinstance(result, proxyproto.ProxyResult):
+            return result
+        want = 1
+        if buf.startswith(proxyproto.V2_SIGNATURE[:1]) and len(buf) < proxyproto.V2_HEADER:
+            want = proxyproto.V2_HEADER - len(buf)
+        elif len(buf) >= proxyproto.V2_HEADER and buf.startswith(proxyproto.V2_SIGNATURE):
+            length = int.from_bytes(buf[14:16], "big")
+            want = proxyproto.V2_HEADER + length - len(buf)
+        buf += await reader.readexactly(want)
+
+
+async def start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    context: ssl.SSLContext, *, carry: bool) -> None:
+    """Switch the connection to TLS (server side). Bytes the stream has buffered but not handed
+    out arrived in cleartext: with `carry` they are the start of the TLS handshake (after a
+    PROXY header) and go to the TLS layer; without it (STLS) they are dropped (RFC 2595
+    section 4: no plaintext command injection)."""
+    # StreamReader has no public way to take back unread bytes.
+    buffer = getattr(reader, "_buffer", None)
+    pending = b""
+    if isinstance(buffer, bytearray):
+        pending = bytes(buffer) if carry else b""
+        buffer.clear()
+    if not pending:
+        await writer.start_tls(context)
+        return
+    transport = writer.transport
+    before = transport.get_protocol()
+    task = asyncio.ensure_future(writer.start_tls(context))
+    # loop.start_tls swaps in the TLS protocol before it waits for the handshake; hand it the
+    # bytes as a transport would (BufferedProtocol), then let the handshake finish.
+    while transport.get_protocol() is before and not task.done():
+        await asyncio.sleep(0)
+    proto = transport.get_protocol()
+    if not task.done() and isinstance(proto, asyncio.BufferedProtocol):
+        view = proto.get_buffer(len(pending))
+        view[: len(pending)] = pending
+        proto.buffer_updated(len(pending))
+    await task
 
 
 class _Runner:

@@ -78,6 +78,15 @@ class SaslLogin:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedLogin:
+    """A SASL exchange failed on the credentials of `login` ("" when the name never came):
+    apply the failed-login penalty, then hand `outcome` to `Session.login_result`."""
+
+    login: str
+    outcome: LoginOutcome
+
+
+@dataclass(frozen=True, slots=True)
 class Submit:
     """XTND XMIT: a complete, unstuffed message (CRLF) to submit for the logged-in account.
     Result: `Session.submit_result`."""
@@ -105,4 +114,4 @@ class LoginOutcome:
 
 
 Event = (Send | Close | PasswordLogin | SendMessage | Commit | StartTls | SaslCredentials
-         | SaslLogin | Submit)
+         | SaslLogin | FailedLogin | Submit)

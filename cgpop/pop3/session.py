@@ -18,6 +18,7 @@ from cgpop.pop3.events import (
     Close,
     Commit,
     Event,
+    FailedLogin,
     Grant,
     LoginOutcome,
     PasswordLogin,
@@ -51,6 +52,9 @@ class Policy:
     xtnd_max_size: int = 25 * 1024 * 1024
     max_bad_commands: int = 20
     max_auth_failures: int = 3
+    # One per server, so the fake SCRAM salt of an unknown name is the same on every
+    # connection (and, with a stable key, across restarts); None: a per-session default.
+    sasl_config: sasl.SaslConfig | None = None
 
 
 def ok(text: str) -> bytes:
@@ -88,9 +92,11 @@ class Session:
         self.sasl: sasl.Mechanism | None = None
         self.sasl_awaiting = False
         self.sasl_success: sasl.Success | None = None
+        # The name the running exchange asked credentials for: the failed-login penalty's key.
+        self.sasl_authcid = ""
         # An XTND XMIT body being read.
         self.body: BodyReader | None = None
-        self.sasl_config = sasl.SaslConfig(hostname=policy.hostname)
+        self.sasl_config = policy.sasl_config or sasl.SaslConfig(hostname=policy.hostname)
 
     @property
     def in_body(self) -> bool:
@@ -283,6 +289,7 @@ class Session:
             return [Send(b"+ " + base64.b64encode(step.data) + b"\r\n")]
         if isinstance(step, sasl.NeedCredentials):
             self.busy = True
+            self.sasl_authcid = step.authcid
             return [SaslCredentials(step.authcid, step.password)]
         if isinstance(step, sasl.Success):
             if step.final is not None:
@@ -290,10 +297,13 @@ class Session:
                 self.sasl_awaiting = True
                 return [Send(b"+ " + base64.b64encode(step.final) + b"\r\n")]
             return self._sasl_login(step)
+        login = self.sasl_authcid
         self._sasl_end()
         if step.credentials_bad:
-            return self.login_result(LoginOutcome(error=Pop3Error("authentication failed",
-                                                                  "AUTH")))
+            # The shell applies the same penalty as for a wrong PASS before the reply goes out.
+            self.busy = True
+            return [FailedLogin(login, LoginOutcome(error=Pop3Error("authentication failed",
+                                                                    "AUTH")))]
         return self.login_result(LoginOutcome(error=Pop3Error("authentication exchange failed"),
                                               counts_as_failure=False))
 
@@ -308,6 +318,7 @@ class Session:
         self.sasl = None
         self.sasl_awaiting = False
         self.sasl_success = None
+        self.sasl_authcid = ""
 
     def _stls(self, args: tuple[Value, ...]) -> list[Event]:
         if self.policy.tls_active:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import message
+from tests.conftest import LiveServer, message
+from tests.e2e.helpers import USER, pop
 
 CGPOP = [sys.executable, "-m", "cgpop"]
 
@@ -153,3 +154,19 @@ def test_config_from_environment(joe: Cli) -> None:
                           timeout=60, env=env, check=False, cwd=joe.config.parent)
     assert done.returncode == 0, done.stderr.decode()
     assert json.loads(done.stdout) == ["joe@example.com"]
+
+
+def test_show_sees_retr_of_a_live_session(server: LiveServer, tmp_path: Path) -> None:
+    """RETR sets \\Seen at once: the admin CLI sees it while the session is still open."""
+    cli = Cli(tmp_path)
+    cli.config.write_text(f'[server]\ndata_dir = "{server.config.server.data_dir}"\n')
+    server.deliver(USER, message("one"))
+    server.deliver(USER, message("two"))
+    client = pop(server)
+    try:
+        client.top(1, 0)
+        client.retr(2)
+        shown = cli.json("mailbox", "show", USER, "INBOX")
+        assert [m["flags"] for m in shown] == [[], ["\\Seen"]]
+    finally:
+        client.quit()

@@ -45,8 +45,8 @@ def test_lhlo(server: LiveServer, lmtp: smtplib.LMTP) -> None:
 
 
 def test_pipelined_transaction(server: LiveServer, lmtp: smtplib.LMTP) -> None:
-    with socket.create_connection((server.host, server.port("lmtp")), TIMEOUT) as sock:
-        f = sock.makefile("rb")
+    with socket.create_connection((server.host, server.port("lmtp")), TIMEOUT) as sock, \
+             sock.makefile("rb") as f:
         assert f.readline().startswith(b"220 ")
         sock.sendall(b"LHLO client.test\r\nMAIL FROM:<a@remote.test>\r\n"
                      b"RCPT TO:<joe@example.com>\r\nRCPT TO:<nobody@example.com>\r\n"

@@ -57,7 +57,7 @@ def test_login_stat_list_uidl(server: LiveServer, three: list[bytes]) -> None:
 def test_retr_exact_bytes_with_prefix(server: LiveServer, three: list[bytes]) -> None:
     client = pop(server)
     try:
-        resp, lines, octets = client.retr(2)
+        resp, lines, _ = client.retr(2)
         expected = PREFIX + crlf(three[1])
         assert resp == f"+OK {len(expected)} octets".encode()
         assert joined(lines) == expected

@@ -1,0 +1,124 @@
+"""The server as an operator runs it: `cgpop serve` in a process, SIGTERM, autologout."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import poplib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cgpop import server as server_mod
+from cgpop.config import Config
+from tests.conftest import LiveServer, message
+
+CGPOP = [sys.executable, "-m", "cgpop"]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    conf = tmp_path / "cgpop.toml"
+    conf.write_text(
+        '[server]\ndata_dir = "data"\ndefault_domain = "example.com"\nshutdown_grace = 3\n'
+        '[pop3]\nlisten = ["127.0.0.1:0"]\n[lmtp]\nlisten = ["127.0.0.1:0"]\n'
+    )
+    env = {**os.environ, "CGPOP_CONFIG": str(conf)}
+    subprocess.run([*CGPOP, "domain", "add", "example.com"], env=env, check=True)
+    subprocess.run([*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
+                   input=b"secret\n", env=env, check=True)
+    subprocess.run([*CGPOP, "deliver", "joe@example.com"], input=message("one"), env=env,
+                   check=True)
+    proc = subprocess.Popen([*CGPOP, "serve"], env=env, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    port = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode()
+        found = re.search(r"POP3 listening on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            break
+        if not line and proc.poll() is not None:
+            break
+    assert port, "server did not report its POP3 port"
+    yield proc, port, conf
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    proc.stderr.close()
+
+
+def test_sigterm_closes_listeners_and_sessions_and_exits_cleanly(
+    served: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    proc, port, _ = served
+    pop = poplib.POP3("127.0.0.1", port, timeout=10)
+    pop.user("joe@example.com")
+    pop.pass_("secret")
+    assert pop.stat()[0] == 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    # The idle session was ended within the grace period, without a traceback to the client.
+    sock = pop.sock
+    sock.settimeout(5)
+    try:
+        rest = sock.recv(1000)
+    except OSError:
+        rest = b""
+    pop.close()
+    assert rest in (b"", b"-ERR [SYS/TEMP] server shutting down\r\n")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    assert proc.stderr is not None
+    log = proc.stderr.read().decode()
+    assert "shutting down" in log
+    assert "Traceback" not in log
+
+
+def test_messages_survive_a_sigterm_restart(
+    served: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    proc, port, conf = served
+    pop = poplib.POP3("127.0.0.1", port, timeout=10)
+    pop.user("joe@example.com")
+    pop.pass_("secret")
+    uidl = pop.uidl()[1]
+    pop.quit()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    out = subprocess.run([*CGPOP, "-c", str(conf), "mailbox", "show", "joe@example.com",
+                          "INBOX", "--json"], capture_output=True, check=True).stdout.decode()
+    assert uidl[0].split()[1].decode() in out
+
+
+def test_idle_session_is_closed_silently(
+    server_factory: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_mod, "SWEEP_INTERVAL", 0.1)
+
+    def short_idle(cfg: Config) -> Config:
+        return dataclasses.replace(cfg, pop3=dataclasses.replace(cfg.pop3, idle_timeout=0.5))
+
+    srv: LiveServer = server_factory(adjust=short_idle)  # type: ignore[operator]
+    srv.add_account("joe@example.com", "secret")
+    with socket.create_connection(("127.0.0.1", srv.port()), timeout=10) as sock:
+        assert sock.recv(1000).startswith(b"+OK")
+        start = time.monotonic()
+        data = sock.recv(1000)  # blocks until the server closes the idle connection
+        assert data == b"", "autologout must close silently (RFC 1939 section 3)"
+        assert time.monotonic() - start < 8
+    # An active client is not cut off by the same timer.
+    with socket.create_connection(("127.0.0.1", srv.port()), timeout=10) as sock2:
+        sock2.recv(1000)
+        for _ in range(6):
+            time.sleep(0.2)
+            sock2.sendall(b"CAPA\r\n")
+            assert sock2.recv(1000).startswith(b"+OK")

@@ -1,0 +1,46 @@
+"""Per-account submission rate limit: messages and recipients in the last hour (issue 5).
+
+A sliding window over the `submissions` table (schema 5), one row per accepted submission. The
+check and the record run in the same transaction as the delivery bookkeeping, on the server's
+single writer thread, so two sessions of one account cannot both slip under the limit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+__all__ = ["WINDOW", "Limits", "check", "record"]
+
+WINDOW = 3600.0  # "per hour"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    messages_per_hour: int
+    recipients_per_hour: int
+
+
+def check(
+    conn: sqlite3.Connection, account: str, recipients: int, now: float, limits: Limits
+) -> str | None:
+    """None when `account` may submit a message to `recipients` more; else the reason."""
+    # Rows older than the window never count again; dropping them keeps the table small.
+    conn.execute("DELETE FROM submissions WHERE account = ? AND at <= ?", (account, now - WINDOW))
+    messages, sent_to = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(recipients), 0) FROM submissions"
+        " WHERE account = ? AND at > ?",
+        (account, now - WINDOW),
+    ).fetchone()
+    if messages + 1 > limits.messages_per_hour:
+        return f"rate limit: at most {limits.messages_per_hour} messages per hour"
+    if sent_to + recipients > limits.recipients_per_hour:
+        return f"rate limit: at most {limits.recipients_per_hour} recipients per hour"
+    return None
+
+
+def record(conn: sqlite3.Connection, account: str, recipients: int, now: float) -> None:
+    conn.execute(
+        "INSERT INTO submissions (account, at, recipients) VALUES (?, ?, ?)",
+        (account, now, recipients),
+    )
