@@ -39,7 +39,7 @@ class Scale:
 FULL = Scale()
 QUICK = Scale(reps=1, sessions=200, clients=50, bigbox_iters=5, bigmsg_iters=2, deliveries=300)
 FULL_DATA = Dataset(seed=6)
-QUICK_DATA = Dataset(seed=6, bigbox_messages=5000, bigmsg_bytes=5 * MB, idle_users=300)
+QUICK_DATA = Dataset(seed=6, bigbox_messages=5000, bigmsg_bytes=5 * MB, idle_users=100)
 
 
 @dataclass(slots=True)

@@ -1,3 +1,69 @@
-"""`cgpop queue list|flush|remove`: the XTND XMIT outbound queue."""
+"""`cgpop queue list|flush|remove`: the XTND XMIT outbound queue.
+
+They work on the store directly, so they run while the server does: a flush sets the queued
+recipients' next attempt to "now", and the running server's relay worker notices within
+`[xtnd] queue_poll_interval` seconds.
+"""
 
 from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from cgpop import config as configmod
+from cgpop.cli import EX_OK, EX_USAGE, EXTENSIONS, CliError, command, open_store, out
+from xtnd import queue
+
+
+def _when(moment: float) -> str:
+    if moment <= 0:
+        return "now"
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@command("queue", "list")
+def cmd_queue_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    entries = queue.list_queue(open_store(cfg))
+    rows = [asdict(e) for e in entries]
+
+    def text() -> list[str]:
+        lines: list[str] = []
+        for e in entries:
+            lines.append(f"{e.id:>6} {_when(e.created)} {e.size:>9} <{e.sender}>")
+            for r in e.recipients:
+                when = _when(r.next_attempt)
+                lines.append(f"       {r.state:<8} {r.attempts:>3} tries, next {when}"
+                             f" <{r.recipient}> {r.last_error or ''}".rstrip())
+        return lines or ["queue is empty"]
+
+    return out(args, rows, text)
+
+
+@command("queue", "flush")
+def cmd_queue_flush(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    count = queue.flush(open_store(cfg))
+    print(f"{count} recipients due now")
+    return EX_OK
+
+
+@command("queue", "remove")
+def cmd_queue_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    if args.id < 1:
+        raise CliError(f"bad queue id {args.id}", EX_USAGE)
+    if not queue.remove(open_store(cfg), args.id):
+        raise CliError(f"no queued message {args.id}")
+    return EX_OK
+
+
+def _parser(sub: Any, common: argparse.ArgumentParser, listing: argparse.ArgumentParser) -> None:
+    q = sub.add_parser("queue", parents=[common], help="the XTND XMIT outbound queue")
+    qs = q.add_subparsers(dest="sub", required=True, metavar="ACTION")
+    qs.add_parser("list", parents=[common, listing], help="queued messages and recipients")
+    qs.add_parser("flush", parents=[common], help="make every queued recipient due now")
+    p = qs.add_parser("remove", parents=[common], help="drop a message (no bounce)")
+    p.add_argument("id", type=int, metavar="ID")
+
+
+EXTENSIONS.append(_parser)

@@ -56,6 +56,9 @@ class Pop3Config:
     # Show the APOP timestamp in the greeting. Off by default: clients such as curl switch to
     # APOP whenever they see it, and only accounts with --shared-secret can use APOP.
     apop: bool = False
+    # Offer SASL CRAM-MD5, for the same reason off by default: curl and Thunderbird pick it
+    # whenever it is listed, and it works only for accounts with --shared-secret.
+    cram_md5: bool = False
     max_channels: int = 1000
     max_per_ip: int = 100
     max_per_account: int = 50
@@ -295,6 +298,7 @@ def from_dict(
         max_auth_failures=p.positive("max_auth_failures", int, dp.max_auth_failures),
         plaintext_auth=plaintext,
         apop=p.get("apop", bool, dp.apop),
+        cram_md5=p.get("cram_md5", bool, dp.cram_md5),
         max_channels=p.positive("max_channels", int, dp.max_channels),
         max_per_ip=p.positive("max_per_ip", int, dp.max_per_ip),
         max_per_account=p.positive("max_per_account", int, dp.max_per_account),

@@ -84,7 +84,7 @@ class Deliverer:
     def may_post(self, mailbox: Mailbox) -> bool:
         """Issue 3: INBOX always takes mail; any other mailbox only when its ACL gives
         `anyone` or `anonymous` the `p` right (RFC 4314 section 2.1, Cyrus's lmtpd rule)."""
-        if True:
+        if mailbox.name == INBOX:
             return True
         return "p" in effective_rights(self.store.acl_entries(mailbox), user=None)
 

@@ -46,7 +46,7 @@ from cgpop.pop3.events import (
 from cgpop.pop3.lines import NEED_MORE, LineBuffer
 from cgpop.pop3.session import Policy, Session
 from cgpop.sasl.apop import make_apop_banner
-from cgpop.store.api import NotFound
+from cgpop.store.api import StoredMessage
 from cgpop.store.sqlite import SqliteStore
 from cgpop.tlsconf import ReloadableContext
 from cgpop.wire import TERMINATOR, top_lines
@@ -57,6 +57,10 @@ T = TypeVar("T")
 READ_SIZE = 64 * 1024
 # Flush collected replies once they pass this, so a pipelined burst cannot grow memory.
 FLUSH_AT = 256 * 1024
+# Read-ahead window for RETR/TOP: messages per worker-thread hop, and a byte bound so a
+# session never holds more than this much message data in memory.
+READ_AHEAD = 32
+READ_AHEAD_BYTES = 256 * 1024
 SWEEP_INTERVAL = 15.0
 INTERNAL_ERROR = Pop3Error("internal server error", "SYS/TEMP").reply()
 SHUTTING_DOWN = Pop3Error("server shutting down", "SYS/TEMP").reply()
@@ -321,7 +325,13 @@ class Gateway:
 
     def policy(self, *, tls: bool, peer_ip: str) -> Policy:
         c = self.config
-        loopback = peer_ip.startswith("127.") or peer_ip in ("::1", "::ffff:127.0.0.1")
+        try:
+            ip = ipaddress.ip_address(peer_ip)
+            loopback = ip.is_loopback or (isinstance(ip, ipaddress.IPv6Address)
+                                          and ip.ipv4_mapped is not None
+                                          and ip.ipv4_mapped.is_loopback)
+        except ValueError:
+            loopback = False
         secure = tls or loopback
         always = c.pop3.plaintext_auth == "always"
         return Policy(
@@ -330,7 +340,8 @@ class Gateway:
             plaintext_allowed=secure or always,
             stls_available=self.tls is not None,
             tls_active=tls,
-            sasl_mechanisms=tuple(sasl.available(secure, always)),
+            sasl_mechanisms=tuple(m for m in sasl.available(secure, always)
+                                  if c.pop3.cram_md5 or m != sasl.CramMd5.name),
             xtnd_enabled=c.xtnd.enabled and self.submitter is not None,
             xtnd_max_size=c.xtnd.max_message_size,
             max_bad_commands=c.pop3.max_bad_commands,
@@ -349,7 +360,7 @@ class Gateway:
         cfg = self.config.pop3
         # Checked before anything is read, so a flood costs no more than an accept.
         if len(st.connections) >= cfg.max_channels:
-            await self._refuse(writer, tls, slog, "channel limit reached")
+            await self._refuse(reader, writer, tls, slog, "channel limit reached")
             return
         st.connections.add(conn)
         counted_ip: str | None = None
@@ -365,7 +376,7 @@ class Gateway:
                     conn.peer = f"{peer_ip}:{peer_port}"
                     slog = SessionLog(log, "POP", conn.id, conn.peer)
             if st.per_ip.get(peer_ip, 0) >= cfg.max_per_ip:
-                await self._refuse(writer, tls, slog, "per-address limit reached")
+                await self._refuse(reader, writer, tls, slog, "per-address limit reached")
                 return
             st.per_ip[peer_ip] = st.per_ip.get(peer_ip, 0) + 1
             counted_ip = peer_ip
@@ -428,15 +439,16 @@ class Gateway:
             if counted_ip is not None:
                 slog.info("disconnected")
 
-    async def _refuse(self, writer: asyncio.StreamWriter, tls: bool, slog: SessionLog,
-                      why: str) -> None:
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      tls: bool, slog: SessionLog, why: str) -> None:
         """Past a connection limit: `-ERR [SYS/TEMP] ... try later` and close at once. On an
         implicit-TLS listener the reply is sent in TLS, bounded by a short handshake timeout."""
         slog.warning("refused: %s", why)
         with contextlib.suppress(Exception):
             if tls:
                 assert self.tls is not None
-                await asyncio.wait_for(writer.start_tls(self.tls.context), PROXY_TIMEOUT)
+                await asyncio.wait_for(start_tls(reader, writer, self.tls.context, carry=True),
+                                       PROXY_TIMEOUT)
             writer.write(TOO_MANY)
             await writer.drain()
         with contextlib.suppress(Exception):
@@ -500,13 +512,17 @@ async def start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     task = asyncio.ensure_future(writer.start_tls(context))
     # loop.start_tls swaps in the TLS protocol before it waits for the handshake; hand it the
     # bytes as a transport would (BufferedProtocol), then let the handshake finish.
+    # It does so within an iteration or two of the loop (after drain), so this is no real poll.
     while transport.get_protocol() is before and not task.done():
         await asyncio.sleep(0)
     proto = transport.get_protocol()
     if not task.done() and isinstance(proto, asyncio.BufferedProtocol):
-        view = proto.get_buffer(len(pending))
-        view[: len(pending)] = pending
-        proto.buffer_updated(len(pending))
+        while pending:
+            view = memoryview(proto.get_buffer(len(pending))).cast("B")
+            n = min(len(view), len(pending))
+            view[:n] = pending[:n]
+            proto.buffer_updated(n)
+            pending = pending[n:]
     await task
 
 
@@ -521,6 +537,7 @@ class _Runner:
         self.slog, self.domain = slog, domain
         self.out: list[bytes] = []
         self.out_size = 0
+        self.window: dict[int, StoredMessage] = {}
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
@@ -554,6 +571,9 @@ class _Runner:
                 creds, good = await self.gw.read(self.gw.auth.sasl_credentials, event.authcid,
                                                  self.domain, event.password)
                 await self.run_events(self.session.sasl_credentials(creds, good))
+            elif isinstance(event, FailedLogin):
+                await self.run_events(self.session.login_result(
+                    await self.admit(event.outcome, event.login)))
             elif isinstance(event, SaslLogin):
                 outcome = await self.sasl_login(event)
                 await self.run_events(self.session.login_result(await self.admit(
@@ -566,14 +586,11 @@ class _Runner:
         plaintext command injection), handshake, and restart the session's view."""
         self.send(event.reply)
         await self.flush()
+        # Lines already read behind STLS, and bytes still in the stream's buffer, were sent in
+        # cleartext: they must not be read as if they came through TLS.
         self.lines.discard()
-        # Bytes that arrived after our last read are still in the stream's buffer; they were
-        # sent in cleartext and must not be read as if they came through TLS.
-        buffer = getattr(self.reader, "_buffer", None)
-        if isinstance(buffer, bytearray):
-            buffer.clear()
         assert self.gw.tls is not None
-        await self.writer.start_tls(self.gw.tls.context)
+        await start_tls(self.reader, self.writer, self.gw.tls.context, carry=False)
         self.session.tls_started(self.gw.policy(tls=True, peer_ip=self.peer_ip))
         self.slog.info("TLS started")
 
@@ -614,6 +631,15 @@ class _Runner:
             return outcome
         gw.penalty.record_success(self.peer_ip, login.lower()[:320])
         account = outcome.grant.account
+        # CommuniGate alerts: correct credentials with an alert pending fail the login, showing
+        # the alert (SYS/TEMP, not AUTH, so clients show it instead of asking for a password).
+        if await gw.read(alerts.pending, gw.store, account) is not None:
+            alert = await gw.write(alerts.take, gw.store, account)
+            if alert is not None:
+                gw.store.close_maildrop(outcome.grant.snapshot)
+                self.slog.info("login %s: alert %d delivered", account, alert.id)
+                return LoginOutcome(error=Pop3Error(alert.text, "SYS/TEMP"),
+                                    counts_as_failure=False)
         per_account = gw.state.per_account
         if per_account.get(account, 0) >= gw.config.pop3.max_per_account:
             gw.store.close_maildrop(outcome.grant.snapshot)
@@ -626,12 +652,31 @@ class _Runner:
         self.slog.info("login %s mailbox %s (%d messages)", account, snap.mailbox.name, len(snap))
         return outcome
 
+    async def fetch(self, index: int) -> StoredMessage | None:
+        """The stored message `index`, reading ahead: one worker-thread hop loads the next
+        READ_AHEAD messages (bounded by READ_AHEAD_BYTES of small bodies) into a per-session
+        window that is emptied as they are sent."""
+        stored = self.window.pop(index, None)
+        if stored is not None:
+            return stored
+        snap = self.session.snapshot
+        deleted = self.session.deleted
+        indexes, total = [], 0
+        for i in range(index, min(len(snap), index + READ_AHEAD)):
+            if i in deleted:
+                continue
+            total += snap.sizes[i]
+            if indexes and total > READ_AHEAD_BYTES:
+                break
+            indexes.append(i)
+        self.window = await self.gw.read(self.gw.store.read_messages, snap, indexes)
+        return self.window.pop(index, None)
+
     async def send_message(self, event: SendMessage) -> None:
         gw = self.gw
         snap = self.session.snapshot
-        try:
-            stored = await gw.read(gw.store.read_message, snap, event.index)
-        except NotFound:
+        stored = await self.fetch(event.index)
+        if stored is None:
             self.send(Pop3Error("message is no longer available", "SYS/TEMP").reply())
             return
         self.send(event.status)

@@ -21,8 +21,8 @@ A message row is deleted when none of its recipients is queued, sending or faile
 from __future__ import annotations
 
 import sqlite3
-from contextlib import AbstractContextManager
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol

@@ -1,13 +1,71 @@
 """XTND XMIT as a service of the gateway: submission, local delivery, the relay queue.
 
-`start_submission(gateway)` is called by the Gateway at start when `[xtnd] enabled`.
+`start_submission(gateway)` is called by the Gateway at start when `[xtnd] enabled`: it builds the
+`Submitter` (xtnd/submit.py) and sets it as `gateway.submitter`, starts the relay worker
+(xtnd/worker.py), and returns the service, whose `stop()` the Gateway awaits at shutdown.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from cgpop.config import XtndConfig, parse_endpoint
+from xtnd.ratelimit import Limits
+from xtnd.submit import Submitter
+from xtnd.worker import RelayWorker, Settings
 
-async def start_submission(gateway: Any) -> Any:
-    """Not wired yet: returns None, so the Gateway leaves XTND out of CAPA and refuses it."""
-    return None
+__all__ = ["SubmissionService", "settings_from", "start_submission"]
+
+
+class SubmissionService:
+    def __init__(self, submitter: Submitter, worker: RelayWorker, grace: float) -> None:
+        self.submitter, self.worker, self.grace = submitter, worker, grace
+
+    async def stop(self) -> None:
+        await self.worker.stop(self.grace)
+
+
+def settings_from(x: XtndConfig, hostname: str) -> Settings:
+    relay = None
+    if x.relay:
+        endpoint = parse_endpoint(x.relay)  # validated when the configuration was loaded
+        relay = (endpoint.host, endpoint.port)
+    return Settings(
+        hostname=hostname,
+        relay=relay,
+        relay_starttls=x.relay_starttls,
+        relay_auth=(x.relay_user, x.relay_password) if x.relay_user else None,
+        smtp_port=x.smtp_port,
+        dns_servers=x.dns_servers,
+        dns_port=x.dns_port,
+        max_queue_age=x.max_queue_age,
+        retry_schedule=x.retry_schedule,
+        poll_interval=x.queue_poll_interval,
+        timeout=x.relay_timeout,
+    )
+
+
+async def start_submission(gateway: Any) -> SubmissionService:
+    """Wire XTND XMIT into `gateway` (a cgpop.server.Gateway) and start the relay worker."""
+    config = gateway.config
+    x: XtndConfig = config.xtnd
+    worker = RelayWorker(
+        store=gateway.store,
+        deliverer=gateway.deliverer,
+        write=gateway.write,
+        settings=settings_from(x, config.server.hostname),
+    )
+    submitter = Submitter(
+        store=gateway.store,
+        deliverer=gateway.deliverer,
+        read=gateway.read,
+        write=gateway.write,
+        hostname=config.server.hostname,
+        allowed_from=x.allowed_from,
+        max_recipients=x.max_recipients,
+        limits=Limits(x.rate_messages_per_hour, x.rate_recipients_per_hour),
+        on_queued=worker.wake,
+    )
+    worker.start()
+    gateway.submitter = submitter
+    return SubmissionService(submitter, worker, config.server.shutdown_grace)

@@ -106,6 +106,8 @@ class Submitter:
             log.info("XTND XMIT from %s refused: %s", account, exc.text)
             return Pop3Error(exc.text)
         try:
+            error: Pop3Error | None
+            queued: int
             error, queued = await self.write(self.commit, account, envelope, time.time())
         except StoreError:
             log.exception("XTND XMIT from %s: store failure", account)

@@ -106,9 +106,13 @@ class RelayWorker:
                 await self._task
 
     async def run(self) -> None:
-        requeued = await self.write(queue.recover, self.store, time.time())
-        if requeued:
-            log.warning("requeued %d recipients interrupted while sending", requeued)
+        try:
+            requeued = await self.write(queue.recover, self.store, time.time())
+        except Exception:
+            log.exception("could not requeue interrupted recipients")
+        else:
+            if requeued:
+                log.warning("requeued %d recipients interrupted while sending", requeued)
         while not self._stopping:
             self._wake.clear()
             due: float | None = None
@@ -152,16 +156,17 @@ class RelayWorker:
         if result.outcome is Outcome.ACCEPTED:
             return Update(result.recipient, State.SENT)
         status = _status(result)
+        diagnostic = result.diagnostic.removeprefix(f"{status} ")
         if result.outcome is Outcome.PERMANENT:
             status = status if status[0] == "5" else "5.0.0"
-            return Update(result.recipient, State.FAILED, last_error=f"{status} {result.diagnostic}")
+            return Update(result.recipient, State.FAILED, last_error=f"{status} {diagnostic}")
         if now - job.created >= self.settings.max_queue_age:
-            text = f"4.4.7 message expired in the queue; last error: {result.diagnostic}"
+            text = f"4.4.7 message expired in the queue; last error: {diagnostic}"
             return Update(result.recipient, State.FAILED, last_error=text)
         attempts = self._attempts(job, result.recipient) + 1
         when = next_attempt(attempts, datetime.fromtimestamp(now, UTC), self.schedule)
         return Update(result.recipient, State.QUEUED, next_attempt=when.timestamp(),
-                      last_error=f"{status} {result.diagnostic}")
+                      last_error=f"{status} {diagnostic}")
 
     def _attempts(self, job: queue.Job, recipient: str) -> int:
         return dict(zip(job.recipients, job.attempts, strict=True)).get(recipient, 0)

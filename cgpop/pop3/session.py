@@ -6,11 +6,10 @@ functions of it; RETR/TOP/QUIT and logins are handed to the shell as work events
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-
 import base64
 import binascii
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from cgpop import sasl
 from cgpop.errors import Pop3Error, Pop3Fatal

@@ -564,6 +564,24 @@ class SqliteStore:
         path = None if file is None else self.bodies_dir / file
         return StoredMessage(bytes(prefix), None if data is None else bytes(data), path, size)
 
+    def read_messages(self, snapshot: Snapshot, indexes: Sequence[int]) -> dict[int, StoredMessage]:
+        """read_message for several messages in one query (the shell reads ahead in windows,
+        so a session RETRieving every message costs a few worker-thread hops, not one each)."""
+        uids = {snapshot.uids[i]: i for i in indexes}
+        rows = self._conn().execute(
+            "SELECT m.uid, m.prefix, b.data, b.file, m.size FROM messages m "
+            "JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ? "
+            f"AND m.uid IN ({','.join('?' * len(uids))})",
+            (snapshot.mailbox.id, *uids),
+        )
+        found: dict[int, StoredMessage] = {}
+        for uid, prefix, data, file, size in rows:
+            path = None if file is None else self.bodies_dir / file
+            found[uids[uid]] = StoredMessage(
+                bytes(prefix), None if data is None else bytes(data), path, size
+            )
+        return found
+
     def mark_seen(self, items: Sequence[tuple[int, int]]) -> None:
         """Set \\Seen on (mailbox_id, uid) pairs, many sessions' RETRs in one transaction.
         \\Seen is advisory state: NORMAL sync is still crash-consistent in WAL mode (only the
