@@ -35,8 +35,10 @@ class _Handler:
     def _log(self, session: SmtpSession) -> SessionLog:
         if not hasattr(session, "cgpop_id"):
             session.cgpop_id = f"{os.getpid():x}-l{next(_ids)}"  # type: ignore[attr-defined]
-        peer = session.peer if isinstance(session.peer, str) else "%s:%s" % tuple(
-            session.peer[:2]) if session.peer else "?"
+        if isinstance(session.peer, str):
+            peer = session.peer
+        else:
+            peer = f"{session.peer[0]}:{session.peer[1]}" if session.peer else "?"
         return SessionLog(log, "LMTP", session.cgpop_id, peer)  # type: ignore[attr-defined]
 
     async def handle_EHLO(self, server: LMTP, session: SmtpSession, envelope: Envelope,
@@ -76,13 +78,40 @@ class _Handler:
         return "\r\n".join(r.lmtp_reply for r in results)
 
 
+class _TrackedLMTP(LMTP):  # type: ignore[misc]
+    """aiosmtpd's LMTP, registered with the gateway so shutdown can end open sessions."""
+
+    def __init__(self, gw: Gateway, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gw = gw
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._gw.lmtp_sessions.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gw.lmtp_sessions.discard(self)
+        super().connection_lost(exc)
+
+
+def end_sessions(gw: Gateway) -> None:
+    """Shutdown: tell connected MTAs (RFC 5321 section 3.8: 421) and close. A delivery in
+    progress is one transaction: committed or not; the MTA retries what got no reply, and
+    duplicate suppression catches a committed one."""
+    for proto in list(gw.lmtp_sessions):
+        transport = proto.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"421 4.3.2 cgpop shutting down\r\n")
+            transport.close()
+
+
 async def start_lmtp(gw: Gateway, ep: Endpoint) -> asyncio.Server:
     handler = _Handler(gw)
     limit = gw.config.lmtp.max_message_size
     hostname = gw.config.server.hostname
 
     def factory() -> Any:
-        return LMTP(handler, hostname=hostname, ident="cgpop LMTP", data_size_limit=limit,
+        return _TrackedLMTP(gw, handler, hostname=hostname, ident="cgpop LMTP", data_size_limit=limit,
                     enable_SMTPUTF8=True, decode_data=False)
 
     loop = asyncio.get_running_loop()

@@ -156,6 +156,7 @@ class Gateway:
         if config.tls.cert is not None and config.tls.key is not None:
             self.tls = ReloadableContext(config.tls.cert, config.tls.key)
         self.submitter: Submitter | None = None
+        self.lmtp_sessions: set[Any] = set()
         # The XTND XMIT service (xtnd/service.py) with its relay worker, when enabled.
         self.submission: Any = None
         self.servers: list[asyncio.Server] = []
@@ -242,6 +243,9 @@ class Gateway:
         self._stopping.set()
         for server in self.servers:
             server.close()
+        from cgpop.lmtp import end_sessions
+
+        end_sessions(self)
         # Sessions waiting for input are closed now (without QUIT nothing is expunged); busy
         # ones get `shutdown_grace` seconds to finish their command, then their connection is
         # aborted. Tasks are not cancelled: asyncio 3.11 streams log a traceback for that.
@@ -661,7 +665,8 @@ class _Runner:
             return stored
         snap = self.session.snapshot
         deleted = self.session.deleted
-        indexes, total = [], 0
+        indexes: list[int] = []
+        total = 0
         for i in range(index, min(len(snap), index + READ_AHEAD)):
             if i in deleted:
                 continue
