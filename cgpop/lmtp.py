@@ -78,7 +78,7 @@ class _Handler:
         return "\r\n".join(r.lmtp_reply for r in results)
 
 
-class _TrackedLMTP(LMTP):  # type: ignore[misc]
+class _TrackedLMTP(LMTP):
     """aiosmtpd's LMTP, registered with the gateway so shutdown can end open sessions."""
 
     def __init__(self, gw: Gateway, *args: Any, **kwargs: Any) -> None:

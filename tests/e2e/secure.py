@@ -48,8 +48,9 @@ OPEN: list[Client] = []
 
 
 @pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Import into a test module: closes every Client the test left open."""
+def close_clients(server_factory: Callable[..., LiveServer]) -> Iterator[None]:
+    """Import into a test module: closes every Client the test left open, before the servers
+    stop (which would otherwise wait shutdown_grace for those sessions)."""
     yield
     while OPEN:
         OPEN.pop().close()

@@ -42,7 +42,7 @@ def login_error(srv: LiveServer, user: str, password: str = "pw") -> bytes:
 def mailbox(srv: LiveServer, address: str, name: str = "INBOX") -> Mailbox:
     local, _, domain = address.partition("@")
     box = srv.call(srv.store.get_mailbox, domain, local, name)
-    assert box is not None
+    assert isinstance(box, Mailbox)
     return box
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from accounts.acl import parse_acl_entry
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.store.api import Copy
 from router.table import validate_route
@@ -91,8 +92,6 @@ def world(server_factory: Callable[..., LiveServer]) -> LiveServer:
     srv.call(st.add_mailbox, "example.com", "public", "announces")  # default ACL: anyone lrs
     srv.call(st.add_mailbox, "example.com", "boss", "secret")
     srv.call(st.add_route, *validate_route("*@client1.com", "cl1@client1.com"))
-    from accounts.acl import parse_acl_entry
-
     boss_inbox = srv.call(st.get_mailbox, "example.com", "boss", "INBOX")
     srv.call(st.set_acl_entry, boss_inbox, parse_acl_entry("jsmith@example.com", "lr"))
     put(srv, "jsmith@example.com", "INBOX", "jsmith example inbox")

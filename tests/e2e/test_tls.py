@@ -175,7 +175,7 @@ def _peer_cert(port: int, cafile: Path) -> bytes:
 
 
 def test_reload_certificate(srv: LiveServer, tmp_path: Path) -> None:
-    cert, key = srv.extra["cert"], srv.extra["key"]
+    cert = srv.extra["cert"]
     old_der = _peer_cert(srv.port("pop3s"), cert)
     old_pem = cert.read_bytes()
     # A session in TLS (STLS) before the reload.
