@@ -7,7 +7,12 @@ work, so accounts cannot be probed (RFC 3206 [AUTH] only for credential failures
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
+import threading
+import time
 
 from accounts.acl import GROUP_PREFIX, Rights, effective_rights
 from accounts.credentials import DUMMY_CREDENTIALS, Credentials, verify_password
@@ -23,10 +28,65 @@ log = logging.getLogger("cgpop.auth")
 AUTH_FAILED = Pop3Error("authentication failed", "AUTH")
 
 
+class VerifiedCache:
+    """Remembers, for `ttl` seconds, that a password was proved for an account, so a client
+    that logs in every minute does not pay the KDF each time (Dovecot's auth_cache idea).
+
+    Safe by construction: the key includes the account's StoredKey, so a password change
+    invalidates it; the value is an HMAC of the password under a per-process random key, so
+    memory holds no password; only successes are cached, so a wrong guess always costs the
+    full KDF; and the cache is bounded.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._key = secrets.token_bytes(32)
+        self._entries: dict[bytes, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+
+    def _tag(self, creds: Credentials, password: str) -> tuple[bytes, bytes]:
+        slot = hashlib.sha256(creds.salt + creds.stored_key).digest()
+        return slot, hmac.digest(self._key, password.encode("utf-8"), "sha256")
+
+    def hit(self, creds: Credentials, password: str) -> bool:
+        if self.ttl <= 0:
+            return False
+        slot, tag = self._tag(creds, password)
+        with self._lock:
+            entry = self._entries.get(slot)
+        return (entry is not None and entry[1] > time.monotonic()
+                and hmac.compare_digest(entry[0], tag))
+
+    def remember(self, creds: Credentials, password: str) -> None:
+        if self.ttl <= 0:
+            return
+        slot, tag = self._tag(creds, password)
+        now = time.monotonic()
+        with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+                if len(self._entries) >= self.MAX_ENTRIES:
+                    self._entries.clear()
+            self._entries[slot] = (tag, now + self.ttl)
+
+
 class Authenticator:
-    def __init__(self, store: Store, *, admins: tuple[str, ...] = ()) -> None:
+    def __init__(self, store: Store, *, admins: tuple[str, ...] = (),
+                 login_cache_ttl: float = 0.0) -> None:
         self.store = store
         self.admins = frozenset(admins)
+        self.verified = VerifiedCache(login_cache_ttl)
+
+    def check_password(self, creds: Credentials, password: str, known: bool) -> bool:
+        """verify_password, through the cache for accounts that exist."""
+        if known and self.verified.hit(creds, password):
+            return True
+        good = verify_password(creds, password)
+        if good and known:
+            self.verified.remember(creds, password)
+        return good
 
     def lookup(self, login: str, default_domain: str) -> tuple[LoginTarget | None, Account | None]:
         try:
@@ -53,7 +113,7 @@ class Authenticator:
         target, account = self.lookup(login, default_domain)
         creds = account.credentials if account is not None else DUMMY_CREDENTIALS
         if password is not None:
-            good = verify_password(creds, password)
+            good = self.check_password(creds, password, account is not None)
         else:
             # APOP needs the plaintext-equivalent secret; an account without one fails like a
             # wrong digest (after comparing against a dummy, to keep the timing alike).
@@ -72,7 +132,7 @@ class Authenticator:
         creds = self.credentials_for(authcid, default_domain)
         if password is None:
             return creds, None
-        good = verify_password(creds or DUMMY_CREDENTIALS, password)
+        good = self.check_password(creds or DUMMY_CREDENTIALS, password, creds is not None)
         return creds, good and creds is not None
 
     def open_login(self, login: str, default_domain: str) -> LoginOutcome:

@@ -259,6 +259,10 @@ class SqliteStore:
             for mid in ids:
                 self._drop_mailbox(conn, mid)
             conn.execute("DELETE FROM accounts WHERE id = ?", (aid,))
+            # A later account of the same name must not inherit this one's rights.
+            address = f"{name.lower()}@{domain.lower()}"
+            conn.execute("DELETE FROM acl WHERE identifier = ?", (address,))
+            conn.execute("DELETE FROM group_members WHERE member = ?", (address,))
 
     def list_accounts(self, domain: str | None = None) -> list[str]:
         sql = "SELECT a.name || '@' || d.name FROM accounts a JOIN domains d ON d.id = a.domain_id"
