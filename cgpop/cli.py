@@ -169,6 +169,25 @@ def cmd_account_passwd(args: argparse.Namespace, cfg: configmod.Config) -> int:
     return EX_OK
 
 
+@command("account", "import")
+def cmd_account_import(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    """One `NAME@DOMAIN PASSWORD` per line on stdin (the password is the rest of the line)."""
+    entries = []
+    for number, line in enumerate(sys.stdin, 1):
+        line = line.rstrip("\r\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        address, _, password = line.strip().partition(" ")
+        if not password:
+            raise CliError(f"line {number}: expected NAME@DOMAIN PASSWORD", EX_DATAERR)
+        domain, name = split_address(address)
+        creds = make_credentials(password, shared_secret=args.shared_secret)
+        entries.append((domain, name, creds))
+    open_store(cfg).add_accounts(entries)
+    print(f"imported {len(entries)} accounts")
+    return EX_OK
+
+
 @command("account", "remove")
 def cmd_account_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
     domain, name = split_address(args.address)
@@ -209,6 +228,26 @@ def cmd_mailbox_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
     domain, name = split_address(args.address)
     names = open_store(cfg).list_mailboxes(domain, name)
     return out(args, names, lambda: names)
+
+
+@command("mailbox", "import")
+def cmd_mailbox_import(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    from pathlib import Path
+
+    from cgpop.importer import messages_from
+
+    domain, name = split_address(args.address)
+    store = open_store(cfg)
+    mailbox = store.get_mailbox(domain, name, _mailbox(args.mailbox))
+    if mailbox is None:
+        raise CliError(f"no mailbox {args.mailbox} for {name}@{domain}")
+    try:
+        source = messages_from(Path(args.path))
+        count = store.import_messages(mailbox, source)
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc), EX_DATAERR) from None
+    print(f"imported {count} messages into {args.mailbox} of {name}@{domain}")
+    return EX_OK
 
 
 @command("mailbox", "show")
@@ -416,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
         pw.add_argument("--password", metavar="PW", help="the password (visible in ps!)")
         p.add_argument("--shared-secret", action="store_true",
                        help="also keep a plaintext-equivalent secret, for APOP and CRAM-MD5")
+    p = a.add_parser("import", parents=[common],
+                     help="create accounts from NAME@DOMAIN PASSWORD lines on stdin")
+    p.add_argument("--shared-secret", action="store_true")
     a.add_parser("remove", parents=[common]).add_argument("address", metavar="NAME@DOMAIN")
     a.add_parser("list", parents=[common, listing]).add_argument("domain", nargs="?")
 
@@ -425,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("address", metavar="NAME@DOMAIN")
         p.add_argument("mailbox")
     m.add_parser("list", parents=[common, listing]).add_argument("address", metavar="NAME@DOMAIN")
+    p = m.add_parser("import", parents=[common], help="import a Maildir or an mbox file")
+    p.add_argument("address", metavar="NAME@DOMAIN")
+    p.add_argument("mailbox")
+    p.add_argument("path", metavar="MAILDIR_OR_MBOX")
     p = m.add_parser("show", parents=[common, listing])
     p.add_argument("address", metavar="NAME@DOMAIN")
     p.add_argument("mailbox")

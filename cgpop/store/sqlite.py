@@ -16,7 +16,7 @@ import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
@@ -512,6 +512,64 @@ class SqliteStore:
             with contextlib.suppress(OSError):
                 (self.bodies_dir / file).unlink()
         return stored
+
+    def add_accounts(self, entries: Sequence[tuple[str, str, Credentials]]) -> None:
+        """Bulk account creation in one transaction: (domain, name, credentials)."""
+        with self._tx() as conn:
+            for domain, name, creds in entries:
+                did = self._domain_id(conn, domain)
+                try:
+                    cur = conn.execute(
+                        "INSERT INTO accounts(domain_id, name, salt, iterations, stored_key, "
+                        "server_key, shared_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (did, name.lower(), creds.salt, creds.iterations, creds.stored_key,
+                         creds.server_key, creds.shared_secret),
+                    )
+                except sqlite3.IntegrityError:
+                    raise StoreError(f"account already exists: {name}@{domain}") from None
+                assert cur.lastrowid is not None
+                self._insert_mailbox(conn, cur.lastrowid, "INBOX")
+
+    def import_messages(self, mailbox: Mailbox, messages: Iterable[tuple[bytes, int]],
+                        batch: int = 500) -> int:
+        """Bulk import (migration from Maildir/mbox): (octets, flag bits) per message, stored
+        as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages."""
+        count = 0
+        pending: list[tuple[bytes, int]] = []
+
+        def flush() -> None:
+            with self._tx() as conn:
+                now = _now()
+                for raw, flags in pending:
+                    normalized = normalize_crlf(raw)
+                    stuffed = dot_stuff(normalized)
+                    file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
+                    cur = conn.execute(
+                        "INSERT INTO bodies(size, data, file, refs) VALUES (?, ?, ?, 1)",
+                        (len(normalized), None if file else stuffed, file),
+                    )
+                    row = conn.execute(
+                        "UPDATE mailboxes SET next_uid = next_uid + 1 WHERE id = ? "
+                        "RETURNING next_uid - 1",
+                        (mailbox.id,),
+                    ).fetchone()
+                    if row is None:
+                        raise NotFound("mailbox disappeared during import")
+                    conn.execute(
+                        "INSERT INTO messages(mailbox_id, uid, body_id, size, flags, "
+                        "internal_date, prefix) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (mailbox.id, row[0], cur.lastrowid, len(normalized), flags, now, b""),
+                    )
+            pending.clear()
+
+        for item in messages:
+            pending.append(item)
+            count += 1
+            if len(pending) >= batch:
+                flush()
+        if pending:
+            flush()
+        return count
 
     def _claim_duplicate_slot(self, conn: sqlite3.Connection, copy: Copy, now: float) -> bool:
         """Cyrus-style duplicate suppression: False if this Message-ID already reached this
