@@ -101,10 +101,26 @@ def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
         await gw.serve_forever()
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=event_loop_factory(cfg.server.event_loop)) as runner:
+            runner.run(main())
     except OSError as exc:
         raise CliError(str(exc)) from None
     return EX_OK
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop (libuv) is a drop-in asyncio loop with a faster I/O path; "auto" uses it when
+    installed. None means the standard loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise CliError("[server] event_loop = \"uvloop\" but uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 # --- domains ---

@@ -39,6 +39,10 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     syslog: bool = False
+    # Seconds a proved password is remembered (auth.VerifiedCache); 0 turns the cache off.
+    login_cache_ttl: float = 60.0
+    # "auto": uvloop when installed, else the standard asyncio loop.
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +260,13 @@ def from_dict(
         shutdown_grace=s.positive("shutdown_grace", float, d.shutdown_grace),
         log_level=s.get("log_level", str, d.log_level).upper(),
         syslog=s.get("syslog", bool, d.syslog),
+        login_cache_ttl=s.get("login_cache_ttl", float, d.login_cache_ttl),
+        event_loop=s.get("event_loop", str, d.event_loop),
     )
+    if server.login_cache_ttl < 0:
+        raise s.fail("login_cache_ttl", "must be 0 (off) or positive")
+    if server.event_loop not in ("auto", "uvloop", "asyncio"):
+        raise s.fail("event_loop", 'expected "auto", "uvloop" or "asyncio"')
     if server.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise s.fail("log_level", "expected DEBUG, INFO, WARNING or ERROR")
     s.done()

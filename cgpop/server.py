@@ -138,7 +138,8 @@ class Gateway:
             duplicate_window=(config.delivery.duplicate_window
                               if config.delivery.duplicate_suppression else None),
         )
-        self.auth = Authenticator(self.store, admins=config.server.admins)
+        self.auth = Authenticator(self.store, admins=config.server.admins,
+                                  login_cache_ttl=config.server.login_cache_ttl)
         self.deliverer = Deliverer(self.store, default_domain=config.server.default_domain,
                                    real_to_header=config.pop3.real_to_header)
         # Readers in parallel (WAL); writes through one thread so they never contend.

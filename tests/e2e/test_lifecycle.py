@@ -6,6 +6,7 @@ import dataclasses
 import os
 import poplib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,3 +123,46 @@ def test_idle_session_is_closed_silently(
             time.sleep(0.2)
             sock2.sendall(b"CAPA\r\n")
             assert sock2.recv(1000).startswith(b"+OK")
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_tls_through_the_real_cli_event_loop(tmp_path: Path) -> None:
+    """`cgpop serve` runs on uvloop when installed: STLS and implicit TLS must work there too,
+    not only on the standard loop the in-process fixtures use."""
+    env = {**os.environ, "CGPOP_CONFIG": str(tmp_path / "c.toml")}
+    subprocess.run([*CGPOP, "cert", "--host", "127.0.0.1", "--out", str(tmp_path / "tls")],
+                   env=env, check=True, capture_output=True)
+    (tmp_path / "c.toml").write_text(
+        '[server]\ndata_dir = "data"\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
+        'tls_listen = ["127.0.0.1:0"]\n[lmtp]\nlisten = []\n'
+        '[tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n'
+    )
+    subprocess.run([*CGPOP, "domain", "add", "example.com"], env=env, check=True)
+    subprocess.run([*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
+                   input=b"secret\n", env=env, check=True)
+    subprocess.run([*CGPOP, "deliver", "joe@example.com"], input=message("tls"), env=env,
+                   check=True)
+    proc = subprocess.Popen([*CGPOP, "serve"], env=env, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    ports: dict[str, int] = {}
+    try:
+        while len(ports) < 2:
+            line = proc.stderr.readline().decode()
+            assert line, "server exited early"
+            found = re.search(r"(POP3S?) listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                ports[found.group(1)] = int(found.group(2))
+        cafile = str(tmp_path / "tls" / "cert.pem")
+        for url, extra in ((f"pop3://127.0.0.1:{ports['POP3']}/1", ["--ssl-reqd"]),
+                           (f"pop3s://127.0.0.1:{ports['POP3S']}/1", [])):
+            out = subprocess.run(["curl", "-s", *extra, "--cacert", cafile, url,
+                                  "-u", "joe@example.com:secret"], capture_output=True,
+                                 timeout=30)
+            assert out.returncode == 0, (url, out.stderr)
+            assert b"Subject: tls" in out.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        log = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert "Traceback" not in log
