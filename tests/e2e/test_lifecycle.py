@@ -130,13 +130,13 @@ def test_tls_through_the_real_cli_event_loop(tmp_path: Path) -> None:
     """`cgpop serve` runs on uvloop when installed: STLS and implicit TLS must work there too,
     not only on the standard loop the in-process fixtures use."""
     env = {**os.environ, "CGPOP_CONFIG": str(tmp_path / "c.toml")}
-    subprocess.run([*CGPOP, "cert", "--host", "127.0.0.1", "--out", str(tmp_path / "tls")],
-                   env=env, check=True, capture_output=True)
     (tmp_path / "c.toml").write_text(
         '[server]\ndata_dir = "data"\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
         'tls_listen = ["127.0.0.1:0"]\n[lmtp]\nlisten = []\n'
         '[tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n'
     )
+    subprocess.run([*CGPOP, "cert", "--host", "127.0.0.1", "--out", str(tmp_path / "tls")],
+                   check=True, capture_output=True)
     subprocess.run([*CGPOP, "domain", "add", "example.com"], env=env, check=True)
     subprocess.run([*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
                    input=b"secret\n", env=env, check=True)
