@@ -1,21 +1,25 @@
 """cgpop started from its own CLI, with the benchmark's data put in through cgpop itself.
 
-Accounts are created with `cgpop account add --password-stdin` (the same SCRAM-SHA-256 KDF,
-4096 iterations, as Dovecot's passwd-file); messages arrive over cgpop's LMTP listener with
-concurrent senders, the same bytes that dataset.write_maildir gives Dovecot.
+Accounts are created in one transaction with `cgpop account import` (the same SCRAM-SHA-256
+KDF, 4096 iterations, as Dovecot's passwd-file). Messages: `cgpop mailbox import` of the very
+Maildirs written for Dovecot (dataset.write_maildir), so both servers hold identical messages.
+Only the `filtered` workload's individual-name messages arrive over LMTP, through a wildcard
+route (an individual name is only recorded for mail delivered through such a route).
+
+Two instances may run: `cgpop` with the shipped configuration (login_cache_ttl at its default)
+and `cgpop-nocache` (login_cache_ttl = 0, every login pays the KDF), the latter only for the
+login-heavy workloads.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from bench import loadgen
-from bench.dataset import DOMAIN, Dataset, User, messages
+from bench.dataset import DOMAIN, FILTER_DOMAIN, Dataset, message
 from bench.servers import Endpoints, RunningServer, free_port, wait_for_greeting
 
 # Changed from cgpop's defaults, and why (printed in the report next to Dovecot's).
@@ -25,7 +29,17 @@ SETTINGS: dict[str, str] = {
     "and 50 clients on 20 users from one address",
     "lmtp.max_message_size": "64 MiB  # the 50 MB bigmsg plus headers",
     "delivery.duplicate_suppression": "false  # Dovecot's LMTP does no such check",
+    "server.login_cache_ttl": "left at its default (60 s) for `cgpop`; 0 for `cgpop-nocache`",
+    "route *@filter.local -> fbig@bench.local": "filtered workload only (individual names)",
 }
+# Instances: label -> login_cache_ttl (None: the configuration's default).
+VARIANTS: dict[str, float | None] = {"cache": None, "nocache": 0.0}
+# Workloads the no-cache instance takes part in (the ones where login cost matters).
+NOCACHE_WORKLOADS = frozenset({"sessions", "pipelined", "tls"})
+
+
+def label(variant: str) -> str:
+    return "cgpop" if variant == "cache" else f"cgpop-{variant}"
 
 
 def executable() -> str | None:
@@ -45,7 +59,9 @@ def version() -> str:
         return "unknown"
 
 
-def write_config(run_dir: Path, cert: Path, key: Path) -> tuple[Path, Endpoints]:
+def write_config(
+    run_dir: Path, cert: Path, key: Path, login_cache_ttl: float | None = None
+) -> tuple[Path, Endpoints]:
     run_dir.mkdir(parents=True, exist_ok=True)
     ports = Endpoints(pop3=free_port(), pop3s=free_port(), lmtp=free_port())
     conf = run_dir / "cgpop.toml"
@@ -55,6 +71,7 @@ hostname = "bench.local"
 data_dir = "{run_dir / "cgpop-data"}"
 default_domain = "{DOMAIN}"
 log_level = "WARNING"
+{"" if login_cache_ttl is None else f"login_cache_ttl = {login_cache_ttl}"}
 
 [pop3]
 listen = ["127.0.0.1:{ports.pop3}"]
@@ -84,60 +101,84 @@ def admin(exe: str, conf: Path, *args: str, stdin: str | None = None) -> None:
         raise RuntimeError(f"cgpop {' '.join(args)}: {res.returncode}: {res.stderr.strip()}")
 
 
-async def _add_accounts(exe: str, conf: Path, users: list[User]) -> None:
-    """One `account add` per user, a few at a time (each process pays Python's start-up)."""
-    gate = asyncio.Semaphore((os.cpu_count() or 1) * 2)
-
-    async def one(user: User) -> None:
-        async with gate:
-            proc = await asyncio.create_subprocess_exec(
-                exe,
-                "-c",
-                str(conf),
-                "account",
-                "add",
-                user.name,
-                "--password-stdin",
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            _, err = await proc.communicate(user.password.encode() + b"\n")
-            if proc.returncode != 0:
-                raise RuntimeError(f"cgpop account add {user.name}: {err.decode().strip()}")
-
-    await asyncio.gather(*(one(u) for u in users))
-
-
-def create_accounts(exe: str, conf: Path, ds: Dataset, workloads: set[str]) -> None:
+def create_accounts(exe: str, conf: Path, ds: Dataset, workloads: set[str]) -> subprocess.Popen:
+    """Domains and routes now; accounts by `cgpop account import` in the background (its KDF
+    runs while the harness writes Dovecot's Maildirs); wait() on the returned process."""
     admin(exe, conf, "domain", "add", DOMAIN)
-    asyncio.run(_add_accounts(exe, conf, ds.all_users(workloads)))
-
-
-def start(exe: str, run_dir: Path, conf: Path, ports: Endpoints) -> RunningServer:
-    log = run_dir / "cgpop.log"
+    if "filtered" in workloads:
+        admin(exe, conf, "domain", "add", FILTER_DOMAIN)
+    users = ds.all_users(workloads)
     proc = subprocess.Popen(
-        [exe, "-c", str(conf), "serve"],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        [exe, "-c", str(conf), "account", "import"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    server = RunningServer("cgpop", proc, ports, log, {"config": str(conf)})
+    assert proc.stdin is not None
+    proc.stdin.write("".join(f"{u.name} {u.password}\n" for u in users).encode())
+    proc.stdin.close()
+    return proc
+
+
+def finish_accounts(proc: subprocess.Popen, exe: str, conf: Path, workloads: set[str]) -> None:
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if proc.wait() != 0:
+        raise RuntimeError(f"cgpop account import: {proc.returncode}: {err.decode().strip()}")
+    del out
+    if "filtered" in workloads:
+        admin(exe, conf, "route", "add", f"*@{FILTER_DOMAIN}", f"fbig@{DOMAIN}")
+
+
+def import_maildirs(exe: str, conf: Path, homes: Path, ds: Dataset, workloads: set[str]) -> None:
+    """`cgpop mailbox import` of each Maildir written for Dovecot (before Dovecot starts and
+    renames files); the filtered maildrop gets a copy of bigbox."""
+    jobs = [(box.user.name, box.user.local) for box in ds.mailboxes(workloads)]
+    if "filtered" in workloads:
+        jobs.append((ds.filtered_owner().name, ds.bigbox().local))
+    for address, local in jobs:
+        admin(exe, conf, "mailbox", "import", address, "INBOX", str(homes / local / "Maildir"))
+
+
+def start(exe: str, run_dir: Path, conf: Path, ports: Endpoints, name: str = "cgpop") -> RunningServer:
+    log = run_dir / "cgpop.log"
+    server = RunningServer(name, _spawn(exe, conf, log), ports, log, {"config": str(conf)})
+    server.restart_fn = lambda: _restart(server, exe, conf)
     try:
-        wait_for_greeting(ports.pop3, proc, log)
+        wait_for_greeting(ports.pop3, server.proc, log)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-async def load_messages(
-    server: RunningServer, ds: Dataset, workloads: set[str], senders: int = 16
-) -> float:
-    """Deliver every mailbox's messages over LMTP; returns the seconds it took."""
+def _spawn(exe: str, conf: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [exe, "-c", str(conf), "serve"],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _restart(server: RunningServer, exe: str, conf: Path) -> None:
+    """A fresh process on the same data, so earlier workloads do not mask memory figures."""
+    server.stop()
+    server.proc = _spawn(exe, conf, server.log)
+    wait_for_greeting(server.ports.pop3, server.proc, server.log)
+
+
+async def load_filtered(server: RunningServer, ds: Dataset, senders: int = 10) -> float:
+    """The filtered workload's individual-name messages, over LMTP through the wildcard route:
+    `filtered_messages` to one@filter.local (the rest of that maildrop is the imported copy of
+    bigbox, which carries no individual name). Returns the seconds it took."""
     assert server.ports.lmtp is not None
-    jobs = [(box.user.name, msg) for box in ds.mailboxes(workloads) for msg in messages(box)]
+    one = ds.filtered_login().name
+    jobs = [
+        (one, message(f"{ds.seed}:filtered", i, ds.bigbox_size))
+        for i in range(ds.filtered_messages())
+    ]
     tally, wall = await loadgen.run_deliveries(server.ports.lmtp, jobs, senders)
     if tally.errors:
-        raise RuntimeError(f"loading cgpop failed: {tally.samples[:3]}")
+        raise RuntimeError(f"loading cgpop's filtered maildrop failed: {tally.samples[:3]}")
     return wall

@@ -18,6 +18,9 @@ from pathlib import Path
 from accounts.credentials import make_credentials
 
 DOMAIN = "bench.local"
+# cgpop's filtered workload: `*@FILTER_DOMAIN` routes to fbig@DOMAIN, keeping the local part as
+# the message's individual name.
+FILTER_DOMAIN = "filter.local"
 # Mail processes may not run as root; nobody/nogroup exist on every Debian system.
 MAIL_UID = 65534
 MAIL_GID = 65534
@@ -81,6 +84,17 @@ class Dataset:
     def bigmsg(self) -> User:
         return self.user("bigmsg")
 
+    def filtered_owner(self) -> User:
+        """The account behind the filtered maildrop: a copy of bigbox plus 1% more messages."""
+        return self.user("fbig")
+
+    def filtered_login(self) -> User:
+        """The individual name (through the wildcard route) that sees only its 1%."""
+        return User(f"one@{FILTER_DOMAIN}", self.filtered_owner().password)
+
+    def filtered_messages(self) -> int:
+        return max(1, self.bigbox_messages // 100)
+
     def mailboxes(self, workloads: set[str]) -> list[Mailbox]:
         out: list[Mailbox] = []
         if workloads & {"sessions", "pipelined", "tls"}:
@@ -88,7 +102,7 @@ class Dataset:
                 Mailbox(u, self.sessions_messages, self.message_size, f"{self.seed}:{u.local}")
                 for u in self.session_users()
             ]
-        if "bigbox" in workloads:
+        if workloads & {"bigbox", "filtered"}:
             out.append(
                 Mailbox(
                     self.bigbox(), self.bigbox_messages, self.bigbox_size, f"{self.seed}:bigbox"
@@ -104,6 +118,8 @@ class Dataset:
             users += self.idle()
         if "delivery" in workloads:
             users += self.sinks()
+        if "filtered" in workloads:
+            users.append(self.filtered_owner())
         return users
 
     def dovecot_password(self, user: User) -> str:

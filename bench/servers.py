@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class RunningServer:
     ports: Endpoints
     log: Path
     info: dict[str, object] = field(default_factory=dict)
+    # Starts a fresh server process on the same data (cgpop only), None when not supported.
+    restart_fn: Callable[[], None] | None = None
 
     @property
     def pid(self) -> int:

@@ -55,16 +55,20 @@ def add(store: SqliteStore, scope: str, target: str, text: str) -> int:
 
 
 def list_alerts(store: SqliteStore) -> list[Alert]:
-    rows = store.connection().execute(
-        "SELECT id, scope, target, text, created FROM alerts ORDER BY id"
-    ).fetchall()
+    rows = (
+        store.connection()
+        .execute("SELECT id, scope, target, text, created FROM alerts ORDER BY id")
+        .fetchall()
+    )
     return [Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in rows]
 
 
 def delivered_count(store: SqliteStore, alert_id: int) -> int:
-    row = store.connection().execute(
-        "SELECT count(*) FROM alerts_delivered WHERE alert_id = ?", (alert_id,)
-    ).fetchone()
+    row = (
+        store.connection()
+        .execute("SELECT count(*) FROM alerts_delivered WHERE alert_id = ?", (alert_id,))
+        .fetchone()
+    )
     return int(row[0])
 
 

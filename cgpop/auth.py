@@ -56,8 +56,9 @@ class VerifiedCache:
         slot, tag = self._tag(creds, password)
         with self._lock:
             entry = self._entries.get(slot)
-        return (entry is not None and entry[1] > time.monotonic()
-                and hmac.compare_digest(entry[0], tag))
+        return (
+            entry is not None and entry[1] > time.monotonic() and hmac.compare_digest(entry[0], tag)
+        )
 
     def remember(self, creds: Credentials, password: str) -> None:
         if self.ttl <= 0:
@@ -73,8 +74,9 @@ class VerifiedCache:
 
 
 class Authenticator:
-    def __init__(self, store: Store, *, admins: tuple[str, ...] = (),
-                 login_cache_ttl: float = 0.0) -> None:
+    def __init__(
+        self, store: Store, *, admins: tuple[str, ...] = (), login_cache_ttl: float = 0.0
+    ) -> None:
         self.store = store
         self.admins = frozenset(admins)
         self.verified = VerifiedCache(login_cache_ttl)
@@ -124,8 +126,9 @@ class Authenticator:
             return LoginOutcome(error=AUTH_FAILED)
         return self.open(target, account)
 
-    def sasl_credentials(self, authcid: str, default_domain: str, password: str | None
-                         ) -> tuple[Credentials | None, bool | None]:
+    def sasl_credentials(
+        self, authcid: str, default_domain: str, password: str | None
+    ) -> tuple[Credentials | None, bool | None]:
         """For a SASL mechanism's NeedCredentials: the stored keys of the account the name
         authenticates as, and when a password came with it (PLAIN, LOGIN) whether it is right
         (KDF work is done even for unknown names, as in password_login)."""
@@ -151,10 +154,18 @@ class Authenticator:
         """What `user` (an authenticated address) may do on `mailbox` (Cyrus semantics)."""
         entries = self.store.acl_entries(mailbox)
         # Group membership matters only when an entry names a group: skip the lookup otherwise.
-        groups = (self.store.groups_of(user)
-                  if any(e.identifier.startswith(GROUP_PREFIX) for e in entries) else frozenset())
-        return effective_rights(entries, user=user, groups=groups,
-                                is_owner=mailbox.owner == user, is_admin=user in self.admins)
+        groups = (
+            self.store.groups_of(user)
+            if any(e.identifier.startswith(GROUP_PREFIX) for e in entries)
+            else frozenset()
+        )
+        return effective_rights(
+            entries,
+            user=user,
+            groups=groups,
+            is_owner=mailbox.owner == user,
+            is_admin=user in self.admins,
+        )
 
     def open(self, target: LoginTarget, account: Account) -> LoginOutcome:
         """Credentials are proved: open the maildrop the name picked, if rights allow."""
@@ -167,9 +178,21 @@ class Authenticator:
         # POP needs `r` to open a maildrop. Refused like a bad password, so the reply does not
         # tell whether the mailbox exists (issue 3: no probing).
         if "r" not in rights:
-            log.info("login %s: no r right on %s#%s (has %r)", account.address, route.mailbox,
-                     route.address, str(rights))
+            log.info(
+                "login %s: no r right on %s#%s (has %r)",
+                account.address,
+                route.mailbox,
+                route.address,
+                str(rights),
+            )
             return LoginOutcome(error=AUTH_FAILED)
         snapshot = self.store.open_maildrop(mailbox, route.individual)
-        return LoginOutcome(grant=Grant(account.address, snapshot, may_seen="s" in rights,
-                                        may_delete="t" in rights, may_expunge="e" in rights))
+        return LoginOutcome(
+            grant=Grant(
+                account.address,
+                snapshot,
+                may_seen="s" in rights,
+                may_delete="t" in rights,
+                may_expunge="e" in rights,
+            )
+        )

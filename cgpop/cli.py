@@ -46,9 +46,12 @@ def command(*path: str) -> Callable[[Command], Command]:
 
 
 def open_store(cfg: configmod.Config) -> SqliteStore:
-    return SqliteStore(cfg.server.data_dir,
-                       duplicate_window=cfg.delivery.duplicate_window
-                       if cfg.delivery.duplicate_suppression else None)
+    return SqliteStore(
+        cfg.server.data_dir,
+        duplicate_window=cfg.delivery.duplicate_window
+        if cfg.delivery.duplicate_suppression
+        else None,
+    )
 
 
 def split_address(text: str) -> tuple[str, str]:
@@ -117,7 +120,7 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise CliError("[server] event_loop = \"uvloop\" but uvloop is not installed") from None
+            raise CliError('[server] event_loop = "uvloop" but uvloop is not installed') from None
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
@@ -274,11 +277,26 @@ def cmd_mailbox_show(args: argparse.Namespace, cfg: configmod.Config) -> int:
     if mailbox is None:
         raise CliError(f"no mailbox {args.mailbox} for {name}@{domain}")
     msgs = store.list_messages(mailbox)
-    rows = [{"uid": m.uid, "uidl": m.uidl, "size": m.size, "flags": list(m.flags),
-             "x_real_to": m.x_real_to, "internal_date": m.internal_date} for m in msgs]
-    return out(args, rows, lambda: [
-        f"{m.uid:>8} {m.uidl:<20} {m.size:>9} {' '.join(m.flags) or '-':<16} {m.x_real_to or '-'}"
-        for m in msgs])
+    rows = [
+        {
+            "uid": m.uid,
+            "uidl": m.uidl,
+            "size": m.size,
+            "flags": list(m.flags),
+            "x_real_to": m.x_real_to,
+            "internal_date": m.internal_date,
+        }
+        for m in msgs
+    ]
+    return out(
+        args,
+        rows,
+        lambda: [
+            f"{m.uid:>8} {m.uidl:<20} {m.size:>9} {' '.join(m.flags) or '-':<16} "
+            f"{m.x_real_to or '-'}"
+            for m in msgs
+        ],
+    )
 
 
 # --- routes ---
@@ -320,9 +338,12 @@ class _IdentifierParser(argparse.ArgumentParser):
     it works with or without `--`. `-c PATH` and `--config PATH` still name the config."""
 
     def _parse_optional(self, arg_string: str) -> Any:
-        if (arg_string.startswith("-") and not arg_string.startswith("--")
-                and len(arg_string) > 2
-                and arg_string.split("=", 1)[0] not in self._option_string_actions):
+        if (
+            arg_string.startswith("-")
+            and not arg_string.startswith("--")
+            and len(arg_string) > 2
+            and arg_string.split("=", 1)[0] not in self._option_string_actions
+        ):
             return None
         return super()._parse_optional(arg_string)
 
@@ -362,13 +383,15 @@ def cmd_acl_delete(args: argparse.Namespace, cfg: configmod.Config) -> int:
 def cmd_acl_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
     store = open_store(cfg)
     entries = store.acl_entries(_acl_mailbox(store, args))
-    rows = [{"identifier": e.identifier, "negative": e.negative, "rights": str(e.rights)}
-            for e in entries]
+    rows = [
+        {"identifier": e.identifier, "negative": e.negative, "rights": str(e.rights)}
+        for e in entries
+    ]
     return out(args, rows, lambda: [str(e) for e in entries])
 
 
 def _group(text: str) -> str:
-    name = text[len(GROUP_PREFIX):] if text.lower().startswith(GROUP_PREFIX) else text
+    name = text[len(GROUP_PREFIX) :] if text.lower().startswith(GROUP_PREFIX) else text
     try:
         return normalize_account(name)
     except ValueError as exc:
@@ -415,8 +438,9 @@ def cmd_deliver(args: argparse.Namespace, cfg: configmod.Config) -> int:
     if not data.strip():
         raise CliError("empty message on standard input", EX_DATAERR)
     store = open_store(cfg)
-    deliverer = Deliverer(store, default_domain=cfg.server.default_domain,
-                          real_to_header=cfg.pop3.real_to_header)
+    deliverer = Deliverer(
+        store, default_domain=cfg.server.default_domain, real_to_header=cfg.pop3.real_to_header
+    )
     results = deliverer.deliver(args.sender, args.recipients, data)
     code = EX_OK
     for r in results:
@@ -433,13 +457,18 @@ def cmd_deliver(args: argparse.Namespace, cfg: configmod.Config) -> int:
 # --- the parser ---
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", default=argparse.SUPPRESS,
-                        help="TOML configuration file (default: $CGPOP_CONFIG, else built-in)")
+    common.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help="TOML configuration file (default: $CGPOP_CONFIG, else built-in)",
+    )
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 
-    parser = argparse.ArgumentParser(prog="cgpop", parents=[common],
-                                     description="cgpop: a multi-account POP3 gateway")
+    parser = argparse.ArgumentParser(
+        prog="cgpop", parents=[common], description="cgpop: a multi-account POP3 gateway"
+    )
     parser.add_argument("--version", action="version", version=f"cgpop {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -454,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_parser("remove", parents=[common]).add_argument("name")
     d.add_parser("list", parents=[common, listing])
     da = d.add_parser("alias", parents=[common], help="domain aliases").add_subparsers(
-        dest="sub2", required=True, metavar="ACTION")
+        dest="sub2", required=True, metavar="ACTION"
+    )
     for action in ("add", "remove"):
         p = da.add_parser(action, parents=[common])
         p.add_argument("alias")
@@ -466,13 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = a.add_parser(action, parents=[common])
         p.add_argument("address", metavar="NAME@DOMAIN")
         pw = p.add_mutually_exclusive_group()
-        pw.add_argument("--password-stdin", action="store_true",
-                        help="read the password from the first line of standard input")
+        pw.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of standard input",
+        )
         pw.add_argument("--password", metavar="PW", help="the password (visible in ps!)")
-        p.add_argument("--shared-secret", action="store_true",
-                       help="also keep a plaintext-equivalent secret, for APOP and CRAM-MD5")
-    p = a.add_parser("import", parents=[common],
-                     help="create accounts from NAME@DOMAIN PASSWORD lines on stdin")
+        p.add_argument(
+            "--shared-secret",
+            action="store_true",
+            help="also keep a plaintext-equivalent secret, for APOP and CRAM-MD5",
+        )
+    p = a.add_parser(
+        "import", parents=[common], help="create accounts from NAME@DOMAIN PASSWORD lines on stdin"
+    )
     p.add_argument("--shared-secret", action="store_true")
     a.add_parser("remove", parents=[common]).add_argument("address", metavar="NAME@DOMAIN")
     a.add_parser("list", parents=[common, listing]).add_argument("domain", nargs="?")
@@ -501,13 +538,17 @@ def build_parser() -> argparse.ArgumentParser:
     acl = sub.add_parser("acl", parents=[common], help="mailbox access-control lists")
     # typeshed ties `parents` to the parser class; an _IdentifierParser is an ArgumentParser.
     ac: argparse._SubParsersAction[argparse.ArgumentParser] = acl.add_subparsers(
-        dest="sub", required=True, metavar="ACTION", parser_class=_IdentifierParser)
+        dest="sub", required=True, metavar="ACTION", parser_class=_IdentifierParser
+    )
     for action in ("set", "delete"):
         p = ac.add_parser(action, parents=[common])
         p.add_argument("address", metavar="OWNER@DOMAIN")
         p.add_argument("mailbox")
-        p.add_argument("identifier", metavar="IDENTIFIER",
-                       help="NAME@DOMAIN, group:NAME, anyone or anonymous; '-' first: negative")
+        p.add_argument(
+            "identifier",
+            metavar="IDENTIFIER",
+            help="NAME@DOMAIN, group:NAME, anyone or anonymous; '-' first: negative",
+        )
         if action == "set":
             p.add_argument("rights", metavar="RIGHTS", help="letters of lrswipkxtean, d, c; none")
     p = ac.add_parser("list", parents=[common, listing])
@@ -544,8 +585,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except configmod.ConfigError as exc:
         print(f"cgpop: configuration error: {exc}", file=sys.stderr)
         return EX_USAGE
-    path = tuple(x for x in (args.cmd, getattr(args, "sub", None), getattr(args, "sub2", None))
-                 if x)
+    path = tuple(
+        x for x in (args.cmd, getattr(args, "sub", None), getattr(args, "sub2", None)) if x
+    )
     fn = COMMANDS[path]
     try:
         return fn(args, cfg)

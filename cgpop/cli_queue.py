@@ -34,8 +34,10 @@ def cmd_queue_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
             lines.append(f"{e.id:>6} {_when(e.created)} {e.size:>9} <{e.sender}>")
             for r in e.recipients:
                 when = _when(r.next_attempt)
-                lines.append(f"       {r.state:<8} {r.attempts:>3} tries, next {when}"
-                             f" <{r.recipient}> {r.last_error or ''}".rstrip())
+                lines.append(
+                    f"       {r.state:<8} {r.attempts:>3} tries, next {when}"
+                    f" <{r.recipient}> {r.last_error or ''}".rstrip()
+                )
         return lines or ["queue is empty"]
 
     return out(args, rows, text)

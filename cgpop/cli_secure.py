@@ -39,8 +39,9 @@ def cmd_alert_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
     words: list[str] = args.words
     whole = args.domain is not None or args.server
     if len(words) != (1 if whole else 2):
-        raise CliError("usage: cgpop alert add (NAME@DOMAIN | --domain D | --server) TEXT",
-                       EX_USAGE)
+        raise CliError(
+            "usage: cgpop alert add (NAME@DOMAIN | --domain D | --server) TEXT", EX_USAGE
+        )
     text = words[-1]
     try:
         text = alerts.check_text(text)
@@ -70,16 +71,26 @@ def cmd_alert_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
     store = open_store(cfg)
     rows: list[dict[str, Any]] = []
     for a in alerts.list_alerts(store):
-        rows.append({"id": a.id, "scope": a.scope, "target": a.target, "text": a.text,
-                     "created": a.created, "delivered": alerts.delivered_count(store, a.id)})
+        rows.append(
+            {
+                "id": a.id,
+                "scope": a.scope,
+                "target": a.target,
+                "text": a.text,
+                "created": a.created,
+                "delivered": alerts.delivered_count(store, a.id),
+            }
+        )
 
     def text() -> list[str]:
         lines = []
         for r in rows:
             when = datetime.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")
             target = r["target"] or "*"
-            lines.append(f"{r['id']}\t{r['scope']}\t{target}\t{when}\t"
-                         f"delivered {r['delivered']}\t{r['text']}")
+            lines.append(
+                f"{r['id']}\t{r['scope']}\t{target}\t{when}\t"
+                f"delivered {r['delivered']}\t{r['text']}"
+            )
         return lines
 
     return out(args, rows, text)
@@ -93,16 +104,18 @@ def cmd_alert_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 
 def _extend(sub: Any, common: argparse.ArgumentParser, listing: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("cert", parents=[common],
-                       help="write a self-signed certificate and key (for testing)")
+    p = sub.add_parser(
+        "cert", parents=[common], help="write a self-signed certificate and key (for testing)"
+    )
     p.add_argument("--host", required=True, help="host name or IP address it is for")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for cert.pem, key.pem")
     p.add_argument("--days", type=int, default=365, help="validity (default 365)")
 
     a = sub.add_parser("alert", parents=[common], help="alerts shown at login (CommuniGate)")
     acts = a.add_subparsers(dest="sub", required=True, metavar="ACTION")
-    p = acts.add_parser("add", parents=[common],
-                        usage="cgpop alert add (NAME@DOMAIN | --domain D | --server) TEXT")
+    p = acts.add_parser(
+        "add", parents=[common], usage="cgpop alert add (NAME@DOMAIN | --domain D | --server) TEXT"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--domain", metavar="D", help="for every account of domain D")
     where.add_argument("--server", action="store_true", help="for every account")

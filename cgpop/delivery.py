@@ -68,16 +68,18 @@ def _clean(address: str) -> str:
 
 
 class Deliverer:
-    def __init__(self, store: Store, *, default_domain: str, real_to_header: str = "X-Real-To"
-                 ) -> None:
+    def __init__(
+        self, store: Store, *, default_domain: str, real_to_header: str = "X-Real-To"
+    ) -> None:
         self.store = store
         self.default_domain = default_domain
         self.real_to_header = real_to_header
 
     def resolve(self, recipient: str) -> Route | None:
         try:
-            return resolve_recipient(recipient, default_domain=self.default_domain,
-                                     directory=self.store)
+            return resolve_recipient(
+                recipient, default_domain=self.default_domain, directory=self.store
+            )
         except (RouteError, ValueError):
             return None
 
@@ -118,10 +120,19 @@ class Deliverer:
                 results.append(Result(rcpt, found))
                 continue
             route, mailbox = found
-            prefix = (f"Return-Path: <{_clean(sender)}>\r\n"
-                      f"{self.real_to_header}: <{_clean(rcpt)}>\r\n").encode()
-            copies.append(Copy(mailbox.id, prefix, _clean(rcpt), route.individual, mid,
-                               f"{mailbox.id}/{route.individual or ''}"))
+            prefix = (
+                f"Return-Path: <{_clean(sender)}>\r\n{self.real_to_header}: <{_clean(rcpt)}>\r\n"
+            ).encode()
+            copies.append(
+                Copy(
+                    mailbox.id,
+                    prefix,
+                    _clean(rcpt),
+                    route.individual,
+                    mid,
+                    f"{mailbox.id}/{route.individual or ''}",
+                )
+            )
             slots.append(len(results))
             results.append(None)
         if copies:
@@ -138,6 +149,7 @@ class Deliverer:
                 if stored is None:
                     results[slot] = Result(rcpt, Status.TEMPORARY)
                 else:
-                    results[slot] = Result(rcpt, Status.DELIVERED if stored[n] else
-                                           Status.DUPLICATE)
+                    results[slot] = Result(
+                        rcpt, Status.DELIVERED if stored[n] else Status.DUPLICATE
+                    )
         return [r for r in results if r is not None]

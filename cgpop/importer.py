@@ -19,8 +19,13 @@ def maildir_messages(path: Path) -> Iterator[tuple[bytes, int]]:
     """Messages of a Maildir in delivery order (new/ and cur/, sorted by file name, which
     starts with the delivery time)."""
     files = sorted(
-        (f for sub in ("new", "cur") if (path / sub).is_dir() for f in (path / sub).iterdir()
-         if f.is_file() and not f.name.startswith(".")),
+        (
+            f
+            for sub in ("new", "cur")
+            if (path / sub).is_dir()
+            for f in (path / sub).iterdir()
+            if f.is_file() and not f.name.startswith(".")
+        ),
         key=lambda f: f.name,
     )
     for f in files:

@@ -41,8 +41,14 @@ class _Handler:
             peer = f"{session.peer[0]}:{session.peer[1]}" if session.peer else "?"
         return SessionLog(log, "LMTP", session.cgpop_id, peer)  # type: ignore[attr-defined]
 
-    async def handle_EHLO(self, server: LMTP, session: SmtpSession, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: LMTP,
+        session: SmtpSession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         """RFC 2033 section 5: an LMTP server MUST implement PIPELINING, so LHLO says so
         (aiosmtpd reads commands in order, so pipelined input already works).
         ENHANCEDSTATUSCODES is not claimed: aiosmtpd's own replies (MAIL, RSET) lack them."""
@@ -50,8 +56,14 @@ class _Handler:
         session.host_name = hostname
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
-    async def handle_RCPT(self, server: LMTP, session: SmtpSession, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: LMTP,
+        session: SmtpSession,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         if len(envelope.rcpt_tos) >= self.gw.config.lmtp.max_recipients:
             return "452 4.5.3 too many recipients"
         # Refuse unknown users, missing mailboxes and mailboxes that take no posting at RCPT,
@@ -68,12 +80,16 @@ class _Handler:
         if isinstance(content, str):  # pragma: no cover - decode_data is off
             content = content.encode("utf-8", "surrogateescape")
         sender = envelope.mail_from or ""
-        results = await self.gw.write(self.gw.deliverer.deliver, sender, envelope.rcpt_tos,
-                                      content)
+        results = await self.gw.write(self.gw.deliverer.deliver, sender, envelope.rcpt_tos, content)
         slog = self._log(session)
         for r in results:
-            slog.info("from=<%s> to=<%s> size=%d %s", sender[:200], r.recipient[:200],
-                      len(content), r.status.value)
+            slog.info(
+                "from=<%s> to=<%s> size=%d %s",
+                sender[:200],
+                r.recipient[:200],
+                len(content),
+                r.status.value,
+            )
         # aiosmtpd writes the returned status and CRLF: joined lines give one reply each.
         return "\r\n".join(r.lmtp_reply for r in results)
 
@@ -111,8 +127,15 @@ async def start_lmtp(gw: Gateway, ep: Endpoint) -> asyncio.Server:
     hostname = gw.config.server.hostname
 
     def factory() -> Any:
-        return _TrackedLMTP(gw, handler, hostname=hostname, ident="cgpop LMTP", data_size_limit=limit,
-                    enable_SMTPUTF8=True, decode_data=False)
+        return _TrackedLMTP(
+            gw,
+            handler,
+            hostname=hostname,
+            ident="cgpop LMTP",
+            data_size_limit=limit,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+        )
 
     loop = asyncio.get_running_loop()
     try:

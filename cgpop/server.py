@@ -135,24 +135,32 @@ class Gateway:
         self.config = config
         self.store = SqliteStore(
             config.server.data_dir,
-            duplicate_window=(config.delivery.duplicate_window
-                              if config.delivery.duplicate_suppression else None),
+            duplicate_window=(
+                config.delivery.duplicate_window if config.delivery.duplicate_suppression else None
+            ),
         )
-        self.auth = Authenticator(self.store, admins=config.server.admins,
-                                  login_cache_ttl=config.server.login_cache_ttl)
-        self.deliverer = Deliverer(self.store, default_domain=config.server.default_domain,
-                                   real_to_header=config.pop3.real_to_header)
+        self.auth = Authenticator(
+            self.store, admins=config.server.admins, login_cache_ttl=config.server.login_cache_ttl
+        )
+        self.deliverer = Deliverer(
+            self.store,
+            default_domain=config.server.default_domain,
+            real_to_header=config.pop3.real_to_header,
+        )
         # Readers in parallel (WAL); writes through one thread so they never contend.
         self.readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cgpop-read")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgpop-write")
         self.state = ServerState()
         self.seen = SeenBatcher(self)
-        self.penalty = Penalty(PenaltyPolicy(base=config.pop3.auth_delay,
-                                             maximum=config.pop3.auth_delay_max))
-        self.sasl_config = sasl.SaslConfig(hostname=config.server.hostname,
-                                           fake_salt_key=self._fake_salt_key())
-        self.proxy_from = tuple(ipaddress.ip_network(n, strict=False)
-                                for n in config.pop3.proxy_from)
+        self.penalty = Penalty(
+            PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max)
+        )
+        self.sasl_config = sasl.SaslConfig(
+            hostname=config.server.hostname, fake_salt_key=self._fake_salt_key()
+        )
+        self.proxy_from = tuple(
+            ipaddress.ip_network(n, strict=False) for n in config.pop3.proxy_from
+        )
         self.tls: ReloadableContext | None = None
         if config.tls.cert is not None and config.tls.key is not None:
             self.tls = ReloadableContext(config.tls.cert, config.tls.key)
@@ -178,8 +186,9 @@ class Gateway:
         except FileExistsError:
             key = path.read_bytes()
             if len(key) < 16:
-                raise OSError(f"{path}: too short to be a key; delete it to make a new one"
-                              ) from None
+                raise OSError(
+                    f"{path}: too short to be a key; delete it to make a new one"
+                ) from None
             return key
         key = secrets.token_bytes(32)
         with os.fdopen(fd, "wb") as fh:
@@ -233,8 +242,9 @@ class Gateway:
 
     async def _listen(self, kind: str, ep: Endpoint, handler: Callable[..., Any]) -> None:
         try:
-            server = await asyncio.start_server(handler, ep.host, ep.port, reuse_address=True,
-                                                limit=READ_SIZE, backlog=1024)
+            server = await asyncio.start_server(
+                handler, ep.host, ep.port, reuse_address=True, limit=READ_SIZE, backlog=1024
+            )
         except OSError as exc:
             raise OSError(f"cannot listen on {ep} for {kind}: {exc.strerror}") from None
         self._register(kind, server)
@@ -332,9 +342,11 @@ class Gateway:
         c = self.config
         try:
             ip = ipaddress.ip_address(peer_ip)
-            loopback = ip.is_loopback or (isinstance(ip, ipaddress.IPv6Address)
-                                          and ip.ipv4_mapped is not None
-                                          and ip.ipv4_mapped.is_loopback)
+            loopback = ip.is_loopback or (
+                isinstance(ip, ipaddress.IPv6Address)
+                and ip.ipv4_mapped is not None
+                and ip.ipv4_mapped.is_loopback
+            )
         except ValueError:
             loopback = False
         secure = tls or loopback
@@ -345,8 +357,11 @@ class Gateway:
             plaintext_allowed=secure or always,
             stls_available=self.tls is not None,
             tls_active=tls,
-            sasl_mechanisms=tuple(m for m in sasl.available(secure, always)
-                                  if c.pop3.cram_md5 or m != sasl.CramMd5.name),
+            sasl_mechanisms=tuple(
+                m
+                for m in sasl.available(secure, always)
+                if c.pop3.cram_md5 or m != sasl.CramMd5.name
+            ),
             xtnd_enabled=c.xtnd.enabled and self.submitter is not None,
             xtnd_max_size=c.xtnd.max_message_size,
             max_bad_commands=c.pop3.max_bad_commands,
@@ -354,12 +369,12 @@ class Gateway:
             sasl_config=self.sasl_config,
         )
 
-    async def _pop3(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    domain: str, tls: bool) -> None:
+    async def _pop3(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, domain: str, tls: bool
+    ) -> None:
         peername = writer.get_extra_info("peername") or ("?", 0)
         peer_ip, peer_port = str(peername[0]), int(peername[1])
-        conn = Connection(f"{os.getpid():x}-{next(self._ids)}", f"{peer_ip}:{peer_port}",
-                          writer)
+        conn = Connection(f"{os.getpid():x}-{next(self._ids)}", f"{peer_ip}:{peer_port}", writer)
         slog = SessionLog(log, "POP", conn.id, conn.peer)
         st = self.state
         cfg = self.config.pop3
@@ -444,31 +459,40 @@ class Gateway:
             if counted_ip is not None:
                 slog.info("disconnected")
 
-    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      tls: bool, slog: SessionLog, why: str) -> None:
+    async def _refuse(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls: bool,
+        slog: SessionLog,
+        why: str,
+    ) -> None:
         """Past a connection limit: `-ERR [SYS/TEMP] ... try later` and close at once. On an
         implicit-TLS listener the reply is sent in TLS, bounded by a short handshake timeout."""
         slog.warning("refused: %s", why)
         with contextlib.suppress(Exception):
             if tls:
                 assert self.tls is not None
-                await asyncio.wait_for(start_tls(reader, writer, self.tls.context, carry=True),
-                                       PROXY_TIMEOUT)
+                await asyncio.wait_for(
+                    start_tls(reader, writer, self.tls.context, carry=True), PROXY_TIMEOUT
+                )
             writer.write(TOO_MANY)
             await writer.drain()
         with contextlib.suppress(Exception):
             writer.close()
 
-    async def _proxy_header(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                            slog: SessionLog) -> tuple[str, int] | None:
+    async def _proxy_header(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slog: SessionLog
+    ) -> tuple[str, int] | None:
         """Read the PROXY header a trusted peer must send first; the real client's address and
         port (the socket's own peer for LOCAL/UNKNOWN), or None after refusing the connection."""
         try:
             result = await asyncio.wait_for(read_proxy_header(reader), PROXY_TIMEOUT)
         except (proxyproto.ProxyError, asyncio.IncompleteReadError, TimeoutError) as exc:
-            slog.warning("refused: no valid PROXY header from a trusted proxy (%s)",
-                         type(exc).__name__ if not isinstance(exc, proxyproto.ProxyError)
-                         else exc)
+            slog.warning(
+                "refused: no valid PROXY header from a trusted proxy (%s)",
+                type(exc).__name__ if not isinstance(exc, proxyproto.ProxyError) else exc,
+            )
             with contextlib.suppress(Exception):
                 writer.write(BAD_PROXY)
                 await writer.drain()
@@ -497,8 +521,13 @@ async def read_proxy_header(reader: asyncio.StreamReader) -> proxyproto.ProxyRes
         buf += await reader.readexactly(want)
 
 
-async def start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    context: ssl.SSLContext, *, carry: bool) -> None:
+async def start_tls(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    context: ssl.SSLContext,
+    *,
+    carry: bool,
+) -> None:
     """Switch the connection to TLS (server side). Bytes the stream has buffered but not handed
     out arrived in cleartext: with `carry` they are the start of the TLS handshake (after a
     PROXY header) and go to the TLS layer; without it (STLS) they are dropped (RFC 2595
@@ -534,9 +563,18 @@ async def start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 class _Runner:
     """Carries out one session's events, in order, with batched writes."""
 
-    def __init__(self, gw: Gateway, session: Session, conn: Connection,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slog: SessionLog,
-                 domain: str, lines: LineBuffer, peer_ip: str) -> None:
+    def __init__(
+        self,
+        gw: Gateway,
+        session: Session,
+        conn: Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        slog: SessionLog,
+        domain: str,
+        lines: LineBuffer,
+        peer_ip: str,
+    ) -> None:
         self.gw, self.session, self.conn, self.writer = gw, session, conn, writer
         self.reader, self.lines, self.peer_ip = reader, lines, peer_ip
         self.slog, self.domain = slog, domain
@@ -573,16 +611,21 @@ class _Runner:
             elif isinstance(event, StartTls):
                 await self.start_tls(event)
             elif isinstance(event, SaslCredentials):
-                creds, good = await self.gw.read(self.gw.auth.sasl_credentials, event.authcid,
-                                                 self.domain, event.password)
+                creds, good = await self.gw.read(
+                    self.gw.auth.sasl_credentials, event.authcid, self.domain, event.password
+                )
                 await self.run_events(self.session.sasl_credentials(creds, good))
             elif isinstance(event, FailedLogin):
-                await self.run_events(self.session.login_result(
-                    await self.admit(event.outcome, event.login)))
+                await self.run_events(
+                    self.session.login_result(await self.admit(event.outcome, event.login))
+                )
             elif isinstance(event, SaslLogin):
                 outcome = await self.sasl_login(event)
-                await self.run_events(self.session.login_result(await self.admit(
-                    outcome, event.proven_by or event.login)))
+                await self.run_events(
+                    self.session.login_result(
+                        await self.admit(outcome, event.proven_by or event.login)
+                    )
+                )
             elif isinstance(event, Submit):
                 await self.run_events(self.session.submit_result(await self.submit(event)))
 
@@ -618,8 +661,12 @@ class _Runner:
         gw = self.gw
         outcome = await gw.read(
             lambda: gw.auth.password_login(
-                event.login, self.domain, password=event.password,
-                apop_digest=event.apop_digest, apop_banner=self.session.policy.apop_banner)
+                event.login,
+                self.domain,
+                password=event.password,
+                apop_digest=event.apop_digest,
+                apop_banner=self.session.policy.apop_banner,
+            )
         )
         return await self.admit(outcome, event.login)
 
@@ -643,14 +690,17 @@ class _Runner:
             if alert is not None:
                 gw.store.close_maildrop(outcome.grant.snapshot)
                 self.slog.info("login %s: alert %d delivered", account, alert.id)
-                return LoginOutcome(error=Pop3Error(alert.text, "SYS/TEMP"),
-                                    counts_as_failure=False)
+                return LoginOutcome(
+                    error=Pop3Error(alert.text, "SYS/TEMP"), counts_as_failure=False
+                )
         per_account = gw.state.per_account
         if per_account.get(account, 0) >= gw.config.pop3.max_per_account:
             gw.store.close_maildrop(outcome.grant.snapshot)
             self.slog.warning("login %s refused: per-account session limit", account)
-            return LoginOutcome(error=Pop3Error("too many sessions for this account, try later",
-                                                "SYS/TEMP"), counts_as_failure=False)
+            return LoginOutcome(
+                error=Pop3Error("too many sessions for this account, try later", "SYS/TEMP"),
+                counts_as_failure=False,
+            )
         per_account[account] = per_account.get(account, 0) + 1
         self.conn.account = account
         snap = outcome.grant.snapshot

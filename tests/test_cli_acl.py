@@ -17,8 +17,7 @@ from cgpop.store.sqlite import SqliteStore
 @pytest.fixture
 def cfg(tmp_path: Path) -> Iterator[str]:
     path = tmp_path / "cgpop.toml"
-    path.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
-                    'default_domain = "example.com"\n')
+    path.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\ndefault_domain = "example.com"\n')
     store = SqliteStore(tmp_path / "data")
     store.add_domain("example.com")
     store.add_account("example.com", "jsmith", make_credentials("pw"))
@@ -50,8 +49,12 @@ def test_acl_set_list_delete(capsys: pytest.CaptureFixture[str], cfg: str) -> No
     capsys.readouterr()
     code, out, _ = run(capsys, cfg, "acl", "list", *box)
     assert code == 0
-    assert out.splitlines() == ["anyone lrsp", "fred@example.com lwi", "-anonymous s",
-                                "-fred@example.com te"]
+    assert out.splitlines() == [
+        "anyone lrsp",
+        "fred@example.com lwi",
+        "-anonymous s",
+        "-fred@example.com te",
+    ]
     assert acl_rows(capsys, cfg) == [
         {"identifier": "anyone", "negative": False, "rights": "lrsp"},
         {"identifier": "fred@example.com", "negative": False, "rights": "lwi"},
@@ -64,26 +67,37 @@ def test_acl_set_list_delete(capsys: pytest.CaptureFixture[str], cfg: str) -> No
     code, _, err = run(capsys, cfg, "acl", "delete", *box, "-fred@example.com")
     assert code == 1 and "no ACL entry for -fred@example.com" in err
     assert [r["identifier"] for r in acl_rows(capsys, cfg)] == [
-        "anyone", "fred@example.com", "anonymous"]
+        "anyone",
+        "fred@example.com",
+        "anonymous",
+    ]
     # `none` removes the entry.
     assert run(capsys, cfg, "acl", "set", *box, "fred@example.com", "none")[0] == 0
     assert [r["identifier"] for r in acl_rows(capsys, cfg)] == ["anyone", "anonymous"]
 
 
-@pytest.mark.parametrize(("argv", "code", "message"), [
-    (["acl", "set", "jsmith@example.com", "lists/info", "fred", "lrz"], 2, "'z' right"),
-    (["acl", "set", "jsmith@example.com", "lists/info", "fred@bad..domain", "lr"], 2, "ACL entry"),
-    (["acl", "set", "jsmith", "lists/info", "fred", "lr"], 2, "expected NAME@DOMAIN"),
-    (["acl", "set", "jsmith@example.com", "../x", "fred", "lr"], 2, "mailbox '../x'"),
-    (["acl", "set", "jsmith@example.com", "nosuch", "fred", "lr"], 1, "no mailbox nosuch"),
-    (["acl", "list", "nobody@example.com", "INBOX"], 1, "no mailbox INBOX"),
-    (["group", "add", "staff", "fred"], 2, "expected NAME@DOMAIN"),
-    (["group", "add", "bad group", "fred@example.com"], 2, "group 'bad group'"),
-    (["group", "remove", "staff", "fred@example.com"], 1, "not in group staff"),
-    (["group", "list", "nobody"], 1, "no group nobody"),
-])
-def test_refusals(capsys: pytest.CaptureFixture[str], cfg: str, argv: list[str], code: int,
-                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["acl", "set", "jsmith@example.com", "lists/info", "fred", "lrz"], 2, "'z' right"),
+        (
+            ["acl", "set", "jsmith@example.com", "lists/info", "fred@bad..domain", "lr"],
+            2,
+            "ACL entry",
+        ),
+        (["acl", "set", "jsmith", "lists/info", "fred", "lr"], 2, "expected NAME@DOMAIN"),
+        (["acl", "set", "jsmith@example.com", "../x", "fred", "lr"], 2, "mailbox '../x'"),
+        (["acl", "set", "jsmith@example.com", "nosuch", "fred", "lr"], 1, "no mailbox nosuch"),
+        (["acl", "list", "nobody@example.com", "INBOX"], 1, "no mailbox INBOX"),
+        (["group", "add", "staff", "fred"], 2, "expected NAME@DOMAIN"),
+        (["group", "add", "bad group", "fred@example.com"], 2, "group 'bad group'"),
+        (["group", "remove", "staff", "fred@example.com"], 1, "not in group staff"),
+        (["group", "list", "nobody"], 1, "no group nobody"),
+    ],
+)
+def test_refusals(
+    capsys: pytest.CaptureFixture[str], cfg: str, argv: list[str], code: int, message: str
+) -> None:
     got, out, err = run(capsys, cfg, *argv)
     assert (got, out) == (code, "")
     assert err.startswith("cgpop: ") and message in err
@@ -103,8 +117,10 @@ def test_groups(capsys: pytest.CaptureFixture[str], cfg: str) -> None:
     code, _, err = run(capsys, cfg, "group", "add", "staff", "fred@example.com")
     assert code == 1 and "already in group staff" in err
     code, out, _ = run(capsys, cfg, "group", "list")
-    assert (code, out.splitlines()) == (0, ["ops: fred@example.com",
-                                            "staff: fred@example.com jsmith@example.com"])
+    assert (code, out.splitlines()) == (
+        0,
+        ["ops: fred@example.com", "staff: fred@example.com jsmith@example.com"],
+    )
     code, out, _ = run(capsys, cfg, "group", "list", "STAFF", "--json")
     assert (code, json.loads(out)) == (0, {"staff": ["fred@example.com", "jsmith@example.com"]})
     assert run(capsys, cfg, "group", "remove", "staff", "fred@example.com")[0] == 0

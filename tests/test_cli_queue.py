@@ -28,8 +28,14 @@ def sink() -> Iterator[Sink]:
 
 def cgpop(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "CGPOP_CONFIG"}
-    return subprocess.run([str(CGPOP), *args, "-c", str(config)], capture_output=True,
-                          text=True, timeout=60, env=env, check=False)
+    return subprocess.run(
+        [str(CGPOP), *args, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def listing(config: Path) -> Any:
@@ -43,8 +49,14 @@ def test_list_remove_flush(
 ) -> None:
     data_dir = tmp_path / "data"
     # An hour between attempts: only a flush can make the retry happen within the test.
-    server = server_factory(data_dir, xtnd={
-        "relay": f"127.0.0.1:{sink.port}", "retry_schedule": [3600], "queue_poll_interval": 0.2})
+    server = server_factory(
+        data_dir,
+        xtnd={
+            "relay": f"127.0.0.1:{sink.port}",
+            "retry_schedule": [3600],
+            "queue_poll_interval": 0.2,
+        },
+    )
     server.add_account("joe@example.com", "secret")
     config = tmp_path / "cgpop.toml"
     config.write_text(f'[server]\ndata_dir = "{data_dir}"\n')
@@ -52,8 +64,12 @@ def test_list_remove_flush(
     assert submit(server, msg("flaky@example.org")).startswith(b"+OK")
     assert submit(server, msg("temp@example.org")).startswith(b"+OK")  # always 450
     # Wait (in-process, cheaply) until both had their first, failed, attempt.
-    wait_for(lambda: [e.recipients[0].attempts for e in server.call(queue.list_queue,
-                                                                    server.store)] == [1, 1])
+    wait_for(
+        lambda: (
+            [e.recipients[0].attempts for e in server.call(queue.list_queue, server.store)]
+            == [1, 1]
+        )
+    )
     rows = listing(config)
     by_rcpt = {r["recipients"][0]["recipient"]: r for r in rows}
     flaky, temp = by_rcpt["flaky@example.org"], by_rcpt["temp@example.org"]

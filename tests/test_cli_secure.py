@@ -52,15 +52,18 @@ def test_alert_add_list_remove(conf: str, capsys: pytest.CaptureFixture[str]) ->
     assert "hello joe" not in text and "hello domain" in text
 
 
-@pytest.mark.parametrize("args", [
-    ["joe@example.com", "two\nlines"],
-    ["joe@example.com", "nul\0"],
-    ["joe@example.com", "x" * 401],
-    ["joe@example.com", "   "],
-    ["--server"],
-    ["--server", "joe@example.com", "text"],
-    ["joe@example.com"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["joe@example.com", "two\nlines"],
+        ["joe@example.com", "nul\0"],
+        ["joe@example.com", "x" * 401],
+        ["joe@example.com", "   "],
+        ["--server"],
+        ["--server", "joe@example.com", "text"],
+        ["joe@example.com"],
+    ],
+)
 def test_alert_add_refuses_bad_input(conf: str, args: list[str]) -> None:
     try:
         code = main(["-c", conf, "alert", "add", *args])

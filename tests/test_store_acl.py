@@ -48,7 +48,10 @@ def test_set_list_replace_delete(store: SqliteStore) -> None:
     store.set_acl_entry(mb, entry("anyone", "l"))
     store.set_acl_entry(mb, entry("-fred", "s"))
     assert [str(e) for e in store.acl_entries(mb)] == [
-        "anyone l", "fred@example.com lr", "-fred@example.com s"]
+        "anyone l",
+        "fred@example.com lr",
+        "-fred@example.com s",
+    ]
     # Setting the same (identifier, sign) again replaces the rights, it does not add to them.
     store.set_acl_entry(mb, entry("fred", "lrsd"))
     assert store.get_acl_entry(mb, "fred@example.com") == entry("fred", "lrste")
@@ -92,11 +95,15 @@ def test_groups(store: SqliteStore) -> None:
     with pytest.raises(StoreError):
         store.add_group_member("STAFF", "fred@example.com")
     assert store.groups_of("FRED@example.com") == frozenset({"staff", "admins"})
-    assert store.list_group_members() == [("admins", "fred@example.com"),
-                                          ("staff", "fred@example.com"),
-                                          ("staff", "jsmith@example.com")]
-    assert store.list_group_members("staff") == [("staff", "fred@example.com"),
-                                                 ("staff", "jsmith@example.com")]
+    assert store.list_group_members() == [
+        ("admins", "fred@example.com"),
+        ("staff", "fred@example.com"),
+        ("staff", "jsmith@example.com"),
+    ]
+    assert store.list_group_members("staff") == [
+        ("staff", "fred@example.com"),
+        ("staff", "jsmith@example.com"),
+    ]
     store.remove_group_member("staff", "fred@example.com")
     with pytest.raises(NotFound):
         store.remove_group_member("staff", "fred@example.com")

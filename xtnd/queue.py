@@ -185,8 +185,15 @@ def claim_due(store: QueueStore, now: float, limit: int) -> list[Job]:
             )
             sender, account, message, created = head
             jobs.append(
-                Job(message_id, sender, account, bytes(message), created,
-                    tuple(r[0] for r in rows), tuple(r[1] for r in rows))
+                Job(
+                    message_id,
+                    sender,
+                    account,
+                    bytes(message),
+                    created,
+                    tuple(r[0] for r in rows),
+                    tuple(r[1] for r in rows),
+                )
             )
         return jobs
 
@@ -198,8 +205,14 @@ def record(store: QueueStore, message_id: int, updates: Iterable[Update]) -> Non
             conn.execute(
                 "UPDATE queue_recipients SET state = ?, next_attempt = ?, last_error = ?,"
                 " attempts = attempts + ? WHERE message_id = ? AND recipient = ?",
-                (u.state.value, u.next_attempt, u.last_error, int(u.counts_attempt),
-                 message_id, u.recipient),
+                (
+                    u.state.value,
+                    u.next_attempt,
+                    u.last_error,
+                    int(u.counts_attempt),
+                    message_id,
+                    u.recipient,
+                ),
             )
         _collect(conn, message_id)
 
@@ -250,18 +263,18 @@ def _collect(conn: sqlite3.Connection, message_id: int) -> None:
 
 def next_due(store: QueueStore) -> float | None:
     """The earliest `next_attempt` of a queued recipient (uses the partial index queue_due)."""
-    row = store.connection().execute(
-        "SELECT MIN(next_attempt) FROM queue_recipients WHERE state = 'queued'"
-    ).fetchone()
+    row = (
+        store.connection()
+        .execute("SELECT MIN(next_attempt) FROM queue_recipients WHERE state = 'queued'")
+        .fetchone()
+    )
     return None if row is None or row[0] is None else float(row[0])
 
 
 def flush(store: QueueStore) -> int:
     """`cgpop queue flush`: every queued recipient is due now. Returns how many."""
     with store.transaction() as conn:
-        cur = conn.execute(
-            "UPDATE queue_recipients SET next_attempt = 0 WHERE state = 'queued'"
-        )
+        cur = conn.execute("UPDATE queue_recipients SET next_attempt = 0 WHERE state = 'queued'")
         return cur.rowcount
 
 
@@ -288,7 +301,6 @@ def list_queue(store: QueueStore) -> list[Entry]:
     return [
         Entry(id_, sender, account, size, created, tuple(recipients.get(id_, ())))
         for id_, sender, account, size, created in conn.execute(
-            "SELECT id, sender, account, length(message), created FROM queue_messages"
-            " ORDER BY id"
+            "SELECT id, sender, account, length(message), created FROM queue_messages ORDER BY id"
         )
     ]

@@ -115,8 +115,9 @@ class Submitter:
         if error is not None:
             log.info("XTND XMIT from %s refused: %s", account, error.text)
             return error
-        log.info("XTND XMIT from %s: %d recipients, %d queued", account,
-                 len(envelope.recipients), queued)
+        log.info(
+            "XTND XMIT from %s: %d recipients, %d queued", account, len(envelope.recipients), queued
+        )
         if queued:
             self.on_queued()
         return None
@@ -141,9 +142,7 @@ class Submitter:
                 allowed.add(pattern.lower())
         return allowed
 
-    def commit(
-        self, account: str, envelope: Envelope, now: float
-    ) -> tuple[Pop3Error | None, int]:
+    def commit(self, account: str, envelope: Envelope, now: float) -> tuple[Pop3Error | None, int]:
         """Steps 2 to 5 of the module docstring: (error or None, number queued)."""
         local: list[str] = []
         remote: list[str] = []
@@ -172,8 +171,14 @@ class Submitter:
         with self.store.transaction() as conn:
             ratelimit.record(conn, account, len(envelope.recipients), now)
             if remote:
-                queue.enqueue(conn, sender=envelope.sender, account=account,
-                              message=envelope.message, recipients=remote, now=now)
+                queue.enqueue(
+                    conn,
+                    sender=envelope.sender,
+                    account=account,
+                    message=envelope.message,
+                    recipients=remote,
+                    now=now,
+                )
         return None, len(remote)
 
     def is_local_domain(self, domain: str) -> bool:
@@ -185,6 +190,6 @@ class Submitter:
 
 
 def _peer_ip(peer: str) -> str:
-    """"1.2.3.4:5678" or "::1:5678" (the shell's peer) -> the address, for Received:."""
+    """ "1.2.3.4:5678" or "::1:5678" (the shell's peer) -> the address, for Received:."""
     host, sep, port = peer.rpartition(":")
     return host if sep and port.isdigit() else peer

@@ -143,14 +143,21 @@ class RelayWorker:
                 results = await self._send(job)
             except Exception:
                 log.exception("queue message %d: delivery attempt failed", job.message_id)
-                results = [RecipientResult(r, Outcome.TEMPORARY, None, "internal error")
-                           for r in job.recipients]
+                results = [
+                    RecipientResult(r, Outcome.TEMPORARY, None, "internal error")
+                    for r in job.recipients
+                ]
             now = time.time()
             updates = [self._update(job, r, now) for r in results]
             await self.write(queue.record, self.store, job.message_id, updates)
             for r in results:
-                log.info("queue message %d to %s: %s %s", job.message_id, r.recipient,
-                         r.outcome.value, r.diagnostic)
+                log.info(
+                    "queue message %d to %s: %s %s",
+                    job.message_id,
+                    r.recipient,
+                    r.outcome.value,
+                    r.diagnostic,
+                )
 
     def _update(self, job: queue.Job, result: RecipientResult, now: float) -> Update:
         if result.outcome is Outcome.ACCEPTED:
@@ -165,8 +172,12 @@ class RelayWorker:
             return Update(result.recipient, State.FAILED, last_error=text)
         attempts = self._attempts(job, result.recipient) + 1
         when = next_attempt(attempts, datetime.fromtimestamp(now, UTC), self.schedule)
-        return Update(result.recipient, State.QUEUED, next_attempt=when.timestamp(),
-                      last_error=f"{status} {diagnostic}")
+        return Update(
+            result.recipient,
+            State.QUEUED,
+            next_attempt=when.timestamp(),
+            last_error=f"{status} {diagnostic}",
+        )
 
     def _attempts(self, job: queue.Job, recipient: str) -> int:
         return dict(zip(job.recipients, job.attempts, strict=True)).get(recipient, 0)
@@ -175,8 +186,9 @@ class RelayWorker:
         s = self.settings
         if s.relay is not None:
             starttls: StartTLS = True if s.relay_starttls else "opportunistic"
-            result = await self._attempt(s.relay[0], s.relay[1], job, job.recipients,
-                                         starttls=starttls, auth=s.relay_auth)
+            result = await self._attempt(
+                s.relay[0], s.relay[1], job, job.recipients, starttls=starttls, auth=s.relay_auth
+            )
             return list(result.results)
         by_domain: dict[str, list[str]] = {}
         for r in job.recipients:
@@ -201,8 +213,15 @@ class RelayWorker:
                 if tried >= MAX_ADDRESSES:
                     break
                 tried += 1
-                last = await self._attempt(host.host, self.settings.smtp_port, job, recipients,
-                                           starttls="opportunistic", auth=None, address=address)
+                last = await self._attempt(
+                    host.host,
+                    self.settings.smtp_port,
+                    job,
+                    recipients,
+                    starttls="opportunistic",
+                    auth=None,
+                    address=address,
+                )
                 if not last.host_failure:
                     return list(last.results)
         assert last is not None  # resolve_mx returns only hosts with addresses
@@ -219,9 +238,18 @@ class RelayWorker:
         auth: tuple[str, str] | None,
         address: str | None = None,
     ) -> RelayResult:
-        return await send(host, port, job.sender, recipients, job.message,
-                          helo=self.settings.hostname, starttls=starttls, auth=auth,
-                          timeout=self.settings.timeout, address=address)
+        return await send(
+            host,
+            port,
+            job.sender,
+            recipients,
+            job.message,
+            helo=self.settings.hostname,
+            starttls=starttls,
+            auth=auth,
+            timeout=self.settings.timeout,
+            address=address,
+        )
 
     async def _bounce(self) -> None:
         for bounce in await self.write(queue.pending_bounces, self.store):
@@ -229,8 +257,10 @@ class RelayWorker:
 
     def _deliver_dsn(self, bounce: queue.Bounce) -> None:
         """On the writer thread: the DSN into the account's INBOX, then forget the rows."""
-        failures = [Failure(r, status if _is_status(status) else "5.0.0", text)
-                    for r, status, text in bounce.failures]
+        failures = [
+            Failure(r, status if _is_status(status) else "5.0.0", text)
+            for r, status, text in bounce.failures
+        ]
         dsn = build_dsn(
             reporting_mta=self.settings.hostname,
             original_sender=bounce.sender,
@@ -244,8 +274,9 @@ class RelayWorker:
             log.warning("queue message %d: DSN delivery failed, will retry", bounce.message_id)
             return
         if any(r.status not in (Status.DELIVERED, Status.DUPLICATE) for r in results):
-            log.warning("queue message %d: no INBOX for %s, DSN dropped", bounce.message_id,
-                        bounce.account)
+            log.warning(
+                "queue message %d: no INBOX for %s, DSN dropped", bounce.message_id, bounce.account
+            )
         queue.finish_bounce(self.store, bounce.message_id, [r for r, _, _ in bounce.failures])
 
 

@@ -113,5 +113,15 @@ class LoginOutcome:
     counts_as_failure: bool = True
 
 
-Event = (Send | Close | PasswordLogin | SendMessage | Commit | StartTls | SaslCredentials
-         | SaslLogin | FailedLogin | Submit)
+Event = (
+    Send
+    | Close
+    | PasswordLogin
+    | SendMessage
+    | Commit
+    | StartTls
+    | SaslCredentials
+    | SaslLogin
+    | FailedLogin
+    | Submit
+)

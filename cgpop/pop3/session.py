@@ -104,6 +104,7 @@ class Session:
     @property
     def in_sasl(self) -> bool:
         return self.sasl_awaiting
+
     # --- entry points used by the shell ---
     def greeting(self) -> list[Event]:
         banner = f" {self.policy.apop_banner}" if self.policy.apop_banner else ""
@@ -153,8 +154,14 @@ class Session:
             self.grant = outcome.grant
             self.state = State.TRANSACTION
             snap = outcome.grant.snapshot
-            return [Send(ok(f"{outcome.grant.account} has {len(snap)} messages "
-                            f"({snap.total_size} octets)"))]
+            return [
+                Send(
+                    ok(
+                        f"{outcome.grant.account} has {len(snap)} messages "
+                        f"({snap.total_size} octets)"
+                    )
+                )
+            ]
         error = outcome.error or Pop3Error("authentication failed", "AUTH")
         events: list[Event] = [Send(error.reply())]
         if outcome.counts_as_failure:
@@ -181,8 +188,10 @@ class Session:
         self.busy = False
         self.closed = True
         if ok_:
-            return [Send(ok(f"{self.policy.hostname} cgpop signing off ({remaining} messages "
-                            "left)")), Close()]
+            return [
+                Send(ok(f"{self.policy.hostname} cgpop signing off ({remaining} messages left)")),
+                Close(),
+            ]
         # RFC 1939 section 6: "-ERR some deleted messages not removed".
         return [Send(Pop3Error("some deleted messages not removed", "SYS/TEMP").reply()), Close()]
 
@@ -203,8 +212,7 @@ class Session:
         self.bad_commands += 1
         if self.bad_commands >= self.policy.max_bad_commands:
             self.closed = True
-            return [Send(error.reply()), Send(Pop3Error("too many bad commands").reply()),
-                    Close()]
+            return [Send(error.reply()), Send(Pop3Error("too many bad commands").reply()), Close()]
         return [Send(error.reply())]
 
     def _message(self, number: Value) -> int:
@@ -224,8 +232,9 @@ class Session:
     # --- AUTHORIZATION ---
     def _user(self, args: tuple[Value, ...]) -> list[Event]:
         if not self.policy.plaintext_allowed:
-            raise Pop3Error("plaintext authentication is disabled on this connection; "
-                            "use STLS first")
+            raise Pop3Error(
+                "plaintext authentication is disabled on this connection; use STLS first"
+            )
         self.user = str(args[0])
         return [Send(ok("send your password"))]
 
@@ -258,9 +267,12 @@ class Session:
             # RFC 5034 section 4: "=" is an empty initial response.
             initial = b"" if args[1] == "=" else _b64(str(args[1]))
             if initial is None:
-                return self.login_result(LoginOutcome(
-                    error=Pop3Error("invalid base64 in initial response"),
-                    counts_as_failure=False))
+                return self.login_result(
+                    LoginOutcome(
+                        error=Pop3Error("invalid base64 in initial response"),
+                        counts_as_failure=False,
+                    )
+                )
         self.sasl = mech
         return self._sasl_step(mech.start(initial))
 
@@ -273,8 +285,9 @@ class Session:
         data = _b64(line.decode("ascii", "replace"))
         if data is None:
             self._sasl_end()
-            return self.login_result(LoginOutcome(error=Pop3Error("invalid base64 in response"),
-                                                  counts_as_failure=False))
+            return self.login_result(
+                LoginOutcome(error=Pop3Error("invalid base64 in response"), counts_as_failure=False)
+            )
         if self.sasl_success is not None:
             # The client's (empty) answer to the server-final challenge (RFC 5034 section 4).
             success, self.sasl_success = self.sasl_success, None
@@ -301,10 +314,12 @@ class Session:
         if step.credentials_bad:
             # The shell applies the same penalty as for a wrong PASS before the reply goes out.
             self.busy = True
-            return [FailedLogin(login, LoginOutcome(error=Pop3Error("authentication failed",
-                                                                    "AUTH")))]
-        return self.login_result(LoginOutcome(error=Pop3Error("authentication exchange failed"),
-                                              counts_as_failure=False))
+            return [
+                FailedLogin(login, LoginOutcome(error=Pop3Error("authentication failed", "AUTH")))
+            ]
+        return self.login_result(
+            LoginOutcome(error=Pop3Error("authentication exchange failed"), counts_as_failure=False)
+        )
 
     def _sasl_login(self, success: sasl.Success) -> list[Event]:
         self._sasl_end()

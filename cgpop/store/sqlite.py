@@ -123,8 +123,9 @@ class SqliteStore:
 
     def add_domain(self, name: str) -> None:
         with self._tx() as conn:
-            if conn.execute("SELECT 1 FROM domain_aliases WHERE alias = ?",
-                            (name.lower(),)).fetchone():
+            if conn.execute(
+                "SELECT 1 FROM domain_aliases WHERE alias = ?", (name.lower(),)
+            ).fetchone():
                 raise StoreError(f"{name} is already a domain alias")
             try:
                 conn.execute("INSERT INTO domains(name) VALUES (?)", (name.lower(),))
@@ -151,20 +152,28 @@ class SqliteStore:
     # --- the router's view (router.resolve.Directory) ---
     def canonical_domain(self, name: str) -> str | None:
         name = name.lower()
-        row = self._conn().execute(
-            "SELECT name FROM domains WHERE name = ? UNION ALL "
-            "SELECT d.name FROM domain_aliases a JOIN domains d ON d.id = a.domain_id "
-            "WHERE a.alias = ?",
-            (name, name),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT name FROM domains WHERE name = ? UNION ALL "
+                "SELECT d.name FROM domain_aliases a JOIN domains d ON d.id = a.domain_id "
+                "WHERE a.alias = ?",
+                (name, name),
+            )
+            .fetchone()
+        )
         return None if row is None else str(row[0])
 
     def account_exists(self, domain: str, account: str) -> bool:
-        row = self._conn().execute(
-            "SELECT 1 FROM accounts a JOIN domains d ON d.id = a.domain_id "
-            "WHERE d.name = ? AND a.name = ?",
-            (domain.lower(), account.lower()),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM accounts a JOIN domains d ON d.id = a.domain_id "
+                "WHERE d.name = ? AND a.name = ?",
+                (domain.lower(), account.lower()),
+            )
+            .fetchone()
+        )
         return row is not None
 
     def route_target(self, pattern: str) -> str | None:
@@ -195,23 +204,26 @@ class SqliteStore:
             if conn.execute("SELECT 1 FROM domains WHERE name = ?", (alias,)).fetchone():
                 raise StoreError(f"{alias} is a domain, not a free alias name")
             try:
-                conn.execute("INSERT INTO domain_aliases(alias, domain_id) VALUES (?, ?)",
-                             (alias, did))
+                conn.execute(
+                    "INSERT INTO domain_aliases(alias, domain_id) VALUES (?, ?)", (alias, did)
+                )
             except sqlite3.IntegrityError:
                 raise StoreError(f"alias already exists: {alias}") from None
 
     def remove_domain_alias(self, alias: str, domain: str) -> None:
         with self._tx() as conn:
             did = self._domain_id(conn, domain)
-            cur = conn.execute("DELETE FROM domain_aliases WHERE alias = ? AND domain_id = ?",
-                               (alias.lower(), did))
+            cur = conn.execute(
+                "DELETE FROM domain_aliases WHERE alias = ? AND domain_id = ?", (alias.lower(), did)
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"no alias {alias} for {domain}")
 
     def list_domain_aliases(self) -> list[tuple[str, str]]:
         rows = self._conn().execute(
             "SELECT a.alias, d.name FROM domain_aliases a JOIN domains d ON d.id = a.domain_id "
-            "ORDER BY a.alias")
+            "ORDER BY a.alias"
+        )
         return [(str(a), str(d)) for a, d in rows]
 
     # --- accounts ---
@@ -232,8 +244,15 @@ class SqliteStore:
                 cur = conn.execute(
                     "INSERT INTO accounts(domain_id, name, salt, iterations, stored_key, "
                     "server_key, shared_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (did, name.lower(), creds.salt, creds.iterations, creds.stored_key,
-                     creds.server_key, creds.shared_secret),
+                    (
+                        did,
+                        name.lower(),
+                        creds.salt,
+                        creds.iterations,
+                        creds.stored_key,
+                        creds.server_key,
+                        creds.shared_secret,
+                    ),
                 )
             except sqlite3.IntegrityError:
                 raise StoreError(f"account already exists: {name}@{domain}") from None
@@ -247,15 +266,22 @@ class SqliteStore:
             conn.execute(
                 "UPDATE accounts SET salt = ?, iterations = ?, stored_key = ?, server_key = ?, "
                 "shared_secret = ? WHERE id = ?",
-                (creds.salt, creds.iterations, creds.stored_key, creds.server_key,
-                 creds.shared_secret, aid),
+                (
+                    creds.salt,
+                    creds.iterations,
+                    creds.stored_key,
+                    creds.server_key,
+                    creds.shared_secret,
+                    aid,
+                ),
             )
 
     def remove_account(self, domain: str, name: str) -> None:
         with self._tx() as conn:
             aid = self._account_id(conn, domain, name)
-            ids = [r[0] for r in conn.execute("SELECT id FROM mailboxes WHERE account_id = ?",
-                                              (aid,))]
+            ids = [
+                r[0] for r in conn.execute("SELECT id FROM mailboxes WHERE account_id = ?", (aid,))
+            ]
             for mid in ids:
                 self._drop_mailbox(conn, mid)
             conn.execute("DELETE FROM accounts WHERE id = ?", (aid,))
@@ -274,11 +300,16 @@ class SqliteStore:
         return [r[0] for r in self._conn().execute(sql + " ORDER BY d.name, a.name", args)]
 
     def get_account(self, domain: str, name: str) -> Account | None:
-        row = self._conn().execute(
-            "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret "
-            "FROM accounts a JOIN domains d ON d.id = a.domain_id WHERE d.name = ? AND a.name = ?",
-            (domain.lower(), name.lower()),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret "
+                "FROM accounts a JOIN domains d ON d.id = a.domain_id "
+                "WHERE d.name = ? AND a.name = ?",
+                (domain.lower(), name.lower()),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         creds = Credentials(bytes(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]), row[5])
@@ -335,12 +366,16 @@ class SqliteStore:
         return [r[0] for r in rows]
 
     def get_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox | None:
-        row = self._conn().execute(
-            "SELECT m.id, m.account_id, m.uidvalidity FROM mailboxes m "
-            "JOIN accounts a ON a.id = m.account_id JOIN domains d ON d.id = a.domain_id "
-            "WHERE d.name = ? AND a.name = ? AND m.name = ?",
-            (domain.lower(), account.lower(), mailbox),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT m.id, m.account_id, m.uidvalidity FROM mailboxes m "
+                "JOIN accounts a ON a.id = m.account_id JOIN domains d ON d.id = a.domain_id "
+                "WHERE d.name = ? AND a.name = ? AND m.name = ?",
+                (domain.lower(), account.lower(), mailbox),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         owner = f"{account.lower()}@{domain.lower()}"
@@ -353,15 +388,25 @@ class SqliteStore:
             (mailbox.id,),
         )
         return [
-            MessageInfo(uid, f"{mailbox.uidvalidity:x}.{uid}", size, tuple(flag_names(flags)),
-                        x_real_to, when)
+            MessageInfo(
+                uid,
+                f"{mailbox.uidvalidity:x}.{uid}",
+                size,
+                tuple(flag_names(flags)),
+                x_real_to,
+                when,
+            )
             for uid, size, flags, x_real_to, when in rows
         ]
 
     def message_flags(self, mailbox_id: int, uid: int) -> int | None:
-        row = self._conn().execute(
-            "SELECT flags FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT flags FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
+            )
+            .fetchone()
+        )
         return None if row is None else int(row[0])
 
     # --- ACL and groups (accounts/acl.py has the rights arithmetic) ---
@@ -371,21 +416,32 @@ class SqliteStore:
         if account.lower() == PUBLIC_ACCOUNT:
             conn.executemany(
                 "INSERT INTO acl(mailbox_id, identifier, negative, rights) VALUES (?, ?, ?, ?)",
-                [(mailbox_id, e.identifier, int(e.negative), str(e.rights))
-                 for e in DEFAULT_PUBLIC_ACL])
+                [
+                    (mailbox_id, e.identifier, int(e.negative), str(e.rights))
+                    for e in DEFAULT_PUBLIC_ACL
+                ],
+            )
 
     def acl_entries(self, mailbox: Mailbox) -> list[AclEntry]:
         """The mailbox's ACL, positive entries first, each group sorted by identifier."""
         rows = self._conn().execute(
             "SELECT identifier, negative, rights FROM acl WHERE mailbox_id = ? "
-            "ORDER BY negative, identifier", (mailbox.id,))
+            "ORDER BY negative, identifier",
+            (mailbox.id,),
+        )
         return [AclEntry(str(i), Rights.parse(str(r)), bool(n)) for i, n, r in rows]
 
-    def get_acl_entry(self, mailbox: Mailbox, identifier: str, negative: bool = False
-                      ) -> AclEntry | None:
-        row = self._conn().execute(
-            "SELECT rights FROM acl WHERE mailbox_id = ? AND identifier = ? AND negative = ?",
-            (mailbox.id, identifier, int(negative))).fetchone()
+    def get_acl_entry(
+        self, mailbox: Mailbox, identifier: str, negative: bool = False
+    ) -> AclEntry | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT rights FROM acl WHERE mailbox_id = ? AND identifier = ? AND negative = ?",
+                (mailbox.id, identifier, int(negative)),
+            )
+            .fetchone()
+        )
         return None if row is None else AclEntry(identifier, Rights.parse(str(row[0])), negative)
 
     def set_acl_entry(self, mailbox: Mailbox, entry: AclEntry) -> None:
@@ -401,7 +457,8 @@ class SqliteStore:
                     "INSERT INTO acl(mailbox_id, identifier, negative, rights) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(mailbox_id, negative, identifier) "
                     "DO UPDATE SET rights = excluded.rights",
-                    (mailbox.id, entry.identifier, int(entry.negative), str(entry.rights)))
+                    (mailbox.id, entry.identifier, int(entry.negative), str(entry.rights)),
+                )
             except sqlite3.IntegrityError:  # the foreign key: the mailbox was removed
                 raise NotFound(f"no such mailbox: {mailbox.name}") from None
 
@@ -409,7 +466,8 @@ class SqliteStore:
         with self._tx() as conn:
             cur = conn.execute(
                 "DELETE FROM acl WHERE mailbox_id = ? AND identifier = ? AND negative = ?",
-                (mailbox.id, identifier, int(negative)))
+                (mailbox.id, identifier, int(negative)),
+            )
             if cur.rowcount == 0:
                 sign = "-" if negative else ""
                 raise NotFound(f"no ACL entry for {sign}{identifier} on {mailbox.name}")
@@ -417,15 +475,19 @@ class SqliteStore:
     def add_group_member(self, group: str, member: str) -> None:
         with self._tx() as conn:
             try:
-                conn.execute("INSERT INTO group_members(group_name, member) VALUES (?, ?)",
-                             (group.lower(), member.lower()))
+                conn.execute(
+                    "INSERT INTO group_members(group_name, member) VALUES (?, ?)",
+                    (group.lower(), member.lower()),
+                )
             except sqlite3.IntegrityError:
                 raise StoreError(f"{member} is already in group {group}") from None
 
     def remove_group_member(self, group: str, member: str) -> None:
         with self._tx() as conn:
-            cur = conn.execute("DELETE FROM group_members WHERE group_name = ? AND member = ?",
-                               (group.lower(), member.lower()))
+            cur = conn.execute(
+                "DELETE FROM group_members WHERE group_name = ? AND member = ?",
+                (group.lower(), member.lower()),
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"{member} is not in group {group}")
 
@@ -440,8 +502,9 @@ class SqliteStore:
         return [(str(g), str(m)) for g, m in rows]
 
     def groups_of(self, address: str) -> frozenset[str]:
-        rows = self._conn().execute("SELECT group_name FROM group_members WHERE member = ?",
-                                    (address.lower(),))
+        rows = self._conn().execute(
+            "SELECT group_name FROM group_members WHERE member = ?", (address.lower(),)
+        )
         return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
@@ -500,8 +563,16 @@ class SqliteStore:
                     conn.execute(
                         "INSERT INTO messages(mailbox_id, uid, body_id, size, internal_date, "
                         "x_real_to, individual, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (copy.mailbox_id, row[0], body_id, size + len(prefix), now,
-                         copy.x_real_to, copy.individual, prefix),
+                        (
+                            copy.mailbox_id,
+                            row[0],
+                            body_id,
+                            size + len(prefix),
+                            now,
+                            copy.x_real_to,
+                            copy.individual,
+                            prefix,
+                        ),
                     )
         except BaseException:
             if file is not None:
@@ -522,16 +593,24 @@ class SqliteStore:
                     cur = conn.execute(
                         "INSERT INTO accounts(domain_id, name, salt, iterations, stored_key, "
                         "server_key, shared_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (did, name.lower(), creds.salt, creds.iterations, creds.stored_key,
-                         creds.server_key, creds.shared_secret),
+                        (
+                            did,
+                            name.lower(),
+                            creds.salt,
+                            creds.iterations,
+                            creds.stored_key,
+                            creds.server_key,
+                            creds.shared_secret,
+                        ),
                     )
                 except sqlite3.IntegrityError:
                     raise StoreError(f"account already exists: {name}@{domain}") from None
                 assert cur.lastrowid is not None
                 self._insert_mailbox(conn, cur.lastrowid, "INBOX")
 
-    def import_messages(self, mailbox: Mailbox, messages: Iterable[tuple[bytes, int]],
-                        batch: int = 500) -> int:
+    def import_messages(
+        self, mailbox: Mailbox, messages: Iterable[tuple[bytes, int]], batch: int = 500
+    ) -> int:
         """Bulk import (migration from Maildir/mbox): (octets, flag bits) per message, stored
         as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages."""
         count = 0
@@ -611,15 +690,20 @@ class SqliteStore:
         else:
             uids = sizes = bodies = ()
         size_arr = array("q", sizes)
-        return Snapshot(mailbox, array("q", uids), size_arr, array("q", bodies), opened,
-                        sum(size_arr))
+        return Snapshot(
+            mailbox, array("q", uids), size_arr, array("q", bodies), opened, sum(size_arr)
+        )
 
     def read_message(self, snapshot: Snapshot, index: int) -> StoredMessage:
-        row = self._conn().execute(
-            "SELECT m.prefix, b.data, b.file, m.size FROM messages m "
-            "JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ? AND m.uid = ?",
-            (snapshot.mailbox.id, snapshot.uids[index]),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT m.prefix, b.data, b.file, m.size FROM messages m "
+                "JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ? AND m.uid = ?",
+                (snapshot.mailbox.id, snapshot.uids[index]),
+            )
+            .fetchone()
+        )
         if row is None:
             raise NotFound("message no longer exists")
         prefix, data, file, size = row
@@ -697,9 +781,7 @@ class SqliteStore:
             ).fetchall()
             for i in range(0, len(rows), _CHUNK):
                 part = [r[0] for r in rows[i : i + _CHUNK]]
-                conn.execute(
-                    f"DELETE FROM bodies WHERE id IN ({','.join('?' * len(part))})", part
-                )
+                conn.execute(f"DELETE FROM bodies WHERE id IN ({','.join('?' * len(part))})", part)
             files = [r[1] for r in rows if r[1]]
         for rel in files:
             with contextlib.suppress(FileNotFoundError):
@@ -708,7 +790,9 @@ class SqliteStore:
 
     def remove_orphan_files(self) -> int:
         """At start: body files no row names (a crash between fsync and commit)."""
-        known = {r[0] for r in self._conn().execute("SELECT file FROM bodies WHERE file IS NOT NULL")}
+        known = {
+            r[0] for r in self._conn().execute("SELECT file FROM bodies WHERE file IS NOT NULL")
+        }
         removed = 0
         for path in self.bodies_dir.glob("*/*"):
             rel = f"{path.parent.name}/{path.name}"
@@ -720,5 +804,6 @@ class SqliteStore:
     def prune_duplicates(self) -> None:
         if self.duplicate_window is not None:
             with self._tx() as conn:
-                conn.execute("DELETE FROM duplicates WHERE seen_at < ?",
-                             (_now() - self.duplicate_window,))
+                conn.execute(
+                    "DELETE FROM duplicates WHERE seen_at < ?", (_now() - self.duplicate_window,)
+                )

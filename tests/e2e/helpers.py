@@ -47,7 +47,8 @@ def wait_sessions_closed(server: LiveServer, remaining: int = 0) -> None:
             await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
 
     asyncio.run_coroutine_threadsafe(asyncio.wait_for(idle(), TIMEOUT), server.loop).result(
-        2 * TIMEOUT)
+        2 * TIMEOUT
+    )
 
 
 class Raw:

@@ -27,8 +27,9 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     return certgen.write_self_signed("127.0.0.1", directory)
 
 
-def tls_server(factory: Callable[..., LiveServer], tmp_path: Path, **sections: dict[str, Any]
-               ) -> LiveServer:
+def tls_server(
+    factory: Callable[..., LiveServer], tmp_path: Path, **sections: dict[str, Any]
+) -> LiveServer:
     cert, key = make_cert(tmp_path / "tls")
     pop3 = {"listen": ["127.0.0.1:0"], "tls_listen": ["127.0.0.1:0"]}
     pop3.update(sections.pop("pop3", {}))
@@ -59,8 +60,14 @@ def close_clients(server_factory: Callable[..., LiveServer]) -> Iterator[None]:
 class Client:
     """POP3 at the line level over a plain socket that may be upgraded to TLS."""
 
-    def __init__(self, port: int, *, prefix: bytes = b"", greet: bool = True,
-                 tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        prefix: bytes = b"",
+        greet: bool = True,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), TIMEOUT)
         OPEN.append(self)
         if prefix:

@@ -82,7 +82,8 @@ def test_foreign_inbox_with_lr_only(office: LiveServer) -> None:
         with pytest.raises(poplib.error_proto) as exc:
             client.dele(1)
         assert exc.value.args[0] == (
-            b"-ERR [SYS/PERM] you lack the t (delete) right on this mailbox")
+            b"-ERR [SYS/PERM] you lack the t (delete) right on this mailbox"
+        )
         # The session goes on; RETR works without `s` and sets no \Seen.
         assert client.stat()[0] == 2
         assert b"Subject: boss 1" in b"\r\n".join(client.retr(1)[1])
@@ -100,7 +101,8 @@ def test_foreign_inbox_delete_needs_t_and_e(office: LiveServer) -> None:
         with pytest.raises(poplib.error_proto) as exc:
             client.dele(1)
         assert exc.value.args[0] == (
-            b"-ERR [SYS/PERM] you lack the e (expunge) right on this mailbox")
+            b"-ERR [SYS/PERM] you lack the e (expunge) right on this mailbox"
+        )
     finally:
         client.quit()
     set_acl(office, boss, "jsmith@example.com", "lrste")

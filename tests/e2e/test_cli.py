@@ -21,14 +21,22 @@ class Cli:
     def __init__(self, tmp_path: Path) -> None:
         self.config = tmp_path / "cgpop.toml"
         self.data_dir = tmp_path / "cli-data"
-        self.config.write_text(f'[server]\ndata_dir = "{self.data_dir}"\n'
-                               'default_domain = "example.com"\n')
+        self.config.write_text(
+            f'[server]\ndata_dir = "{self.data_dir}"\ndefault_domain = "example.com"\n'
+        )
 
-    def run(self, *args: str, stdin: bytes = b"", config: Path | None = None
-            ) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self, *args: str, stdin: bytes = b"", config: Path | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         env = {k: v for k, v in os.environ.items() if k != "CGPOP_CONFIG"}
-        return subprocess.run([*CGPOP, *args, "-c", str(config or self.config)], input=stdin,
-                              capture_output=True, timeout=60, env=env, check=False)
+        return subprocess.run(
+            [*CGPOP, *args, "-c", str(config or self.config)],
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
 
     def ok(self, *args: str, stdin: bytes = b"") -> str:
         done = self.run(*args, stdin=stdin)
@@ -90,8 +98,14 @@ def test_account_add_and_list(joe: Cli) -> None:
 def test_mailbox_add_list_show(joe: Cli) -> None:
     joe.ok("mailbox", "add", "joe@example.com", "lists/info")
     assert joe.json("mailbox", "list", "joe@example.com") == ["INBOX", "lists/info"]
-    joe.ok("deliver", "joe@example.com", "Joe@Example.com", "--from", "a@remote.test",
-           stdin=message("one", "x\n"))
+    joe.ok(
+        "deliver",
+        "joe@example.com",
+        "Joe@Example.com",
+        "--from",
+        "a@remote.test",
+        stdin=message("one", "x\n"),
+    )
     shown = joe.json("mailbox", "show", "joe@example.com", "INBOX")
     assert [m["uid"] for m in shown] == [1, 2]
     assert [m["x_real_to"] for m in shown] == ["joe@example.com", "Joe@Example.com"]
@@ -112,8 +126,12 @@ def test_deliver_exit_codes(joe: Cli) -> None:
     assert unknown.returncode == 67
     assert b"nobody@example.com" in unknown.stderr
     # One known and one unknown recipient: the known one gets it, the exit says 67.
-    assert joe.run("deliver", "joe@example.com", "nobody@example.com",
-                   stdin=message("mixed")).returncode == 67
+    assert (
+        joe.run(
+            "deliver", "joe@example.com", "nobody@example.com", stdin=message("mixed")
+        ).returncode
+        == 67
+    )
     assert joe.run("deliver", "joe@example.com", stdin=b"").returncode == 65
     assert joe.run("deliver", "joe@example.com", stdin=b"\n\n").returncode == 65
     shown = joe.json("mailbox", "show", "joe@example.com", "INBOX")
@@ -139,7 +157,7 @@ def test_bad_config_key(cli: Cli, tmp_path: Path) -> None:
 
 def test_bad_config_value_and_file(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[pop3]\nidle_timeout = 60\n')
+    bad.write_text("[pop3]\nidle_timeout = 60\n")
     done = cli.run("domain", "list", config=bad)
     assert done.returncode == 2
     assert str(bad).encode() in done.stderr and b"pop3.idle_timeout" in done.stderr
@@ -150,8 +168,14 @@ def test_bad_config_value_and_file(cli: Cli, tmp_path: Path) -> None:
 
 def test_config_from_environment(joe: Cli) -> None:
     env = {**os.environ, "CGPOP_CONFIG": str(joe.config)}
-    done = subprocess.run([*CGPOP, "account", "list", "--json"], capture_output=True,
-                          timeout=60, env=env, check=False, cwd=joe.config.parent)
+    done = subprocess.run(
+        [*CGPOP, "account", "list", "--json"],
+        capture_output=True,
+        timeout=60,
+        env=env,
+        check=False,
+        cwd=joe.config.parent,
+    )
     assert done.returncode == 0, done.stderr.decode()
     assert json.loads(done.stdout) == ["joe@example.com"]
 

@@ -15,21 +15,27 @@ from tests.e2e.helpers import PASSWORD, USER, flags, pop
 PREFIX = b"Return-Path: <sender@remote.test>\r\nX-Real-To: <joe@example.com>\r\n"
 
 
-def curl(server: LiveServer, path: str, userpass: str, *options: str
-         ) -> subprocess.CompletedProcess[bytes]:
+def curl(
+    server: LiveServer, path: str, userpass: str, *options: str
+) -> subprocess.CompletedProcess[bytes]:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     url = f"pop3://{server.host}:{server.port('pop3')}/{path}"
-    return subprocess.run(["curl", "-s", "--max-time", "10", *options, url, "-u", userpass],
-                          capture_output=True, timeout=30, check=False)
+    return subprocess.run(
+        ["curl", "-s", "--max-time", "10", *options, url, "-u", userpass],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
 
 
 # A password mechanism chosen explicitly, besides curl's own choice.
 SASL_LOGIN = ("--login-options", "AUTH=LOGIN")
 
 
-@pytest.mark.parametrize("options", [SASL_LOGIN, ("--login-options", "AUTH=PLAIN")],
-                         ids=["sasl-login", "sasl-plain"])
+@pytest.mark.parametrize(
+    "options", [SASL_LOGIN, ("--login-options", "AUTH=PLAIN")], ids=["sasl-login", "sasl-plain"]
+)
 def test_curl_retrieves_a_message(server: LiveServer, options: tuple[str, ...]) -> None:
     original = message("for curl", ".a dotted line\nplain line\n")
     server.deliver(USER, original)
@@ -71,18 +77,44 @@ def test_curl_wrong_password(server: LiveServer, options: tuple[str, ...]) -> No
     assert unknown.returncode == 67
 
 
-def fetchmail(server: LiveServer, home: Path, rcfile: Path, idfile: Path
-              ) -> subprocess.CompletedProcess[str]:
-    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C",
-           "FETCHMAILHOME": str(home)}
+def fetchmail(
+    server: LiveServer, home: Path, rcfile: Path, idfile: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        "HOME": str(home),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LC_ALL": "C",
+        "FETCHMAILHOME": str(home),
+    }
     return subprocess.run(
         # --sslproto '': fetchmail 6.4 tries STLS even when CAPA does not offer it and gives
         # up when refused; this server has no TLS configured, so ask for a plain session.
-        ["fetchmail", "-f", str(rcfile), "--idfile", str(idfile), "-N", "--nosyslog",
-         "--sslproto", "",
-         "--uidl", "--keep", "--protocol", "POP3", "--port", str(server.port("pop3")),
-         "--user", USER, server.host],
-        capture_output=True, text=True, timeout=60, env=env, check=False)
+        [
+            "fetchmail",
+            "-f",
+            str(rcfile),
+            "--idfile",
+            str(idfile),
+            "-N",
+            "--nosyslog",
+            "--sslproto",
+            "",
+            "--uidl",
+            "--keep",
+            "--protocol",
+            "POP3",
+            "--port",
+            str(server.port("pop3")),
+            "--user",
+            USER,
+            server.host,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def test_fetchmail_uidl_run_then_nothing_new(server: LiveServer, tmp_path: Path) -> None:
@@ -98,7 +130,8 @@ def test_fetchmail_uidl_run_then_nothing_new(server: LiveServer, tmp_path: Path)
         "set no bouncemail\n"
         f"poll {server.host} with protocol POP3 port {server.port('pop3')} uidl\n"
         f'  user "{USER}" there with password "{PASSWORD}" is "localuser" here\n'
-        f'  options keep mda "cat > {out_dir}/msg.$$"\n')
+        f'  options keep mda "cat > {out_dir}/msg.$$"\n'
+    )
     rcfile.chmod(0o600)
     idfile = tmp_path / "fetchids"
 
@@ -106,8 +139,9 @@ def test_fetchmail_uidl_run_then_nothing_new(server: LiveServer, tmp_path: Path)
     assert first.returncode == 0, first.stdout + first.stderr
     got = sorted(out_dir.iterdir())
     assert len(got) == 3
-    subjects = sorted(line for p in got for line in p.read_bytes().splitlines()
-                      if line.startswith(b"Subject:"))
+    subjects = sorted(
+        line for p in got for line in p.read_bytes().splitlines() if line.startswith(b"Subject:")
+    )
     assert subjects == [b"Subject: fetch 0", b"Subject: fetch 1", b"Subject: fetch 2"]
     assert all(b"X-Real-To: <joe@example.com>" in p.read_bytes() for p in got)
     assert idfile.exists()

@@ -33,10 +33,15 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
     )
     env = {**os.environ, "CGPOP_CONFIG": str(conf)}
     subprocess.run([*CGPOP, "domain", "add", "example.com"], env=env, check=True)
-    subprocess.run([*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
-                   input=b"secret\n", env=env, check=True)
-    subprocess.run([*CGPOP, "deliver", "joe@example.com"], input=message("one"), env=env,
-                   check=True)
+    subprocess.run(
+        [*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
+        input=b"secret\n",
+        env=env,
+        check=True,
+    )
+    subprocess.run(
+        [*CGPOP, "deliver", "joe@example.com"], input=message("one"), env=env, check=True
+    )
     proc = subprocess.Popen([*CGPOP, "serve"], env=env, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     port = 0
@@ -95,8 +100,11 @@ def test_messages_survive_a_sigterm_restart(
     pop.quit()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
-    out = subprocess.run([*CGPOP, "-c", str(conf), "mailbox", "show", "joe@example.com",
-                          "INBOX", "--json"], capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        [*CGPOP, "-c", str(conf), "mailbox", "show", "joe@example.com", "INBOX", "--json"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     assert uidl[0].split()[1].decode() in out
 
 
@@ -135,13 +143,21 @@ def test_tls_through_the_real_cli_event_loop(tmp_path: Path) -> None:
         'tls_listen = ["127.0.0.1:0"]\n[lmtp]\nlisten = []\n'
         '[tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n'
     )
-    subprocess.run([*CGPOP, "cert", "--host", "127.0.0.1", "--out", str(tmp_path / "tls")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*CGPOP, "cert", "--host", "127.0.0.1", "--out", str(tmp_path / "tls")],
+        check=True,
+        capture_output=True,
+    )
     subprocess.run([*CGPOP, "domain", "add", "example.com"], env=env, check=True)
-    subprocess.run([*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
-                   input=b"secret\n", env=env, check=True)
-    subprocess.run([*CGPOP, "deliver", "joe@example.com"], input=message("tls"), env=env,
-                   check=True)
+    subprocess.run(
+        [*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
+        input=b"secret\n",
+        env=env,
+        check=True,
+    )
+    subprocess.run(
+        [*CGPOP, "deliver", "joe@example.com"], input=message("tls"), env=env, check=True
+    )
     proc = subprocess.Popen([*CGPOP, "serve"], env=env, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     ports: dict[str, int] = {}
@@ -153,11 +169,15 @@ def test_tls_through_the_real_cli_event_loop(tmp_path: Path) -> None:
             if found:
                 ports[found.group(1)] = int(found.group(2))
         cafile = str(tmp_path / "tls" / "cert.pem")
-        for url, extra in ((f"pop3://127.0.0.1:{ports['POP3']}/1", ["--ssl-reqd"]),
-                           (f"pop3s://127.0.0.1:{ports['POP3S']}/1", [])):
-            out = subprocess.run(["curl", "-s", *extra, "--cacert", cafile, url,
-                                  "-u", "joe@example.com:secret"], capture_output=True,
-                                 timeout=30)
+        for url, extra in (
+            (f"pop3://127.0.0.1:{ports['POP3']}/1", ["--ssl-reqd"]),
+            (f"pop3s://127.0.0.1:{ports['POP3S']}/1", []),
+        ):
+            out = subprocess.run(
+                ["curl", "-s", *extra, "--cacert", cafile, url, "-u", "joe@example.com:secret"],
+                capture_output=True,
+                timeout=30,
+            )
             assert out.returncode == 0, (url, out.stderr)
             assert b"Subject: tls" in out.stdout
     finally:

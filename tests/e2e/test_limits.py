@@ -35,8 +35,9 @@ def test_max_channels(server_factory: Callable[..., LiveServer]) -> None:
 
 
 def test_max_per_ip_counts_the_real_client(server_factory: Callable[..., LiveServer]) -> None:
-    srv = server_factory(pop3={"max_per_ip": 2, "proxy_from": ["127.0.0.1"],
-                               "plaintext_auth": "always"})
+    srv = server_factory(
+        pop3={"max_per_ip": 2, "proxy_from": ["127.0.0.1"], "plaintext_auth": "always"}
+    )
     srv.add_account(USER, PASSWORD)
     for _ in range(2):
         Client(srv.port(), prefix=proxy_v1("198.51.100.1"))
@@ -69,10 +70,8 @@ def _timed(c: Client, command: str) -> tuple[str, float]:
     return reply, time.monotonic() - start
 
 
-def test_failed_logins_slow_down_then_disconnect(
-        server_factory: Callable[..., LiveServer]) -> None:
-    srv = server_factory(pop3={"auth_delay": 0.1, "auth_delay_max": 2.0,
-                               "max_auth_failures": 3})
+def test_failed_logins_slow_down_then_disconnect(server_factory: Callable[..., LiveServer]) -> None:
+    srv = server_factory(pop3={"auth_delay": 0.1, "auth_delay_max": 2.0, "max_auth_failures": 3})
     srv.add_account(USER, PASSWORD)
     c = Client(srv.port())
     replies, times = [], []

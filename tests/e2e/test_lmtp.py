@@ -26,8 +26,12 @@ def x_real_to(server: LiveServer, address: str) -> list[bytes]:
     client = pop(server, address, "secret" if address.startswith("joe") else "annpw")
     try:
         count = client.stat()[0]
-        return [line for n in range(1, count + 1) for line in client.top(n, 0)[1]
-                if line.startswith(b"X-Real-To:")]
+        return [
+            line
+            for n in range(1, count + 1)
+            for line in client.top(n, 0)[1]
+            if line.startswith(b"X-Real-To:")
+        ]
     finally:
         client.quit()
 
@@ -45,19 +49,27 @@ def test_lhlo(server: LiveServer, lmtp: smtplib.LMTP) -> None:
 
 
 def test_pipelined_transaction(server: LiveServer, lmtp: smtplib.LMTP) -> None:
-    with socket.create_connection((server.host, server.port("lmtp")), TIMEOUT) as sock, \
-             sock.makefile("rb") as f:
+    with (
+        socket.create_connection((server.host, server.port("lmtp")), TIMEOUT) as sock,
+        sock.makefile("rb") as f,
+    ):
         assert f.readline().startswith(b"220 ")
-        sock.sendall(b"LHLO client.test\r\nMAIL FROM:<a@remote.test>\r\n"
-                     b"RCPT TO:<joe@example.com>\r\nRCPT TO:<nobody@example.com>\r\n"
-                     b"RCPT TO:<ann@example.com>\r\nDATA\r\n")
+        sock.sendall(
+            b"LHLO client.test\r\nMAIL FROM:<a@remote.test>\r\n"
+            b"RCPT TO:<joe@example.com>\r\nRCPT TO:<nobody@example.com>\r\n"
+            b"RCPT TO:<ann@example.com>\r\nDATA\r\n"
+        )
         while f.readline().startswith(b"250-"):
             pass
         assert [f.readline()[:3] for _ in range(5)] == [b"250", b"250", b"550", b"250", b"354"]
         sock.sendall(b"Subject: piped\r\n\r\nhi\r\n.\r\nNOOP\r\nQUIT\r\n")
         rest = f.read().splitlines()
-    assert rest == [b"250 2.0.0 <joe@example.com> delivered",
-                    b"250 2.0.0 <ann@example.com> delivered", b"250 OK", b"221 Bye"]
+    assert rest == [
+        b"250 2.0.0 <joe@example.com> delivered",
+        b"250 2.0.0 <ann@example.com> delivered",
+        b"250 OK",
+        b"221 Bye",
+    ]
 
 
 def test_unknown_recipient_refused_at_rcpt(server: LiveServer, lmtp: smtplib.LMTP) -> None:
@@ -92,21 +104,23 @@ def test_one_reply_per_recipient_after_data(server: LiveServer, lmtp: smtplib.LM
     lmtp.quit()
     # X-Real-To is the envelope recipient as given, one copy each (joe gets two).
     assert sorted(x_real_to(server, "joe@example.com")) == [
-        b"X-Real-To: <Joe@Example.COM>", b"X-Real-To: <joe>"]
+        b"X-Real-To: <Joe@Example.COM>",
+        b"X-Real-To: <joe>",
+    ]
     assert x_real_to(server, ANN) == [f"X-Real-To: <{ANN}>".encode()]
 
 
 def test_sendmail_to_two_recipients(server: LiveServer, lmtp: smtplib.LMTP) -> None:
-    refused = lmtp.sendmail("sender@remote.test", ["joe@example.com", ANN],
-                            message("via sendmail", "hello\n"))
+    refused = lmtp.sendmail(
+        "sender@remote.test", ["joe@example.com", ANN], message("via sendmail", "hello\n")
+    )
     assert refused == {}
     assert lmtp.noop()[0] == 250  # the second recipient's reply was not left in the stream
     lmtp.quit()
     joe = pop(server)
     try:
         lines = joe.retr(1)[1]
-        assert lines[:2] == [b"Return-Path: <sender@remote.test>",
-                             b"X-Real-To: <joe@example.com>"]
+        assert lines[:2] == [b"Return-Path: <sender@remote.test>", b"X-Real-To: <joe@example.com>"]
     finally:
         joe.quit()
 

@@ -39,8 +39,10 @@ def test_login_stat_list_uidl(server: LiveServer, three: list[bytes]) -> None:
         assert listing == [f"{n} {s}".encode() for n, s in enumerate(sizes, 1)]
         assert client.list(2) == f"+OK 2 {sizes[1]}".encode()
         _, uidl, _ = client.uidl()
-        infos = server.call(server.store.list_messages,
-                            server.call(server.store.get_mailbox, "example.com", "joe", "INBOX"))
+        infos = server.call(
+            server.store.list_messages,
+            server.call(server.store.get_mailbox, "example.com", "joe", "INBOX"),
+        )
         assert uidl == [f"{n} {m.uidl}".encode() for n, m in enumerate(infos, 1)]
         assert len(set(uidl)) == 3
         assert client.uidl(3) == f"+OK 3 {infos[2].uidl}".encode()
@@ -68,12 +70,14 @@ def test_retr_exact_bytes_with_prefix(server: LiveServer, three: list[bytes]) ->
 
 
 def test_dot_lines_round_trip(server: LiveServer) -> None:
-    original = (b".first line of the message: starts with a dot\n"
-                b"Subject: dots\n\n"
-                b".first body line\n"
-                b"..two dots\n"
-                b".\n"
-                b"last line\n")
+    original = (
+        b".first line of the message: starts with a dot\n"
+        b"Subject: dots\n\n"
+        b".first body line\n"
+        b"..two dots\n"
+        b".\n"
+        b"last line\n"
+    )
     server.deliver(USER, original)
     client = pop(server)
     try:
@@ -136,8 +140,9 @@ def test_dele_then_quit_removes(server: LiveServer, three: list[bytes]) -> None:
     assert uids(server) == [1, 3]
 
 
-def test_dele_then_dropped_connection_removes_nothing(server: LiveServer,
-                                                      three: list[bytes]) -> None:
+def test_dele_then_dropped_connection_removes_nothing(
+    server: LiveServer, three: list[bytes]
+) -> None:
     client = pop(server)
     client.dele(1)
     client.dele(3)

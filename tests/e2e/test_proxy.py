@@ -28,16 +28,17 @@ from .secure import (  # noqa: F401 (close_clients is an autouse fixture)
 @pytest.fixture
 def trusted(server_factory: Callable[..., LiveServer]) -> LiveServer:
     # "always": the proxied clients are not loopback, and these tests log in in cleartext.
-    srv = server_factory(pop3={"proxy_from": ["127.0.0.0/8"], "max_per_ip": 1,
-                               "plaintext_auth": "always"})
+    srv = server_factory(
+        pop3={"proxy_from": ["127.0.0.0/8"], "max_per_ip": 1, "plaintext_auth": "always"}
+    )
     srv.add_account(USER, PASSWORD)
     return srv
 
 
 @pytest.mark.parametrize("header", [proxy_v1, proxy_v2], ids=["v1", "v2"])
 def test_trusted_proxy_header_names_the_client(
-        trusted: LiveServer, header: Callable[[str], bytes],
-        caplog: pytest.LogCaptureFixture) -> None:
+    trusted: LiveServer, header: Callable[[str], bytes], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="cgpop")
     c = Client(trusted.port(), prefix=header("203.0.113.9") + b"CAPA\r\n")
     assert c.greeting.startswith("+OK")
@@ -58,8 +59,9 @@ def test_ipv6_source_in_v2(trusted: LiveServer) -> None:
     assert login(c).startswith("+OK")
 
 
-@pytest.mark.parametrize("junk", [b"USER joe\r\n", b"PROXY TCP4 1.2.3.4\r\n",
-                                  b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\n"])
+@pytest.mark.parametrize(
+    "junk", [b"USER joe\r\n", b"PROXY TCP4 1.2.3.4\r\n", b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\n"]
+)
 def test_trusted_peer_without_valid_header_is_closed(trusted: LiveServer, junk: bytes) -> None:
     c = Client(trusted.port(), prefix=junk, greet=False)
     assert c.line() == "-ERR PROXY protocol header expected"
@@ -68,7 +70,8 @@ def test_trusted_peer_without_valid_header_is_closed(trusted: LiveServer, junk: 
 
 @pytest.mark.parametrize("header", [proxy_v1, proxy_v2], ids=["v1", "v2"])
 def test_untrusted_peer_header_is_an_unknown_command(
-        server_factory: Callable[..., LiveServer], header: Callable[[str], bytes]) -> None:
+    server_factory: Callable[..., LiveServer], header: Callable[[str], bytes]
+) -> None:
     srv = server_factory(pop3={"proxy_from": ["192.0.2.0/24"]})
     srv.add_account(USER, PASSWORD)
     c = Client(srv.port())
@@ -85,8 +88,9 @@ def test_untrusted_peer_header_is_an_unknown_command(
     assert c.closed()
 
 
-def test_proxy_before_implicit_tls(server_factory: Callable[..., LiveServer],
-                                   tmp_path: Path) -> None:
+def test_proxy_before_implicit_tls(
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
     """On a pop3s listener the header comes first, then the TLS handshake; the ClientHello may
     arrive in the same segment as the header."""
     srv = tls_server(server_factory, tmp_path, pop3={"proxy_from": ["127.0.0.1"]})

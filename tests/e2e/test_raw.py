@@ -19,8 +19,9 @@ def raw(server: LiveServer) -> Raw:
     conn.close()
 
 
-@pytest.mark.parametrize("arg", ["0", "-1", "+1", "1x", "3", "999999999", "1000000000", " 1",
-                                 "", "0x1", "1.0"])
+@pytest.mark.parametrize(
+    "arg", ["0", "-1", "+1", "1x", "3", "999999999", "1000000000", " 1", "", "0x1", "1.0"]
+)
 def test_bad_message_numbers(raw: Raw, arg: str) -> None:
     for verb in ("RETR", "DELE", "LIST", "UIDL", "TOP"):
         line = f"{verb} {arg} 0" if verb == "TOP" else f"{verb} {arg}"
@@ -32,8 +33,15 @@ def test_bad_message_numbers(raw: Raw, arg: str) -> None:
 
 
 def test_trailing_noise(raw: Raw) -> None:
-    for line in ("RETR 1 2", "DELE 1 x", "STAT now", "LIST 1 1", "TOP 1 0 0", "NOOP please",
-                 "RSET 1"):
+    for line in (
+        "RETR 1 2",
+        "DELE 1 x",
+        "STAT now",
+        "LIST 1 1",
+        "TOP 1 0 0",
+        "NOOP please",
+        "RSET 1",
+    ):
         assert raw.cmd(line).startswith(b"-ERR"), line
     assert raw.cmd("STAT").startswith(b"+OK 2 ")
 
@@ -123,8 +131,10 @@ def test_too_many_failed_logins_closes(server: LiveServer) -> None:
 
 def test_pipelining_keeps_order(raw: Raw) -> None:
     assert b"PIPELINING" in b"".join(capa(raw))
-    raw.send(b"STAT\r\nLIST 1\r\nUIDL 2\r\nBOGUS\r\nRETR 2\r\nTOP 1 0\r\nDELE 1\r\nRETR 1\r\n"
-             b"RSET\r\nNOOP\r\nLIST\r\nQUIT\r\n")
+    raw.send(
+        b"STAT\r\nLIST 1\r\nUIDL 2\r\nBOGUS\r\nRETR 2\r\nTOP 1 0\r\nDELE 1\r\nRETR 1\r\n"
+        b"RSET\r\nNOOP\r\nLIST\r\nQUIT\r\n"
+    )
     assert raw.line().startswith(b"+OK 2 ")
     assert raw.line().startswith(b"+OK 1 ")
     assert raw.line().startswith(b"+OK 2 ")

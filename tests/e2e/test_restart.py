@@ -16,9 +16,9 @@ from tests.conftest import LiveServer, message, start_server
 from tests.e2e.helpers import USER, Raw, flags, pop
 
 
-def test_restart_keeps_messages_flags_and_uidls(tmp_path: Path,
-                                                server_factory: Callable[..., LiveServer]
-                                                ) -> None:
+def test_restart_keeps_messages_flags_and_uidls(
+    tmp_path: Path, server_factory: Callable[..., LiveServer]
+) -> None:
     data_dir = tmp_path / "restart-data"
     first = server_factory(data_dir=data_dir)
     first.add_account(USER, "secret")
@@ -41,10 +41,14 @@ def test_restart_keeps_messages_flags_and_uidls(tmp_path: Path,
     # Nothing re-added: the account and its password come from the data directory.
     client = pop(second)
     try:
-        assert client.uidl()[1] == [b"1 " + before_uidl[1].split()[1],
-                                    b"2 " + before_uidl[2].split()[1]]
-        assert client.list()[1] == [b"1 " + before_list[1].split()[1],
-                                    b"2 " + before_list[2].split()[1]]
+        assert client.uidl()[1] == [
+            b"1 " + before_uidl[1].split()[1],
+            b"2 " + before_uidl[2].split()[1],
+        ]
+        assert client.list()[1] == [
+            b"1 " + before_list[1].split()[1],
+            b"2 " + before_list[2].split()[1],
+        ]
         assert client.top(1, 0)[1][-2] == b"Subject: two"
         assert client.top(2, 0)[1][-2] == b"Subject: big"
     finally:
@@ -70,8 +74,9 @@ def test_restart_keeps_messages_flags_and_uidls(tmp_path: Path,
     assert uidls[2].endswith(b".4")
 
 
-def test_stop_with_idle_pop3_session_logs_no_error(server: LiveServer,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_stop_with_idle_pop3_session_logs_no_error(
+    server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
     with Raw(server) as raw, caplog.at_level(logging.INFO):
         assert raw.login().startswith(b"+OK")
         server.stop()
@@ -85,8 +90,10 @@ def test_stop_ends_open_lmtp_sessions(tmp_path: Path) -> None:
     srv: LiveServer | None = start_server(tmp_path / "data")
     assert srv is not None
     try:
-        with socket.create_connection((srv.host, srv.port("lmtp")), 2) as sock, \
-                 sock.makefile("rb") as f:
+        with (
+            socket.create_connection((srv.host, srv.port("lmtp")), 2) as sock,
+            sock.makefile("rb") as f,
+        ):
             assert f.readline().startswith(b"220 ")
             sock.sendall(b"LHLO client.test\r\n")
             while f.readline().startswith(b"250-"):

@@ -67,8 +67,9 @@ def login_error(srv: LiveServer, user: str, password: str) -> bytes:
 def headers(client: poplib.POP3) -> list[email.message.Message]:
     """Each message's header (TOP n 0 sets no \\Seen), in message-number order."""
     count = client.stat()[0]
-    return [email.message_from_bytes(b"\r\n".join(client.top(n, 0)[1]))
-            for n in range(1, count + 1)]
+    return [
+        email.message_from_bytes(b"\r\n".join(client.top(n, 0)[1])) for n in range(1, count + 1)
+    ]
 
 
 def subjects(srv: LiveServer, user: str, password: str) -> list[str]:
@@ -103,42 +104,49 @@ def world(server_factory: Callable[..., LiveServer]) -> LiveServer:
     put(srv, "boss@example.com", "secret", "boss secret")
     put(srv, "info@client2.com", "INBOX", "client2 info")
     assert [r.status.value for r in srv.deliver("abcdef@client1.com", msg("for abcdef"))] == [
-        "delivered"]
+        "delivered"
+    ]
     return srv
 
 
-@pytest.mark.parametrize(("user", "password", "expected"), [
-    ("jsmith", "pw-jsmith", ["jsmith example inbox"]),
-    ("jsmith@client1.com", "pw-jsmith-c1", ["jsmith client1 inbox"]),
-    ("JSmith@Client1.COM", "pw-jsmith-c1", ["jsmith client1 inbox"]),
-    ("private#jsmith", "pw-jsmith", ["jsmith private"]),
-    ("lists/info#jsmith@client1.com", "pw-jsmith-c1", ["client1 lists/info"]),
-    ("~public/announces#jsmith", "pw-jsmith", ["announcement"]),
-    ("~boss/INBOX#jsmith", "pw-jsmith", ["boss inbox"]),
-    ("info%client2.com", "pw-info", ["client2 info"]),
-    ("abcdef@client1.com", "pw-cl1", ["for abcdef"]),
-])
+@pytest.mark.parametrize(
+    ("user", "password", "expected"),
+    [
+        ("jsmith", "pw-jsmith", ["jsmith example inbox"]),
+        ("jsmith@client1.com", "pw-jsmith-c1", ["jsmith client1 inbox"]),
+        ("JSmith@Client1.COM", "pw-jsmith-c1", ["jsmith client1 inbox"]),
+        ("private#jsmith", "pw-jsmith", ["jsmith private"]),
+        ("lists/info#jsmith@client1.com", "pw-jsmith-c1", ["client1 lists/info"]),
+        ("~public/announces#jsmith", "pw-jsmith", ["announcement"]),
+        ("~boss/INBOX#jsmith", "pw-jsmith", ["boss inbox"]),
+        ("info%client2.com", "pw-info", ["client2 info"]),
+        ("abcdef@client1.com", "pw-cl1", ["for abcdef"]),
+    ],
+)
 def test_login_table(world: LiveServer, user: str, password: str, expected: list[str]) -> None:
     assert subjects(world, user, password) == expected
 
 
-@pytest.mark.parametrize(("user", "password"), [
-    ("jsmith", "wrong"),  # the reference: a bad password
-    ("nobody", "pw-jsmith"),  # no such account
-    ("jsmith@nowhere.test", "pw-jsmith"),  # no such domain
-    ("a#b#jsmith", "pw-jsmith"),  # does not parse
-    ("../etc#jsmith", "pw-jsmith"),  # a mailbox name is never a path
-    ("lists//info#jsmith@client1.com", "pw-jsmith-c1"),
-    ("~boss#jsmith", "pw-jsmith"),
-    ("nosuch#jsmith", "pw-jsmith"),  # right password, missing mailbox
-    ("Private#jsmith", "pw-jsmith"),  # mailbox names keep their case
-    ("~nosuch/INBOX#jsmith", "pw-jsmith"),  # missing owner
-    ("~boss/nosuch#jsmith", "pw-jsmith"),  # missing foreign mailbox
-    ("~boss/secret#jsmith", "pw-jsmith"),  # exists, but no `r` right
-    ("~boss/INBOX#jsmith", "pw-boss"),  # the account part authenticates, not the owner
-    ("abcdef@client1.com", "pw-jsmith-c1"),  # the route's target authenticates
-    ("~public/announces#jsmith@client1.com", "pw-jsmith-c1"),  # no public in client1.com
-])
+@pytest.mark.parametrize(
+    ("user", "password"),
+    [
+        ("jsmith", "wrong"),  # the reference: a bad password
+        ("nobody", "pw-jsmith"),  # no such account
+        ("jsmith@nowhere.test", "pw-jsmith"),  # no such domain
+        ("a#b#jsmith", "pw-jsmith"),  # does not parse
+        ("../etc#jsmith", "pw-jsmith"),  # a mailbox name is never a path
+        ("lists//info#jsmith@client1.com", "pw-jsmith-c1"),
+        ("~boss#jsmith", "pw-jsmith"),
+        ("nosuch#jsmith", "pw-jsmith"),  # right password, missing mailbox
+        ("Private#jsmith", "pw-jsmith"),  # mailbox names keep their case
+        ("~nosuch/INBOX#jsmith", "pw-jsmith"),  # missing owner
+        ("~boss/nosuch#jsmith", "pw-jsmith"),  # missing foreign mailbox
+        ("~boss/secret#jsmith", "pw-jsmith"),  # exists, but no `r` right
+        ("~boss/INBOX#jsmith", "pw-boss"),  # the account part authenticates, not the owner
+        ("abcdef@client1.com", "pw-jsmith-c1"),  # the route's target authenticates
+        ("~public/announces#jsmith@client1.com", "pw-jsmith-c1"),  # no public in client1.com
+    ],
+)
 def test_refusals_look_like_a_bad_password(world: LiveServer, user: str, password: str) -> None:
     assert login_error(world, user, password) == AUTH_FAILED
 
@@ -154,8 +162,7 @@ def test_individual_name_filtering(world: LiveServer) -> None:
     try:
         seen = [(str(h["Subject"]), str(h["X-Real-To"])) for h in headers(client)]
         # UIDLs are the account's own: an individual login shows a subset of the same ones.
-        full_uidl = dict(line.split() for line in
-                         (x.decode() for x in client.uidl()[1]))
+        full_uidl = dict(line.split() for line in (x.decode() for x in client.uidl()[1]))
     finally:
         client.quit()
     assert seen == [
@@ -172,20 +179,29 @@ def test_individual_name_filtering(world: LiveServer) -> None:
     finally:
         client.quit()
     assert part == [full_uidl["1"], full_uidl["4"]]
-    assert subjects(world, "cl1@client1.com", "pw-cl1") == ["for xyz", "for cl1",
-                                                             "for abcdef again"]
+    assert subjects(world, "cl1@client1.com", "pw-cl1") == [
+        "for xyz",
+        "for cl1",
+        "for abcdef again",
+    ]
 
 
 def write_config(srv: LiveServer, tmp_path: Path) -> Path:
     path = tmp_path / "deliver.toml"
-    path.write_text(f'[server]\ndata_dir = "{srv.config.server.data_dir}"\n'
-                    'default_domain = "example.com"\n')
+    path.write_text(
+        f'[server]\ndata_dir = "{srv.config.server.data_dir}"\ndefault_domain = "example.com"\n'
+    )
     return path
 
 
 def cgpop(config: Path, *argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*CGPOP, *argv, "-c", str(config)], input=stdin,
-                          capture_output=True, timeout=60, check=False)
+    return subprocess.run(
+        [*CGPOP, *argv, "-c", str(config)],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def lmtp_send(srv: LiveServer, rcpts: list[str], subject: str) -> dict[str, tuple[int, bytes]]:
@@ -219,7 +235,9 @@ def test_posting_into_a_mailbox_needs_anyone_p(world: LiveServer, tmp_path: Path
     # Unknown names and missing mailboxes are refused at RCPT as well, as unknown users.
     refused = lmtp_send(world, ["nosuch#jsmith@client1.com", "nobody@example.com"], "lost")
     assert {k: v[1][:6] for k, v in refused.items()} == {
-        "nosuch#jsmith@client1.com": b"5.1.1 ", "nobody@example.com": b"5.1.1 "}
+        "nosuch#jsmith@client1.com": b"5.1.1 ",
+        "nobody@example.com": b"5.1.1 ",
+    }
     # A route whose target names the mailbox is held to the same rule.
     world.call(world.store.add_route, *validate_route("info@client1.com", rcpt))
     # One refused recipient does not stop the others of the same transaction.

@@ -29,8 +29,9 @@ SECRET_USER, SECRET_PW = "sam@example.com", "sam-pw"
 
 @pytest.fixture
 def srv(server_factory: Callable[..., LiveServer]) -> LiveServer:
-    s = server_factory(pop3={"apop": True, "cram_md5": True},
-                       server={"admins": ["boss@example.com"]})
+    s = server_factory(
+        pop3={"apop": True, "cram_md5": True}, server={"admins": ["boss@example.com"]}
+    )
     s.add_account(USER, PASSWORD)
     s.add_account(SECRET_USER, SECRET_PW, shared_secret=True)
     s.add_account("boss@example.com", "boss-pw")
@@ -105,7 +106,8 @@ def _scram_salt(port: int, user: str) -> bytes:
 
 
 def test_scram_fake_salt_is_stable_across_connections_and_restarts(
-        server_factory: Callable[..., LiveServer], tmp_path: Path) -> None:
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     one = server_factory(data)
     salt = _scram_salt(one.port(), "ghost@example.com")
@@ -186,8 +188,9 @@ def test_bare_auth_lists_the_capa_mechanisms(srv: LiveServer, command: str) -> N
 def test_plain_authzid_only_for_admins(srv: LiveServer) -> None:
     c = Client(srv.port())
     assert plain(c, True, authzid=SECRET_USER) == "-ERR [AUTH] authentication failed"
-    assert plain(c, True, authzid=SECRET_USER, user="boss@example.com",
-                 pw="boss-pw").startswith("+OK sam@example.com")
+    assert plain(c, True, authzid=SECRET_USER, user="boss@example.com", pw="boss-pw").startswith(
+        "+OK sam@example.com"
+    )
 
 
 def test_unknown_mechanism(srv: LiveServer) -> None:

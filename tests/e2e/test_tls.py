@@ -42,28 +42,45 @@ def srv(server_factory: Callable[..., LiveServer], tmp_path: Path) -> LiveServer
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True,
-                          text=True, timeout=20)
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=20
+    )
 
 
 def test_curl_stls_required(srv: LiveServer) -> None:
-    r = curl("--ssl-reqd", f"pop3://127.0.0.1:{srv.port('pop3')}/1", "-u", f"{USER}:{PASSWORD}",
-             "--cacert", str(srv.extra["cert"]))
+    r = curl(
+        "--ssl-reqd",
+        f"pop3://127.0.0.1:{srv.port('pop3')}/1",
+        "-u",
+        f"{USER}:{PASSWORD}",
+        "--cacert",
+        str(srv.extra["cert"]),
+    )
     assert r.returncode == 0, r.stderr
     assert "Subject: tls test" in r.stdout and BODY.strip() in r.stdout
 
 
 def test_curl_implicit_tls(srv: LiveServer) -> None:
-    r = curl(f"pop3s://127.0.0.1:{srv.port('pop3s')}/", "-u", f"{USER}:{PASSWORD}",
-             "--cacert", str(srv.extra["cert"]))
+    r = curl(
+        f"pop3s://127.0.0.1:{srv.port('pop3s')}/",
+        "-u",
+        f"{USER}:{PASSWORD}",
+        "--cacert",
+        str(srv.extra["cert"]),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("1 ") and len(r.stdout.split()) == 2
 
 
 def test_curl_refuses_a_certificate_it_does_not_trust(srv: LiveServer, tmp_path: Path) -> None:
     other, _ = certgen.write_self_signed("127.0.0.1", tmp_path / "other")
-    r = curl(f"pop3s://127.0.0.1:{srv.port('pop3s')}/", "-u", f"{USER}:{PASSWORD}",
-             "--cacert", str(other))
+    r = curl(
+        f"pop3s://127.0.0.1:{srv.port('pop3s')}/",
+        "-u",
+        f"{USER}:{PASSWORD}",
+        "--cacert",
+        str(other),
+    )
     assert r.returncode != 0
 
 
@@ -74,20 +91,37 @@ def test_fetchmail(srv: LiveServer, tmp_path: Path, implicit: bool) -> None:
     home = tmp_path / "home"
     home.mkdir()
     rc = home / ".fetchmailrc"
-    rc.write_text(f"poll 127.0.0.1 with proto POP3 user '{USER}' there with password "
-                  f"'{PASSWORD}' is 'nobody' here\n")
+    rc.write_text(
+        f"poll 127.0.0.1 with proto POP3 user '{USER}' there with password "
+        f"'{PASSWORD}' is 'nobody' here\n"
+    )
     rc.chmod(0o600)
     out = tmp_path / "mbox"
     kind = "pop3s" if implicit else "pop3"
-    args = ["fetchmail", "-f", str(rc), "-P", str(srv.port(kind)), "--auth", "password",
-            "--sslproto", "tls1.2+", "--sslcertck", "--sslcertfile", str(srv.extra["cert"]),
-            "--mda", f"cat >> {out}", "--nokeep", "--nosyslog", "--idfile",
-            str(home / ".fetchids")]
+    args = [
+        "fetchmail",
+        "-f",
+        str(rc),
+        "-P",
+        str(srv.port(kind)),
+        "--auth",
+        "password",
+        "--sslproto",
+        "tls1.2+",
+        "--sslcertck",
+        "--sslcertfile",
+        str(srv.extra["cert"]),
+        "--mda",
+        f"cat >> {out}",
+        "--nokeep",
+        "--nosyslog",
+        "--idfile",
+        str(home / ".fetchids"),
+    ]
     if implicit:
         args.insert(1, "--ssl")
     env = {**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}
-    r = subprocess.run([*args, "127.0.0.1"], capture_output=True, text=True, env=env,
-                       timeout=30)
+    r = subprocess.run([*args, "127.0.0.1"], capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     assert BODY.strip() in out.read_text()
     # --nokeep: the message was deleted at QUIT, so TLS carried the whole session.
@@ -136,11 +170,13 @@ def test_no_stls_without_certificate(server: LiveServer) -> None:
 
 
 def test_plaintext_policy_for_a_non_loopback_client(
-        server_factory: Callable[..., LiveServer], tmp_path: Path) -> None:
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
     """plaintext_auth = "tls": a client seen (through a trusted proxy) from a public address
     gets no USER/PLAIN/LOGIN before TLS, and all of them after."""
-    srv = tls_server(server_factory, tmp_path,
-                     pop3={"plaintext_auth": "tls", "proxy_from": ["127.0.0.1"]})
+    srv = tls_server(
+        server_factory, tmp_path, pop3={"plaintext_auth": "tls", "proxy_from": ["127.0.0.1"]}
+    )
     c = Client(srv.port("pop3"), prefix=proxy_v1("203.0.113.7"))
     before = c.capa()
     assert "STLS" in before and "USER" not in before

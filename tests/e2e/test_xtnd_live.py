@@ -133,13 +133,18 @@ def test_relay_strips_bcc_and_sets_envelope(
     server = server_factory(xtnd=relay_to(sink))
     server.add_account("joe@example.com", "secret")
     server.add_account("ann@example.com", "secret")
-    message = msg("ann@example.com, carol@example.org",
-                  extra="Cc: <dave@example.net>\nBcc: hidden@example.net, ann@example.com\n")
+    message = msg(
+        "ann@example.com, carol@example.org",
+        extra="Cc: <dave@example.net>\nBcc: hidden@example.net, ann@example.com\n",
+    )
     assert submit(server, message) == b"+OK Message sent successfully\r\n"
     [relayed] = wait_for(lambda: sink.handler.messages)
     assert relayed.mail_from == "joe@example.com"
-    assert sorted(relayed.rcpt_tos) == ["carol@example.org", "dave@example.net",
-                                        "hidden@example.net"]
+    assert sorted(relayed.rcpt_tos) == [
+        "carol@example.org",
+        "dave@example.net",
+        "hidden@example.net",
+    ]
     assert b"Bcc" not in relayed.content and b"hidden@" not in relayed.content
     assert b"\r\nSubject: test\r\n" in relayed.content
     [local] = retr_all(server, "ann@example.com")
@@ -155,7 +160,8 @@ class _DnsThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.transport, self.protocol, self.port = asyncio.run_coroutine_threadsafe(
-            start_dns(zone), self.loop).result(TIMEOUT)
+            start_dns(zone), self.loop
+        ).result(TIMEOUT)
 
     def close(self) -> None:
         async def shut() -> None:
@@ -173,14 +179,22 @@ class _DnsThread:
 def test_mx_resolution_and_null_mx_bounce(
     server_factory: Callable[..., LiveServer], sink: Sink
 ) -> None:
-    dns = _DnsThread({
-        ("example.org.", "MX"): ["10 mx.example.org."],
-        ("mx.example.org.", "A"): ["127.0.0.1"],
-        ("nomail.example.net.", "MX"): ["0 ."],
-    })
+    dns = _DnsThread(
+        {
+            ("example.org.", "MX"): ["10 mx.example.org."],
+            ("mx.example.org.", "A"): ["127.0.0.1"],
+            ("nomail.example.net.", "MX"): ["0 ."],
+        }
+    )
     try:
-        server = server_factory(xtnd={
-            "dns_servers": ["127.0.0.1"], "dns_port": dns.port, "smtp_port": sink.port, **FAST})
+        server = server_factory(
+            xtnd={
+                "dns_servers": ["127.0.0.1"],
+                "dns_port": dns.port,
+                "smtp_port": sink.port,
+                **FAST,
+            }
+        )
         server.add_account("joe@example.com", "secret")
         message = msg("user@example.org", extra="Cc: who@nomail.example.net\n")
         assert submit(server, message) == b"+OK Message sent successfully\r\n"
@@ -232,8 +246,9 @@ def test_bounce_after_permanent_failure(
 
 
 def test_from_check_and_rate_limit(server_factory: Callable[..., LiveServer], sink: Sink) -> None:
-    server = server_factory(xtnd=relay_to(
-        sink, allowed_from=["joe@personal.example"], rate_messages_per_hour=3))
+    server = server_factory(
+        xtnd=relay_to(sink, allowed_from=["joe@personal.example"], rate_messages_per_hour=3)
+    )
     server.add_account("joe@example.com", "secret")
     server.add_account("boss@example.com", "secret")
     server.call(server.store.add_route, "joe.smith@example.com", "joe@example.com")
@@ -250,8 +265,11 @@ def test_from_check_and_rate_limit(server_factory: Callable[..., LiveServer], si
         assert raw.cmd("NOOP").startswith(b"+OK")
     wait_for(lambda: len(sink.handler.messages) == 3)
     senders = [m.content.split(b"From: Joe <")[1].split(b">")[0] for m in sink.handler.messages]
-    assert sorted(senders) == [b"joe.smith@example.com", b"joe@example.com",
-                               b"joe@personal.example"]
+    assert sorted(senders) == [
+        b"joe.smith@example.com",
+        b"joe@example.com",
+        b"joe@personal.example",
+    ]
 
 
 def test_oversized_body_refused_without_desync(
@@ -311,12 +329,19 @@ def test_queue_survives_restart(
     try:
         data_dir = tmp_path / "restart"
         dead_relay = f"127.0.0.1:{dead.getsockname()[1]}"
-        first = server_factory(data_dir, xtnd={
-            "relay": dead_relay, "retry_schedule": [0.5], "queue_poll_interval": 0.2})
+        first = server_factory(
+            data_dir,
+            xtnd={"relay": dead_relay, "retry_schedule": [0.5], "queue_poll_interval": 0.2},
+        )
         first.add_account("joe@example.com", "secret")
         assert submit(first, msg("far@example.org")) == b"+OK Message sent successfully\r\n"
-        [entry] = wait_for(lambda: [e for e in first.call(queue.list_queue, first.store)
-                                    if e.recipients[0].attempts >= 1])
+        [entry] = wait_for(
+            lambda: [
+                e
+                for e in first.call(queue.list_queue, first.store)
+                if e.recipients[0].attempts >= 1
+            ]
+        )
         assert entry.recipients[0].state in ("queued", "sending")
         first.stop()
     finally:
@@ -342,5 +367,3 @@ def test_poplib_client_can_submit(server_factory: Callable[..., LiveServer], sin
         client.quit()
     [relayed] = wait_for(lambda: sink.handler.messages)
     assert b"\r\n.dot\r\n" in relayed.content
-
-

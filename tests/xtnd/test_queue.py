@@ -19,13 +19,20 @@ def store(tmp_path: Path) -> SqliteStore:
 
 def put(store: SqliteStore, *recipients: str, now: float = 100.0) -> int:
     with store.transaction() as conn:
-        return queue.enqueue(conn, sender="joe@example.com", account="joe@example.com",
-                             message=b"Subject: x\r\n\r\nbody\r\n", recipients=recipients, now=now)
+        return queue.enqueue(
+            conn,
+            sender="joe@example.com",
+            account="joe@example.com",
+            message=b"Subject: x\r\n\r\nbody\r\n",
+            recipients=recipients,
+            now=now,
+        )
 
 
 def states(store: SqliteStore) -> dict[str, tuple[str, int]]:
-    return {r.recipient: (r.state, r.attempts)
-            for e in queue.list_queue(store) for r in e.recipients}
+    return {
+        r.recipient: (r.state, r.attempts) for e in queue.list_queue(store) for r in e.recipients
+    }
 
 
 def test_claim_marks_sending_and_only_takes_due(store: SqliteStore) -> None:
@@ -34,8 +41,11 @@ def test_claim_marks_sending_and_only_takes_due(store: SqliteStore) -> None:
     [job] = queue.claim_due(store, 200.0, 10)
     assert (job.message_id, job.recipients, job.attempts) == (first, ("a@x.org", "b@x.org"), (0, 0))
     assert job.message == b"Subject: x\r\n\r\nbody\r\n"
-    assert states(store) == {"a@x.org": ("sending", 0), "b@x.org": ("sending", 0),
-                             "c@x.org": ("queued", 0)}
+    assert states(store) == {
+        "a@x.org": ("sending", 0),
+        "b@x.org": ("sending", 0),
+        "c@x.org": ("queued", 0),
+    }
     assert queue.claim_due(store, 200.0, 10) == []  # nothing claimed twice
     assert queue.next_due(store) == 500.0
 
@@ -52,8 +62,11 @@ def test_recover_requeues_sending_rows(store: SqliteStore) -> None:
 def test_record_retry_sent_and_collect(store: SqliteStore) -> None:
     mid = put(store, "a@x.org", "b@x.org")
     queue.claim_due(store, 200.0, 10)
-    queue.record(store, mid, [Update("a@x.org", State.SENT),
-                              Update("b@x.org", State.QUEUED, 900.0, "4.2.1 busy")])
+    queue.record(
+        store,
+        mid,
+        [Update("a@x.org", State.SENT), Update("b@x.org", State.QUEUED, 900.0, "4.2.1 busy")],
+    )
     assert states(store) == {"a@x.org": ("sent", 1), "b@x.org": ("queued", 1)}
     assert queue.next_due(store) == 900.0
     [job] = queue.claim_due(store, 900.0, 10)
@@ -65,8 +78,14 @@ def test_record_retry_sent_and_collect(store: SqliteStore) -> None:
 def test_failed_rows_wait_for_their_bounce(store: SqliteStore) -> None:
     mid = put(store, "a@x.org", "b@x.org")
     queue.claim_due(store, 200.0, 10)
-    queue.record(store, mid, [Update("a@x.org", State.FAILED, last_error="5.1.1 550 no user"),
-                              Update("b@x.org", State.SENT)])
+    queue.record(
+        store,
+        mid,
+        [
+            Update("a@x.org", State.FAILED, last_error="5.1.1 550 no user"),
+            Update("b@x.org", State.SENT),
+        ],
+    )
     [bounce] = queue.pending_bounces(store)
     assert bounce.failures == (("a@x.org", "5.1.1", "550 no user"),)
     assert bounce.account == "joe@example.com" and bounce.created == 100.0

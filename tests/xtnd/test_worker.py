@@ -35,15 +35,25 @@ class World:
 
     def worker(self, port: int, **settings: Any) -> RelayWorker:
         base: dict[str, Any] = {"retry_schedule": (0.1,), "poll_interval": 60.0, "timeout": 5.0}
-        return RelayWorker(store=self.store, deliverer=self.deliverer, write=self.write,
-                           settings=Settings(hostname="test.local", relay=("127.0.0.1", port),
-                                             **{**base, **settings}))
+        return RelayWorker(
+            store=self.store,
+            deliverer=self.deliverer,
+            write=self.write,
+            settings=Settings(
+                hostname="test.local", relay=("127.0.0.1", port), **{**base, **settings}
+            ),
+        )
 
     def put(self, *recipients: str, now: float | None = None) -> int:
         with self.store.transaction() as conn:
-            return queue.enqueue(conn, sender="joe@example.com", account="joe@example.com",
-                                 message=MESSAGE, recipients=recipients,
-                                 now=time.time() if now is None else now)
+            return queue.enqueue(
+                conn,
+                sender="joe@example.com",
+                account="joe@example.com",
+                message=MESSAGE,
+                recipients=recipients,
+                now=time.time() if now is None else now,
+            )
 
     def inbox(self) -> list[bytes]:
         box = self.store.get_mailbox("example.com", "joe", "INBOX")
@@ -161,8 +171,9 @@ def test_wrong_smarthost_password_is_retried(world: World, tls_sink: Sink) -> No
     world.put("x@example.org")
 
     async def main() -> None:
-        await world.worker(tls_sink.port, relay_auth=("joe", "wrong"),
-                           retry_schedule=(3600.0,)).run_once()
+        await world.worker(
+            tls_sink.port, relay_auth=("joe", "wrong"), retry_schedule=(3600.0,)
+        ).run_once()
 
     run(main())
     [entry] = queue.list_queue(world.store)
