@@ -24,7 +24,19 @@ from typing import Any
 
 from bench import certs, cgpop_side, dovecot
 from bench.servers import RunningServer
-from bench.workloads import FULL, FULL_DATA, HEADLINE, QUICK, QUICK_DATA, WORKLOADS, Env, Run
+from bench.workloads import (
+    APPLIES,
+    FRESH_BEFORE_EACH,
+    FRESH_BEFORE_WARMUP,
+    FULL,
+    FULL_DATA,
+    HEADLINE,
+    QUICK,
+    QUICK_DATA,
+    WORKLOADS,
+    Env,
+    Run,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOFILE = 65536  # 10,000 idle sessions need one fd each here, and as many in the server
@@ -46,7 +58,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--dovecot-modes",
         default="hp,default",
-        help="comma list of Dovecot configurations (hp, default)",
+        help="comma list of Dovecot configurations (hp, hp-noauthcache, default)",
+    )
+    p.add_argument(
+        "--cgpop-variants",
+        default="cache,nocache",
+        help="comma list of cgpop instances: cache (shipped login_cache_ttl), nocache (ttl 0)",
+    )
+    p.add_argument(
+        "--all-reps",
+        action="store_true",
+        help="give every server the full repetitions (default: dovecot-default and "
+        "cgpop-nocache run once, beside the ratio)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="attach py-spy to cgpop during its first timed run and write the top of the "
+        "profile to FILE (needs py-spy in the environment)",
     )
     p.add_argument("--reps", type=int, help="repetitions per workload and server")
     p.add_argument("--keep", action="store_true", help="keep the temporary run directory")
@@ -132,15 +162,39 @@ def table(results: dict[str, dict[str, list[Run]]], labels: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def _restart(server: RunningServer) -> None:
+    if server.restart_fn is not None:
+        server.restart_fn()
+        server.info["restarts"] = int(server.info.get("restarts", 0)) + 1  # type: ignore[call-overload]
+
+
 async def run_all(
-    servers: list[RunningServer], env: Env, names: list[str], reps: int
+    servers: list[RunningServer],
+    env: Env,
+    names: list[str],
+    reps: int,
+    single_rep: set[str],
+    profile: Path | None = None,
 ) -> dict[str, dict[str, list[Run]]]:
     results: dict[str, dict[str, list[Run]]] = {}
     for name in names:
         wl = WORKLOADS[name]
-        per: dict[str, list[Run]] = {s.label: [] for s in servers}
+        applies = APPLIES.get(name, lambda label: True)
+        from bench.cgpop_side import NOCACHE_WORKLOADS
+
+        these = [
+            s
+            for s in servers
+            if applies(s.label) and (s.label != "cgpop-nocache" or name in NOCACHE_WORKLOADS)
+        ]
+        per: dict[str, list[Run]] = {s.label: [] for s in these}
+        if not these:
+            continue
         results[name] = per
-        for s in servers:
+        t_wl = time.perf_counter()
+        for s in these:
+            if name in FRESH_BEFORE_WARMUP:
+                _restart(s)
             warm = await wl(s, env, True)
             if not warm.valid:
                 print(
@@ -148,9 +202,20 @@ async def run_all(
                     flush=True,
                 )
         for rep in range(min(reps, MAX_REPS.get(name, reps))):
-            order = servers if rep % 2 == 0 else servers[::-1]
+            order = these if rep % 2 == 0 else these[::-1]
             for s in order:
+                if rep > 0 and s.label in single_rep:
+                    continue
+                if name in FRESH_BEFORE_EACH:
+                    _restart(s)
+                spy = None
+                if profile is not None and s.label == "cgpop" and rep == 0:
+                    from bench import profiling
+
+                    spy = profiling.Recorder(s.pid, profile)
                 run = await wl(s, env, False)
+                if spy is not None:
+                    spy.finish()
                 per[s.label].append(run)
                 figs = ", ".join(f"{k}={fmt(v)}" for k, v in run.figures.items())
                 state = "ok" if run.valid else f"INVALID {run.errors} errors"
@@ -161,6 +226,7 @@ async def run_all(
                 )
                 for sample in run.error_samples[:3]:
                     print(f"      {sample}", flush=True)
+        print(f"  {name} done in {time.perf_counter() - t_wl:.0f}s", flush=True)
     return results
 
 
