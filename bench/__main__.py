@@ -136,11 +136,37 @@ def fmt(x: float | None) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.2f}"
 
 
-def table(results: dict[str, dict[str, list[Run]]], labels: list[str]) -> str:
-    hp = "dovecot-hp"
+# Issue 6's targets: (workload, figure) -> (what is compared, bound).
+TARGETS: dict[tuple[str, str], tuple[str, float]] = {
+    ("sessions", "sessions_per_s"): ("ratio>=", 1.0),
+    ("sessions", "server_cpu_ms_per_session"): ("ratio<=", 1.0),
+    ("pipelined", "sessions_per_s"): ("ratio>=", 1.0),
+    ("pipelined", "server_cpu_ms_per_session"): ("ratio<=", 1.0),
+    ("tls", "implicit_sessions_per_s"): ("ratio>=", 1.0),
+    ("tls", "stls_sessions_per_s"): ("ratio>=", 1.0),
+    ("bigbox", "p50_ms"): ("ratio<=", 1.0),
+    ("bigmsg", "MB_per_s"): ("ratio>=", 1.0),
+    ("idle", "pss_kB_per_session"): ("ratio<=", 0.1),
+    ("idle", "rss_kB_per_session"): ("ratio<=", 0.1),
+    ("delivery", "messages_per_s"): ("ratio>=", 1.0),
+    ("delivery", "server_cpu_ms_per_message"): ("ratio<=", 1.0),
+    ("filtered", "filtered_over_unfiltered_p50"): ("value<=", 1.0),
+}
+HP = "dovecot-hp"
+
+
+def _ratio(a: dict[str, float] | None, b: dict[str, float] | None, fig: str) -> float | None:
+    if not a or not b or fig not in a or fig not in b or not b[fig]:
+        return None
+    return a[fig] / b[fig]
+
+
+def table_rows(results: dict[str, dict[str, list[Run]]], labels: list[str]) -> list[list[str]]:
+    """Header row, then one row per headline figure: medians per server, cgpop/hp (and
+    cgpop-nocache/hp when that instance ran), and whether issue 6's target holds."""
     cols = ["workload", "figure", *labels]
-    if "cgpop" in labels and hp in labels:
-        cols.append("cgpop/hp")
+    ratio_of = [lab for lab in ("cgpop", "cgpop-nocache") if lab in labels] if HP in labels else []
+    cols += [f"{lab}/hp" for lab in ratio_of] + ["target"]
     rows = [cols]
     for wl, per_server in results.items():
         medians = {lab: median_figures(per_server.get(lab, [])) for lab in labels}
@@ -153,13 +179,50 @@ def table(results: dict[str, dict[str, list[Run]]], labels: list[str]) -> str:
                     row.append(f"INVALID({bad})" if runs else "-")
                 else:
                     row.append(fmt(m.get(fig)))
-            if len(cols) > len(row):
-                c, d = medians.get("cgpop"), medians.get(hp)
-                ok = c and d and fig in c and fig in d and d[fig]
-                row.append(f"{c[fig] / d[fig]:.2f}x" if ok and c and d else "-")
+            for lab in ratio_of:
+                r = _ratio(medians.get(lab), medians.get(HP), fig)
+                row.append("-" if r is None else f"{r:.2f}x")
+            verdict = "-"
+            if (wl, fig) in TARGETS:
+                kind, bound = TARGETS[(wl, fig)]
+                c = medians.get("cgpop")
+                x = (c or {}).get(fig) if kind == "value<=" else _ratio(c, medians.get(HP), fig)
+                if x is not None:
+                    ok = x >= bound if kind == "ratio>=" else x <= bound
+                    what = "cgpop/hp" if kind.startswith("ratio") else "value"
+                    verdict = f"{'holds' if ok else 'FAILS'} ({what} {kind[-2:]} {bound:g})"
+            row.append(verdict)
             rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    return rows
+
+
+def table(results: dict[str, dict[str, list[Run]]], labels: list[str]) -> str:
+    rows = table_rows(results, labels)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def markdown(
+    results: dict[str, dict[str, list[Run]]],
+    labels: list[str],
+    info: dict[str, Any],
+    command: str,
+    notes: list[str],
+) -> str:
+    rows = table_rows(results, labels)
+    out = [
+        "# cgpop vs Dovecot: latest run",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        "| " + " | ".join(rows[0]) + " |",
+        "|" + "---|" * len(rows[0]),
+    ]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
 
 
 def _restart(server: RunningServer) -> None:
@@ -209,7 +272,7 @@ async def run_all(
                 if name in FRESH_BEFORE_EACH:
                     _restart(s)
                 spy = None
-                if profile is not None and s.label == "cgpop" and rep == 0:
+                if profile is not None and s.label == "cgpop" and rep == 0 and name == names[0]:
                     from bench import profiling
 
                     spy = profiling.Recorder(s.pid, profile)
@@ -256,22 +319,47 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[RunningServer] = []
     setup: dict[str, float] = {}
     print(f"run directory {root}; fd limit {nofile}", flush=True)
+    single = set() if args.all_reps else set(scale.single_rep)
+    variants = [v.strip() for v in args.cgpop_variants.split(",") if v.strip()]
     try:
+        # Maildirs and passwd-file once (dataset.py); cgpop imports the same Maildirs.
+        cg: dict[str, tuple[Path, Any, Any]] = {}
+        pending = []
         if use_cgpop:
             assert exe is not None
             t0 = time.perf_counter()
-            conf, ports = cgpop_side.write_config(root / "cgpop", cert, key)
-            cgpop_side.create_accounts(exe, conf, ds, wanted)
-            setup["cgpop_accounts_s"] = time.perf_counter() - t0
-            srv = cgpop_side.start(exe, root / "cgpop", conf, ports)
-            servers.append(srv)
+            for v in variants:
+                wanted_v = wanted if v == "cache" else wanted & cgpop_side.NOCACHE_WORKLOADS
+                if not wanted_v:
+                    continue
+                d = root / cgpop_side.label(v)
+                conf, ports = cgpop_side.write_config(
+                    d, cert, key, login_cache_ttl=cgpop_side.VARIANTS[v]
+                )
+                cg[v] = (d, conf, ports)
+                pending.append(
+                    (v, cgpop_side.create_accounts(exe, conf, ds, wanted_v), conf, wanted_v)
+                )
+        t0 = time.perf_counter()
+        passwd = dovecot.populate(root / "dovecot-data", ds, wanted)
+        setup["maildir_write_s"] = time.perf_counter() - t0
+        homes = root / "dovecot-data" / "home"
+        if use_cgpop:
+            assert exe is not None
             t0 = time.perf_counter()
-            asyncio.run(cgpop_side.load_messages(srv, ds, wanted))
-            setup["cgpop_lmtp_load_s"] = time.perf_counter() - t0
+            for _v, proc, conf, wanted_v in pending:
+                cgpop_side.finish_accounts(proc, exe, conf, wanted_v)
+            setup["cgpop_account_import_wait_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _v, _proc, conf, wanted_v in pending:
+                cgpop_side.import_maildirs(exe, conf, homes, ds, wanted_v)
+            setup["cgpop_mailbox_import_s"] = time.perf_counter() - t0
+            for v, (d, conf, ports) in cg.items():
+                srv = cgpop_side.start(exe, d, conf, ports, cgpop_side.label(v))
+                servers.append(srv)
+                if v == "cache" and "filtered" in wanted:
+                    setup["cgpop_filtered_lmtp_s"] = asyncio.run(cgpop_side.load_filtered(srv, ds))
         if use_dovecot:
-            t0 = time.perf_counter()
-            passwd = dovecot.populate(root / "dovecot-data", ds, wanted)
-            setup["dovecot_maildir_write_s"] = time.perf_counter() - t0
             for mode in args.dovecot_modes.split(","):
                 servers.append(
                     dovecot.start(mode.strip(), root / f"dovecot-{mode.strip()}", passwd, cert, key)
@@ -279,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             s.info["nofile"] = server_nofile(s.pid)
         print("setup: " + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()), flush=True)
-        results = asyncio.run(run_all(servers, env, names, reps))
+        results = asyncio.run(run_all(servers, env, names, reps, single, args.profile))
     finally:
         for s in servers:
             s.stop()
@@ -303,12 +391,54 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {k} = {v}")
     print(f"\nmedian of {reps} run(s); ↑ higher is better, ↓ lower is better")
     print(table(results, labels))
+    single_ran = sorted(set(labels) & single)
+    notes = [
+        f"median of {reps} timed run(s) per server after one untimed warm-up, servers "
+        "alternating; ↑ higher is better, ↓ lower is better; a run with one failed check is "
+        "INVALID and never a figure."
+        + (f" {', '.join(single_ran)}: one timed run each (beside the ratio, not in it)."
+           if single_ran else ""),
+        "ratios are cgpop / Dovecot high-performance mode (dovecot-hp); dovecot-default is "
+        "Dovecot's default process model with the same load-test settings.",
+        "`cgpop` runs its shipped configuration, login_cache_ttl = 60 s (a verified login is "
+        "remembered, keyed to the stored keys); `cgpop-nocache` sets it to 0, so every login "
+        "pays the 4096-iteration PBKDF2 (login-heavy workloads only).",
+        "dovecot-hp has auth_cache_size = 10M, auth_cache_ttl = 1 hour, "
+        "auth_cache_verify_password_with_worker = yes: Dovecot caches the stored hash, so a "
+        "cache hit still runs the KDF; there is no Dovecot setting that skips it.",
+        "passwords: SCRAM-SHA-256 stored keys, PBKDF2-HMAC-SHA256 4096 iterations, 16-byte "
+        "salt, on both sides (Dovecot passwd-file `{SCRAM-SHA-256}` entries).",
+        "data: one Maildir set written by the harness; Dovecot serves it, cgpop imports the "
+        "same files with `cgpop mailbox import`; accounts via `cgpop account import`.",
+        "server CPU is the whole process tree's utime+stime from /proc; the load generator "
+        "shares the 2 cores, so wall-clock throughput is bounded by it too.",
+        "memory: idle = growth of the tree's PSS/RSS over 10,000 logged-in sessions / "
+        "sessions; cgpop is restarted before idle and before every bigmsg run, so its "
+        "figures are those of a fresh process (peak_rss_MB: whole process, including the "
+        "interpreter; Dovecot's is the sum over its process tree, reused hp processes included).",
+        "filtered (cgpop only): maildrop fbig@bench.local = a copy of bigbox plus "
+        f"{ds.filtered_messages():,} messages delivered over LMTP to one@filter.local through "
+        "the route `*@filter.local -> fbig@bench.local`; `one@filter.local` sees only those, "
+        "`fbig@bench.local` sees all; logins alternate.",
+        "Dovecot settings changed from its defaults (all modes): "
+        + "; ".join(f"`{k} = {v}`" for k, v in dovecot.LOADTEST_SETTINGS.items()),
+        "Dovecot high-performance mode adds: "
+        + "; ".join(f"`{k}: {v}`" for k, v in dovecot.HP_SETTINGS.items()),
+        "cgpop settings changed from its defaults: "
+        + "; ".join(f"`{k} = {v}`" for k, v in cgpop_side.SETTINGS.items()),
+        "setup: " + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()),
+    ]
+    command = "bench/run " + " ".join(argv if argv is not None else sys.argv[1:])
+    md = markdown(results, labels, info, command.strip(), notes)
+    md_path = args.out.with_suffix(".md")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "machine": info,
         "quick": args.quick,
         "reps": reps,
+        "single_rep_servers": sorted(single),
+        "command": command,
         "setup_s": setup,
         "scale": scale.__dict__
         if hasattr(scale, "__dict__")
@@ -333,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     args.out.write_text(json.dumps(doc, indent=2))
-    print(f"\nraw figures: {args.out}")
+    md_path.write_text(md)
+    print(f"\nraw figures: {args.out}; table: {md_path}")
     invalid = any(not r.valid for per in results.values() for runs in per.values() for r in runs)
     return 1 if invalid else 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -147,6 +148,27 @@ class MechanismBase:
     def _fail(self, reason: str, *, credentials_bad: bool) -> Failure:
         self._phase = Phase.DONE
         return Failure(reason, credentials_bad)
+
+    def _decode(self, data: bytes, limit: int, what: str) -> str | Failure:
+        """`data` as strict UTF-8 within `limit` octets, or the malformed-exchange Failure."""
+        if len(data) > limit:
+            return self._fail(f"{what} too long", credentials_bad=False)
+        text = decode_utf8(data)
+        if text is None:
+            return self._fail(f"{what} is not UTF-8", credentials_bad=False)
+        return text
+
+    def _start_client_first(
+        self, initial_response: bytes | None, first: Callable[[bytes], Step]
+    ) -> Step:
+        """Client-first mechanisms (PLAIN, SCRAM): without an initial response send an empty
+        challenge, and the client answers with its first message (RFC 4422 section 5,
+        RFC 5034 section 4)."""
+        self._expect(Phase.INITIAL)
+        if initial_response is None:
+            self._phase = Phase.AWAIT_RESPONSE
+            return Challenge(b"")
+        return first(initial_response)
 
     def _succeed(self, authcid: str, authzid: str | None, final: bytes | None = None) -> Success:
         self._phase = Phase.DONE

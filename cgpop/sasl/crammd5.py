@@ -18,12 +18,12 @@ from accounts.credentials import Credentials
 from .common import (
     MAX_FIELD_BYTES,
     Challenge,
+    Failure,
     MechanismBase,
     NeedCredentials,
     Phase,
     SaslConfig,
     Step,
-    decode_utf8,
     has_controls,
 )
 
@@ -56,11 +56,9 @@ class CramMd5(MechanismBase):
 
     def respond(self, data: bytes) -> Step:
         self._expect(Phase.AWAIT_RESPONSE)
-        if len(data) > MAX_FIELD_BYTES + 1 + DIGEST_HEX_LEN:
-            return self._fail("CRAM-MD5 response too long", credentials_bad=False)
-        text = decode_utf8(data)
-        if text is None:
-            return self._fail("CRAM-MD5 response is not UTF-8", credentials_bad=False)
+        text = self._decode(data, MAX_FIELD_BYTES + 1 + DIGEST_HEX_LEN, "CRAM-MD5 response")
+        if isinstance(text, Failure):
+            return text
         # The user name may itself hold spaces; the digest is after the last one.
         user, sep, digest = text.rpartition(" ")
         if not sep or not user or has_controls(user):

@@ -14,12 +14,12 @@ from accounts.credentials import Credentials
 from .common import (
     MAX_FIELD_BYTES,
     Challenge,
+    Failure,
     MechanismBase,
     NeedCredentials,
     Phase,
     SaslConfig,
     Step,
-    decode_utf8,
     has_controls,
 )
 
@@ -50,11 +50,9 @@ class Login(MechanismBase):
         return self._password(data)
 
     def _username(self, data: bytes) -> Step:
-        if len(data) > MAX_FIELD_BYTES:
-            return self._fail("LOGIN user name too long", credentials_bad=False)
-        name = decode_utf8(data)
-        if name is None:
-            return self._fail("LOGIN user name is not UTF-8", credentials_bad=False)
+        name = self._decode(data, MAX_FIELD_BYTES, "LOGIN user name")
+        if isinstance(name, Failure):
+            return name
         if not name or has_controls(name):
             return self._fail("LOGIN user name empty or has controls", credentials_bad=False)
         self._authcid = name
@@ -62,11 +60,9 @@ class Login(MechanismBase):
         return Challenge(PASSWORD_CHALLENGE)
 
     def _password(self, data: bytes) -> Step:
-        if len(data) > MAX_FIELD_BYTES:
-            return self._fail("LOGIN password too long", credentials_bad=False)
-        password = decode_utf8(data)
-        if password is None:
-            return self._fail("LOGIN password is not UTF-8", credentials_bad=False)
+        password = self._decode(data, MAX_FIELD_BYTES, "LOGIN password")
+        if isinstance(password, Failure):
+            return password
         if not password or "\x00" in password:
             return self._fail("LOGIN password empty or has NUL", credentials_bad=False)
         self._phase = Phase.AWAIT_CREDENTIALS

@@ -12,7 +12,6 @@ from accounts.credentials import Credentials
 from .common import (
     MAX_FIELD_BYTES,
     MAX_RESPONSE_BYTES,
-    Challenge,
     MechanismBase,
     NeedCredentials,
     Phase,
@@ -32,13 +31,7 @@ class Plain(MechanismBase):
         self._authzid: str | None = None
 
     def start(self, initial_response: bytes | None) -> Step:
-        self._expect(Phase.INITIAL)
-        if initial_response is None:
-            # RFC 4422 section 5 / RFC 5034 section 4: no initial response, so send an empty
-            # challenge and the client answers with the message.
-            self._phase = Phase.AWAIT_RESPONSE
-            return Challenge(b"")
-        return self._message(initial_response)
+        return self._start_client_first(initial_response, self._message)
 
     def respond(self, data: bytes) -> Step:
         self._expect(Phase.AWAIT_RESPONSE)

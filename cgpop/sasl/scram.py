@@ -27,12 +27,12 @@ from .common import (
     MAX_FIELD_BYTES,
     MAX_RESPONSE_BYTES,
     Challenge,
+    Failure,
     MechanismBase,
     NeedCredentials,
     Phase,
     SaslConfig,
     Step,
-    decode_utf8,
     has_controls,
 )
 
@@ -110,13 +110,7 @@ class ScramSha256(MechanismBase):
     # -- client-first ------------------------------------------------------------------------
 
     def start(self, initial_response: bytes | None) -> Step:
-        self._expect(Phase.INITIAL)
-        if initial_response is None:
-            # Client-first mechanism without an initial response: empty challenge first
-            # (RFC 4422 section 5, RFC 5034 section 4).
-            self._phase = Phase.AWAIT_RESPONSE
-            return Challenge(b"")
-        return self._client_first(initial_response)
+        return self._start_client_first(initial_response, self._client_first)
 
     def respond(self, data: bytes) -> Step:
         self._expect(Phase.AWAIT_RESPONSE, Phase.AWAIT_FINAL)
@@ -125,11 +119,9 @@ class ScramSha256(MechanismBase):
         return self._client_final(data)
 
     def _client_first(self, data: bytes) -> Step:
-        if len(data) > MAX_RESPONSE_BYTES:
-            return self._fail("SCRAM client-first too long", credentials_bad=False)
-        text = decode_utf8(data)
-        if text is None:
-            return self._fail("SCRAM client-first is not UTF-8", credentials_bad=False)
+        text = self._decode(data, MAX_RESPONSE_BYTES, "SCRAM client-first")
+        if isinstance(text, Failure):
+            return text
         # RFC 5802 section 7: gs2-header = gs2-cbind-flag "," [authzid] ","
         parts = text.split(",", 2)
         if len(parts) != 3:
@@ -191,11 +183,9 @@ class ScramSha256(MechanismBase):
     # -- client-final ------------------------------------------------------------------------
 
     def _client_final(self, data: bytes) -> Step:
-        if len(data) > MAX_RESPONSE_BYTES:
-            return self._fail("SCRAM client-final too long", credentials_bad=False)
-        text = decode_utf8(data)
-        if text is None:
-            return self._fail("SCRAM client-final is not UTF-8", credentials_bad=False)
+        text = self._decode(data, MAX_RESPONSE_BYTES, "SCRAM client-final")
+        if isinstance(text, Failure):
+            return text
         # RFC 5802 section 7: client-final-message = client-final-message-without-proof "," proof
         without_proof, sep, proof_attr = text.rpartition(",")
         if not sep or not proof_attr.startswith("p="):

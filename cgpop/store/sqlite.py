@@ -238,27 +238,7 @@ class SqliteStore:
         return int(row[0])
 
     def add_account(self, domain: str, name: str, creds: Credentials) -> None:
-        with self._tx() as conn:
-            did = self._domain_id(conn, domain)
-            try:
-                cur = conn.execute(
-                    "INSERT INTO accounts(domain_id, name, salt, iterations, stored_key, "
-                    "server_key, shared_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        did,
-                        name.lower(),
-                        creds.salt,
-                        creds.iterations,
-                        creds.stored_key,
-                        creds.server_key,
-                        creds.shared_secret,
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                raise StoreError(f"account already exists: {name}@{domain}") from None
-            assert cur.lastrowid is not None
-            box_id = self._insert_mailbox(conn, cur.lastrowid, "INBOX")
-            self._default_acl(conn, name, box_id)
+        self.add_accounts([(domain, name, creds)])
 
     def set_credentials(self, domain: str, name: str, creds: Credentials) -> None:
         with self._tx() as conn:
@@ -526,6 +506,25 @@ class SqliteStore:
             os.close(dirfd)
         return rel
 
+    def _insert_body(
+        self, conn: sqlite3.Connection, size: int, stuffed: bytes, file: str | None, refs: int
+    ) -> int:
+        cur = conn.execute(
+            "INSERT INTO bodies(size, data, file, refs) VALUES (?, ?, ?, ?)",
+            (size, None if file else stuffed, file, refs),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _next_uid(self, conn: sqlite3.Connection, mailbox_id: int) -> int:
+        row = conn.execute(
+            "UPDATE mailboxes SET next_uid = next_uid + 1 WHERE id = ? RETURNING next_uid - 1",
+            (mailbox_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound("the mailbox was removed during delivery")
+        return int(row[0])
+
     def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
         if not copies:
             return []
@@ -546,26 +545,16 @@ class SqliteStore:
                         keep.append(copy)
                 if not keep:
                     return stored
-                cur = conn.execute(
-                    "INSERT INTO bodies(size, data, file, refs) VALUES (?, ?, ?, ?)",
-                    (size, None if file else stuffed, file, len(keep)),
-                )
-                body_id = cur.lastrowid
+                body_id = self._insert_body(conn, size, stuffed, file, len(keep))
                 for copy in keep:
-                    row = conn.execute(
-                        "UPDATE mailboxes SET next_uid = next_uid + 1 WHERE id = ? "
-                        "RETURNING next_uid - 1",
-                        (copy.mailbox_id,),
-                    ).fetchone()
-                    if row is None:
-                        raise NotFound("mailbox disappeared during delivery")
+                    uid = self._next_uid(conn, copy.mailbox_id)
                     prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
                     conn.execute(
                         "INSERT INTO messages(mailbox_id, uid, body_id, size, internal_date, "
                         "x_real_to, individual, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             copy.mailbox_id,
-                            row[0],
+                            uid,
                             body_id,
                             size + len(prefix),
                             now,
@@ -585,7 +574,7 @@ class SqliteStore:
         return stored
 
     def add_accounts(self, entries: Sequence[tuple[str, str, Credentials]]) -> None:
-        """Bulk account creation in one transaction: (domain, name, credentials)."""
+        """Create accounts, each with its INBOX, in one transaction: (domain, name, creds)."""
         with self._tx() as conn:
             for domain, name, creds in entries:
                 did = self._domain_id(conn, domain)
@@ -606,7 +595,8 @@ class SqliteStore:
                 except sqlite3.IntegrityError:
                     raise StoreError(f"account already exists: {name}@{domain}") from None
                 assert cur.lastrowid is not None
-                self._insert_mailbox(conn, cur.lastrowid, "INBOX")
+                box_id = self._insert_mailbox(conn, cur.lastrowid, "INBOX")
+                self._default_acl(conn, name, box_id)
 
     def import_messages(
         self, mailbox: Mailbox, messages: Iterable[tuple[bytes, int]], batch: int = 500
@@ -623,21 +613,19 @@ class SqliteStore:
                     normalized = normalize_crlf(raw)
                     stuffed = dot_stuff(normalized)
                     file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
-                    cur = conn.execute(
-                        "INSERT INTO bodies(size, data, file, refs) VALUES (?, ?, ?, 1)",
-                        (len(normalized), None if file else stuffed, file),
-                    )
-                    row = conn.execute(
-                        "UPDATE mailboxes SET next_uid = next_uid + 1 WHERE id = ? "
-                        "RETURNING next_uid - 1",
-                        (mailbox.id,),
-                    ).fetchone()
-                    if row is None:
-                        raise NotFound("mailbox disappeared during import")
+                    body_id = self._insert_body(conn, len(normalized), stuffed, file, 1)
                     conn.execute(
                         "INSERT INTO messages(mailbox_id, uid, body_id, size, flags, "
                         "internal_date, prefix) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (mailbox.id, row[0], cur.lastrowid, len(normalized), flags, now, b""),
+                        (
+                            mailbox.id,
+                            self._next_uid(conn, mailbox.id),
+                            body_id,
+                            len(normalized),
+                            flags,
+                            now,
+                            b"",
+                        ),
                     )
             pending.clear()
 

@@ -24,6 +24,38 @@ from tests.conftest import LiveServer, message
 CGPOP = [sys.executable, "-m", "cgpop"]
 
 
+def serve(
+    env: dict[str, str], kinds: tuple[str, ...] = ("POP3",)
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """Start `cgpop serve` and read the bound ports back from its log (port 0 in config)."""
+    proc = subprocess.Popen([*CGPOP, "serve"], env=env, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    ports: dict[str, int] = {}
+    deadline = time.monotonic() + 20
+    while len(ports) < len(kinds) and time.monotonic() < deadline:
+        line = proc.stderr.readline().decode()
+        if not line and proc.poll() is not None:
+            break
+        found = re.search(r"(POP3S?|LMTP) listening on 127\.0\.0\.1:(\d+)", line)
+        if found and found.group(1) in kinds:
+            ports[found.group(1)] = int(found.group(2))
+    assert len(ports) == len(kinds), "server did not report its ports"
+    return proc, ports
+
+
+def setup_joe(env: dict[str, str], subject: str) -> None:
+    subprocess.run([*CGPOP, "domain", "add", "example.com"], env=env, check=True)
+    subprocess.run(
+        [*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
+        input=b"secret\n",
+        env=env,
+        check=True,
+    )
+    subprocess.run(
+        [*CGPOP, "deliver", "joe@example.com"], input=message(subject), env=env, check=True
+    )
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     conf = tmp_path / "cgpop.toml"
