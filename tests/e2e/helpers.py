@@ -95,3 +95,18 @@ class Raw:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def login_error(srv: LiveServer, user: str, password: str = "pw") -> bytes:
+    """The -ERR line a USER/PASS login gets (the login must fail)."""
+    client = poplib.POP3(srv.host, srv.port("pop3"), timeout=TIMEOUT)
+    try:
+        client.user(user)
+        try:
+            client.pass_(password)
+        except poplib.error_proto as exc:
+            reply: bytes = exc.args[0]
+            return reply
+        raise AssertionError(f"login as {user!r} unexpectedly succeeded")
+    finally:
+        client.close()

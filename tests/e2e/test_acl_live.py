@@ -14,7 +14,7 @@ from accounts.acl import parse_acl_entry
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.store.api import SEEN, Mailbox
 from tests.conftest import LiveServer, message
-from tests.e2e.helpers import TIMEOUT, wait_sessions_closed
+from tests.e2e.helpers import TIMEOUT, login_error, wait_sessions_closed
 
 AUTH_FAILED = b"-ERR [AUTH] authentication failed"
 FOREIGN = "~boss/INBOX#jsmith"
@@ -25,18 +25,6 @@ def login(srv: LiveServer, user: str, password: str = "pw") -> poplib.POP3:
     client.user(user)
     client.pass_(password)
     return client
-
-
-def login_error(srv: LiveServer, user: str, password: str = "pw") -> bytes:
-    client = poplib.POP3(srv.host, srv.port("pop3"), timeout=TIMEOUT)
-    try:
-        client.user(user)
-        with pytest.raises(poplib.error_proto) as exc:
-            client.pass_(password)
-        reply: bytes = exc.value.args[0]
-        return reply
-    finally:
-        client.close()
 
 
 def mailbox(srv: LiveServer, address: str, name: str = "INBOX") -> Mailbox:

@@ -64,29 +64,9 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
         '[pop3]\nlisten = ["127.0.0.1:0"]\n[lmtp]\nlisten = ["127.0.0.1:0"]\n'
     )
     env = {**os.environ, "CGPOP_CONFIG": str(conf)}
-    subprocess.run([*CGPOP, "domain", "add", "example.com"], env=env, check=True)
-    subprocess.run(
-        [*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
-        input=b"secret\n",
-        env=env,
-        check=True,
-    )
-    subprocess.run(
-        [*CGPOP, "deliver", "joe@example.com"], input=message("one"), env=env, check=True
-    )
-    proc = subprocess.Popen([*CGPOP, "serve"], env=env, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    port = 0
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline().decode()
-        found = re.search(r"POP3 listening on 127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            break
-        if not line and proc.poll() is not None:
-            break
-    assert port, "server did not report its POP3 port"
+    setup_joe(env, "one")
+    proc, ports = serve(env)
+    port = ports["POP3"]
     yield proc, port, conf
     if proc.poll() is None:
         proc.kill()
@@ -180,26 +160,10 @@ def test_tls_through_the_real_cli_event_loop(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    subprocess.run([*CGPOP, "domain", "add", "example.com"], env=env, check=True)
-    subprocess.run(
-        [*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
-        input=b"secret\n",
-        env=env,
-        check=True,
-    )
-    subprocess.run(
-        [*CGPOP, "deliver", "joe@example.com"], input=message("tls"), env=env, check=True
-    )
-    proc = subprocess.Popen([*CGPOP, "serve"], env=env, stderr=subprocess.PIPE)
+    setup_joe(env, "tls")
+    proc, ports = serve(env, ("POP3", "POP3S"))
     assert proc.stderr is not None
-    ports: dict[str, int] = {}
     try:
-        while len(ports) < 2:
-            line = proc.stderr.readline().decode()
-            assert line, "server exited early"
-            found = re.search(r"(POP3S?) listening on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                ports[found.group(1)] = int(found.group(2))
         cafile = str(tmp_path / "tls" / "cert.pem")
         for url, extra in (
             (f"pop3://127.0.0.1:{ports['POP3']}/1", ["--ssl-reqd"]),

@@ -19,7 +19,7 @@ from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.store.api import Copy
 from router.table import validate_route
 from tests.conftest import LiveServer
-from tests.e2e.helpers import TIMEOUT
+from tests.e2e.helpers import TIMEOUT, login_error
 
 PASSWORDS = {
     "jsmith@example.com": "pw-jsmith",
@@ -50,18 +50,6 @@ def login(srv: LiveServer, user: str, password: str) -> poplib.POP3:
     client.user(user)
     client.pass_(password)
     return client
-
-
-def login_error(srv: LiveServer, user: str, password: str) -> bytes:
-    client = poplib.POP3(srv.host, srv.port("pop3"), timeout=TIMEOUT)
-    try:
-        client.user(user)
-        with pytest.raises(poplib.error_proto) as exc:
-            client.pass_(password)
-        reply: bytes = exc.value.args[0]
-        return reply
-    finally:
-        client.close()
 
 
 def headers(client: poplib.POP3) -> list[email.message.Message]:
