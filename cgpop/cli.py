@@ -8,6 +8,7 @@ configuration error. `deliver` uses sendmail's codes (0, 65, 67, 75; sysexits.h)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import getpass
 import json
@@ -98,6 +99,7 @@ def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
     from cgpop.server import Gateway
 
     logs.setup(cfg.server.log_level, cfg.server.syslog)
+    raise_open_files_limit()
 
     async def main() -> None:
         gw = Gateway(cfg)
@@ -109,6 +111,17 @@ def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
     except OSError as exc:
         raise CliError(str(exc)) from None
     return EX_OK
+
+
+def raise_open_files_limit() -> None:
+    """Each POP session is a file descriptor: take the hard limit, which the operator set,
+    instead of the often small soft default (1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
