@@ -8,8 +8,8 @@ configuration error. `deliver` uses sendmail's codes (0, 65, 67, 75; sysexits.h)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import getpass
 import json
 import sys
