@@ -412,8 +412,10 @@ class Gateway:
             await runner.run_events(session.greeting())
             await runner.flush()
             while not session.closed:
+                conn.idle = True
                 data = await reader.read(READ_SIZE)
-                if not data:
+                conn.idle = False
+                if not data or self._stopping.is_set():
                     break
                 conn.last_active = time.monotonic()
                 lines.push(data)

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +183,27 @@ def test_tls_through_the_real_cli_event_loop(tmp_path: Path) -> None:
         log = proc.stderr.read().decode()
         proc.stderr.close()
     assert "Traceback" not in log
+
+
+def test_shutdown_lets_a_busy_session_finish_its_command(server: LiveServer) -> None:
+    """SIGTERM semantics in-process: a RETR being written when shutdown starts is completed
+    (within the grace period), then the connection ends; nothing is cut mid-message."""
+    line = b"x" * 998 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * 30_000  # 30 MB: more than socket buffers hold
+    server.deliver("joe@example.com", body)
+    with socket.create_connection(("127.0.0.1", server.port()), timeout=20) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"USER joe@example.com\r\nPASS secret\r\nRETR 1\r\n")
+        f.readline()
+        assert f.readline().startswith(b"+OK")
+        status = f.readline()
+        assert status.startswith(b"+OK")
+        f.read(1000)  # the server is now blocked writing the rest
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        rest = f.read()  # to EOF
+        stopper.join(30)
+        f.close()
+    assert rest.endswith(b"x\r\n.\r\n")
+    assert rest.count(b"\r\n") > 29_000
