@@ -11,6 +11,7 @@ import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from accounts.credentials import Credentials
 from cgpop import sasl
 from cgpop.errors import Pop3Error, Pop3Fatal
 from cgpop.pop3.events import (
@@ -172,11 +173,11 @@ class Session:
                 events.append(Close())
         return events
 
-    def sasl_credentials(self, creds: object, password_ok: bool | None) -> list[Event]:
-        """The answer to SaslCredentials: `creds` is `Credentials | None`."""
+    def sasl_credentials(self, creds: Credentials | None, password_ok: bool | None) -> list[Event]:
+        """The answer to SaslCredentials."""
         self.busy = False
         assert self.sasl is not None
-        return self._sasl_step(self.sasl.credentials(creds, password_ok))  # type: ignore[arg-type]
+        return self._sasl_step(self.sasl.credentials(creds, password_ok))
 
     def submit_result(self, error: Pop3Error | None) -> list[Event]:
         self.busy = False
