@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
     from cgpop import logs
     from cgpop.server import Gateway
 
-    logs.setup(cfg.server.log_level, cfg.server.syslog)
+    logs.setup(cfg.server.log_level, cfg.server.syslog, cfg.server.syslog_socket)
     raise_open_files_limit()
 
     async def main() -> None:

@@ -39,6 +39,7 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     syslog: bool = False
+    syslog_socket: str = "/dev/log"
     # Seconds a proved password is remembered (auth.VerifiedCache); 0 turns the cache off.
     login_cache_ttl: float = 60.0
     # "auto": uvloop when installed, else the standard asyncio loop.
@@ -260,6 +261,7 @@ def from_dict(
         shutdown_grace=s.positive("shutdown_grace", float, d.shutdown_grace),
         log_level=s.get("log_level", str, d.log_level).upper(),
         syslog=s.get("syslog", bool, d.syslog),
+        syslog_socket=s.get("syslog_socket", str, d.syslog_socket),
         login_cache_ttl=s.get("login_cache_ttl", float, d.login_cache_ttl),
         event_loop=s.get("event_loop", str, d.event_loop),
     )

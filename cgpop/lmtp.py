@@ -104,9 +104,13 @@ class _TrackedLMTP(LMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._gw.lmtp_sessions.add(self)
+        if self.session is not None:
+            self.event_handler._log(self.session).info("connected")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gw.lmtp_sessions.discard(self)
+        if self.session is not None:
+            self.event_handler._log(self.session).info("disconnected")
         super().connection_lost(exc)
 
 

@@ -32,14 +32,20 @@ def redact(line: str) -> str:
     return line[:200]
 
 
-def setup(level: str = "INFO", syslog: bool = False) -> None:
+def setup(level: str = "INFO", syslog: bool = False, syslog_socket: str = "/dev/log") -> None:
     root = logging.getLogger()
     root.handlers.clear()
     if syslog:
-        handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler: logging.Handler = logging.handlers.SysLogHandler(
+            address=syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
         handler.setFormatter(logging.Formatter("cgpop[%(process)d]: %(levelname)s %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
+    # aiosmtpd traces every LMTP command on "mail.log" at INFO, untagged; our own LMTP
+    # records carry the tag, session and peer, so its trace is kept for DEBUG only.
+    if level != "DEBUG":
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
