@@ -112,7 +112,11 @@ class Session:
         return [Send(ok(f"{self.policy.hostname} cgpop POP3 ready{banner}"))]
 
     def handle_overlong(self) -> list[Event]:
-        """A command line past the limit: the shell read to its end; answer once."""
+        """A command line past the limit: the shell read to its end; answer once. In a SASL
+        exchange the overlong line was its response: the exchange ends (RFC 5034 section 4)."""
+        if self.sasl_awaiting:
+            self._sasl_end()
+            return self._bad(Pop3Error("authentication response too long"))
         return self._bad(Pop3Error("line too long"))
 
     def handle_line(self, raw: bytes) -> list[Event]:

@@ -184,3 +184,12 @@ def test_apop_only_when_enabled() -> None:
     )
     d2 = Driver(apop_banner="<1.2@test>")
     assert d2.greeting == "+OK test cgpop POP3 ready <1.2@test>\r\n"
+
+
+def test_overlong_sasl_response_ends_the_exchange() -> None:
+    d = Driver(sasl_mechanisms=("PLAIN",))
+    assert d("AUTH PLAIN") == "+ \r\n"
+    reply = d._run(d.session.handle_overlong())
+    assert reply == "-ERR authentication response too long\r\n"
+    assert not d.session.in_sasl
+    assert d("USER joe").startswith("+OK")  # a command again, not a SASL response
