@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma list of cgpop instances: cache (shipped login_cache_ttl), nocache (ttl 0)",
     )
     p.add_argument(
+        "--tls-loop",
+        choices=("asyncio", "auto"),
+        default="asyncio",
+        help="cgpop's event loop for the tls workload (see cgpop_side.TLS_LOOP_NOTE)",
+    )
+    p.add_argument(
         "--all-reps",
         action="store_true",
         help="give every server the full repetitions (default: dovecot-default and "
@@ -225,9 +231,9 @@ def markdown(
     return "\n".join(out) + "\n"
 
 
-def _restart(server: RunningServer) -> None:
+def _restart(server: RunningServer, conf: str | None = None) -> None:
     if server.restart_fn is not None:
-        server.restart_fn()
+        server.restart_fn(Path(conf) if conf else None)
         server.info["restarts"] = int(server.info.get("restarts", 0)) + 1  # type: ignore[call-overload]
 
 
@@ -238,6 +244,7 @@ async def run_all(
     reps: int,
     single_rep: set[str],
     profile: Path | None = None,
+    tls_loop: str = "asyncio",
 ) -> dict[str, dict[str, list[Run]]]:
     results: dict[str, dict[str, list[Run]]] = {}
     for name in names:
@@ -255,6 +262,13 @@ async def run_all(
             continue
         results[name] = per
         t_wl = time.perf_counter()
+        swapped = [
+            s
+            for s in these
+            if name == "tls" and tls_loop == "asyncio" and "asyncio_config" in s.info
+        ]
+        for s in swapped:
+            _restart(s, str(s.info["asyncio_config"]))
         for s in these:
             if name in FRESH_BEFORE_WARMUP:
                 _restart(s)
@@ -289,6 +303,8 @@ async def run_all(
                 )
                 for sample in run.error_samples[:3]:
                     print(f"      {sample}", flush=True)
+        for s in swapped:
+            _restart(s)
         print(f"  {name} done in {time.perf_counter() - t_wl:.0f}s", flush=True)
     return results
 
@@ -367,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             s.info["nofile"] = server_nofile(s.pid)
         print("setup: " + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()), flush=True)
-        results = asyncio.run(run_all(servers, env, names, reps, single, args.profile))
+        results = asyncio.run(
+            run_all(servers, env, names, reps, single, args.profile, args.tls_loop)
+        )
     finally:
         for s in servers:
             s.stop()
@@ -396,8 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {reps} timed run(s) per server after one untimed warm-up, servers "
         "alternating; ↑ higher is better, ↓ lower is better; a run with one failed check is "
         "INVALID and never a figure."
-        + (f" {', '.join(single_ran)}: one timed run each (beside the ratio, not in it)."
-           if single_ran else ""),
+        + (
+            f" {', '.join(single_ran)}: one timed run each (beside the ratio, not in it)."
+            if single_ran
+            else ""
+        ),
         "ratios are cgpop / Dovecot high-performance mode (dovecot-hp); dovecot-default is "
         "Dovecot's default process model with the same load-test settings.",
         "`cgpop` runs its shipped configuration, login_cache_ttl = 60 s (a verified login is "
@@ -428,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(f"`{k} = {v}`" for k, v in cgpop_side.SETTINGS.items()),
         "setup: " + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()),
     ]
+    if use_cgpop and "tls" in results and args.tls_loop == "asyncio":
+        notes.insert(3, cgpop_side.TLS_LOOP_NOTE)
     command = "bench/run " + " ".join(argv if argv is not None else sys.argv[1:])
     md = markdown(results, labels, info, command.strip(), notes)
     md_path = args.out.with_suffix(".md")

@@ -59,7 +59,31 @@ def _frame(f: str) -> str:
     return f"{name} ({where})" if where else name
 
 
+# Leaf frames that are a thread or the loop waiting, not work.
+IDLE = (
+    "_worker (concurrent/futures/thread.py",
+    ".select (selectors.py",
+    "wait (threading.py",
+    "_wait_for_tstate_lock",
+    "run_forever (",
+)
+
+
 def summarise(folded: str, top: int = 30) -> str:
+    busy = [
+        line
+        for line in folded.splitlines()
+        if not any(m in _frame(line.rpartition(" ")[0].split(";")[-1]) for m in IDLE)
+    ]
+    return (
+        "== busy samples only (leaf frames of idle threads and the loop's select removed) ==\n"
+        + _summary("\n".join(busy), top)
+        + "\n== all samples ==\n"
+        + _summary(folded, top)
+    )
+
+
+def _summary(folded: str, top: int) -> str:
     self_n: collections.Counter[str] = collections.Counter()
     incl_n: collections.Counter[str] = collections.Counter()
     file_self: collections.Counter[str] = collections.Counter()
@@ -80,7 +104,7 @@ def summarise(folded: str, top: int = 30) -> str:
         file_self[leaf_file or code[-1]] += n
     if not total:
         return "no samples\n"
-    lines = [f"py-spy, {total} samples (100 Hz, all threads; idle loop time included)", ""]
+    lines = [f"py-spy, {total} samples (100 Hz, all threads)", ""]
     lines.append(f"top {top} by self samples (on top of the stack):")
     for f, n in self_n.most_common(top):
         lines.append(f"  {100 * n / total:5.1f}%  {f}")

@@ -31,7 +31,7 @@ class RunningServer:
     log: Path
     info: dict[str, object] = field(default_factory=dict)
     # Starts a fresh server process on the same data (cgpop only), None when not supported.
-    restart_fn: Callable[[], None] | None = None
+    restart_fn: Callable[..., None] | None = None
 
     @property
     def pid(self) -> int:

@@ -411,6 +411,8 @@ class Gateway:
                 await start_tls(reader, writer, self.tls.context, carry=True)
             await runner.run_events(session.greeting())
             await runner.flush()
+            # Formatting a trace line per command costs even when DEBUG is off: decide once.
+            tracing = slog.isEnabledFor(logging.DEBUG)
             while not session.closed:
                 conn.idle = True
                 data = await reader.read(READ_SIZE)
@@ -428,10 +430,8 @@ class Gateway:
                         slog.info("overlong command line")
                         events = session.handle_overlong()
                     else:
-                        if session.in_sasl:
-                            slog.debug("C: <SASL response>")
-                        elif not session.in_body:
-                            slog.debug("C: %s", redact(line.decode("utf-8", "replace").rstrip()))
+                        if tracing:
+                            trace_command(slog, session, line)
                         events = session.handle_line(line)
                     await runner.run_events(events)
                 await runner.flush()
@@ -560,6 +560,14 @@ async def start_tls(
             proto.buffer_updated(n)
             pending = pending[n:]
     await task
+
+
+def trace_command(slog: SessionLog, session: Session, line: bytes) -> None:
+    """DEBUG trace of a client line; SASL responses and PASS/APOP/AUTH data never logged."""
+    if session.in_sasl:
+        slog.debug("C: <SASL response>")
+    elif not session.in_body:
+        slog.debug("C: %s", redact(line.decode("utf-8", "replace").rstrip()))
 
 
 class _Runner:
