@@ -551,14 +551,21 @@ async def start_tls(
     # It does so within an iteration or two of the loop (after drain), so this is no real poll.
     while transport.get_protocol() is before and not task.done():
         await asyncio.sleep(0)
-    proto = transport.get_protocol()
-    if not task.done() and isinstance(proto, asyncio.BufferedProtocol):
-        while pending:
-            view = memoryview(proto.get_buffer(len(pending))).cast("B")
-            n = min(len(view), len(pending))
-            view[:n] = pending[:n]
-            proto.buffer_updated(n)
-            pending = pending[n:]
+    proto: Any = transport.get_protocol()
+    if not task.done():
+        # Duck-typed: uvloop's compiled SSLProtocol is buffered but no asyncio.BufferedProtocol.
+        if hasattr(proto, "get_buffer") and hasattr(proto, "buffer_updated"):
+            while pending:
+                view = memoryview(proto.get_buffer(len(pending))).cast("B")
+                n = min(len(view), len(pending))
+                view[:n] = pending[:n]
+                proto.buffer_updated(n)
+                pending = pending[n:]
+        elif hasattr(proto, "data_received"):
+            proto.data_received(pending)
+        else:  # never drop handshake bytes silently: the client would hang
+            task.cancel()
+            raise ConnectionError("cannot hand early TLS bytes to the TLS layer")
     await task
 
 

@@ -75,6 +75,7 @@ def start_server(
     data_dir: Path,
     *,
     adjust: Callable[[configmod.Config], configmod.Config] | None = None,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
     **sections: dict[str, Any],
 ) -> LiveServer:
     raw: dict[str, dict[str, Any]] = {
@@ -93,7 +94,7 @@ def start_server(
     if adjust is not None:
         # For values the validator rightly refuses in production (a 1 s idle timeout).
         cfg = adjust(cfg)
-    loop = asyncio.new_event_loop()
+    loop = loop_factory()
     started: Future[Gateway] = Future()
 
     def run() -> None:
@@ -127,9 +128,12 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     def make(
         data_dir: Path | None = None,
         adjust: Callable[[configmod.Config], configmod.Config] | None = None,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
         **sections: dict[str, Any],
     ) -> LiveServer:
-        srv = start_server(data_dir or tmp_path / "data", adjust=adjust, **sections)
+        srv = start_server(
+            data_dir or tmp_path / "data", adjust=adjust, loop_factory=loop_factory, **sections
+        )
         servers.append(srv)
         return srv
 
