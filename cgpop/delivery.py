@@ -15,7 +15,7 @@ from enum import Enum
 
 from accounts.acl import effective_rights
 from accounts.names import INBOX
-from cgpop.store.api import Copy, Mailbox, Store, StoreError, TemporaryFailure
+from cgpop.store.api import Copy, Mailbox, Store, StoreError
 from router.resolve import resolve_recipient
 from router.route import Route, RouteError
 
@@ -108,9 +108,15 @@ class Deliverer:
         return found if isinstance(found, Status) else None
 
     def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+        return self.deliver_many([(sender, recipients, message)])[0]
+
+    def _copies(
+        self, sender: str, recipients: Sequence[str], message: bytes
+    ) -> tuple[list[Result | None], list[Copy]]:
+        """Resolve every recipient: a final Result for those that get no copy, None (to be
+        filled in after the store's answer) for those that do, with their Copy."""
         results: list[Result | None] = []
         copies: list[Copy] = []
-        slots: list[int] = []
         mid = message_id(message)
         for rcpt in recipients:
             found = self.target(rcpt)
@@ -133,23 +139,48 @@ class Deliverer:
                     f"{mailbox.id}/{route.individual or ''}",
                 )
             )
-            slots.append(len(results))
             results.append(None)
-        if copies:
-            try:
-                stored = self.store.deliver(message, copies)
-            except TemporaryFailure as exc:
-                log.warning("delivery failed temporarily: %s", exc)
-                stored = None
-            except (StoreError, OSError) as exc:
-                log.error("delivery failed: %s", exc)
-                stored = None
-            for n, slot in enumerate(slots):
-                rcpt = recipients[slot]
+        return results, copies
+
+    def deliver_many(self, jobs: Sequence[tuple[str, Sequence[str], bytes]]) -> list[list[Result]]:
+        """Deliver several messages (sender, recipients, octets), committed together when
+        possible; if the joint commit fails, each is tried alone so one bad message cannot
+        fail the others."""
+        prepared = [self._copies(sender, rcpts, message) for sender, rcpts, message in jobs]
+        items = [(job[2], copies) for job, (_, copies) in zip(jobs, prepared, strict=True)]
+        stored: list[list[bool] | None]
+        try:
+            stored = list(self.store.deliver_many(items))
+        except (StoreError, OSError) as exc:
+            if len(items) == 1:
+                log.warning("delivery failed: %s", exc)
+                stored = [None]
+            else:
+                stored = [self._deliver_alone(message, copies) for message, copies in items]
+        return [
+            self._fill(job[1], results, outcome)
+            for job, (results, _), outcome in zip(jobs, prepared, stored, strict=True)
+        ]
+
+    def _deliver_alone(self, message: bytes, copies: Sequence[Copy]) -> list[bool] | None:
+        try:
+            return self.store.deliver(message, copies)
+        except (StoreError, OSError) as exc:
+            log.warning("delivery failed: %s", exc)
+            return None
+
+    @staticmethod
+    def _fill(
+        recipients: Sequence[str], results: list[Result | None], stored: list[bool] | None
+    ) -> list[Result]:
+        out: list[Result] = []
+        n = 0
+        for rcpt, result in zip(recipients, results, strict=True):
+            if result is None:
                 if stored is None:
-                    results[slot] = Result(rcpt, Status.TEMPORARY)
+                    result = Result(rcpt, Status.TEMPORARY)
                 else:
-                    results[slot] = Result(
-                        rcpt, Status.DELIVERED if stored[n] else Status.DUPLICATE
-                    )
-        return [r for r in results if r is not None]
+                    result = Result(rcpt, Status.DELIVERED if stored[n] else Status.DUPLICATE)
+                n += 1
+            out.append(result)
+        return out

@@ -17,7 +17,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 from cgpop import alerts, proxyproto, sasl
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
-from cgpop.delivery import Deliverer
+from cgpop.delivery import Deliverer, Result
 from cgpop.errors import Pop3Error
 from cgpop.logs import SessionLog, redact
 from cgpop.penalty import Penalty, PenaltyPolicy
@@ -128,6 +128,50 @@ class SeenBatcher:
             await asyncio.shield(self.task)
 
 
+# (sender, recipients, message octets)
+DeliveryJob = tuple[str, Sequence[str], bytes]
+
+
+class DeliveryBatcher:
+    """Group commit for LMTP: deliveries that arrive while one transaction is committing are
+    committed together in the next, so ten concurrent senders pay for one fsync, not ten.
+    Each caller still gets its answer only after its message is durable."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.pending: list[tuple[DeliveryJob, asyncio.Future[list[Result]]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        self.pending.append(((sender, recipients, message), future))
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self.pending:
+                batch = self.pending[: self.MAX_BATCH]
+                del self.pending[: self.MAX_BATCH]
+                try:
+                    results = await self.gateway.write(
+                        self.gateway.deliverer.deliver_many, [job for job, _ in batch]
+                    )
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self.task = None
+
+
 class Gateway:
     """Everything `cgpop serve` runs: the store, the POP3 and LMTP listeners."""
 
@@ -152,6 +196,7 @@ class Gateway:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgpop-write")
         self.state = ServerState()
         self.seen = SeenBatcher(self)
+        self.delivery = DeliveryBatcher(self)
         self.penalty = Penalty(
             PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max)
         )

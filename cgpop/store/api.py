@@ -185,6 +185,10 @@ class Store(Protocol):
         whether it was stored (False: suppressed as a duplicate)."""
         ...
 
+    def deliver_many(self, items: Sequence[tuple[bytes, Sequence[Copy]]]) -> list[list[bool]]:
+        """`deliver` for several messages at once, durable together (group commit)."""
+        ...
+
     # --- POP sessions ---
     def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot: ...
     def read_message(self, snapshot: Snapshot, index: int) -> StoredMessage:

@@ -526,52 +526,68 @@ class SqliteStore:
         return int(row[0])
 
     def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
-        if not copies:
-            return []
-        normalized = normalize_crlf(message)
-        size = len(normalized)
-        stuffed = dot_stuff(normalized)
-        del normalized
-        file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
-        now = _now()
-        stored: list[bool] = []
+        return self.deliver_many([(message, copies)])[0]
+
+    def deliver_many(self, items: Sequence[tuple[bytes, Sequence[Copy]]]) -> list[list[bool]]:
+        """Several deliveries in one transaction, so concurrent deliveries share one fsync
+        (group commit). Per item and copy: stored, or False when suppressed as a duplicate.
+        All or nothing: on an exception no item is stored."""
+        prepared: list[tuple[int, bytes, str | None, Sequence[Copy]]] = []
         try:
+            for message, copies in items:
+                if not copies:
+                    prepared.append((0, b"", None, copies))
+                    continue
+                normalized = normalize_crlf(message)
+                stuffed = dot_stuff(normalized)
+                file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
+                prepared.append((len(normalized), stuffed, file, copies))
+            now = _now()
+            outcome: list[list[bool]] = []
             with self._tx() as conn:
-                keep: list[Copy] = []
-                for copy in copies:
-                    fresh = self._claim_duplicate_slot(conn, copy, now)
-                    stored.append(fresh)
-                    if fresh:
-                        keep.append(copy)
-                if not keep:
-                    return stored
-                body_id = self._insert_body(conn, size, stuffed, file, len(keep))
-                for copy in keep:
-                    uid = self._next_uid(conn, copy.mailbox_id)
-                    prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
-                    conn.execute(
-                        "INSERT INTO messages(mailbox_id, uid, body_id, size, internal_date, "
-                        "x_real_to, individual, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            copy.mailbox_id,
-                            uid,
-                            body_id,
-                            size + len(prefix),
-                            now,
-                            copy.x_real_to,
-                            copy.individual,
-                            prefix,
-                        ),
-                    )
+                for size, stuffed, file, copies in prepared:
+                    stored = [self._claim_duplicate_slot(conn, c, now) for c in copies]
+                    outcome.append(stored)
+                    keep = [c for c, fresh in zip(copies, stored, strict=True) if fresh]
+                    if keep:
+                        body_id = self._insert_body(conn, size, stuffed, file, len(keep))
+                        for copy in keep:
+                            self._insert_copy(conn, copy, body_id, size, now)
         except BaseException:
-            if file is not None:
-                with contextlib.suppress(OSError):
-                    (self.bodies_dir / file).unlink()
+            self._unlink_files(file for _, _, file, _ in prepared)
             raise
-        if file is not None and not any(stored):
-            with contextlib.suppress(OSError):
-                (self.bodies_dir / file).unlink()
-        return stored
+        # Bodies every copy of which was a duplicate were never referenced.
+        self._unlink_files(
+            file
+            for (_, _, file, _), stored in zip(prepared, outcome, strict=True)
+            if not any(stored)
+        )
+        return outcome
+
+    def _insert_copy(
+        self, conn: sqlite3.Connection, copy: Copy, body_id: int, size: int, now: float
+    ) -> None:
+        prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
+        conn.execute(
+            "INSERT INTO messages(mailbox_id, uid, body_id, size, internal_date, "
+            "x_real_to, individual, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                copy.mailbox_id,
+                self._next_uid(conn, copy.mailbox_id),
+                body_id,
+                size + len(prefix),
+                now,
+                copy.x_real_to,
+                copy.individual,
+                prefix,
+            ),
+        )
+
+    def _unlink_files(self, files: Iterable[str | None]) -> None:
+        for rel in files:
+            if rel is not None:
+                with contextlib.suppress(OSError):
+                    (self.bodies_dir / rel).unlink()
 
     def add_accounts(self, entries: Sequence[tuple[str, str, Credentials]]) -> None:
         """Create accounts, each with its INBOX, in one transaction: (domain, name, creds)."""

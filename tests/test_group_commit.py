@@ -1,0 +1,104 @@
+"""Group commit: several deliveries in one transaction, isolated when one of them fails."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from accounts.credentials import make_credentials
+from cgpop.delivery import Deliverer, Status
+from cgpop.store.api import Copy, StoreError
+from cgpop.store.sqlite import SqliteStore
+from tests.conftest import LiveServer, message
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "data", duplicate_window=3600)
+    s.add_domain("example.com")
+    for name in ("joe", "ann"):
+        s.add_account("example.com", name, make_credentials("pw", iterations=1))
+    return s
+
+
+def test_deliver_many_commits_all_with_duplicates_per_item(store: SqliteStore) -> None:
+    joe = store.get_mailbox("example.com", "joe", "INBOX")
+    ann = store.get_mailbox("example.com", "ann", "INBOX")
+    assert joe is not None and ann is not None
+
+    def copy(mailbox_id: int, mid: str) -> Copy:
+        return Copy(mailbox_id, b"X-Real-To: <x@example.com>\r\n", "x", None, mid, str(mailbox_id))
+
+    big = b"Subject: big\r\n\r\n" + b"y" * 300_000 + b"\r\n"
+    out = store.deliver_many(
+        [
+            (b"Subject: 1\r\n\r\none\r\n", [copy(joe.id, "<1@x>"), copy(ann.id, "<1@x>")]),
+            (b"Subject: 1\r\n\r\none\r\n", [copy(joe.id, "<1@x>")]),  # duplicate within the batch
+            (big, [copy(ann.id, "<2@x>")]),
+            (b"Subject: none\r\n\r\n", []),
+        ]
+    )
+    assert out == [[True, True], [False], [True], []]
+    assert [m.uid for m in store.list_messages(joe)] == [1]
+    assert [m.uid for m in store.list_messages(ann)] == [1, 2]
+    assert len(list((store.bodies_dir).glob("??/*"))) == 1  # only the big body is a file
+
+
+def test_a_failing_message_does_not_fail_the_others(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliverer = Deliverer(store, default_domain="example.com")
+    real = store.deliver_many
+
+    def fail_on_poison(items: list[tuple[bytes, list[Copy]]]) -> list[list[bool]]:
+        if any(b"poison" in m for m, _ in items):
+            raise StoreError("disk trouble")
+        return real(items)
+
+    monkeypatch.setattr(store, "deliver_many", fail_on_poison)
+    results = deliverer.deliver_many(
+        [
+            ("a@remote", ["joe@example.com"], message("fine")),
+            ("a@remote", ["ann@example.com", "nobody@example.com"], message("poison")),
+            ("a@remote", ["ann@example.com"], message("also fine")),
+        ]
+    )
+    assert [[r.status for r in rs] for rs in results] == [
+        [Status.DELIVERED],
+        [Status.TEMPORARY, Status.UNKNOWN],
+        [Status.DELIVERED],
+    ]
+
+
+def test_concurrent_lmtp_senders_all_get_their_replies(server: LiveServer) -> None:
+    def send(i: int) -> dict[str, tuple[int, bytes]]:
+        with smtplib.LMTP(server.host, server.port("lmtp"), timeout=20) as lmtp:
+            return lmtp.sendmail(
+                "s@remote.test", ["joe@example.com"], message(f"n{i}", message_id=f"<{i}@t>")
+            )
+
+    with ThreadPoolExecutor(10) as pool:
+        refused = list(pool.map(send, range(40)))
+    assert refused == [{}] * 40
+    joe = server.store.get_mailbox("example.com", "joe", "INBOX")
+    assert len(server.call(server.store.list_messages, joe)) == 40
+
+
+def test_batcher_answers_each_caller(server_factory: Callable[..., LiveServer]) -> None:
+    srv = server_factory()
+    srv.add_account("joe@example.com", "pw")
+    import asyncio
+
+    async def many() -> list[list[Status]]:
+        jobs = [
+            srv.gateway.delivery.deliver("s@x", [rcpt], message(rcpt))
+            for rcpt in ("joe@example.com", "nobody@example.com", "joe@example.com")
+        ]
+        return [[r.status for r in rs] for rs in await asyncio.gather(*jobs)]
+
+    got = asyncio.run_coroutine_threadsafe(many(), srv.loop).result(30)
+    assert got == [[Status.DELIVERED], [Status.UNKNOWN], [Status.DELIVERED]]
