@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from accounts.acl import effective_rights
@@ -67,6 +67,21 @@ def _clean(address: str) -> str:
     return re.sub(r"[\x00-\x1f\x7f<>]", "", address)[:320]
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A delivery with its recipients resolved, ready for `Deliverer.commit`."""
+
+    recipients: tuple[str, ...]
+    results: list[Result | None]
+    copies: list[Copy]
+    message: bytes = field(repr=False)
+
+    def refused(self) -> list[Result]:
+        """The results when no recipient gets a copy (nothing to store)."""
+        assert not self.copies
+        return [r for r in self.results if r is not None]
+
+
 class Deliverer:
     def __init__(
         self, store: Store, *, default_domain: str, real_to_header: str = "X-Real-To"
@@ -110,11 +125,15 @@ class Deliverer:
     def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
         return self.deliver_many([(sender, recipients, message)])[0]
 
-    def _copies(
-        self, sender: str, recipients: Sequence[str], message: bytes
-    ) -> tuple[list[Result | None], list[Copy]]:
-        """Resolve every recipient: a final Result for those that get no copy, None (to be
-        filled in after the store's answer) for those that do, with their Copy."""
+    def deliver_many(self, jobs: Sequence[tuple[str, Sequence[str], bytes]]) -> list[list[Result]]:
+        """Deliver several messages (sender, recipients, octets), committed together."""
+        return self.commit(
+            [self.prepare(sender, rcpts, message) for sender, rcpts, message in jobs]
+        )
+
+    def prepare(self, sender: str, recipients: Sequence[str], message: bytes) -> Prepared:
+        """Resolve every recipient (reads only): a final Result for those that get no copy,
+        None (filled in by `commit`) for those that do, with their Copy."""
         results: list[Result | None] = []
         copies: list[Copy] = []
         mid = message_id(message)
@@ -140,14 +159,12 @@ class Deliverer:
                 )
             )
             results.append(None)
-        return results, copies
+        return Prepared(tuple(recipients), results, copies, message)
 
-    def deliver_many(self, jobs: Sequence[tuple[str, Sequence[str], bytes]]) -> list[list[Result]]:
-        """Deliver several messages (sender, recipients, octets), committed together when
-        possible; if the joint commit fails, each is tried alone so one bad message cannot
-        fail the others."""
-        prepared = [self._copies(sender, rcpts, message) for sender, rcpts, message in jobs]
-        items = [(job[2], copies) for job, (_, copies) in zip(jobs, prepared, strict=True)]
+    def commit(self, batch: Sequence[Prepared]) -> list[list[Result]]:
+        """Store prepared deliveries in one transaction when possible; if the joint commit
+        fails, each is tried alone so one bad message cannot fail the others."""
+        items = [(p.message, p.copies) for p in batch]
         stored: list[list[bool] | None]
         try:
             stored = list(self.store.deliver_many(items))
@@ -158,8 +175,8 @@ class Deliverer:
             else:
                 stored = [self._deliver_alone(message, copies) for message, copies in items]
         return [
-            self._fill(job[1], results, outcome)
-            for job, (results, _), outcome in zip(jobs, prepared, stored, strict=True)
+            self._fill(p.recipients, p.results, outcome)
+            for p, outcome in zip(batch, stored, strict=True)
         ]
 
     def _deliver_alone(self, message: bytes, copies: Sequence[Copy]) -> list[bool] | None:

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 from cgpop import alerts, proxyproto, sasl
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
-from cgpop.delivery import Deliverer, Result
+from cgpop.delivery import Deliverer, Prepared, Result
 from cgpop.errors import Pop3Error
 from cgpop.logs import SessionLog, redact
 from cgpop.penalty import Penalty, PenaltyPolicy
@@ -128,10 +128,6 @@ class SeenBatcher:
             await asyncio.shield(self.task)
 
 
-# (sender, recipients, message octets)
-DeliveryJob = tuple[str, Sequence[str], bytes]
-
-
 class DeliveryBatcher:
     """Group commit for LMTP: deliveries that arrive while one transaction is committing are
     committed together in the next, so ten concurrent senders pay for one fsync, not ten.
@@ -141,12 +137,17 @@ class DeliveryBatcher:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.pending: list[tuple[DeliveryJob, asyncio.Future[list[Result]]]] = []
+        self.pending: list[tuple[Prepared, asyncio.Future[list[Result]]]] = []
         self.task: asyncio.Task[None] | None = None
 
     async def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+        # Recipients are resolved in a reader thread; only the commit is serialised.
+        gw = self.gateway
+        prepared = await gw.read(gw.deliverer.prepare, sender, recipients, message)
+        if not prepared.copies:
+            return prepared.refused()
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-        self.pending.append(((sender, recipients, message), future))
+        self.pending.append((prepared, future))
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
         return await future
@@ -158,7 +159,7 @@ class DeliveryBatcher:
                 del self.pending[: self.MAX_BATCH]
                 try:
                     results = await self.gateway.write(
-                        self.gateway.deliverer.deliver_many, [job for job, _ in batch]
+                        self.gateway.deliverer.commit, [prepared for prepared, _ in batch]
                     )
                 except Exception as exc:
                     for _, future in batch:
