@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--tls-loop",
         choices=("asyncio", "auto"),
-        default="asyncio",
+        default="auto",
         help="cgpop's event loop for the tls workload (see cgpop_side.TLS_LOOP_NOTE)",
     )
     p.add_argument(
@@ -244,7 +244,7 @@ async def run_all(
     reps: int,
     single_rep: set[str],
     profile: Path | None = None,
-    tls_loop: str = "asyncio",
+    tls_loop: str = "auto",
 ) -> dict[str, dict[str, list[Run]]]:
     results: dict[str, dict[str, list[Run]]] = {}
     for name in names:

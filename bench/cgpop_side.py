@@ -33,11 +33,8 @@ SETTINGS: dict[str, str] = {
     "route *@filter.local -> fbig@bench.local": "filtered workload only (individual names)",
 }
 TLS_LOOP_NOTE = (
-    'the tls workload runs cgpop with [server] event_loop = "asyncio" (restarted for it, '
-    "restarted back after): under uvloop (the `auto` default) implicit-TLS handshakes stall "
-    "after ~100 connections (ClientHello bytes lost in cgpop's start_tls carry path; the client "
-    "times out after 60 s), which voids the run; STLS is unaffected. `--tls-loop auto` keeps "
-    "uvloop."
+    'with --tls-loop asyncio the tls workload runs cgpop with [server] event_loop = "asyncio" '
+    "(restarted for it, restarted back after) instead of uvloop, the `auto` default."
 )
 # Instances: label -> login_cache_ttl (None: the configuration's default).
 VARIANTS: dict[str, float | None] = {"cache": None, "nocache": 0.0}
