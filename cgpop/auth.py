@@ -16,6 +16,7 @@ import time
 
 from accounts.acl import GROUP_PREFIX, Rights, effective_rights
 from accounts.credentials import DUMMY_CREDENTIALS, Credentials, verify_password
+from cgpop.dircache import DirectoryCache
 from cgpop.errors import Pop3Error
 from cgpop.pop3.events import Grant, LoginOutcome
 from cgpop.sasl.apop import apop_digest_ok
@@ -80,6 +81,12 @@ class Authenticator:
         self.store = store
         self.admins = frozenset(admins)
         self.verified = VerifiedCache(login_cache_ttl)
+        self._lookups: DirectoryCache[tuple[LoginTarget | None, Account | None]] = DirectoryCache(
+            lambda: self.store.directory_version()
+        )
+        self._rights: DirectoryCache[Rights] = DirectoryCache(
+            lambda: self.store.directory_version()
+        )
 
     def check_password(self, creds: Credentials, password: str, known: bool) -> bool:
         """verify_password, through the cache for accounts that exist."""
@@ -91,6 +98,13 @@ class Authenticator:
         return good
 
     def lookup(self, login: str, default_domain: str) -> tuple[LoginTarget | None, Account | None]:
+        """Resolve a login name and load the account it authenticates as (cached until the
+        directory changes; a password change is a directory change)."""
+        return self._lookups.get(
+            (login, default_domain), lambda: self._lookup(login, default_domain)
+        )
+
+    def _lookup(self, login: str, default_domain: str) -> tuple[LoginTarget | None, Account | None]:
         try:
             target = resolve_login(login, default_domain=default_domain, directory=self.store)
         except (RouteError, ValueError) as exc:
@@ -151,7 +165,11 @@ class Authenticator:
         return target is not None and target.auth_address in self.admins
 
     def rights(self, mailbox: Mailbox, user: str) -> Rights:
-        """What `user` (an authenticated address) may do on `mailbox` (Cyrus semantics)."""
+        """What `user` (an authenticated address) may do on `mailbox` (Cyrus semantics),
+        cached until the directory changes."""
+        return self._rights.get((mailbox.id, user), lambda: self._compute_rights(mailbox, user))
+
+    def _compute_rights(self, mailbox: Mailbox, user: str) -> Rights:
         entries = self.store.acl_entries(mailbox)
         # Group membership matters only when an entry names a group: skip the lookup otherwise.
         groups = (

@@ -15,6 +15,7 @@ from enum import Enum
 
 from accounts.acl import effective_rights
 from accounts.names import INBOX
+from cgpop.dircache import DirectoryCache
 from cgpop.store.api import Copy, Mailbox, Store, StoreError
 from router.resolve import resolve_recipient
 from router.route import Route, RouteError
@@ -89,6 +90,9 @@ class Deliverer:
         self.store = store
         self.default_domain = default_domain
         self.real_to_header = real_to_header
+        self._targets: DirectoryCache[tuple[Route, Mailbox] | Status] = DirectoryCache(
+            lambda: self.store.directory_version()
+        )
 
     def resolve(self, recipient: str) -> Route | None:
         try:
@@ -106,7 +110,11 @@ class Deliverer:
         return "p" in effective_rights(self.store.acl_entries(mailbox), user=None)
 
     def target(self, recipient: str) -> tuple[Route, Mailbox] | Status:
-        """Where a copy for `recipient` goes, or why it cannot go anywhere."""
+        """Where a copy for `recipient` goes, or why it cannot go anywhere (cached until the
+        directory changes)."""
+        return self._targets.get(recipient, lambda: self._target(recipient))
+
+    def _target(self, recipient: str) -> tuple[Route, Mailbox] | Status:
         route = self.resolve(recipient)
         if route is None:
             return Status.UNKNOWN

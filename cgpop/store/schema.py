@@ -189,3 +189,34 @@ MIGRATIONS.append(
     CREATE INDEX submissions_by_account ON submissions(account, at);
     """
 )
+
+
+def _directory_version_migration() -> str:
+    """6: a counter bumped by every change to the tables routing and rights are derived from,
+    so answers derived from them can be cached until it moves (also across processes: the
+    CLI's changes bump it too). Mailbox UID allocation is not a directory change."""
+    watched = {
+        "domains": "",
+        "domain_aliases": "",
+        "accounts": "",
+        "routes": "",
+        "acl": "",
+        "group_members": "",
+        "mailboxes": " OF id, account_id, name",
+    }
+    parts = [
+        "CREATE TABLE directory_version (id INTEGER PRIMARY KEY CHECK (id = 1), "
+        "v INTEGER NOT NULL);",
+        "INSERT INTO directory_version VALUES (1, 0);",
+    ]
+    for table, columns in watched.items():
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            what = f"UPDATE{columns}" if event == "UPDATE" else event
+            parts.append(
+                f"CREATE TRIGGER {table}_{event.lower()}_bumps_directory AFTER {what} ON {table} "
+                "BEGIN UPDATE directory_version SET v = v + 1; END;"
+            )
+    return "\n".join(parts)
+
+
+MIGRATIONS.append(_directory_version_migration())

@@ -149,6 +149,12 @@ class SqliteStore:
         row = self._conn().execute("SELECT 1 FROM domains WHERE name = ?", (name.lower(),))
         return row.fetchone() is not None
 
+    def directory_version(self) -> int:
+        """Moves with every change to domains, aliases, accounts, mailboxes, routes, ACLs and
+        groups, from any process (schema migration 6)."""
+        row = self._conn().execute("SELECT v FROM directory_version").fetchone()
+        return int(row[0])
+
     # --- the router's view (router.resolve.Directory) ---
     def canonical_domain(self, name: str) -> str | None:
         name = name.lower()
