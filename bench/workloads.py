@@ -19,6 +19,9 @@ from bench.dataset import Dataset, message
 from bench.loadgen import Tally, Transport
 from bench.servers import RunningServer
 
+# What one failed session can raise; each is counted, never fatal to the run.
+SESSION_ERRORS = (loadgen.CheckFailed, loadgen.InUse, OSError, asyncio.IncompleteReadError)
+
 MB = 1024 * 1024
 
 
@@ -205,12 +208,7 @@ async def bigbox(server: RunningServer, env: Env, warm: bool) -> Run:
         for _ in range(1 if warm else env.scale.bigbox_iters):
             try:
                 await loadgen.listing_latency(Transport(server.ports.pop3), user, tally)
-            except (
-                loadgen.CheckFailed,
-                loadgen.InUse,
-                OSError,
-                asyncio.IncompleteReadError,
-            ) as exc:
+            except SESSION_ERRORS as exc:
                 tally.fail(f"bigbox: {exc}")
     run.absorb(tally)
     if tally.latencies:
@@ -232,12 +230,7 @@ async def bigmsg(server: RunningServer, env: Env, warm: bool) -> Run:
             with procstat.PeakRss(server.pid) as sampler:
                 try:
                     await loadgen.big_retr(Transport(server.ports.pop3), user, tally)
-                except (
-                    loadgen.CheckFailed,
-                    loadgen.InUse,
-                    OSError,
-                    asyncio.IncompleteReadError,
-                ) as exc:
+                except SESSION_ERRORS as exc:
                     tally.fail(f"bigmsg: {exc}")
             peak = max(peak, sampler.peak)
     run.absorb(tally)
@@ -311,12 +304,7 @@ async def filtered(server: RunningServer, env: Env, warm: bool) -> Run:
             for key, user in (("filtered", one), ("unfiltered", owner)):
                 try:
                     await loadgen.listing_latency(Transport(server.ports.pop3), user, tallies[key])
-                except (
-                    loadgen.CheckFailed,
-                    loadgen.InUse,
-                    OSError,
-                    asyncio.IncompleteReadError,
-                ) as exc:
+                except SESSION_ERRORS as exc:
                     tallies[key].fail(f"{key}: {exc}")
     for key, tally in tallies.items():
         run.absorb(tally)

@@ -262,33 +262,37 @@ def cmd_mailbox_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
     return out(args, names, lambda: names)
 
 
+def _existing_mailbox(
+    args: argparse.Namespace, cfg: configmod.Config
+) -> tuple[SqliteStore, Mailbox]:
+    """The store and the mailbox `args.address` / `args.mailbox` name, or a clear error."""
+    domain, name = split_address(args.address)
+    store = open_store(cfg)
+    mailbox = store.get_mailbox(domain, name, _mailbox(args.mailbox))
+    if mailbox is None:
+        raise CliError(f"no mailbox {args.mailbox} for {name}@{domain}")
+    return store, mailbox
+
+
 @command("mailbox", "import")
 def cmd_mailbox_import(args: argparse.Namespace, cfg: configmod.Config) -> int:
     from pathlib import Path
 
     from cgpop.importer import messages_from
 
-    domain, name = split_address(args.address)
-    store = open_store(cfg)
-    mailbox = store.get_mailbox(domain, name, _mailbox(args.mailbox))
-    if mailbox is None:
-        raise CliError(f"no mailbox {args.mailbox} for {name}@{domain}")
+    store, mailbox = _existing_mailbox(args, cfg)
     try:
         source = messages_from(Path(args.path))
         count = store.import_messages(mailbox, source)
     except (ValueError, OSError) as exc:
         raise CliError(str(exc), EX_DATAERR) from None
-    print(f"imported {count} messages into {args.mailbox} of {name}@{domain}")
+    print(f"imported {count} messages into {args.mailbox} of {args.address}")
     return EX_OK
 
 
 @command("mailbox", "show")
 def cmd_mailbox_show(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    domain, name = split_address(args.address)
-    store = open_store(cfg)
-    mailbox = store.get_mailbox(domain, name, _mailbox(args.mailbox))
-    if mailbox is None:
-        raise CliError(f"no mailbox {args.mailbox} for {name}@{domain}")
+    store, mailbox = _existing_mailbox(args, cfg)
     msgs = store.list_messages(mailbox)
     rows = [
         {
