@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from cgpop.store.sqlite import SqliteStore
+from cgpop.store.api import SqlAccess
 
 SCOPES = ("account", "domain", "server")
 # The text goes out as `-ERR [SYS/TEMP] <text>`: RFC 2449 section 4 bounds a response line to
@@ -26,6 +27,11 @@ class Alert:
     created: float
 
 
+def _alert(r: Any) -> Alert:
+    """An `alerts` row (id, scope, target, text, created)."""
+    return Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]))
+
+
 def check_text(text: str) -> str:
     """The text as it will be sent, or ValueError: one line, not empty, bounded."""
     text = text.strip()
@@ -40,7 +46,7 @@ def check_text(text: str) -> str:
     return text
 
 
-def add(store: SqliteStore, scope: str, target: str, text: str) -> int:
+def add(store: SqlAccess, scope: str, target: str, text: str) -> int:
     """Post an alert; returns its id."""
     if scope not in SCOPES:
         raise ValueError(f"unknown alert scope {scope!r}")
@@ -54,16 +60,16 @@ def add(store: SqliteStore, scope: str, target: str, text: str) -> int:
         return cur.lastrowid
 
 
-def list_alerts(store: SqliteStore) -> list[Alert]:
+def list_alerts(store: SqlAccess) -> list[Alert]:
     rows = (
         store.connection()
         .execute("SELECT id, scope, target, text, created FROM alerts ORDER BY id")
         .fetchall()
     )
-    return [Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in rows]
+    return [_alert(r) for r in rows]
 
 
-def delivered_count(store: SqliteStore, alert_id: int) -> int:
+def delivered_count(store: SqlAccess, alert_id: int) -> int:
     row = (
         store.connection()
         .execute("SELECT count(*) FROM alerts_delivered WHERE alert_id = ?", (alert_id,))
@@ -72,7 +78,7 @@ def delivered_count(store: SqliteStore, alert_id: int) -> int:
     return int(row[0])
 
 
-def remove(store: SqliteStore, alert_id: int) -> bool:
+def remove(store: SqlAccess, alert_id: int) -> bool:
     """Delete an alert and its delivery records; False when there was no such alert."""
     with store.transaction() as conn:
         conn.execute("DELETE FROM alerts_delivered WHERE alert_id = ?", (alert_id,))
@@ -95,13 +101,13 @@ def _args(account: str) -> tuple[str, str, str]:
     return account, account.rpartition("@")[2], account
 
 
-def pending(store: SqliteStore, account: str) -> Alert | None:
+def pending(store: SqlAccess, account: str) -> Alert | None:
     """The oldest alert not yet shown to `account` ("name@domain"), without marking it."""
     r = store.connection().execute(_PENDING, _args(account)).fetchone()
-    return None if r is None else Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]))
+    return None if r is None else _alert(r)
 
 
-def take(store: SqliteStore, account: str) -> Alert | None:
+def take(store: SqlAccess, account: str) -> Alert | None:
     """The oldest alert not yet shown to `account`, marked delivered in the same transaction
     (two sessions logging in at once get different alerts, never the same one twice)."""
     with store.transaction() as conn:
@@ -112,4 +118,4 @@ def take(store: SqliteStore, account: str) -> Alert | None:
             "INSERT INTO alerts_delivered (alert_id, account, delivered_at) VALUES (?, ?, ?)",
             (r[0], account.lower(), time.time()),
         )
-        return Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]))
+        return _alert(r)

@@ -16,6 +16,7 @@ import time
 
 from accounts.acl import GROUP_PREFIX, Rights, effective_rights
 from accounts.credentials import DUMMY_CREDENTIALS, Credentials, verify_password
+from cgpop import alerts
 from cgpop.dircache import DirectoryCache
 from cgpop.errors import Pop3Error
 from cgpop.pop3.events import Grant, LoginOutcome
@@ -85,6 +86,9 @@ class Authenticator:
             lambda: self.store.directory_version()
         )
         self._rights: DirectoryCache[Rights] = DirectoryCache(
+            lambda: self.store.directory_version()
+        )
+        self._mailboxes: DirectoryCache[Mailbox | None] = DirectoryCache(
             lambda: self.store.directory_version()
         )
 
@@ -188,7 +192,10 @@ class Authenticator:
     def open(self, target: LoginTarget, account: Account) -> LoginOutcome:
         """Credentials are proved: open the maildrop the name picked, if rights allow."""
         route = target.route
-        mailbox = self.store.get_mailbox(route.domain, route.account, route.mailbox)
+        mailbox = self._mailboxes.get(
+            (route.domain, route.account, route.mailbox),
+            lambda: self.store.get_mailbox(route.domain, route.account, route.mailbox),
+        )
         if mailbox is None:
             log.info("login %s: no mailbox %s#%s", account.address, route.mailbox, route.address)
             return LoginOutcome(error=AUTH_FAILED)
@@ -212,5 +219,6 @@ class Authenticator:
                 may_seen="s" in rights,
                 may_delete="t" in rights,
                 may_expunge="e" in rights,
+                alert_pending=alerts.pending(self.store, account.address) is not None,
             )
         )

@@ -80,7 +80,7 @@ class _Handler:
         if isinstance(content, str):  # pragma: no cover - decode_data is off
             content = content.encode("utf-8", "surrogateescape")
         sender = envelope.mail_from or ""
-        results = await self.gw.delivery.deliver(sender, envelope.rcpt_tos, content)
+        results = await self.gw.deliver(sender, envelope.rcpt_tos, content)
         slog = self._log(session)
         for r in results:
             slog.info(

@@ -14,19 +14,19 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from cgpop import alerts, proxyproto, sasl
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer, Prepared, Result
 from cgpop.errors import Pop3Error
+from cgpop.lmtp import end_sessions, start_lmtp
 from cgpop.logs import SessionLog, redact
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3.events import (
@@ -53,6 +53,8 @@ from cgpop.wire import TERMINATOR, top_lines
 
 log = logging.getLogger("cgpop")
 T = TypeVar("T")
+Item = TypeVar("Item")
+R = TypeVar("R")
 
 READ_SIZE = 64 * 1024
 # Flush collected replies once they pass this, so a pipelined burst cannot grow memory.
@@ -62,6 +64,7 @@ FLUSH_AT = 256 * 1024
 READ_AHEAD = 32
 READ_AHEAD_BYTES = 256 * 1024
 SWEEP_INTERVAL = 15.0
+PRUNE_INTERVAL = 3600.0
 INTERNAL_ERROR = Pop3Error("internal server error", "SYS/TEMP").reply()
 SHUTTING_DOWN = Pop3Error("server shutting down", "SYS/TEMP").reply()
 TOO_MANY = Pop3Error("too many connections, try later", "SYS/TEMP").reply()
@@ -99,78 +102,47 @@ class Submitter(Protocol):
     async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None: ...
 
 
-class SeenBatcher:
-    """RETR sets \\Seen at once, but many sessions' flag updates share one write transaction."""
+class GroupCommit(Generic[Item, R]):
+    """Items submitted while one batch is being written join the next one, so many sessions'
+    writes share one transaction (and, for deliveries, one fsync). `write` runs in the writer
+    thread and returns one result per item; each submitter's future gets its own."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(
+        self, gateway: Gateway, write: Callable[[list[Item]], list[R]], max_batch: int = 256
+    ) -> None:
         self.gateway = gateway
-        self.pending: list[tuple[int, int]] = []
+        self.write_batch = write
+        self.max_batch = max_batch
+        self.pending: list[tuple[Item, asyncio.Future[R]]] = []
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, mailbox_id: int, uid: int) -> None:
-        self.pending.append((mailbox_id, uid))
+    def submit(self, item: Item) -> asyncio.Future[R]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self.pending.append((item, future))
         if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._flush())
+            self.task = loop.create_task(self._run())
+        return future
 
-    async def _flush(self) -> None:
+    async def _run(self) -> None:
         try:
             while self.pending:
-                batch, self.pending = self.pending, []
+                batch = self.pending[: self.max_batch]
+                del self.pending[: self.max_batch]
                 try:
-                    await self.gateway.write(self.gateway.store.mark_seen, batch)
-                except Exception:
-                    log.exception("could not set \\Seen on %d messages", len(batch))
+                    results = await self.gateway.write(self.write_batch, [i for i, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)
         finally:
             self.task = None
 
     async def drain(self) -> None:
         while self.task is not None:
             await asyncio.shield(self.task)
-
-
-class DeliveryBatcher:
-    """Group commit for LMTP: deliveries that arrive while one transaction is committing are
-    committed together in the next, so ten concurrent senders pay for one fsync, not ten.
-    Each caller still gets its answer only after its message is durable."""
-
-    MAX_BATCH = 64
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.pending: list[tuple[Prepared, asyncio.Future[list[Result]]]] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
-        # Recipients are resolved in a reader thread; only the commit is serialised.
-        gw = self.gateway
-        prepared = await gw.read(gw.deliverer.prepare, sender, recipients, message)
-        if not prepared.copies:
-            return prepared.refused()
-        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-        self.pending.append((prepared, future))
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run())
-        return await future
-
-    async def _run(self) -> None:
-        try:
-            while self.pending:
-                batch = self.pending[: self.MAX_BATCH]
-                del self.pending[: self.MAX_BATCH]
-                try:
-                    results = await self.gateway.write(
-                        self.gateway.deliverer.commit, [prepared for prepared, _ in batch]
-                    )
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            self.task = None
 
 
 class Gateway:
@@ -196,8 +168,13 @@ class Gateway:
         self.readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cgpop-read")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgpop-write")
         self.state = ServerState()
-        self.seen = SeenBatcher(self)
-        self.delivery = DeliveryBatcher(self)
+        # RETR sets \\Seen at once; many sessions' flag updates share one transaction.
+        self.seen: GroupCommit[tuple[int, int], None] = GroupCommit(self, self._mark_seen)
+        # LMTP group commit: concurrent deliveries share one transaction and fsync; each
+        # sender still gets its reply only once its message is durable.
+        self.delivery: GroupCommit[Prepared, list[Result]] = GroupCommit(
+            self, self.deliverer.commit, max_batch=64
+        )
         self.penalty = Penalty(
             PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max)
         )
@@ -219,6 +196,21 @@ class Gateway:
         self._ids = itertools.count(1)
         self._stopping = asyncio.Event()
         self._collect_wanted = False
+
+    def _mark_seen(self, items: list[tuple[int, int]]) -> list[None]:
+        """\\Seen is advisory: a failed batch is logged, never an error for the RETR."""
+        try:
+            self.store.mark_seen(items)
+        except Exception:
+            log.exception("could not set \\Seen on %d messages", len(items))
+        return [None] * len(items)
+
+    async def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+        """LMTP delivery: recipients resolved in a reader thread, then the group commit."""
+        prepared = await self.read(self.deliverer.prepare, sender, recipients, message)
+        if not prepared.copies:
+            return prepared.refused()
+        return await self.delivery.submit(prepared)
 
     def _fake_salt_key(self) -> bytes:
         """The configured key, else one kept in the data directory, made (0600) on first start:
@@ -243,15 +235,8 @@ class Gateway:
 
     def proxied(self, peer_ip: str) -> bool:
         """True when `peer_ip` is a trusted proxy that must send a PROXY header."""
-        if not self.proxy_from:
-            return False
-        try:
-            ip = ipaddress.ip_address(peer_ip)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.proxy_from)
+        ip = peer_address(peer_ip)
+        return ip is not None and any(ip in net for net in self.proxy_from)
 
     # --- running blocking work ---
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -268,8 +253,6 @@ class Gateway:
             await self._listen("pop3", ep, self._pop3_handler(ep, tls=False))
         for ep in self.config.pop3.tls_listen:
             await self._listen("pop3s", ep, self._pop3_handler(ep, tls=True))
-        from cgpop.lmtp import start_lmtp
-
         for ep in self.config.lmtp.listen:
             server = await start_lmtp(self, ep)
             self._register("lmtp", server)
@@ -277,7 +260,8 @@ class Gateway:
             from xtnd.service import start_submission
 
             self.submission = await start_submission(self)
-        asyncio.get_running_loop().create_task(self._sweeper())
+        # Kept referenced: the loop holds tasks only weakly.
+        self._sweeper_task = asyncio.get_running_loop().create_task(self._sweeper())
 
     def _register(self, kind: str, server: asyncio.Server) -> None:
         self.servers.append(server)
@@ -300,8 +284,6 @@ class Gateway:
         self._stopping.set()
         for server in self.servers:
             server.close()
-        from cgpop.lmtp import end_sessions
-
         end_sessions(self)
         # Sessions waiting for input are closed now (without QUIT nothing is expunged); busy
         # ones get `shutdown_grace` seconds to finish their command, then their connection is
@@ -355,6 +337,7 @@ class Gateway:
         """Autologout (RFC 1939 section 3): idle sessions are closed silently. One timer for
         all connections instead of one per read keeps the per-session cost down."""
         idle = self.config.pop3.idle_timeout
+        next_prune = 0.0
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), SWEEP_INTERVAL)
@@ -366,6 +349,11 @@ class Gateway:
                 self._collect_wanted = False
                 with contextlib.suppress(Exception):
                     await self.write(self.store.collect)
+            if now >= next_prune:
+                # Duplicate-suppression records older than the window are of no more use.
+                next_prune = now + PRUNE_INTERVAL
+                with contextlib.suppress(Exception):
+                    await self.write(self.store.prune_duplicates)
 
     # --- POP3 connections ---
     def _pop3_handler(self, ep: Endpoint, *, tls: bool) -> Callable[..., Any]:
@@ -386,16 +374,8 @@ class Gateway:
 
     def policy(self, *, tls: bool, peer_ip: str) -> Policy:
         c = self.config
-        try:
-            ip = ipaddress.ip_address(peer_ip)
-            loopback = ip.is_loopback or (
-                isinstance(ip, ipaddress.IPv6Address)
-                and ip.ipv4_mapped is not None
-                and ip.ipv4_mapped.is_loopback
-            )
-        except ValueError:
-            loopback = False
-        secure = tls or loopback
+        ip = peer_address(peer_ip)
+        secure = tls or (ip is not None and ip.is_loopback)
         always = c.pop3.plaintext_auth == "always"
         return Policy(
             hostname=c.server.hostname,
@@ -549,6 +529,18 @@ class Gateway:
             peername = writer.get_extra_info("peername") or ("?", 0)
             return str(peername[0]), int(peername[1])
         return result.source
+
+
+def peer_address(peer_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The peer as an address, IPv4-mapped IPv6 unwrapped (a dual-stack listener reports
+    127.0.0.1 as ::ffff:127.0.0.1); None for what is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 async def read_proxy_header(reader: asyncio.StreamReader) -> proxyproto.ProxyResult:
@@ -736,19 +728,20 @@ class _Runner:
     async def admit(self, outcome: LoginOutcome, login: str) -> LoginOutcome:
         """Apply the failed-login delay and the per-account cap to a login's outcome."""
         gw = self.gw
+        key = login.lower()[:320]  # the penalty's per-account key, bounded
         if outcome.grant is None:
             self.slog.info("login failed for %r", login[:100])
             if outcome.counts_as_failure:
-                gw.penalty.record_failure(self.peer_ip, login.lower()[:320])
+                gw.penalty.record_failure(self.peer_ip, key)
                 # A growing delay per peer and per account slows guessing; the reply is the
                 # same whatever failed.
-                await asyncio.sleep(gw.penalty.delay_for(self.peer_ip, login.lower()[:320]))
+                await asyncio.sleep(gw.penalty.delay_for(self.peer_ip, key))
             return outcome
-        gw.penalty.record_success(self.peer_ip, login.lower()[:320])
+        gw.penalty.record_success(self.peer_ip, key)
         account = outcome.grant.account
         # CommuniGate alerts: correct credentials with an alert pending fail the login, showing
         # the alert (SYS/TEMP, not AUTH, so clients show it instead of asking for a password).
-        if await gw.read(alerts.pending, gw.store, account) is not None:
+        if outcome.grant.alert_pending:
             alert = await gw.write(alerts.take, gw.store, account)
             if alert is not None:
                 gw.store.close_maildrop(outcome.grant.snapshot)
@@ -809,18 +802,17 @@ class _Runner:
         else:
             # Large body: stream it in bounded chunks read off the event loop.
             await self.flush()
-            chunks = stored.chunks()
-            if event.lines is not None:
-                chunks = top_lines(chunks, event.lines)
-            while True:
-                part = await gw.read(next, chunks, None)
-                if part is None:
-                    break
-                self.writer.write(part)
-                await self.writer.drain()
+            source = stored.chunks()
+            chunks = source if event.lines is None else top_lines(source, event.lines)
+            try:
+                while (part := await gw.read(next, chunks, None)) is not None:
+                    self.writer.write(part)
+                    await self.writer.drain()
+            finally:
+                source.close()  # the body file, also when the client went away mid-message
         self.send(TERMINATOR)
         if event.mark_seen:
-            gw.seen.add(snap.mailbox.id, snap.uids[event.index])
+            gw.seen.submit((snap.mailbox.id, snap.uids[event.index]))
 
     async def commit(self, event: Commit) -> list[Event]:
         gw = self.gw
@@ -833,10 +825,3 @@ class _Runner:
         self.slog.info("expunged %d of %d messages", removed, len(event.uids))
         gw._collect_wanted = True
         return self.session.commit_result(True, len(snap) - len(event.uids))
-
-
-def bound_port(gw: Gateway, kind: str = "pop3") -> int:
-    return gw.bound[kind][0][1]
-
-
-__all__ = ["Gateway", "bound_port", "socket"]

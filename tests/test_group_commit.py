@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,10 +96,27 @@ def test_batcher_answers_each_caller(server_factory: Callable[..., LiveServer]) 
 
     async def many() -> list[list[Status]]:
         jobs = [
-            srv.gateway.delivery.deliver("s@x", [rcpt], message(rcpt))
+            srv.gateway.deliver("s@x", [rcpt], message(rcpt))
             for rcpt in ("joe@example.com", "nobody@example.com", "joe@example.com")
         ]
         return [[r.status for r in rs] for rs in await asyncio.gather(*jobs)]
 
     got = asyncio.run_coroutine_threadsafe(many(), srv.loop).result(30)
     assert got == [[Status.DELIVERED], [Status.UNKNOWN], [Status.DELIVERED]]
+
+
+def test_old_duplicate_records_are_pruned(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    joe = store.get_mailbox("example.com", "joe", "INBOX")
+    assert joe is not None
+    copy = Copy(joe.id, b"", None, None, "<old@x>", "k")
+    store.deliver(message("old"), [copy])
+    count = "SELECT count(*) FROM duplicates"
+    assert store.connection().execute(count).fetchone()[0] == 1
+    store.prune_duplicates()  # still inside the window: kept
+    assert store.connection().execute(count).fetchone()[0] == 1
+    later = time.time() + 7200  # the fixture's window is one hour
+    monkeypatch.setattr("cgpop.store.sqlite._now", lambda: later)
+    store.prune_duplicates()
+    assert store.connection().execute(count).fetchone()[0] == 0

@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+
+from cgpop.store.api import SqlAccess
 
 __all__ = [
     "Bounce",
     "Entry",
     "Job",
-    "QueueStore",
     "RecipientState",
     "Update",
     "claim_due",
@@ -45,14 +44,6 @@ __all__ = [
     "recover",
     "remove",
 ]
-
-
-class QueueStore(Protocol):
-    """What the queue needs from the store (cgpop.store.sqlite.SqliteStore)."""
-
-    def connection(self) -> sqlite3.Connection: ...
-
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
 
 class State(Enum):
@@ -142,7 +133,7 @@ def enqueue(
     return message_id
 
 
-def recover(store: QueueStore, now: float) -> int:
+def recover(store: SqlAccess, now: float) -> int:
     """Start-up: rows left `sending` are requeued, due now (at-least-once; module docstring)."""
     with store.transaction() as conn:
         cur = conn.execute(
@@ -154,7 +145,7 @@ def recover(store: QueueStore, now: float) -> int:
         return cur.rowcount
 
 
-def claim_due(store: QueueStore, now: float, limit: int) -> list[Job]:
+def claim_due(store: SqlAccess, now: float, limit: int) -> list[Job]:
     """Mark up to `limit` messages' due recipients `sending` and return them as jobs."""
     with store.transaction() as conn:
         ids = [
@@ -198,7 +189,7 @@ def claim_due(store: QueueStore, now: float, limit: int) -> list[Job]:
         return jobs
 
 
-def record(store: QueueStore, message_id: int, updates: Iterable[Update]) -> None:
+def record(store: SqlAccess, message_id: int, updates: Iterable[Update]) -> None:
     """Store the outcome of an attempt; drop the message when nothing is left to do."""
     with store.transaction() as conn:
         for u in updates:
@@ -217,7 +208,7 @@ def record(store: QueueStore, message_id: int, updates: Iterable[Update]) -> Non
         _collect(conn, message_id)
 
 
-def pending_bounces(store: QueueStore) -> list[Bounce]:
+def pending_bounces(store: SqlAccess) -> list[Bounce]:
     conn = store.connection()
     found: dict[int, list[tuple[str, str, str]]] = {}
     for message_id, recipient, error in conn.execute(
@@ -240,7 +231,7 @@ def pending_bounces(store: QueueStore) -> list[Bounce]:
     return bounces
 
 
-def finish_bounce(store: QueueStore, message_id: int, recipients: Sequence[str]) -> None:
+def finish_bounce(store: SqlAccess, message_id: int, recipients: Sequence[str]) -> None:
     """The DSN for these failed recipients is delivered: forget them."""
     with store.transaction() as conn:
         conn.executemany(
@@ -261,7 +252,7 @@ def _collect(conn: sqlite3.Connection, message_id: int) -> None:
         conn.execute("DELETE FROM queue_messages WHERE id = ?", (message_id,))
 
 
-def next_due(store: QueueStore) -> float | None:
+def next_due(store: SqlAccess) -> float | None:
     """The earliest `next_attempt` of a queued recipient (uses the partial index queue_due)."""
     row = (
         store.connection()
@@ -271,14 +262,14 @@ def next_due(store: QueueStore) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def flush(store: QueueStore) -> int:
+def flush(store: SqlAccess) -> int:
     """`cgpop queue flush`: every queued recipient is due now. Returns how many."""
     with store.transaction() as conn:
         cur = conn.execute("UPDATE queue_recipients SET next_attempt = 0 WHERE state = 'queued'")
         return cur.rowcount
 
 
-def remove(store: QueueStore, message_id: int) -> bool:
+def remove(store: SqlAccess, message_id: int) -> bool:
     """`cgpop queue remove ID`: drop a message without a bounce. False when there is none.
 
     A recipient being sent at this moment may still be delivered; its bookkeeping then finds
@@ -290,7 +281,7 @@ def remove(store: QueueStore, message_id: int) -> bool:
         return cur.rowcount > 0
 
 
-def list_queue(store: QueueStore) -> list[Entry]:
+def list_queue(store: SqlAccess) -> list[Entry]:
     conn = store.connection()
     recipients: dict[int, list[RecipientState]] = {}
     for message_id, *rest in conn.execute(

@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 
 from cgpop.delivery import Result, Status
 from cgpop.errors import Pop3Error
-from cgpop.store.api import StoreError
+from cgpop.store.api import SqlAccess, StoreError
 from router.route import Route
 from xtnd import queue, ratelimit
 from xtnd.envelope import Envelope, SubmissionError, derive_envelope
@@ -47,7 +47,7 @@ Run = Callable[..., Awaitable[Any]]
 _ACCEPTED = (Status.DELIVERED, Status.DUPLICATE)
 
 
-class Directory(queue.QueueStore, Protocol):
+class Directory(SqlAccess, Protocol):
     def canonical_domain(self, name: str) -> str | None: ...
 
     def list_routes(self) -> list[tuple[str, str]]: ...

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from cgpop.delivery import Result, Status
+from cgpop.store.api import SqlAccess
 from xtnd import queue
 from xtnd.dsn import Failure, build_dsn
 from xtnd.mx import MxError, make_resolver, resolve_mx
@@ -72,7 +73,7 @@ class Bouncer(Protocol):
 
 class RelayWorker:
     def __init__(
-        self, *, store: queue.QueueStore, deliverer: Bouncer, write: Run, settings: Settings
+        self, *, store: SqlAccess, deliverer: Bouncer, write: Run, settings: Settings
     ) -> None:
         self.store, self.deliverer, self.write = store, deliverer, write
         self.settings = settings

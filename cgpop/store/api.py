@@ -11,8 +11,10 @@ Contract (Cyrus-style snapshot semantics, issue 2):
 
 from __future__ import annotations
 
+import sqlite3
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -78,7 +80,6 @@ class Snapshot:
     mailbox: Mailbox
     uids: array[int]
     sizes: array[int]
-    body_ids: array[int]
     opened_at: float
     total_size: int = field(default=0)
 
@@ -113,7 +114,7 @@ class StoredMessage:
     path: Path | None
     size: int  # unstuffed size of prefix + body, as LIST reports it
 
-    def chunks(self, chunk_size: int = 256 * 1024) -> Iterator[bytes]:
+    def chunks(self, chunk_size: int = 256 * 1024) -> Generator[bytes, None, None]:
         yield self.prefix
         if self.data is not None:
             yield self.data
@@ -136,7 +137,15 @@ class Copy:
     dedup_key: str | None = None  # recipient key for duplicate suppression
 
 
-class Store(Protocol):
+class SqlAccess(Protocol):
+    """For modules that keep their own tables in the store (alerts, the XTND queue)."""
+
+    def connection(self) -> sqlite3.Connection: ...
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+
+class Store(SqlAccess, Protocol):
     """What the engine, the delivery path and the CLI need from a backend."""
 
     # --- domains, accounts, mailboxes ---

@@ -512,6 +512,14 @@ class SqliteStore:
             os.close(dirfd)
         return rel
 
+    def _stored_body(self, raw: bytes) -> tuple[int, bytes, str | None]:
+        """(size as POP reports it, stuffed octets, body file or None when kept inline). The
+        file, if any, is written and fsynced before the caller's transaction commits."""
+        normalized = normalize_crlf(raw)
+        stuffed = dot_stuff(normalized)
+        file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
+        return len(normalized), stuffed, file
+
     def _insert_body(
         self, conn: sqlite3.Connection, size: int, stuffed: bytes, file: str | None, refs: int
     ) -> int:
@@ -544,10 +552,7 @@ class SqliteStore:
                 if not copies:
                     prepared.append((0, b"", None, copies))
                     continue
-                normalized = normalize_crlf(message)
-                stuffed = dot_stuff(normalized)
-                file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
-                prepared.append((len(normalized), stuffed, file, copies))
+                prepared.append((*self._stored_body(message), copies))
             now = _now()
             outcome: list[list[bool]] = []
             with self._tx() as conn:
@@ -571,17 +576,24 @@ class SqliteStore:
         return outcome
 
     def _insert_copy(
-        self, conn: sqlite3.Connection, copy: Copy, body_id: int, size: int, now: float
+        self,
+        conn: sqlite3.Connection,
+        copy: Copy,
+        body_id: int,
+        size: int,
+        now: float,
+        flags: int = 0,
     ) -> None:
         prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
         conn.execute(
-            "INSERT INTO messages(mailbox_id, uid, body_id, size, internal_date, "
-            "x_real_to, individual, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages(mailbox_id, uid, body_id, size, flags, internal_date, "
+            "x_real_to, individual, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 copy.mailbox_id,
                 self._next_uid(conn, copy.mailbox_id),
                 body_id,
                 size + len(prefix),
+                flags,
                 now,
                 copy.x_real_to,
                 copy.individual,
@@ -632,23 +644,10 @@ class SqliteStore:
             with self._tx() as conn:
                 now = _now()
                 for raw, flags in pending:
-                    normalized = normalize_crlf(raw)
-                    stuffed = dot_stuff(normalized)
-                    file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
-                    body_id = self._insert_body(conn, len(normalized), stuffed, file, 1)
-                    conn.execute(
-                        "INSERT INTO messages(mailbox_id, uid, body_id, size, flags, "
-                        "internal_date, prefix) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            mailbox.id,
-                            self._next_uid(conn, mailbox.id),
-                            body_id,
-                            len(normalized),
-                            flags,
-                            now,
-                            b"",
-                        ),
-                    )
+                    size, stuffed, file = self._stored_body(raw)
+                    body_id = self._insert_body(conn, size, stuffed, file, 1)
+                    copy = Copy(mailbox.id, b"", None, None)
+                    self._insert_copy(conn, copy, body_id, size, now, flags)
             pending.clear()
 
         for item in messages:
@@ -682,43 +681,28 @@ class SqliteStore:
         conn = self._conn()
         if individual is None:
             rows = conn.execute(
-                "SELECT uid, size, body_id FROM messages "
+                "SELECT uid, size FROM messages "
                 "WHERE mailbox_id = ? AND expunged_at IS NULL ORDER BY uid",
                 (mailbox.id,),
             ).fetchall()
         else:
             rows = conn.execute(
-                "SELECT uid, size, body_id FROM messages INDEXED BY messages_individual "
+                "SELECT uid, size FROM messages INDEXED BY messages_individual "
                 "WHERE mailbox_id = ? AND individual = ? AND expunged_at IS NULL ORDER BY uid",
                 (mailbox.id, individual.lower()),
             ).fetchall()
         opened = _now()
         with self._lock:
             self._open[opened] += 1
-        if rows:
-            uids, sizes, bodies = zip(*rows, strict=True)
-        else:
-            uids = sizes = bodies = ()
+        uids, sizes = zip(*rows, strict=True) if rows else ((), ())
         size_arr = array("q", sizes)
-        return Snapshot(
-            mailbox, array("q", uids), size_arr, array("q", bodies), opened, sum(size_arr)
-        )
+        return Snapshot(mailbox, array("q", uids), size_arr, opened, sum(size_arr))
 
     def read_message(self, snapshot: Snapshot, index: int) -> StoredMessage:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT m.prefix, b.data, b.file, m.size FROM messages m "
-                "JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ? AND m.uid = ?",
-                (snapshot.mailbox.id, snapshot.uids[index]),
-            )
-            .fetchone()
-        )
-        if row is None:
+        found = self.read_messages(snapshot, [index]).get(index)
+        if found is None:
             raise NotFound("message no longer exists")
-        prefix, data, file, size = row
-        path = None if file is None else self.bodies_dir / file
-        return StoredMessage(bytes(prefix), None if data is None else bytes(data), path, size)
+        return found
 
     def read_messages(self, snapshot: Snapshot, indexes: Sequence[int]) -> dict[int, StoredMessage]:
         """read_message for several messages in one query (the shell reads ahead in windows,

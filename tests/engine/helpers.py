@@ -14,9 +14,7 @@ MAILBOX = Mailbox(7, 1, "joe@example.com", "INBOX", 0x1234)
 
 def snapshot(sizes: list[int]) -> Snapshot:
     uids = array("q", [10 * (i + 1) for i in range(len(sizes))])
-    return Snapshot(
-        MAILBOX, uids, array("q", sizes), array("q", range(len(sizes))), 0.0, sum(sizes)
-    )
+    return Snapshot(MAILBOX, uids, array("q", sizes), 0.0, sum(sizes))
 
 
 class Driver:
