@@ -13,9 +13,9 @@ from typing import Any
 from cgpop.store.api import SqlAccess
 
 SCOPES = ("account", "domain", "server")
-# The text goes out as `-ERR [SYS/TEMP] <text>`: RFC 2449 section 4 bounds a response line to
-# 512 octets with CRLF, and the prefix takes 17; 400 characters leaves room for multi-byte UTF-8.
-MAX_TEXT = 400
+# The text goes out as `-ERR [SYS/TEMP] <text>\r\n`: RFC 2449 section 4 bounds a response
+# line to 512 octets including CRLF, and the prefix takes 16.
+MAX_TEXT_OCTETS = 512 - len("-ERR [SYS/TEMP] ") - 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +25,13 @@ class Alert:
     target: str  # "name@domain", "domain", or "" for the server
     text: str
     created: float
+    delivered: int = 0  # accounts it was shown to (filled by list_alerts)
 
 
 def _alert(r: Any) -> Alert:
-    """An `alerts` row (id, scope, target, text, created)."""
-    return Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]))
+    """An `alerts` row (id, scope, target, text, created[, delivered count])."""
+    delivered = int(r[5]) if len(r) > 5 else 0
+    return Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), delivered)
 
 
 def check_text(text: str) -> str:
@@ -37,12 +39,10 @@ def check_text(text: str) -> str:
     text = text.strip()
     if not text:
         raise ValueError("alert text is empty")
-    if any(ch in text for ch in "\r\n\x00"):
-        raise ValueError("alert text must be a single line (no CR, LF or NUL)")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
-        raise ValueError("alert text must not contain control characters")
-    if len(text) > MAX_TEXT or len(text.encode("utf-8")) > 490:
-        raise ValueError(f"alert text longer than {MAX_TEXT} characters")
+        raise ValueError("alert text must be one line without control characters")
+    if len(text.encode("utf-8")) > MAX_TEXT_OCTETS:
+        raise ValueError(f"alert text longer than {MAX_TEXT_OCTETS} octets (UTF-8)")
     return text
 
 
@@ -61,21 +61,12 @@ def add(store: SqlAccess, scope: str, target: str, text: str) -> int:
 
 
 def list_alerts(store: SqlAccess) -> list[Alert]:
-    rows = (
-        store.connection()
-        .execute("SELECT id, scope, target, text, created FROM alerts ORDER BY id")
-        .fetchall()
+    """Every alert with the number of accounts it was shown to, in one query."""
+    rows = store.connection().execute(
+        "SELECT a.id, a.scope, a.target, a.text, a.created, count(d.alert_id) FROM alerts a "
+        "LEFT JOIN alerts_delivered d ON d.alert_id = a.id GROUP BY a.id ORDER BY a.id"
     )
     return [_alert(r) for r in rows]
-
-
-def delivered_count(store: SqlAccess, alert_id: int) -> int:
-    row = (
-        store.connection()
-        .execute("SELECT count(*) FROM alerts_delivered WHERE alert_id = ?", (alert_id,))
-        .fetchone()
-    )
-    return int(row[0])
 
 
 def remove(store: SqlAccess, alert_id: int) -> bool:

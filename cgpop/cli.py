@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import getpass
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from accounts.acl import GROUP_PREFIX, AclEntry, parse_acl_entry
@@ -73,6 +75,22 @@ def out(args: argparse.Namespace, rows: Any, text: Callable[[], Sequence[str]]) 
         for line in text():
             print(line)
     return EX_OK
+
+
+# SQLite's INTEGER is signed 64-bit: a larger id is not "no such id" but an OverflowError.
+MAX_ROW_ID = 2**63 - 1
+
+
+def row_id(text: str) -> int:
+    """argparse type for record ids (queue messages, alerts): 1 .. MAX_ROW_ID."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_ROW_ID:
+        raise argparse.ArgumentTypeError(f"expected a positive id, got {text[:40]!r}")
+    return int(text)
+
+
+def when(moment: float) -> str:
+    """A stored time as listings show it (UTC, so every operator reads the same)."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def read_password(args: argparse.Namespace) -> str:
@@ -614,5 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"cgpop: {exc}", file=sys.stderr)
         return EX_TEMPFAIL if args.cmd == "deliver" else EX_FAIL
+    except (sqlite3.Error, OSError) as exc:
+        # A locked or unreadable database, a full disk: say so, never with a traceback.
+        print(f"cgpop: cannot use the data directory {cfg.server.data_dir}: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except KeyboardInterrupt:
         return 130

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
 from cgpop import config as configmod
-from cgpop.cli import EX_OK, EX_USAGE, EXTENSIONS, CliError, command, open_store, out
+from cgpop.cli import EX_OK, EXTENSIONS, CliError, command, open_store, out, row_id, when
 from xtnd import queue
 
 
 def _when(moment: float) -> str:
-    if moment <= 0:
-        return "now"
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "now" if moment <= 0 else when(moment)
 
 
 @command("queue", "list")
@@ -52,8 +49,6 @@ def cmd_queue_flush(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 @command("queue", "remove")
 def cmd_queue_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    if args.id < 1:
-        raise CliError(f"bad queue id {args.id}", EX_USAGE)
     if not queue.remove(open_store(cfg), args.id):
         raise CliError(f"no queued message {args.id}")
     return EX_OK
@@ -65,7 +60,7 @@ def _parser(sub: Any, common: argparse.ArgumentParser, listing: argparse.Argumen
     qs.add_parser("list", parents=[common, listing], help="queued messages and recipients")
     qs.add_parser("flush", parents=[common], help="make every queued recipient due now")
     p = qs.add_parser("remove", parents=[common], help="drop a message (no bounce)")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", type=row_id, metavar="ID")
 
 
 EXTENSIONS.append(_parser)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import datetime
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,13 @@ from cgpop.cli import (
     EX_USAGE,
     EXTENSIONS,
     CliError,
+    _domain,
     command,
     open_store,
     out,
+    row_id,
     split_address,
+    when,
 )
 
 
@@ -51,14 +54,14 @@ def cmd_alert_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
     if args.server:
         scope, target = "server", ""
     elif args.domain is not None:
-        domain = store.canonical_domain(args.domain.strip().lower())
+        domain = store.canonical_domain(_domain(args.domain))
         if domain is None:
             raise CliError(f"no such domain: {args.domain}")
         scope, target = "domain", domain
     else:
         domain, name = split_address(words[0])
         canonical = store.canonical_domain(domain)
-        if canonical is None or store.get_account(canonical, name) is None:
+        if canonical is None or not store.account_exists(canonical, name):
             raise CliError(f"no such account: {words[0]}")
         scope, target = "account", f"{name}@{canonical}"
     alert_id = alerts.add(store, scope, target, text)
@@ -68,30 +71,14 @@ def cmd_alert_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 @command("alert", "list")
 def cmd_alert_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    store = open_store(cfg)
-    rows: list[dict[str, Any]] = []
-    for a in alerts.list_alerts(store):
-        rows.append(
-            {
-                "id": a.id,
-                "scope": a.scope,
-                "target": a.target,
-                "text": a.text,
-                "created": a.created,
-                "delivered": alerts.delivered_count(store, a.id),
-            }
-        )
+    rows: list[dict[str, Any]] = [asdict(a) for a in alerts.list_alerts(open_store(cfg))]
 
     def text() -> list[str]:
-        lines = []
-        for r in rows:
-            when = datetime.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")
-            target = r["target"] or "*"
-            lines.append(
-                f"{r['id']}\t{r['scope']}\t{target}\t{when}\t"
-                f"delivered {r['delivered']}\t{r['text']}"
-            )
-        return lines
+        return [
+            f"{r['id']}\t{r['scope']}\t{r['target'] or '*'}\t{when(r['created'])}\t"
+            f"delivered {r['delivered']}\t{r['text']}"
+            for r in rows
+        ]
 
     return out(args, rows, text)
 
@@ -121,7 +108,7 @@ def _extend(sub: Any, common: argparse.ArgumentParser, listing: argparse.Argumen
     where.add_argument("--server", action="store_true", help="for every account")
     p.add_argument("words", nargs="+", metavar="[NAME@DOMAIN] TEXT")
     acts.add_parser("list", parents=[common, listing])
-    acts.add_parser("remove", parents=[common]).add_argument("id", type=int)
+    acts.add_parser("remove", parents=[common]).add_argument("id", type=row_id)
 
 
 EXTENSIONS.append(_extend)

@@ -63,6 +63,8 @@ def make_resolver(
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = list(nameservers)
     resolver.port = port
+    # Jobs to one domain repeat the same MX and address lookups; honour the records' TTLs.
+    resolver.cache = dns.resolver.Cache()
     resolver.lifetime = timeout
     resolver.timeout = min(resolver.timeout, timeout)
     return resolver
