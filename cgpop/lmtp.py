@@ -28,6 +28,9 @@ log = logging.getLogger("cgpop")
 _ids = itertools.count(1)
 
 
+TEMPORARY_FAILURE = "451 4.3.0 temporary local failure, try again later"
+
+
 class _Handler:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -68,7 +71,11 @@ class _Handler:
             return "452 4.5.3 too many recipients"
         # Refuse unknown users, missing mailboxes and mailboxes that take no posting at RCPT,
         # so the MTA bounces them at once (RFC 2033 section 4.2); DATA checks again.
-        refused = await self.gw.read(self.gw.deliverer.check, address)
+        try:
+            refused = await self.gw.read(self.gw.deliverer.check, address)
+        except Exception:
+            self._log(session).exception("recipient check failed")
+            return TEMPORARY_FAILURE
         if refused is not None:
             self._log(session).info("recipient %s refused: %s", address[:200], refused.value)
             return Result(address, refused).lmtp_reply
@@ -80,8 +87,14 @@ class _Handler:
         if isinstance(content, str):  # pragma: no cover - decode_data is off
             content = content.encode("utf-8", "surrogateescape")
         sender = envelope.mail_from or ""
-        results = await self.gw.deliver(sender, envelope.rcpt_tos, content)
         slog = self._log(session)
+        try:
+            results = await self.gw.deliver(sender, envelope.rcpt_tos, content)
+        except Exception:
+            # Never aiosmtpd's "500 Error: (ExceptionClass)": that would bounce the mail for
+            # good and show our internals. 451 for each recipient: the MTA retries.
+            slog.exception("delivery failed")
+            return "\r\n".join(TEMPORARY_FAILURE for _ in envelope.rcpt_tos)
         for r in results:
             slog.info(
                 "from=<%s> to=<%s> size=%d %s",

@@ -120,3 +120,19 @@ def test_old_duplicate_records_are_pruned(
     monkeypatch.setattr("cgpop.store.sqlite._now", lambda: later)
     store.prune_duplicates()
     assert store.connection().execute(count).fetchone()[0] == 0
+
+
+def test_lmtp_answers_451_not_a_traceback_when_delivery_breaks(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> object:
+        raise RuntimeError("store exploded")
+
+    monkeypatch.setattr(server.gateway.deliverer, "prepare", broken)
+    with smtplib.LMTP(server.host, server.port("lmtp"), timeout=20) as lmtp:
+        lmtp.ehlo_or_helo_if_needed()
+        lmtp.mail("s@remote.test")
+        assert lmtp.rcpt("joe@example.com")[0] == 250
+        code, text = lmtp.data(message("x"))
+    assert code == 451
+    assert b"RuntimeError" not in text and b"exploded" not in text
