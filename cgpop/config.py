@@ -109,7 +109,7 @@ class XtndConfig:
     enabled: bool = True
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100
-    relay: str = ""
+    relay: Endpoint | None = None  # smarthost, parsed from "host:port"; None: MX delivery
     relay_starttls: bool = False
     relay_user: str = ""
     relay_password: str = ""
@@ -212,6 +212,16 @@ def _retry_schedule(s: _Section, default: tuple[float, ...]) -> tuple[float, ...
     ):
         raise s.fail("retry_schedule", "expected a non-empty list of positive seconds")
     return tuple(float(v) for v in value)
+
+
+def _relay(x: _Section) -> Endpoint | None:
+    text = x.get("relay", str, "")
+    if not text:
+        return None
+    try:
+        return parse_endpoint(text)
+    except ValueError as exc:
+        raise x.fail("relay", str(exc)) from None
 
 
 _SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd")
@@ -354,7 +364,7 @@ def from_dict(
         enabled=x.get("enabled", bool, dx.enabled),
         max_message_size=x.positive("max_message_size", int, dx.max_message_size),
         max_recipients=x.positive("max_recipients", int, dx.max_recipients),
-        relay=x.get("relay", str, dx.relay),
+        relay=_relay(x),
         relay_starttls=x.get("relay_starttls", bool, dx.relay_starttls),
         relay_user=x.get("relay_user", str, dx.relay_user),
         relay_password=x.get("relay_password", str, dx.relay_password),
@@ -374,11 +384,6 @@ def from_dict(
     for key in ("dns_port", "smtp_port"):
         if getattr(xtnd, key) > 65535:
             raise x.fail(key, "must be a port number (1-65535)")
-    if xtnd.relay:
-        try:
-            parse_endpoint(xtnd.relay)
-        except ValueError as exc:
-            raise x.fail("relay", str(exc)) from None
     x.done()
 
     return Config(server, pop3, lmtp, delivery, tls, xtnd, source)

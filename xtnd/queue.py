@@ -13,13 +13,15 @@ recipient carries its state:
 * `sent`: accepted by the next hop; kept until the whole message is done.
 * `failed`: needs a bounce. `last_error` is "STATUS DIAGNOSTIC" (RFC 3463 status first); the row
   is deleted once the DSN is in the sender's INBOX, so a crash in between bounces twice, never
-  zero times.
+  zero times. `next_attempt` is when the DSN is due (0 when the row fails): a DSN delivery that
+  failed is deferred (`defer_bounce`) rather than retried on every pass of the worker.
 
 A message row is deleted when none of its recipients is queued, sending or failed.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ __all__ = [
     "RecipientState",
     "Update",
     "claim_due",
+    "defer_bounce",
     "enqueue",
     "finish_bounce",
     "flush",
@@ -43,7 +46,15 @@ __all__ = [
     "record",
     "recover",
     "remove",
+    "requeue",
 ]
+
+# The start of a failed message that `pending_bounces` loads: a DSN carries only the original
+# header block (RFC 6522 section 4), which `xtnd.dsn.build_dsn` bounds to 64 KiB; twice that is
+# more than its cut ever looks at, so the (up to 25 MiB) body stays on disk.
+BOUNCE_HEAD = 128 * 1024
+# Messages bounced per pass of the worker: bounds the memory one pass holds (BOUNCE_HEAD each).
+BOUNCE_BATCH = 20
 
 
 class State(Enum):
@@ -59,7 +70,6 @@ class Job:
 
     message_id: int
     sender: str
-    account: str
     message: bytes
     created: float
     recipients: tuple[str, ...]
@@ -74,19 +84,23 @@ class Update:
     state: State
     next_attempt: float = 0.0
     last_error: str | None = None
-    counts_attempt: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class Bounce:
-    """Failed recipients of one message that still need a DSN: (recipient, status, text)."""
+    """Failed recipients of one message that still need a DSN: (recipient, status, text).
+
+    `head` is the start of the message (`BOUNCE_HEAD` octets, enough for its header block);
+    `attempts` the most any of these rows has had, relay and DSN attempts together.
+    """
 
     message_id: int
     sender: str
     account: str
-    message: bytes
+    head: bytes
     created: float
     failures: tuple[tuple[str, str, str], ...]
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,28 +172,25 @@ def claim_due(store: SqlAccess, now: float, limit: int) -> list[Job]:
         ]
         jobs: list[Job] = []
         for message_id in ids:
-            head = conn.execute(
-                "SELECT sender, account, message, created FROM queue_messages WHERE id = ?",
-                (message_id,),
+            # Inside the transaction the row exists: its recipients were just seen and the
+            # foreign key deletes them with it.
+            sender, message, created = conn.execute(
+                "SELECT sender, message, created FROM queue_messages WHERE id = ?", (message_id,)
             ).fetchone()
             rows = conn.execute(
                 "SELECT recipient, attempts FROM queue_recipients WHERE message_id = ?"
                 " AND state = 'queued' AND next_attempt <= ? ORDER BY recipient",
                 (message_id, now),
             ).fetchall()
-            if head is None:  # pragma: no cover - the foreign key cascades
-                continue
             conn.execute(
                 "UPDATE queue_recipients SET state = 'sending' WHERE message_id = ?"
                 " AND state = 'queued' AND next_attempt <= ?",
                 (message_id, now),
             )
-            sender, account, message, created = head
             jobs.append(
                 Job(
                     message_id,
                     sender,
-                    account,
                     bytes(message),
                     created,
                     tuple(r[0] for r in rows),
@@ -192,43 +203,61 @@ def claim_due(store: SqlAccess, now: float, limit: int) -> list[Job]:
 def record(store: SqlAccess, message_id: int, updates: Iterable[Update]) -> None:
     """Store the outcome of an attempt; drop the message when nothing is left to do."""
     with store.transaction() as conn:
-        for u in updates:
-            conn.execute(
-                "UPDATE queue_recipients SET state = ?, next_attempt = ?, last_error = ?,"
-                " attempts = attempts + ? WHERE message_id = ? AND recipient = ?",
-                (
-                    u.state.value,
-                    u.next_attempt,
-                    u.last_error,
-                    int(u.counts_attempt),
-                    message_id,
-                    u.recipient,
-                ),
-            )
+        conn.executemany(
+            "UPDATE queue_recipients SET state = ?, next_attempt = ?, last_error = ?,"
+            " attempts = attempts + 1 WHERE message_id = ? AND recipient = ?",
+            [
+                (u.state.value, u.next_attempt, u.last_error, message_id, u.recipient)
+                for u in updates
+            ],
+        )
         _collect(conn, message_id)
 
 
-def pending_bounces(store: SqlAccess) -> list[Bounce]:
-    conn = store.connection()
-    found: dict[int, list[tuple[str, str, str]]] = {}
-    for message_id, recipient, error in conn.execute(
-        "SELECT message_id, recipient, last_error FROM queue_recipients"
-        " WHERE state = 'failed' ORDER BY message_id, recipient"
-    ):
-        status, _, text = (error or "5.0.0 failed").partition(" ")
-        found.setdefault(message_id, []).append((recipient, status, text))
+def requeue(store: SqlAccess, message_id: int, recipients: Sequence[str], when: float) -> None:
+    """The outcome of an attempt could not be stored: its recipients still `sending` are queued
+    again for `when`, counted as a failed attempt (at-least-once, as `recover`)."""
+    with store.transaction() as conn:
+        conn.executemany(
+            "UPDATE queue_recipients SET state = 'queued', next_attempt = ?,"
+            " attempts = attempts + 1,"
+            " last_error = COALESCE(last_error, 'outcome of the attempt not recorded')"
+            " WHERE message_id = ? AND recipient = ? AND state = 'sending'",
+            [(when, message_id, r) for r in recipients],
+        )
+
+
+def pending_bounces(store: SqlAccess, now: float, limit: int = BOUNCE_BATCH) -> list[Bounce]:
+    """Up to `limit` messages with failed recipients whose DSN is due. Reads only."""
     bounces: list[Bounce] = []
-    for message_id, failures in found.items():
-        head = conn.execute(
-            "SELECT sender, account, message, created FROM queue_messages WHERE id = ?",
-            (message_id,),
-        ).fetchone()
-        if head is not None:
-            sender, account, message, created = head
-            bounces.append(
-                Bounce(message_id, sender, account, bytes(message), created, tuple(failures))
-            )
+    for message_id, sender, account, head, created, failed, attempts in store.connection().execute(
+        "SELECT m.id, m.sender, m.account, substr(m.message, 1, ?), m.created, f.failed,"
+        " f.attempts FROM ("
+        "   SELECT message_id, json_group_array(json_array(recipient, last_error)) AS failed,"
+        "     MAX(attempts) AS attempts FROM queue_recipients"
+        "   WHERE state = 'failed' AND next_attempt <= ?"
+        "   GROUP BY message_id ORDER BY message_id LIMIT ?"
+        " ) AS f JOIN queue_messages AS m ON m.id = f.message_id ORDER BY m.id",
+        (BOUNCE_HEAD, now, limit),
+    ):
+        failures = []
+        for recipient, error in sorted(json.loads(failed)):
+            status, _, text = (error or "5.0.0 failed").partition(" ")
+            failures.append((recipient, status, text))
+        bounces.append(
+            Bounce(message_id, sender, account, bytes(head), created, tuple(failures), attempts)
+        )
     return bounces
+
+
+def defer_bounce(store: SqlAccess, message_id: int, recipients: Sequence[str], when: float) -> None:
+    """The DSN for these failed recipients could not be delivered: try again at `when`."""
+    with store.transaction() as conn:
+        conn.executemany(
+            "UPDATE queue_recipients SET next_attempt = ?, attempts = attempts + 1"
+            " WHERE message_id = ? AND recipient = ? AND state = 'failed'",
+            [(when, message_id, r) for r in recipients],
+        )
 
 
 def finish_bounce(store: SqlAccess, message_id: int, recipients: Sequence[str]) -> None:

@@ -1,8 +1,10 @@
 """Per-account submission rate limit: messages and recipients in the last hour (issue 5).
 
-A sliding window over the `submissions` table (schema 5), one row per accepted submission. The
-check and the record run in the same transaction as the delivery bookkeeping, on the server's
-single writer thread, so two sessions of one account cannot both slip under the limit.
+A sliding window over the `submissions` table (schema 5), one row per accepted submission.
+`xtnd.submit` calls `check` and `record` in one transaction on the server's single writer thread,
+together with queueing the remote recipients, so two sessions of one account cannot both slip
+under the limit. It also calls `check` (which only reads) beforehand on a reader, so a
+submission over the limit is refused before any local copy is delivered.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ class Limits:
 def check(
     conn: sqlite3.Connection, account: str, recipients: int, now: float, limits: Limits
 ) -> str | None:
-    """None when `account` may submit a message to `recipients` more; else the reason."""
-    # Rows older than the window never count again; dropping them keeps the table small.
-    conn.execute("DELETE FROM submissions WHERE account = ? AND at <= ?", (account, now - WINDOW))
+    """None when `account` may submit a message to `recipients` more; else the reason. Reads
+    only."""
     messages, sent_to = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(recipients), 0) FROM submissions"
         " WHERE account = ? AND at > ?",
@@ -40,6 +41,9 @@ def check(
 
 
 def record(conn: sqlite3.Connection, account: str, recipients: int, now: float) -> None:
+    """Count one accepted submission. Call inside a transaction."""
+    # Rows older than the window never count again; dropping them keeps the table small.
+    conn.execute("DELETE FROM submissions WHERE account = ? AND at <= ?", (account, now - WINDOW))
     conn.execute(
         "INSERT INTO submissions (account, at, recipients) VALUES (?, ?, ?)",
         (account, now, recipients),

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from cgpop.config import XtndConfig, parse_endpoint
+from cgpop.config import XtndConfig
 from xtnd.ratelimit import Limits
 from xtnd.submit import Submitter
 from xtnd.worker import RelayWorker, Settings
@@ -18,18 +19,15 @@ __all__ = ["SubmissionService", "settings_from", "start_submission"]
 
 
 class SubmissionService:
-    def __init__(self, submitter: Submitter, worker: RelayWorker, grace: float) -> None:
-        self.submitter, self.worker, self.grace = submitter, worker, grace
+    def __init__(self, worker: RelayWorker, grace: float) -> None:
+        self.worker, self.grace = worker, grace
 
     async def stop(self) -> None:
         await self.worker.stop(self.grace)
 
 
 def settings_from(x: XtndConfig, hostname: str) -> Settings:
-    relay = None
-    if x.relay:
-        endpoint = parse_endpoint(x.relay)  # validated when the configuration was loaded
-        relay = (endpoint.host, endpoint.port)
+    relay = None if x.relay is None else (x.relay.host, x.relay.port)
     return Settings(
         hostname=hostname,
         relay=relay,
@@ -38,8 +36,8 @@ def settings_from(x: XtndConfig, hostname: str) -> Settings:
         smtp_port=x.smtp_port,
         dns_servers=x.dns_servers,
         dns_port=x.dns_port,
-        max_queue_age=x.max_queue_age,
-        retry_schedule=x.retry_schedule,
+        max_queue_age=timedelta(seconds=x.max_queue_age),
+        retry_schedule=tuple(timedelta(seconds=s) for s in x.retry_schedule),
         poll_interval=x.queue_poll_interval,
         timeout=x.relay_timeout,
     )
@@ -51,13 +49,15 @@ async def start_submission(gateway: Any) -> SubmissionService:
     x: XtndConfig = config.xtnd
     worker = RelayWorker(
         store=gateway.store,
-        deliverer=gateway.deliverer,
+        deliver=gateway.deliver,
+        read=gateway.read,
         write=gateway.write,
         settings=settings_from(x, config.server.hostname),
     )
-    submitter = Submitter(
+    gateway.submitter = Submitter(
         store=gateway.store,
         deliverer=gateway.deliverer,
+        deliver=gateway.delivery.submit,
         read=gateway.read,
         write=gateway.write,
         hostname=config.server.hostname,
@@ -67,5 +67,4 @@ async def start_submission(gateway: Any) -> SubmissionService:
         on_queued=worker.wake,
     )
     worker.start()
-    gateway.submitter = submitter
-    return SubmissionService(submitter, worker, config.server.shutdown_grace)
+    return SubmissionService(worker, config.server.shutdown_grace)

@@ -1,54 +1,67 @@
 """Accept one XTND XMIT submission: check it, deliver local copies, queue the rest (issue 5).
 
 `Submitter.submit` is what the asyncio shell awaits after the engine read the body. It returns
-None only once every recipient is durably delivered (local, through the same `Deliverer` as LMTP,
-so X-Real-To and duplicate suppression apply) or durably queued for the relay worker; otherwise a
-`Pop3Error` whose text names the reason, and the offending recipient when there is one (Eudora
-shows it and marks the message unsendable).
+None only once every recipient is durably delivered (local, through the same `Deliverer` and
+group commit as LMTP, so X-Real-To and duplicate suppression apply) or durably queued for the
+relay worker; otherwise a `Pop3Error` whose text names the reason, and the offending recipient
+when there is one (Eudora shows it and marks the message unsendable). A store failure at any step
+is `-ERR [SYS/TEMP]` and the session goes on.
 
-Order of the steps, all but the envelope on the server's single writer thread in one job, so
-the worker and other sessions cannot interleave:
+The steps, and the threads they run on:
 
-1. `derive_envelope` (pure; in a worker thread, the `email` parser is the costly part): From
-   check, recipients, Bcc removed, Received/Date/Message-ID added.
-2. Every recipient is classified before anything is written: a route to a mailbox that takes
-   mail is local; an address in a domain hosted or routed here that names nothing is refused;
-   anything else is remote.
-3. The rate limit (messages and recipients per hour).
-4. Local copies are delivered (one store transaction).
-5. The remote recipients are queued and the submission recorded (one store transaction).
+1. The addresses the account may use (reader; cached until the directory changes), then
+   `derive_envelope` (reader; pure, the `email` parser is the costly part): From check,
+   recipients, Bcc removed, Received/Date/Message-ID added.
+2. Every recipient is classified before anything is written (reader, `Deliverer.prepare`): a
+   route to a mailbox that takes mail is local; an address the router would call an unknown
+   account (its domain is hosted here) or that a routing record claims is refused; anything
+   else is remote. The rate limit (messages and recipients per hour) is checked here too, so a
+   submission over it delivers nothing.
+3. Local copies are delivered through the gateway's group commit (writer, shared transaction).
+4. On the writer, in one transaction: the rate limit checked again and the submission recorded
+   (so two sessions of one account cannot both slip under it), the remote recipients queued.
 
-If step 5 failed after step 4 succeeded, the client sees -ERR although local copies exist; a
-resend is then caught by duplicate suppression (same Message-ID). Doing 5 before 4 would instead
+If step 4 failed after step 3 succeeded, the client sees -ERR although local copies exist; a
+resend is then caught by duplicate suppression (same Message-ID). Doing 4 before 3 would instead
 risk relaying a message whose submission was refused.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-from cgpop.delivery import Result, Status
+from cgpop.delivery import Prepared, Result, Status
+from cgpop.dircache import DirectoryCache
 from cgpop.errors import Pop3Error
 from cgpop.store.api import SqlAccess, StoreError
-from router.route import Route
+from router.loginname import parse_name
+from router.route import Route, RouteError
+from router.table import wildcard_candidates
 from xtnd import queue, ratelimit
 from xtnd.envelope import Envelope, SubmissionError, derive_envelope
 
 __all__ = ["Submitter"]
 
 log = logging.getLogger("cgpop.xtnd")
-T = TypeVar("T")
 Run = Callable[..., Awaitable[Any]]
 
 _ACCEPTED = (Status.DELIVERED, Status.DUPLICATE)
+# What a failing store raises: the backend's own error, SQLite's, or the file system's.
+_STORE_ERRORS = (StoreError, sqlite3.Error, OSError)
+_TRY_LATER = "temporary failure, message not sent; try again later"
 
 
 class Directory(SqlAccess, Protocol):
+    def directory_version(self) -> int: ...
+
     def canonical_domain(self, name: str) -> str | None: ...
+
+    def route_target(self, pattern: str) -> str | None: ...
 
     def list_routes(self) -> list[tuple[str, str]]: ...
 
@@ -58,19 +71,22 @@ class Directory(SqlAccess, Protocol):
 class LocalDelivery(Protocol):
     def resolve(self, recipient: str) -> Route | None: ...
 
-    def check(self, recipient: str) -> Status | None: ...
-
-    def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]: ...
+    def prepare(self, sender: str, recipients: Sequence[str], message: bytes) -> Prepared: ...
 
 
 class Submitter:
-    """The `Submitter` of cgpop.server: XTND XMIT behind the engine."""
+    """The `Submitter` of cgpop.server: XTND XMIT behind the engine.
+
+    `read` and `write` run blocking work on the gateway's reader pool and its single writer
+    thread; `deliver` is its group commit for prepared local deliveries.
+    """
 
     def __init__(
         self,
         *,
         store: Directory,
         deliverer: LocalDelivery,
+        deliver: Callable[[Prepared], Awaitable[list[Result]]],
         read: Run,
         write: Run,
         hostname: str,
@@ -78,21 +94,41 @@ class Submitter:
         max_recipients: int,
         limits: ratelimit.Limits,
         on_queued: Callable[[], None] = lambda: None,
-        test_environment: bool = False,
     ) -> None:
-        self.store, self.deliverer = store, deliverer
+        self.store, self.deliverer, self.deliver = store, deliverer, deliver
         self.read, self.write = read, write
         self.hostname = hostname
-        self.allowed_from = tuple(a.lower() for a in allowed_from)
+        self.allowed_from = allowed_from  # lower case already (cgpop.config)
         self.max_recipients = max_recipients
         self.limits = limits
         self.on_queued = on_queued
-        self.test_environment = test_environment
+        self._addresses: DirectoryCache[frozenset[str]] = DirectoryCache(
+            lambda: self.store.directory_version()
+        )
 
     async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None:
         try:
-            allowed = await self.read(self.addresses_of, account)
-            envelope = await asyncio.to_thread(
+            error, queued, count = await self._submit(account, peer, message)
+        except SubmissionError as exc:
+            error = Pop3Error(exc.text)
+        except _STORE_ERRORS:
+            log.exception("XTND XMIT from %s: store failure", account)
+            return Pop3Error(_TRY_LATER, "SYS/TEMP")
+        if error is not None:
+            log.info("XTND XMIT from %s refused: %s", account, error.text)
+            return error
+        log.info("XTND XMIT from %s: %d recipients, %d queued", account, count, queued)
+        if queued:
+            self.on_queued()
+        return None
+
+    async def _submit(
+        self, account: str, peer: str, message: bytes
+    ) -> tuple[Pop3Error | None, int, int]:
+        """The steps of the module docstring: (error or None, number queued, recipients)."""
+        allowed = await self.read(self.addresses_of, account)
+        envelope: Envelope = await self.read(
+            functools.partial(
                 derive_envelope,
                 message,
                 account=account,
@@ -100,37 +136,39 @@ class Submitter:
                 hostname=self.hostname,
                 peer=_peer_ip(peer),
                 max_recipients=self.max_recipients,
-                test_environment=self.test_environment,
             )
-        except SubmissionError as exc:
-            log.info("XTND XMIT from %s refused: %s", account, exc.text)
-            return Pop3Error(exc.text)
-        try:
-            error: Pop3Error | None
-            queued: int
-            error, queued = await self.write(self.commit, account, envelope, time.time())
-        except StoreError:
-            log.exception("XTND XMIT from %s: store failure", account)
-            return Pop3Error("temporary failure, message not sent; try again later", "SYS/TEMP")
-        if error is not None:
-            log.info("XTND XMIT from %s refused: %s", account, error.text)
-            return error
-        log.info(
-            "XTND XMIT from %s: %d recipients, %d queued", account, len(envelope.recipients), queued
         )
-        if queued:
-            self.on_queued()
-        return None
+        now = time.time()
+        classified = await self.read(self.classify, account, envelope, now)
+        if isinstance(classified, Pop3Error):
+            return classified, 0, 0
+        prepared, remote = classified
+        if prepared.copies:
+            results = await self.deliver(prepared)
+            for before, r in zip(prepared.results, results, strict=True):
+                if before is not None:
+                    continue  # a remote recipient, no copy here
+                if r.status is Status.TEMPORARY:
+                    text = f"could not deliver to {r.recipient}; try again later"
+                    return Pop3Error(text, "SYS/TEMP"), 0, 0
+                if r.status not in _ACCEPTED:
+                    return Pop3Error(f"unknown recipient {r.recipient}"), 0, 0
+        error = await self.write(self.commit, account, envelope, remote, now)
+        return error, len(remote), len(envelope.recipients)
 
     # --- blocking parts, on the store's threads ---
-    def addresses_of(self, account: str) -> set[str]:
-        """The addresses `account` may put in From: its own, its name in every alias of its
-        domain, every exact routing record that lands on it, and `[xtnd] allowed_from`.
-        Wildcard records are left out: `*@domain` catches mail, it does not make every
-        address of the domain the account's own."""
+    def addresses_of(self, account: str) -> frozenset[str]:
+        """The addresses `account` may put in From besides its own (which `derive_envelope`
+        adds): its name in every alias of its domain, every exact routing record that lands on
+        it, and `[xtnd] allowed_from`. Wildcard records are left out: `*@domain` catches mail,
+        it does not make every address of the domain the account's own. Cached per account
+        until the directory changes."""
         account = account.lower()
+        return self._addresses.get(account, lambda: self._addresses_of(account))
+
+    def _addresses_of(self, account: str) -> frozenset[str]:
         name, _, domain = account.rpartition("@")
-        allowed = {account, *self.allowed_from}
+        allowed = set(self.allowed_from)
         for alias, target in self.store.list_domain_aliases():
             if target.lower() == domain:
                 allowed.add(f"{name}@{alias.lower()}")
@@ -140,36 +178,38 @@ class Submitter:
             route = self.deliverer.resolve(pattern)
             if route is not None and route.address.lower() == account:
                 allowed.add(pattern.lower())
-        return allowed
+        return frozenset(allowed)
 
-    def commit(self, account: str, envelope: Envelope, now: float) -> tuple[Pop3Error | None, int]:
-        """Steps 2 to 5 of the module docstring: (error or None, number queued)."""
-        local: list[str] = []
+    def classify(
+        self, account: str, envelope: Envelope, now: float
+    ) -> tuple[Prepared, list[str]] | Pop3Error:
+        """Step 2 (reads only): the prepared local delivery and the remote recipients."""
+        prepared = self.deliverer.prepare(envelope.sender, envelope.recipients, envelope.message)
         remote: list[str] = []
-        for rcpt in envelope.recipients:
-            status = self.deliverer.check(rcpt)
-            if status is None:
-                local.append(rcpt)
-            elif status is Status.REFUSED:
-                return Pop3Error(f"recipient {rcpt} does not accept mail"), 0
-            elif self.is_local_domain(rcpt.rpartition("@")[2]):
-                return Pop3Error(f"unknown recipient {rcpt}"), 0
-            else:
-                remote.append(rcpt)
-        with self.store.transaction() as conn:
-            reason = ratelimit.check(conn, account, len(envelope.recipients), now, self.limits)
+        for rcpt, result in zip(envelope.recipients, prepared.results, strict=True):
+            if result is None:
+                continue  # a local copy
+            if result.status is Status.REFUSED:
+                return Pop3Error(f"recipient {rcpt} does not accept mail")
+            if self.is_local(rcpt):
+                return Pop3Error(f"unknown recipient {rcpt}")
+            remote.append(rcpt)
+        count = len(envelope.recipients)
+        reason = ratelimit.check(self.store.connection(), account, count, now, self.limits)
         if reason is not None:
-            return Pop3Error(reason, "SYS/TEMP"), 0
-        if local:
-            results = self.deliverer.deliver(envelope.sender, local, envelope.message)
-            for r in results:
-                if r.status is Status.TEMPORARY:
-                    text = f"could not deliver to {r.recipient}; try again later"
-                    return Pop3Error(text, "SYS/TEMP"), 0
-                if r.status not in _ACCEPTED:
-                    return Pop3Error(f"unknown recipient {r.recipient}"), 0
+            return Pop3Error(reason, "SYS/TEMP")
+        return prepared, remote
+
+    def commit(
+        self, account: str, envelope: Envelope, remote: list[str], now: float
+    ) -> Pop3Error | None:
+        """Step 4, on the writer: rate limit and queue in one transaction."""
+        count = len(envelope.recipients)
         with self.store.transaction() as conn:
-            ratelimit.record(conn, account, len(envelope.recipients), now)
+            reason = ratelimit.check(conn, account, count, now, self.limits)
+            if reason is not None:
+                return Pop3Error(reason, "SYS/TEMP")
+            ratelimit.record(conn, account, count, now)
             if remote:
                 queue.enqueue(
                     conn,
@@ -179,14 +219,25 @@ class Submitter:
                     recipients=remote,
                     now=now,
                 )
-        return None, len(remote)
+        return None
 
-    def is_local_domain(self, domain: str) -> bool:
-        """Hosted here (or a domain alias), or named by a routing record."""
-        domain = domain.lower()
+    def is_local(self, recipient: str) -> bool:
+        """For a recipient that resolves to no mailbox: True when it is ours to refuse rather
+        than relay. That is when the router calls it an unknown account (its domain is hosted
+        here, or an alias of such a domain), or when a routing record claims the address,
+        exactly or by wildcard (its target leads nowhere). The same indexed lookups as the
+        router's own walk (router/resolve.py), no table scan."""
+        try:
+            parsed = parse_name(recipient)
+        except RouteError:
+            parsed = None
+        if parsed is None or parsed.domain is None:
+            return self.store.canonical_domain(recipient.rpartition("@")[2].lower()) is not None
+        local, domain = parsed.account, parsed.domain
         if self.store.canonical_domain(domain) is not None:
             return True
-        return any(p.rpartition("@")[2].lower() == domain for p, _ in self.store.list_routes())
+        patterns = [f"{local}@{domain}", *(p for p, _ in wildcard_candidates(local, domain))]
+        return any(self.store.route_target(p) is not None for p in patterns)
 
 
 def _peer_ip(peer: str) -> str:

@@ -3,22 +3,25 @@
 One asyncio task. It wakes when a submission queued something (`wake()`), when the earliest
 `next_attempt` comes, and at the latest every `poll_interval` seconds, so a `cgpop queue flush`
 run by another process is noticed within that bound. It waits on an `asyncio.Event`; no loop
-spins.
+spins. Each pass first asks a reader thread whether anything is due; only then does it claim
+rows on the writer thread, so an idle worker takes no write lock.
 
 Delivery goes to the `[xtnd] relay` smarthost when one is configured (STARTTLS verified when
 `relay_starttls`, else opportunistic; AUTH when `relay_user` is set), otherwise to the MX hosts of
 each recipient domain (`xtnd.mx`), in preference order, trying the next address only when the
 failure was the host's (`RelayResult.host_failure`), at most `MAX_ADDRESSES` addresses per domain
-(Postfix's smtp_mx_address_limit is 5).
+(Postfix's smtp_mx_address_limit is 5). At most `CONCURRENCY` SMTP connections are open at once.
 
 Per recipient: ACCEPTED -> `sent`; PERMANENT -> `failed` and a DSN; TEMPORARY and UNCERTAIN ->
 retried after the `retry_schedule` wait, until the message is `max_queue_age` old, then `failed`
 with status 4.4.7 and a DSN (RFC 3463 section 3.5). UNCERTAIN is retried (at-least-once), see
-`xtnd.relay` and `xtnd.queue`. Recipients are marked `sending` before `send()` and rows still
-`sending` at start are requeued for the same reason.
+`xtnd.relay` and `xtnd.queue`. Recipients are marked `sending` before `send()`; rows still
+`sending` at start are requeued for the same reason, and so are the recipients of an attempt
+whose outcome could not be stored.
 
-DSNs (RFC 3464, `xtnd.dsn`) go into the INBOX of the submitting account through the local
-`Deliverer`, with a null Return-Path.
+DSNs (RFC 3464, `xtnd.dsn`) go into the INBOX of the submitting account through the gateway's
+local delivery (reader-thread resolution, then the group commit), with a null Return-Path. A DSN
+that cannot be delivered now is tried again after the `retry_schedule` wait.
 """
 
 from __future__ import annotations
@@ -28,63 +31,65 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from cgpop.delivery import Result, Status
 from cgpop.store.api import SqlAccess
 from xtnd import queue
-from xtnd.dsn import Failure, build_dsn
+from xtnd.dsn import _STATUS, Failure, build_dsn
 from xtnd.mx import MxError, make_resolver, resolve_mx
 from xtnd.queue import State, Update
 from xtnd.relay import Outcome, RecipientResult, RelayResult, StartTLS, send
-from xtnd.retry import next_attempt
+from xtnd.retry import expired, next_attempt
 
-__all__ = ["MAX_ADDRESSES", "RelayWorker", "Settings"]
+__all__ = ["CONCURRENCY", "MAX_ADDRESSES", "RelayWorker", "Settings"]
 
 log = logging.getLogger("cgpop.xtnd")
 Run = Callable[..., Awaitable[Any]]
+# Local delivery (cgpop.server.Gateway.deliver): sender, recipients, message -> results.
+Deliver = Callable[[str, Sequence[str], bytes], Awaitable[list[Result]]]
 
 MAX_ADDRESSES = 5
-# Messages taken per pass and sent at the same time: bounds threads and sockets in use.
+# Messages taken per pass, and SMTP connections open at the same time: bounds the threads and
+# sockets in use.
 BATCH = 20
 CONCURRENCY = 8
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """`[xtnd]` as the worker uses it (built by `xtnd.service.settings_from`; the defaults live
+    in cgpop.config.XtndConfig): the relay parsed, the waits as `xtnd.retry` takes them."""
+
     hostname: str
-    relay: tuple[str, int] | None = None
-    relay_starttls: bool = False
-    relay_auth: tuple[str, str] | None = None
-    smtp_port: int = 25
-    dns_servers: tuple[str, ...] = ()
-    dns_port: int = 53
-    max_queue_age: float = 5 * 24 * 3600.0
-    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
-    poll_interval: float = 5.0
-    timeout: float = 300.0
-
-
-class Bouncer(Protocol):
-    def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]: ...
+    relay: tuple[str, int] | None
+    relay_starttls: bool
+    relay_auth: tuple[str, str] | None = field(repr=False)  # (user, password)
+    smtp_port: int
+    dns_servers: tuple[str, ...]
+    dns_port: int
+    max_queue_age: timedelta
+    retry_schedule: tuple[timedelta, ...]
+    poll_interval: float
+    timeout: float
 
 
 class RelayWorker:
     def __init__(
-        self, *, store: SqlAccess, deliverer: Bouncer, write: Run, settings: Settings
+        self, *, store: SqlAccess, deliver: Deliver, read: Run, write: Run, settings: Settings
     ) -> None:
-        self.store, self.deliverer, self.write = store, deliverer, write
+        self.store, self.deliver = store, deliver
+        self.read, self.write = read, write
         self.settings = settings
-        self.schedule = tuple(timedelta(seconds=s) for s in settings.retry_schedule)
         self.resolver = make_resolver(
             settings.dns_servers or None, port=settings.dns_port, timeout=min(settings.timeout, 30)
         )
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._limit = asyncio.Semaphore(CONCURRENCY)
+        self._connections = asyncio.Semaphore(CONCURRENCY)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="xtnd-relay")
@@ -118,10 +123,7 @@ class RelayWorker:
             self._wake.clear()
             due: float | None = None
             try:
-                more = await self.run_once()
-                if more:
-                    continue
-                due = await self.write(queue.next_due, self.store)
+                due = await self.run_once()
             except Exception:
                 log.exception("relay worker pass failed")
             wait = self.settings.poll_interval
@@ -130,37 +132,54 @@ class RelayWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
-    async def run_once(self) -> bool:
-        """One pass: send what is due, then bounce what failed. True if the batch was full."""
-        jobs = await self.write(queue.claim_due, self.store, time.time(), BATCH)
-        if jobs:
-            await asyncio.gather(*(self._job(job) for job in jobs))
+    async def run_once(self) -> float | None:
+        """One pass: send what is due, then bounce what failed. Returns when a recipient is
+        next due (now when the batch was full), None when none is queued."""
+        now = time.time()
+        due: float | None = await self.read(queue.next_due, self.store)
+        if due is not None and due <= now:
+            jobs = await self.write(queue.claim_due, self.store, now, BATCH)
+            outcomes = await asyncio.gather(*(self._job(j) for j in jobs), return_exceptions=True)
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    log.error("queue message %d: attempt failed", job.message_id, exc_info=outcome)
+            due = now if len(jobs) >= BATCH else await self.read(queue.next_due, self.store)
         await self._bounce()
-        return len(jobs) >= BATCH
+        return due
 
     async def _job(self, job: queue.Job) -> None:
-        async with self._limit:
-            try:
-                results = await self._send(job)
-            except Exception:
-                log.exception("queue message %d: delivery attempt failed", job.message_id)
-                results = [
-                    RecipientResult(r, Outcome.TEMPORARY, None, "internal error")
-                    for r in job.recipients
-                ]
-            now = time.time()
-            updates = [self._update(job, r, now) for r in results]
+        try:
+            results = await self._send(job)
+        except Exception:
+            log.exception("queue message %d: delivery attempt failed", job.message_id)
+            results = [
+                RecipientResult(r, Outcome.TEMPORARY, None, "internal error")
+                for r in job.recipients
+            ]
+        now = datetime.now(UTC)
+        attempts = dict(zip(job.recipients, job.attempts, strict=True))
+        updates = [self._update(job, r, attempts.get(r.recipient, 0), now) for r in results]
+        try:
             await self.write(queue.record, self.store, job.message_id, updates)
-            for r in results:
-                log.info(
-                    "queue message %d to %s: %s %s",
-                    job.message_id,
-                    r.recipient,
-                    r.outcome.value,
-                    r.diagnostic,
-                )
+        except Exception:
+            # Database busy, disk full: whatever happened on the wire, try again later
+            # (at-least-once, see the module docstring).
+            log.exception("queue message %d: could not record the attempt", job.message_id)
+            when = next_attempt(1, now, self.settings.retry_schedule).timestamp()
+            await self.write(queue.requeue, self.store, job.message_id, job.recipients, when)
+            log.warning("queue message %d: recipients requeued", job.message_id)
+        for r in results:
+            log.info(
+                "queue message %d to %s: %s %s",
+                job.message_id,
+                r.recipient,
+                r.outcome.value,
+                r.diagnostic,
+            )
 
-    def _update(self, job: queue.Job, result: RecipientResult, now: float) -> Update:
+    def _update(
+        self, job: queue.Job, result: RecipientResult, attempts: int, now: datetime
+    ) -> Update:
         if result.outcome is Outcome.ACCEPTED:
             return Update(result.recipient, State.SENT)
         status = _status(result)
@@ -168,20 +187,16 @@ class RelayWorker:
         if result.outcome is Outcome.PERMANENT:
             status = status if status[0] == "5" else "5.0.0"
             return Update(result.recipient, State.FAILED, last_error=f"{status} {diagnostic}")
-        if now - job.created >= self.settings.max_queue_age:
+        if expired(datetime.fromtimestamp(job.created, UTC), now, self.settings.max_queue_age):
             text = f"4.4.7 message expired in the queue; last error: {diagnostic}"
             return Update(result.recipient, State.FAILED, last_error=text)
-        attempts = self._attempts(job, result.recipient) + 1
-        when = next_attempt(attempts, datetime.fromtimestamp(now, UTC), self.schedule)
+        when = next_attempt(attempts + 1, now, self.settings.retry_schedule)
         return Update(
             result.recipient,
             State.QUEUED,
             next_attempt=when.timestamp(),
             last_error=f"{status} {diagnostic}",
         )
-
-    def _attempts(self, job: queue.Job, recipient: str) -> int:
-        return dict(zip(job.recipients, job.attempts, strict=True)).get(recipient, 0)
 
     async def _send(self, job: queue.Job) -> list[RecipientResult]:
         s = self.settings
@@ -239,54 +254,77 @@ class RelayWorker:
         auth: tuple[str, str] | None,
         address: str | None = None,
     ) -> RelayResult:
-        return await send(
-            host,
-            port,
-            job.sender,
-            recipients,
-            job.message,
-            helo=self.settings.hostname,
-            starttls=starttls,
-            auth=auth,
-            timeout=self.settings.timeout,
-            address=address,
-        )
+        """One SMTP connection; waits while `CONCURRENCY` others are open."""
+        async with self._connections:
+            return await send(
+                host,
+                port,
+                job.sender,
+                recipients,
+                job.message,
+                helo=self.settings.hostname,
+                starttls=starttls,
+                auth=auth,
+                timeout=self.settings.timeout,
+                address=address,
+            )
 
     async def _bounce(self) -> None:
-        for bounce in await self.write(queue.pending_bounces, self.store):
-            await self.write(self._deliver_dsn, bounce)
+        """DSNs for the failed recipients whose DSN is due; one failing does not stop the rest."""
+        for bounce in await self.read(queue.pending_bounces, self.store, time.time()):
+            try:
+                delivered = await self._deliver_dsn(bounce)
+            except Exception:
+                log.exception("queue message %d: DSN failed", bounce.message_id)
+                delivered = False
+            if not delivered:
+                await self._defer(bounce)
 
-    def _deliver_dsn(self, bounce: queue.Bounce) -> None:
-        """On the writer thread: the DSN into the account's INBOX, then forget the rows."""
-        failures = [
-            Failure(r, status if _is_status(status) else "5.0.0", text)
-            for r, status, text in bounce.failures
-        ]
-        dsn = build_dsn(
-            reporting_mta=self.settings.hostname,
-            original_sender=bounce.sender,
-            original_message=bounce.message,
-            failures=failures,
-            arrival_date=datetime.fromtimestamp(bounce.created, UTC),
-        )
+    async def _deliver_dsn(self, bounce: queue.Bounce) -> bool:
+        """The DSN into the account's INBOX, then forget the rows. False: try again later."""
+        dsn = await self.read(self._build_dsn, bounce)
         # RFC 3464 section 2 / RFC 5321 section 4.5.5: a bounce has a null reverse-path.
-        results = self.deliverer.deliver("", [bounce.account], dsn)
+        results = await self.deliver("", [bounce.account], dsn)
         if any(r.status is Status.TEMPORARY for r in results):
             log.warning("queue message %d: DSN delivery failed, will retry", bounce.message_id)
-            return
+            return False
         if any(r.status not in (Status.DELIVERED, Status.DUPLICATE) for r in results):
             log.warning(
                 "queue message %d: no INBOX for %s, DSN dropped", bounce.message_id, bounce.account
             )
-        queue.finish_bounce(self.store, bounce.message_id, [r for r, _, _ in bounce.failures])
+        recipients = [r for r, _, _ in bounce.failures]
+        await self.write(queue.finish_bounce, self.store, bounce.message_id, recipients)
+        return True
+
+    def _build_dsn(self, bounce: queue.Bounce) -> bytes:
+        failures = [
+            Failure(r, status if _is_failure_status(status) else "5.0.0", text)
+            for r, status, text in bounce.failures
+        ]
+        return build_dsn(
+            reporting_mta=self.settings.hostname,
+            original_sender=bounce.sender,
+            original_message=bounce.head,
+            failures=failures,
+            arrival_date=datetime.fromtimestamp(bounce.created, UTC),
+        )
+
+    async def _defer(self, bounce: queue.Bounce) -> None:
+        now = datetime.now(UTC)
+        when = next_attempt(bounce.attempts + 1, now, self.settings.retry_schedule).timestamp()
+        recipients = [r for r, _, _ in bounce.failures]
+        try:
+            await self.write(queue.defer_bounce, self.store, bounce.message_id, recipients, when)
+        except Exception:
+            log.exception("queue message %d: could not defer the DSN", bounce.message_id)
 
 
 def _status(result: RecipientResult) -> str:
     """RFC 3463 status: one our own text starts with (MX trouble), else the relay's."""
     first = result.text.partition(" ")[0]
-    return first if result.code is None and _is_status(first) else result.status
+    return first if result.code is None and _is_failure_status(first) else result.status
 
 
-def _is_status(text: str) -> bool:
-    parts = text.split(".")
-    return len(parts) == 3 and text[:1] in "45" and all(p.isdigit() for p in parts)
+def _is_failure_status(text: str) -> bool:
+    """4.x.x or 5.x.x by the rule `build_dsn` applies (xtnd.dsn._STATUS, RFC 3463 section 2)."""
+    return _STATUS.fullmatch(text) is not None and text[0] != "2"

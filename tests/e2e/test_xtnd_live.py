@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import email
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from tests.conftest import LiveServer
 from tests.e2e.helpers import TIMEOUT, Raw, pop, uids
 from tests.xtnd.conftest import Sink, SinkHandler, Zone, _start, start_dns
 from xtnd import queue
+from xtnd.submit import Submitter
 
 FAST = {"retry_schedule": [0.2], "queue_poll_interval": 0.2}
 
@@ -335,14 +337,15 @@ def test_queue_survives_restart(
         )
         first.add_account("joe@example.com", "secret")
         assert submit(first, msg("far@example.org")) == b"+OK Message sent successfully\r\n"
+        # A refused connection is a temporary failure: queued for a retry, no bounce.
         [entry] = wait_for(
             lambda: [
                 e
                 for e in first.call(queue.list_queue, first.store)
-                if e.recipients[0].attempts >= 1
+                if e.recipients[0].attempts >= 1 and e.recipients[0].state == "queued"
             ]
         )
-        assert entry.recipients[0].state in ("queued", "sending")
+        assert (entry.recipients[0].last_error or "").startswith("4.")
         first.stop()
     finally:
         dead.close()
@@ -367,3 +370,87 @@ def test_poplib_client_can_submit(server_factory: Callable[..., LiveServer], sin
         client.quit()
     [relayed] = wait_for(lambda: sink.handler.messages)
     assert b"\r\n.dot\r\n" in relayed.content
+
+
+@pytest.mark.parametrize("step", ["addresses", "enqueue"])
+def test_store_failure_is_a_temporary_error(
+    server_factory: Callable[..., LiveServer],
+    sink: Sink,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    """SQLite failing while reading the account's addresses or while queueing: -ERR [SYS/TEMP]
+    and the session goes on; nothing is relayed."""
+    server = server_factory(xtnd=relay_to(sink))
+    server.add_account("joe@example.com", "secret")
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    if step == "addresses":
+        monkeypatch.setattr(Submitter, "addresses_of", boom)
+    else:
+        monkeypatch.setattr(queue, "enqueue", boom)
+    with Raw(server) as raw:
+        raw.login()
+        reply = xmit(raw, msg("far@example.org"))
+        assert reply.startswith(b"-ERR [SYS/TEMP] "), reply
+        assert b"sqlite" not in reply.lower()
+        assert raw.cmd("NOOP").startswith(b"+OK")
+        monkeypatch.undo()
+        assert xmit(raw, msg("far@example.org")) == b"+OK Message sent successfully\r\n"
+    [relayed] = wait_for(lambda: sink.handler.messages)
+    assert relayed.rcpt_tos == ["far@example.org"]
+
+
+def test_unknown_recipients_of_routed_domains_are_refused(
+    server_factory: Callable[..., LiveServer], sink: Sink
+) -> None:
+    """An address that a routing record claims but that leads to no mailbox is refused, not
+    relayed; one in a domain nothing here claims is relayed."""
+    server = server_factory(xtnd=relay_to(sink))
+    server.add_account("joe@example.com", "secret")
+    server.add_account("ann@example.com", "secret")
+    server.call(server.store.add_route, "*@client.example", "*@example.com")
+    server.call(server.store.add_route, "gone@partner.example", "left@example.com")
+    with Raw(server) as raw:
+        raw.login()
+        for unknown in ("nobody@client.example", "gone@partner.example", "nobody@example.com"):
+            reply = xmit(raw, msg(unknown))
+            assert reply == f"-ERR unknown recipient {unknown}\r\n".encode(), reply
+        assert xmit(raw, msg("ann@client.example")).startswith(b"+OK")
+        assert xmit(raw, msg("other@partner.example")).startswith(b"+OK")
+    [got] = retr_all(server, "ann@example.com")
+    assert b"X-Real-To: <ann@client.example>" in got
+    [relayed] = wait_for(lambda: sink.handler.messages)
+    assert relayed.rcpt_tos == ["other@partner.example"]
+
+
+def test_new_route_is_a_usable_from_address_at_once(
+    server_factory: Callable[..., LiveServer], sink: Sink
+) -> None:
+    """The From addresses are cached per account until the directory changes."""
+    server = server_factory(xtnd=relay_to(sink))
+    server.add_account("joe@example.com", "secret")
+    with Raw(server) as raw:
+        raw.login()
+        assert xmit(raw, msg("far@example.org", sender="js@example.com")).startswith(b"-ERR")
+        server.call(server.store.add_route, "js@example.com", "joe@example.com")
+        assert xmit(raw, msg("far@example.org", sender="js@example.com")).startswith(b"+OK")
+        server.call(server.store.remove_route, "js@example.com")
+        assert xmit(raw, msg("far@example.org", sender="js@example.com")).startswith(b"-ERR")
+
+
+def test_over_the_rate_limit_delivers_nothing_locally(
+    server_factory: Callable[..., LiveServer], sink: Sink
+) -> None:
+    server = server_factory(xtnd=relay_to(sink, rate_messages_per_hour=1))
+    server.add_account("joe@example.com", "secret")
+    server.add_account("ann@example.com", "secret")
+    with Raw(server) as raw:
+        raw.login()
+        assert xmit(raw, msg("ann@example.com")).startswith(b"+OK")
+        limited = xmit(raw, msg("ann@example.com, far@example.org"))
+        assert limited.startswith(b"-ERR [SYS/TEMP] rate limit"), limited
+    assert len(retr_all(server, "ann@example.com")) == 1
+    assert server.call(queue.list_queue, server.store) == []

@@ -86,12 +86,64 @@ def test_failed_rows_wait_for_their_bounce(store: SqliteStore) -> None:
             Update("b@x.org", State.SENT),
         ],
     )
-    [bounce] = queue.pending_bounces(store)
+    [bounce] = queue.pending_bounces(store, 300.0)
     assert bounce.failures == (("a@x.org", "5.1.1", "550 no user"),)
     assert bounce.account == "joe@example.com" and bounce.created == 100.0
+    assert bounce.head == b"Subject: x\r\n\r\nbody\r\n" and bounce.attempts == 1
     assert queue.list_queue(store) != []
     queue.finish_bounce(store, mid, ["a@x.org"])
-    assert queue.pending_bounces(store) == [] and queue.list_queue(store) == []
+    assert queue.pending_bounces(store, 300.0) == [] and queue.list_queue(store) == []
+
+
+def fail_all(store: SqliteStore, mid: int, *recipients: str) -> None:
+    queue.record(store, mid, [Update(r, State.FAILED, last_error=f"5.1.1 {r}") for r in recipients])
+
+
+def test_pending_bounces_are_bounded_and_load_only_the_head(store: SqliteStore) -> None:
+    big = b"Subject: big\r\n\r\n" + b"x" * (queue.BOUNCE_HEAD * 3)
+    ids = []
+    for i in range(queue.BOUNCE_BATCH + 5):
+        with store.transaction() as conn:
+            ids.append(
+                queue.enqueue(
+                    conn,
+                    sender="joe@example.com",
+                    account="joe@example.com",
+                    message=big,
+                    recipients=[f"b{i}@x.org", f"a{i}@x.org"],
+                    now=100.0,
+                )
+            )
+    queue.claim_due(store, 200.0, 100)
+    for i, mid in enumerate(ids):
+        fail_all(store, mid, f"a{i}@x.org", f"b{i}@x.org")
+    bounces = queue.pending_bounces(store, 300.0)
+    assert [b.message_id for b in bounces] == ids[: queue.BOUNCE_BATCH]
+    assert bounces[0].failures == (
+        ("a0@x.org", "5.1.1", "a0@x.org"),
+        ("b0@x.org", "5.1.1", "b0@x.org"),
+    )
+    assert all(b.head == big[: queue.BOUNCE_HEAD] for b in bounces)
+
+
+def test_deferred_bounce_waits_for_its_time(store: SqliteStore) -> None:
+    mid = put(store, "a@x.org")
+    queue.claim_due(store, 200.0, 10)
+    fail_all(store, mid, "a@x.org")
+    queue.defer_bounce(store, mid, ["a@x.org"], 1000.0)
+    assert queue.pending_bounces(store, 999.0) == []
+    [bounce] = queue.pending_bounces(store, 1000.0)
+    assert bounce.attempts == 2
+    assert states(store) == {"a@x.org": ("failed", 2)}
+
+
+def test_requeue_puts_sending_rows_back(store: SqliteStore) -> None:
+    mid = put(store, "a@x.org", "b@x.org")
+    queue.claim_due(store, 200.0, 10)
+    queue.record(store, mid, [Update("b@x.org", State.SENT)])
+    queue.requeue(store, mid, ["a@x.org", "b@x.org"], 700.0)
+    assert states(store) == {"a@x.org": ("queued", 1), "b@x.org": ("sent", 1)}
+    assert queue.next_due(store) == 700.0
 
 
 def test_flush_and_remove(store: SqliteStore) -> None:
@@ -115,5 +167,7 @@ def test_rate_limit_counts_messages_and_recipients(store: SqliteStore) -> None:
         ratelimit.record(conn, "joe@x", 1, 10.0)
         assert "messages" in (ratelimit.check(conn, "joe@x", 1, 20.0, limits) or "")
         assert ratelimit.check(conn, "ann@x", 1, 20.0, limits) is None  # per account
-        # An hour later the window has moved past both.
+        # An hour later the window has moved past both, and the next record drops them.
         assert ratelimit.check(conn, "joe@x", 5, 3611.0, limits) is None
+        ratelimit.record(conn, "joe@x", 1, 3611.0)
+        assert conn.execute("SELECT COUNT(*) FROM submissions").fetchone() == (1,)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,11 +14,14 @@ from typing import Any, TypeVar
 import pytest
 
 from accounts.credentials import make_credentials
-from cgpop.delivery import Deliverer
+from cgpop.config import Endpoint, XtndConfig
+from cgpop.delivery import Deliverer, Result, Status
 from cgpop.store.sqlite import SqliteStore
-from tests.xtnd.conftest import Sink
-from xtnd import queue
-from xtnd.worker import RelayWorker, Settings
+from tests.xtnd.conftest import Sink, SinkHandler, _start, start_dns
+from xtnd import queue, worker
+from xtnd.queue import State, Update
+from xtnd.service import settings_from
+from xtnd.worker import RelayWorker
 
 T = TypeVar("T")
 MESSAGE = b"From: joe@example.com\r\nTo: x@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -28,20 +33,39 @@ class World:
         self.store.add_domain("example.com")
         self.store.add_account("example.com", "joe", make_credentials("secret"))
         self.deliverer = Deliverer(self.store, default_domain="example.com")
+        # As the Gateway: one writer thread, readers beside it.
         self.pool = ThreadPoolExecutor(max_workers=1)
+        self.readers = ThreadPoolExecutor(max_workers=2)
+        self.writes: list[str] = []  # names of the functions run on the writer
+        self.reads: list[tuple[str, Any]] = []  # (function name, result) of reader calls
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        result = await asyncio.get_running_loop().run_in_executor(self.readers, fn, *args)
+        self.reads.append((getattr(fn, "__name__", ""), result))
+        return result
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        self.writes.append(getattr(fn, "__name__", ""))
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    def worker(self, port: int, **settings: Any) -> RelayWorker:
-        base: dict[str, Any] = {"retry_schedule": (0.1,), "poll_interval": 60.0, "timeout": 5.0}
+    async def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+        return await self.write(self.deliverer.deliver, sender, recipients, message)
+
+    def worker(self, port: int | None, deliver: Any = None, **xtnd: Any) -> RelayWorker:
+        """A worker with `[xtnd]` defaults but for the keys given (relay: the sink's port)."""
+        base: dict[str, Any] = {
+            "relay": Endpoint("127.0.0.1", port) if port is not None else None,
+            "retry_schedule": (0.1,),
+            "queue_poll_interval": 60.0,
+            "relay_timeout": 5.0,
+        }
+        config = dataclasses.replace(XtndConfig(), **{**base, **xtnd})
         return RelayWorker(
             store=self.store,
-            deliverer=self.deliverer,
+            deliver=deliver or self.deliver,
+            read=self.read,
             write=self.write,
-            settings=Settings(
-                hostname="test.local", relay=("127.0.0.1", port), **{**base, **settings}
-            ),
+            settings=settings_from(config, "test.local"),
         )
 
     def put(self, *recipients: str, now: float | None = None) -> int:
@@ -75,6 +99,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     w = World(tmp_path)
     yield w
     w.pool.shutdown()
+    w.readers.shutdown()
     w.store.close()
 
 
@@ -107,19 +132,173 @@ def test_rows_left_sending_are_sent_again_at_start(world: World, sink: Sink) -> 
 
 
 def test_wake_delivers_without_waiting_for_the_poll(world: World, sink: Sink) -> None:
-    async def main() -> float:
-        worker = world.worker(sink.port, poll_interval=600.0)
-        worker.start()
-        await until(lambda: queue.next_due(world.store) is None)  # the first pass is done
-        await asyncio.sleep(0)
-        world.put("x@example.org")
-        started = time.monotonic()
-        worker.wake()
-        await until(lambda: sink.handler.messages)
-        await worker.stop()
-        return time.monotonic() - started
+    """With a ten-minute poll, only wake() can make the worker look at the queue again."""
+    world.put("first@example.org")
 
-    assert run(main()) < 5.0
+    def idle() -> bool:
+        # The worker read "nothing queued" after the first message was recorded: it is (about
+        # to be) waiting for the poll interval or a wake().
+        return any(name == "next_due" and due is None for name, due in world.reads)
+
+    async def main() -> None:
+        worker = world.worker(sink.port, queue_poll_interval=600.0)
+        worker.start()
+        try:
+            await until(idle)
+            world.put("second@example.org")
+            worker.wake()
+            await until(lambda: len(sink.handler.messages) == 2, timeout=3.0)
+        finally:
+            await worker.stop()
+
+    run(main())
+    assert [m.rcpt_tos for m in sink.handler.messages] == [
+        ["first@example.org"],
+        ["second@example.org"],
+    ]
+
+
+def test_idle_worker_takes_no_write_lock(world: World, sink: Sink) -> None:
+    world.put("later@example.org", now=time.time() + 3600)
+
+    async def main() -> None:
+        w = world.worker(sink.port)
+        for _ in range(3):
+            await w.run_once()
+
+    run(main())
+    assert world.writes == []
+    assert sink.handler.messages == []
+
+
+def test_failed_bookkeeping_requeues_and_the_pass_goes_on(
+    world: World, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Database busy while recording one job: its recipient is queued again (at-least-once),
+    the other job is recorded, and the pass still delivers the DSN that was due."""
+    failed = world.put("perm@example.org", now=time.time() - 10)
+    queue.claim_due(world.store, time.time(), 10)
+    queue.record(world.store, failed, [Update("perm@example.org", State.FAILED, 0, "5.1.1 no")])
+    busy = world.put("busy@example.org")
+    world.put("fine@example.org")
+    real_record = queue.record
+
+    def record(store: Any, message_id: int, updates: Any) -> None:
+        if message_id == busy:
+            raise sqlite3.OperationalError("database is locked")
+        real_record(store, message_id, updates)
+
+    monkeypatch.setattr(queue, "record", record)
+
+    async def main() -> None:
+        await world.worker(sink.port, retry_schedule=(3600.0,)).run_once()
+
+    run(main())
+    rows = {e.id: e.recipients[0] for e in queue.list_queue(world.store)}
+    assert set(rows) == {busy}  # `fine` is done, `failed` bounced
+    assert (rows[busy].state, rows[busy].attempts) == ("queued", 1)
+    assert rows[busy].next_attempt > time.time() + 3000
+    assert sorted(r for m in sink.handler.messages for r in m.rcpt_tos) == [
+        "busy@example.org",
+        "fine@example.org",
+    ]
+    [dsn] = world.inbox()
+    assert b"Final-Recipient: rfc822; perm@example.org" in dsn
+
+
+def _fail(store: SqliteStore, *recipients: str, world: World) -> list[int]:
+    ids = [world.put(r, now=time.time() - 10) for r in recipients]
+    queue.claim_due(store, time.time(), 10)
+    for mid, r in zip(ids, recipients, strict=True):
+        queue.record(store, mid, [Update(r, State.FAILED, 0, "5.1.1 no such user")])
+    return ids
+
+
+def test_one_failing_bounce_does_not_stop_the_others(world: World, sink: Sink) -> None:
+    first, _ = _fail(world.store, "a@example.org", "b@example.org", world=world)
+    calls: list[str] = []
+
+    async def deliver(sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+        calls.append(sender)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        return await world.deliver(sender, recipients, message)
+
+    async def main() -> None:
+        await world.worker(sink.port, deliver=deliver, retry_schedule=(3600.0,)).run_once()
+
+    run(main())
+    [dsn] = world.inbox()
+    assert b"Final-Recipient: rfc822; b@example.org" in dsn
+    [entry] = queue.list_queue(world.store)  # the first waits for its retry
+    assert entry.id == first and entry.recipients[0].state == "failed"
+    assert entry.recipients[0].next_attempt > time.time() + 3000
+
+
+def test_temporarily_failing_dsn_is_not_retried_every_pass(world: World, sink: Sink) -> None:
+    _fail(world.store, "a@example.org", world=world)
+    tries: list[int] = []
+
+    async def deliver(sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+        tries.append(1)
+        return [Result(r, Status.TEMPORARY) for r in recipients]
+
+    async def main() -> None:
+        # The failed row had one relay attempt; DSN attempts continue its schedule.
+        w = world.worker(sink.port, deliver=deliver, retry_schedule=(0.3, 0.3, 3600.0))
+        await w.run_once()
+        await w.run_once()  # too early: the DSN waits for its retry time
+        assert len(tries) == 1
+        await asyncio.sleep(0.4)
+        await w.run_once()
+
+    run(main())
+    assert len(tries) == 2
+    [entry] = queue.list_queue(world.store)
+    assert entry.recipients[0].state == "failed"
+    assert entry.recipients[0].next_attempt > time.time() + 3000  # the backoff grew
+
+
+def test_connections_are_bounded_across_domains(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One message to many domains: at most CONCURRENCY SMTP connections at once."""
+
+    class Slow(SinkHandler):
+        active = 0
+        most = 0
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            Slow.active += 1
+            Slow.most = max(Slow.most, Slow.active)
+            await asyncio.sleep(0.2)
+            Slow.active -= 1
+            return await super().handle_DATA(server, session, envelope)
+
+    monkeypatch.setattr(worker, "CONCURRENCY", 2)
+    domains = [f"d{i}.example" for i in range(6)]
+    world.put(*(f"user@{d}" for d in domains))
+    zone: Any = {(f"{d}.", "MX"): ["10 mx.example."] for d in domains}
+    zone[("mx.example.", "A")] = ["127.0.0.1"]
+    sinks = _start(Slow())
+    sink = next(sinks)
+
+    async def main() -> None:
+        transport, _, dns_port = await start_dns(zone)
+        try:
+            w = world.worker(
+                None, dns_servers=("127.0.0.1",), dns_port=dns_port, smtp_port=sink.port
+            )
+            await w.run_once()
+        finally:
+            transport.close()
+
+    try:
+        run(main())
+    finally:
+        sinks.close()
+    assert len(sink.handler.messages) == 6
+    assert Slow.most == 2
 
 
 def test_uncertain_outcome_is_retried_not_bounced(
@@ -159,7 +338,7 @@ def test_smarthost_with_starttls_and_auth(world: World, tls_sink: Sink) -> None:
     world.put("x@example.org")
 
     async def main() -> None:
-        await world.worker(tls_sink.port, relay_auth=("joe", "secret")).run_once()
+        await world.worker(tls_sink.port, relay_user="joe", relay_password="secret").run_once()
 
     run(main())
     [got] = tls_sink.handler.messages
@@ -172,7 +351,7 @@ def test_wrong_smarthost_password_is_retried(world: World, tls_sink: Sink) -> No
 
     async def main() -> None:
         await world.worker(
-            tls_sink.port, relay_auth=("joe", "wrong"), retry_schedule=(3600.0,)
+            tls_sink.port, relay_user="joe", relay_password="wrong", retry_schedule=(3600.0,)
         ).run_once()
 
     run(main())
@@ -180,3 +359,9 @@ def test_wrong_smarthost_password_is_retried(world: World, tls_sink: Sink) -> No
     assert entry.recipients[0].state == "queued"
     assert "AUTH failed" in (entry.recipients[0].last_error or "")
     assert tls_sink.handler.messages == [] and world.inbox() == []
+
+
+def test_settings_repr_hides_the_relay_password(world: World) -> None:
+    w = world.worker(1, relay_user="joe", relay_password="s3cret-pw")
+    assert "s3cret-pw" not in repr(w.settings)
+    assert w.settings.relay_auth == ("joe", "s3cret-pw")
