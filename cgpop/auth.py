@@ -16,7 +16,6 @@ import time
 
 from accounts.acl import GROUP_PREFIX, Rights, effective_rights
 from accounts.credentials import DUMMY_CREDENTIALS, Credentials, verify_password
-from cgpop import alerts
 from cgpop.dircache import DirectoryCache
 from cgpop.errors import Pop3Error
 from cgpop.pop3.events import Grant, LoginOutcome
@@ -219,6 +218,6 @@ class Authenticator:
                 may_seen="s" in rights,
                 may_delete="t" in rights,
                 may_expunge="e" in rights,
-                alert_pending=alerts.pending(self.store, account.address) is not None,
+                alert_pending=self.store.pending_alert(account.address) is not None,
             )
         )

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import getpass
 import json
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -23,8 +22,8 @@ from accounts.credentials import make_credentials
 from accounts.names import normalize_account, normalize_domain, validate_mailbox
 from cgpop import __version__
 from cgpop import config as configmod
-from cgpop.store.api import Mailbox, StoreError
-from cgpop.store.sqlite import SqliteStore
+from cgpop.store import factory
+from cgpop.store.api import Mailbox, Store, StoreError, Unavailable
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
 EX_DATAERR, EX_NOUSER, EX_TEMPFAIL = 65, 67, 75
@@ -48,13 +47,8 @@ def command(*path: str) -> Callable[[Command], Command]:
     return deco
 
 
-def open_store(cfg: configmod.Config) -> SqliteStore:
-    return SqliteStore(
-        cfg.server.data_dir,
-        duplicate_window=cfg.delivery.duplicate_window
-        if cfg.delivery.duplicate_suppression
-        else None,
-    )
+def open_store(cfg: configmod.Config) -> Store:
+    return factory.open_store(cfg)
 
 
 def split_address(text: str) -> tuple[str, str]:
@@ -280,9 +274,7 @@ def cmd_mailbox_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
     return out(args, names, lambda: names)
 
 
-def _existing_mailbox(
-    args: argparse.Namespace, cfg: configmod.Config
-) -> tuple[SqliteStore, Mailbox]:
+def _existing_mailbox(args: argparse.Namespace, cfg: configmod.Config) -> tuple[Store, Mailbox]:
     """The store and the mailbox `args.address` / `args.mailbox` name, or a clear error."""
     domain, name = split_address(args.address)
     store = open_store(cfg)
@@ -383,7 +375,7 @@ class _IdentifierParser(argparse.ArgumentParser):
         return super()._parse_optional(arg_string)
 
 
-def _acl_mailbox(store: SqliteStore, args: argparse.Namespace) -> Mailbox:
+def _acl_mailbox(store: Store, args: argparse.Namespace) -> Mailbox:
     domain, name = split_address(args.address)
     mailbox = store.get_mailbox(domain, name, _mailbox(args.mailbox))
     if mailbox is None:
@@ -630,9 +622,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cgpop: {exc}", file=sys.stderr)
         return exc.code
     except StoreError as exc:
+        if isinstance(exc, Unavailable):
+            print(
+                f"cgpop: cannot use the data directory {cfg.server.data_dir}: {exc}",
+                file=sys.stderr,
+            )
+            return EX_TEMPFAIL
         print(f"cgpop: {exc}", file=sys.stderr)
         return EX_TEMPFAIL if args.cmd == "deliver" else EX_FAIL
-    except (sqlite3.Error, OSError) as exc:
+    except OSError as exc:
         # A locked or unreadable database, a full disk: say so, never with a traceback.
         print(f"cgpop: cannot use the data directory {cfg.server.data_dir}: {exc}", file=sys.stderr)
         return EX_TEMPFAIL

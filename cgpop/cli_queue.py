@@ -13,7 +13,6 @@ from typing import Any
 
 from cgpop import config as configmod
 from cgpop.cli import EX_OK, EXTENSIONS, CliError, command, open_store, out, row_id, when
-from xtnd import queue
 
 
 def _when(moment: float) -> str:
@@ -22,7 +21,7 @@ def _when(moment: float) -> str:
 
 @command("queue", "list")
 def cmd_queue_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    entries = queue.list_queue(open_store(cfg))
+    entries = open_store(cfg).list_queue()
     rows = [asdict(e) for e in entries]
 
     def text() -> list[str]:
@@ -42,14 +41,14 @@ def cmd_queue_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 @command("queue", "flush")
 def cmd_queue_flush(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    count = queue.flush(open_store(cfg))
+    count = open_store(cfg).flush_queue()
     print(f"{count} recipients due now")
     return EX_OK
 
 
 @command("queue", "remove")
 def cmd_queue_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    if not queue.remove(open_store(cfg), args.id):
+    if not open_store(cfg).remove_queued(args.id):
         raise CliError(f"no queued message {args.id}")
     return EX_OK
 

@@ -64,14 +64,14 @@ def cmd_alert_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
         if canonical is None or not store.account_exists(canonical, name):
             raise CliError(f"no such account: {words[0]}")
         scope, target = "account", f"{name}@{canonical}"
-    alert_id = alerts.add(store, scope, target, text)
+    alert_id = store.add_alert(scope, target, text)
     print(alert_id)
     return EX_OK
 
 
 @command("alert", "list")
 def cmd_alert_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    rows: list[dict[str, Any]] = [asdict(a) for a in alerts.list_alerts(open_store(cfg))]
+    rows: list[dict[str, Any]] = [asdict(a) for a in open_store(cfg).list_alerts()]
 
     def text() -> list[str]:
         return [
@@ -85,7 +85,7 @@ def cmd_alert_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 @command("alert", "remove")
 def cmd_alert_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    if not alerts.remove(open_store(cfg), args.id):
+    if not open_store(cfg).remove_alert(args.id):
         raise CliError(f"no such alert: {args.id}")
     return EX_OK
 

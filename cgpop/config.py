@@ -131,6 +131,16 @@ class XtndConfig:
     relay_timeout: float = 300.0
 
 
+# The store backends `[store] backend` may name (cgpop/store/factory.py opens them).
+STORE_BACKENDS = ("sqlite",)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    # "sqlite": the embedded store under [server] data_dir.
+    backend: str = "sqlite"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -140,10 +150,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     xtnd: XtndConfig = field(default_factory=XtndConfig)
     source: str = "<built-in defaults>"
-
-    @property
-    def db_path(self) -> Path:
-        return self.server.data_dir / "cgpop.sqlite3"
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -224,7 +231,7 @@ def _relay(x: _Section) -> Endpoint | None:
         raise x.fail("relay", str(exc)) from None
 
 
-_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd")
+_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd", "store")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
@@ -386,4 +393,11 @@ def from_dict(
             raise x.fail(key, "must be a port number (1-65535)")
     x.done()
 
-    return Config(server, pop3, lmtp, delivery, tls, xtnd, source)
+    st = sec["store"]
+    store = StoreConfig(backend=st.get("backend", str, StoreConfig().backend))
+    if store.backend not in STORE_BACKENDS:
+        expected = ", ".join(f'"{b}"' for b in STORE_BACKENDS)
+        raise st.fail("backend", f"unknown store backend {store.backend!r}; expected {expected}")
+    st.done()
+
+    return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store)

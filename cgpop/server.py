@@ -16,12 +16,12 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
-from cgpop import alerts, proxyproto, sasl
+from cgpop import proxyproto, sasl
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer, Prepared, Result
@@ -47,7 +47,7 @@ from cgpop.pop3.lines import NEED_MORE, LineBuffer
 from cgpop.pop3.session import Policy, Session
 from cgpop.sasl.apop import make_apop_banner
 from cgpop.store.api import StoredMessage
-from cgpop.store.sqlite import SqliteStore
+from cgpop.store.factory import open_store
 from cgpop.tlsconf import ReloadableContext
 from cgpop.wire import TERMINATOR, top_lines
 
@@ -96,10 +96,8 @@ class ServerState:
         self.tasks: set[asyncio.Task[Any]] = set()
 
 
-class Submitter(Protocol):
-    """XTND XMIT behind the engine (xtnd/): None means accepted for every recipient."""
-
-    async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None: ...
+# XTND XMIT behind the engine (account, peer, message): None means accepted for every recipient.
+SubmitFn = Callable[[str, str, bytes], Awaitable[Pop3Error | None]]
 
 
 class GroupCommit(Generic[Item, R]):
@@ -150,12 +148,7 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = SqliteStore(
-            config.server.data_dir,
-            duplicate_window=(
-                config.delivery.duplicate_window if config.delivery.duplicate_suppression else None
-            ),
-        )
+        self.store = open_store(config)
         self.auth = Authenticator(
             self.store, admins=config.server.admins, login_cache_ttl=config.server.login_cache_ttl
         )
@@ -187,7 +180,7 @@ class Gateway:
         self.tls: ReloadableContext | None = None
         if config.tls.cert is not None and config.tls.key is not None:
             self.tls = ReloadableContext(config.tls.cert, config.tls.key)
-        self.submitter: Submitter | None = None
+        self.submitter: SubmitFn | None = None
         self.lmtp_sessions: set[Any] = set()
         # The XTND XMIT service (xtnd/service.py) with its relay worker, when enabled.
         self.submission: Any = None
@@ -710,7 +703,7 @@ class _Runner:
         gw = self.gw
         if gw.submitter is None or self.conn.account is None:
             return Pop3Error("submission is not available", "SYS/TEMP")
-        return await gw.submitter.submit(self.conn.account, self.conn.peer, event.message)
+        return await gw.submitter(self.conn.account, self.conn.peer, event.message)
 
     async def login(self, event: PasswordLogin) -> LoginOutcome:
         gw = self.gw
@@ -742,7 +735,7 @@ class _Runner:
         # CommuniGate alerts: correct credentials with an alert pending fail the login, showing
         # the alert (SYS/TEMP, not AUTH, so clients show it instead of asking for a password).
         if outcome.grant.alert_pending:
-            alert = await gw.write(alerts.take, gw.store, account)
+            alert = await gw.write(gw.store.take_alert, account)
             if alert is not None:
                 gw.store.close_maildrop(outcome.grant.snapshot)
                 self.slog.info("login %s: alert %d delivered", account, alert.id)

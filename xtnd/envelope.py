@@ -59,12 +59,14 @@ _MAX_SHOWN = 200
 
 
 class SubmissionError(Exception):
-    """The submission is refused; `text` is fit for `-ERR text` (no CR/LF, bounded)."""
+    """The submission is refused; `text` is fit for `-ERR text` (no CR/LF, bounded).
+    `temporary`: the client may try again later (the shell answers `-ERR [SYS/TEMP]`)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, temporary: bool = False) -> None:
         text = _printable(text)
         super().__init__(text)
         self.text = text
+        self.temporary = temporary
 
 
 @dataclass(frozen=True, slots=True)

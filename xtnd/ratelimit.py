@@ -1,18 +1,19 @@
 """Per-account submission rate limit: messages and recipients in the last hour (issue 5).
 
-A sliding window over the `submissions` table (schema 5), one row per accepted submission.
-`xtnd.submit` calls `check` and `record` in one transaction on the server's single writer thread,
-together with queueing the remote recipients, so two sessions of one account cannot both slip
-under the limit. It also calls `check` (which only reads) beforehand on a reader, so a
-submission over the limit is refused before any local copy is delivered.
+A sliding window over the store's record of accepted submissions (cgpop.store.api.Submissions).
+`xtnd.submit` judges a submission with `judge` on a reader first, so one over the limit is
+refused before any local copy is delivered, then again inside the store's transaction that
+records it and queues its remote recipients (`commit_submission`), so two sessions of one
+account cannot both slip under the limit.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-__all__ = ["WINDOW", "Limits", "check", "record"]
+from cgpop.store.api import SubmissionCounts
+
+__all__ = ["WINDOW", "Limits", "judge"]
 
 WINDOW = 3600.0  # "per hour"
 
@@ -23,28 +24,10 @@ class Limits:
     recipients_per_hour: int
 
 
-def check(
-    conn: sqlite3.Connection, account: str, recipients: int, now: float, limits: Limits
-) -> str | None:
-    """None when `account` may submit a message to `recipients` more; else the reason. Reads
-    only."""
-    messages, sent_to = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(recipients), 0) FROM submissions"
-        " WHERE account = ? AND at > ?",
-        (account, now - WINDOW),
-    ).fetchone()
-    if messages + 1 > limits.messages_per_hour:
+def judge(counts: SubmissionCounts, recipients: int, limits: Limits) -> str | None:
+    """None when one more message to `recipients` fits beside `counts`; else the reason."""
+    if counts.messages + 1 > limits.messages_per_hour:
         return f"rate limit: at most {limits.messages_per_hour} messages per hour"
-    if sent_to + recipients > limits.recipients_per_hour:
+    if counts.recipients + recipients > limits.recipients_per_hour:
         return f"rate limit: at most {limits.recipients_per_hour} recipients per hour"
     return None
-
-
-def record(conn: sqlite3.Connection, account: str, recipients: int, now: float) -> None:
-    """Count one accepted submission. Call inside a transaction."""
-    # Rows older than the window never count again; dropping them keeps the table small.
-    conn.execute("DELETE FROM submissions WHERE account = ? AND at <= ?", (account, now - WINDOW))
-    conn.execute(
-        "INSERT INTO submissions (account, at, recipients) VALUES (?, ?, ?)",
-        (account, now, recipients),
-    )

@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from typing import Any
 
 from cgpop.config import XtndConfig
+from cgpop.errors import Pop3Error
 from xtnd.ratelimit import Limits
-from xtnd.submit import Submitter
+from xtnd.submit import SubmissionError, Submitter
 from xtnd.worker import RelayWorker, Settings
 
 __all__ = ["SubmissionService", "settings_from", "start_submission"]
@@ -43,6 +45,16 @@ def settings_from(x: XtndConfig, hostname: str) -> Settings:
     )
 
 
+async def _submit(
+    submitter: Submitter, account: str, peer: str, message: bytes
+) -> Pop3Error | None:
+    try:
+        await submitter.submit(account, peer, message)
+    except SubmissionError as exc:
+        return Pop3Error(exc.text, "SYS/TEMP" if exc.temporary else None)
+    return None
+
+
 async def start_submission(gateway: Any) -> SubmissionService:
     """Wire XTND XMIT into `gateway` (a cgpop.server.Gateway) and start the relay worker."""
     config = gateway.config
@@ -54,7 +66,7 @@ async def start_submission(gateway: Any) -> SubmissionService:
         write=gateway.write,
         settings=settings_from(x, config.server.hostname),
     )
-    gateway.submitter = Submitter(
+    submitter = Submitter(
         store=gateway.store,
         deliverer=gateway.deliverer,
         deliver=gateway.delivery.submit,
@@ -66,5 +78,6 @@ async def start_submission(gateway: Any) -> SubmissionService:
         limits=Limits(x.rate_messages_per_hour, x.rate_recipients_per_hour),
         on_queued=worker.wake,
     )
+    gateway.submitter = functools.partial(_submit, submitter)
     worker.start()
     return SubmissionService(worker, config.server.shutdown_grace)

@@ -3,9 +3,9 @@
 `Submitter.submit` is what the asyncio shell awaits after the engine read the body. It returns
 None only once every recipient is durably delivered (local, through the same `Deliverer` and
 group commit as LMTP, so X-Real-To and duplicate suppression apply) or durably queued for the
-relay worker; otherwise a `Pop3Error` whose text names the reason, and the offending recipient
-when there is one (Eudora shows it and marks the message unsendable). A store failure at any step
-is `-ERR [SYS/TEMP]` and the session goes on.
+relay worker; otherwise it raises `SubmissionError`, whose text names the reason, and the offending
+recipient when there is one (Eudora shows it and marks the message unsendable); the shell makes
+it the `-ERR` reply. A store failure at any step is a temporary refusal, and the session goes on.
 
 The steps, and the threads they run on:
 
@@ -18,8 +18,9 @@ The steps, and the threads they run on:
    else is remote. The rate limit (messages and recipients per hour) is checked here too, so a
    submission over it delivers nothing.
 3. Local copies are delivered through the gateway's group commit (writer, shared transaction).
-4. On the writer, in one transaction: the rate limit checked again and the submission recorded
-   (so two sessions of one account cannot both slip under it), the remote recipients queued.
+4. On the writer, in one store transaction (`commit_submission`): the rate limit checked again
+   and the submission recorded (so two sessions of one account cannot both slip under it), the
+   remote recipients queued.
 
 If step 4 failed after step 3 succeeded, the client sees -ERR although local copies exist; a
 resend is then caught by duplicate suppression (same Message-ID). Doing 4 before 3 would instead
@@ -30,42 +31,46 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from cgpop.delivery import Prepared, Result, Status
 from cgpop.dircache import DirectoryCache
-from cgpop.errors import Pop3Error
-from cgpop.store.api import SqlAccess, StoreError
-from router.loginname import parse_name
-from router.route import Route, RouteError
-from router.table import wildcard_candidates
-from xtnd import queue, ratelimit
+from cgpop.store.api import Outbound, SubmissionCounts, Verdict
+from router.resolve import is_claimed
+from router.route import Route
+from xtnd import ratelimit
 from xtnd.envelope import Envelope, SubmissionError, derive_envelope
 
-__all__ = ["Submitter"]
+__all__ = ["SubmissionError", "Submitter"]
 
 log = logging.getLogger("cgpop.xtnd")
 Run = Callable[..., Awaitable[Any]]
 
 _ACCEPTED = (Status.DELIVERED, Status.DUPLICATE)
-# What a failing store raises: the backend's own error, SQLite's, or the file system's.
-_STORE_ERRORS = (StoreError, sqlite3.Error, OSError)
 _TRY_LATER = "temporary failure, message not sent; try again later"
 
 
-class Directory(SqlAccess, Protocol):
+class SubmissionStore(Protocol):
+    """What a submission needs from the store (cgpop.store.api.Store has it all)."""
+
     def directory_version(self) -> int: ...
-
     def canonical_domain(self, name: str) -> str | None: ...
-
+    def account_exists(self, domain: str, account: str) -> bool: ...
     def route_target(self, pattern: str) -> str | None: ...
-
     def list_routes(self) -> list[tuple[str, str]]: ...
-
     def list_domain_aliases(self) -> list[tuple[str, str]]: ...
+    def submission_counts(self, account: str, since: float) -> SubmissionCounts: ...
+    def commit_submission(
+        self,
+        account: str,
+        recipients: int,
+        now: float,
+        since: float,
+        verdict: Verdict,
+        outbound: Outbound | None,
+    ) -> str | None: ...
 
 
 class LocalDelivery(Protocol):
@@ -75,16 +80,16 @@ class LocalDelivery(Protocol):
 
 
 class Submitter:
-    """The `Submitter` of cgpop.server: XTND XMIT behind the engine.
+    """XTND XMIT behind the engine: `submit` accepts one message or raises SubmissionError.
 
-    `read` and `write` run blocking work on the gateway's reader pool and its single writer
-    thread; `deliver` is its group commit for prepared local deliveries.
+    `read` and `write` run blocking work on the store's reader pool and its single writer
+    thread; `deliver` is the group commit for prepared local deliveries.
     """
 
     def __init__(
         self,
         *,
-        store: Directory,
+        store: SubmissionStore,
         deliverer: LocalDelivery,
         deliver: Callable[[Prepared], Awaitable[list[Result]]],
         read: Run,
@@ -106,26 +111,24 @@ class Submitter:
             lambda: self.store.directory_version()
         )
 
-    async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None:
+    async def submit(self, account: str, peer: str, message: bytes) -> None:
+        """Deliver or queue `message` for every recipient, or raise SubmissionError."""
         try:
-            error, queued, count = await self._submit(account, peer, message)
+            queued, count = await self._submit(account, peer, message)
         except SubmissionError as exc:
-            error = Pop3Error(exc.text)
-        except _STORE_ERRORS:
+            log.info("XTND XMIT from %s refused: %s", account, exc.text)
+            raise
+        except Exception as exc:
+            # A failing store (its own errors, the file system's) or anything unexpected: the
+            # client may retry; the traceback is for the operator only.
             log.exception("XTND XMIT from %s: store failure", account)
-            return Pop3Error(_TRY_LATER, "SYS/TEMP")
-        if error is not None:
-            log.info("XTND XMIT from %s refused: %s", account, error.text)
-            return error
+            raise SubmissionError(_TRY_LATER, temporary=True) from exc
         log.info("XTND XMIT from %s: %d recipients, %d queued", account, count, queued)
         if queued:
             self.on_queued()
-        return None
 
-    async def _submit(
-        self, account: str, peer: str, message: bytes
-    ) -> tuple[Pop3Error | None, int, int]:
-        """The steps of the module docstring: (error or None, number queued, recipients)."""
+    async def _submit(self, account: str, peer: str, message: bytes) -> tuple[int, int]:
+        """The steps of the module docstring: (number queued, recipients)."""
         allowed = await self.read(self.addresses_of, account)
         envelope: Envelope = await self.read(
             functools.partial(
@@ -139,10 +142,7 @@ class Submitter:
             )
         )
         now = time.time()
-        classified = await self.read(self.classify, account, envelope, now)
-        if isinstance(classified, Pop3Error):
-            return classified, 0, 0
-        prepared, remote = classified
+        prepared, remote = await self.read(self.classify, account, envelope, now)
         if prepared.copies:
             results = await self.deliver(prepared)
             for before, r in zip(prepared.results, results, strict=True):
@@ -150,11 +150,11 @@ class Submitter:
                     continue  # a remote recipient, no copy here
                 if r.status is Status.TEMPORARY:
                     text = f"could not deliver to {r.recipient}; try again later"
-                    return Pop3Error(text, "SYS/TEMP"), 0, 0
+                    raise SubmissionError(text, temporary=True)
                 if r.status not in _ACCEPTED:
-                    return Pop3Error(f"unknown recipient {r.recipient}"), 0, 0
-        error = await self.write(self.commit, account, envelope, remote, now)
-        return error, len(remote), len(envelope.recipients)
+                    raise SubmissionError(f"unknown recipient {r.recipient}")
+        await self.write(self.commit, account, envelope, remote, now)
+        return len(remote), len(envelope.recipients)
 
     # --- blocking parts, on the store's threads ---
     def addresses_of(self, account: str) -> frozenset[str]:
@@ -180,9 +180,7 @@ class Submitter:
                 allowed.add(pattern.lower())
         return frozenset(allowed)
 
-    def classify(
-        self, account: str, envelope: Envelope, now: float
-    ) -> tuple[Prepared, list[str]] | Pop3Error:
+    def classify(self, account: str, envelope: Envelope, now: float) -> tuple[Prepared, list[str]]:
         """Step 2 (reads only): the prepared local delivery and the remote recipients."""
         prepared = self.deliverer.prepare(envelope.sender, envelope.recipients, envelope.message)
         remote: list[str] = []
@@ -190,54 +188,33 @@ class Submitter:
             if result is None:
                 continue  # a local copy
             if result.status is Status.REFUSED:
-                return Pop3Error(f"recipient {rcpt} does not accept mail")
-            if self.is_local(rcpt):
-                return Pop3Error(f"unknown recipient {rcpt}")
+                raise SubmissionError(f"recipient {rcpt} does not accept mail")
+            if is_claimed(rcpt, directory=self.store):
+                raise SubmissionError(f"unknown recipient {rcpt}")
             remote.append(rcpt)
         count = len(envelope.recipients)
-        reason = ratelimit.check(self.store.connection(), account, count, now, self.limits)
+        counts = self.store.submission_counts(account, now - ratelimit.WINDOW)
+        reason = ratelimit.judge(counts, count, self.limits)
         if reason is not None:
-            return Pop3Error(reason, "SYS/TEMP")
+            raise SubmissionError(reason, temporary=True)
         return prepared, remote
 
-    def commit(
-        self, account: str, envelope: Envelope, remote: list[str], now: float
-    ) -> Pop3Error | None:
-        """Step 4, on the writer: rate limit and queue in one transaction."""
+    def commit(self, account: str, envelope: Envelope, remote: list[str], now: float) -> None:
+        """Step 4, on the writer: rate limit and queue in one store transaction."""
         count = len(envelope.recipients)
-        with self.store.transaction() as conn:
-            reason = ratelimit.check(conn, account, count, now, self.limits)
-            if reason is not None:
-                return Pop3Error(reason, "SYS/TEMP")
-            ratelimit.record(conn, account, count, now)
-            if remote:
-                queue.enqueue(
-                    conn,
-                    sender=envelope.sender,
-                    account=account,
-                    message=envelope.message,
-                    recipients=remote,
-                    now=now,
-                )
-        return None
-
-    def is_local(self, recipient: str) -> bool:
-        """For a recipient that resolves to no mailbox: True when it is ours to refuse rather
-        than relay. That is when the router calls it an unknown account (its domain is hosted
-        here, or an alias of such a domain), or when a routing record claims the address,
-        exactly or by wildcard (its target leads nowhere). The same indexed lookups as the
-        router's own walk (router/resolve.py), no table scan."""
-        try:
-            parsed = parse_name(recipient)
-        except RouteError:
-            parsed = None
-        if parsed is None or parsed.domain is None:
-            return self.store.canonical_domain(recipient.rpartition("@")[2].lower()) is not None
-        local, domain = parsed.account, parsed.domain
-        if self.store.canonical_domain(domain) is not None:
-            return True
-        patterns = [f"{local}@{domain}", *(p for p, _ in wildcard_candidates(local, domain))]
-        return any(self.store.route_target(p) is not None for p in patterns)
+        outbound = None
+        if remote:
+            outbound = Outbound(envelope.sender, account, envelope.message, tuple(remote))
+        reason = self.store.commit_submission(
+            account,
+            count,
+            now,
+            now - ratelimit.WINDOW,
+            functools.partial(ratelimit.judge, recipients=count, limits=self.limits),
+            outbound,
+        )
+        if reason is not None:
+            raise SubmissionError(reason, temporary=True)
 
 
 def _peer_ip(peer: str) -> str:

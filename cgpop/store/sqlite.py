@@ -9,14 +9,14 @@ orphan body file at most, removed at the next start).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
@@ -32,9 +32,11 @@ from cgpop.store.api import (
     Snapshot,
     StoredMessage,
     StoreError,
-    TemporaryFailure,
     flag_names,
 )
+from cgpop.store.sqlite_alerts import SqliteAlerts
+from cgpop.store.sqlite_base import translate_errors
+from cgpop.store.sqlite_queue import SqliteQueue
 from cgpop.wire import dot_stuff, normalize_crlf
 
 # Bodies up to this size are kept inline in the database: one fsync per delivery, no file
@@ -42,7 +44,6 @@ from cgpop.wire import dot_stuff, normalize_crlf
 INLINE_MAX = 128 * 1024
 # SQLite's default SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32; stay far below it.
 _CHUNK = 500
-_BUSY_TIMEOUT_MS = 30_000
 # The account whose new mailboxes start with DEFAULT_PUBLIC_ACL (CommuniGate/Cyrus "public").
 PUBLIC_ACCOUNT = "public"
 
@@ -51,68 +52,26 @@ def _now() -> float:
     return time.time()
 
 
-class SqliteStore:
+def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
+    """A body kept in a file, in bounded chunks (StoredMessage.reader)."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            yield chunk
+
+
+@translate_errors
+class SqliteStore(SqliteQueue, SqliteAlerts):
     def __init__(self, data_dir: Path, *, duplicate_window: float | None = None) -> None:
         self.data_dir = Path(data_dir)
+        super().__init__(self.data_dir / "cgpop.sqlite3")
         self.bodies_dir = self.data_dir / "bodies"
-        self.db_path = self.data_dir / "cgpop.sqlite3"
         self.duplicate_window = duplicate_window
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
         # Open sessions by the time their snapshot was taken: the collector keeps every
         # expunged copy that one of them may still read.
         self._open: Counter[float] = Counter()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.bodies_dir / "tmp").mkdir(parents=True, exist_ok=True)
         schema.migrate(self._conn())
-
-    # --- connections ---
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.db_path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
-        return conn
-
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection, for modules that keep their own tables (xtnd queue)."""
-        return self._conn()
-
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (rollback on error), durable (synchronous=FULL)."""
-        return self._tx()
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise TemporaryFailure(f"database busy: {exc}") from exc
-        try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        else:
-            conn.commit()
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._conns:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._conns.clear()
-        self._local = threading.local()
 
     # --- domains ---
     def _domain_id(self, conn: sqlite3.Connection, name: str) -> int:
@@ -716,9 +675,11 @@ class SqliteStore:
         )
         found: dict[int, StoredMessage] = {}
         for uid, prefix, data, file, size in rows:
-            path = None if file is None else self.bodies_dir / file
+            reader = (
+                None if file is None else functools.partial(_file_chunks, self.bodies_dir / file)
+            )
             found[uids[uid]] = StoredMessage(
-                bytes(prefix), None if data is None else bytes(data), path, size
+                bytes(prefix), None if data is None else bytes(data), reader, size
             )
         return found
 

@@ -19,7 +19,6 @@ import pytest
 from tests.conftest import LiveServer
 from tests.e2e.helpers import TIMEOUT, Raw, pop, uids
 from tests.xtnd.conftest import Sink, SinkHandler, Zone, _start, start_dns
-from xtnd import queue
 from xtnd.submit import Submitter
 
 FAST = {"retry_schedule": [0.2], "queue_poll_interval": 0.2}
@@ -95,7 +94,7 @@ def retr_all(server: LiveServer, user: str) -> list[bytes]:
 
 
 def queue_empty(server: LiveServer) -> bool:
-    return not server.call(queue.list_queue, server.store)
+    return not server.call(server.store.list_queue)
 
 
 def test_capa_and_local_delivery(server_factory: Callable[..., LiveServer], sink: Sink) -> None:
@@ -341,7 +340,7 @@ def test_queue_survives_restart(
         [entry] = wait_for(
             lambda: [
                 e
-                for e in first.call(queue.list_queue, first.store)
+                for e in first.call(first.store.list_queue)
                 if e.recipients[0].attempts >= 1 and e.recipients[0].state == "queued"
             ]
         )
@@ -390,7 +389,7 @@ def test_store_failure_is_a_temporary_error(
     if step == "addresses":
         monkeypatch.setattr(Submitter, "addresses_of", boom)
     else:
-        monkeypatch.setattr(queue, "enqueue", boom)
+        monkeypatch.setattr(type(server.store), "commit_submission", boom)
     with Raw(server) as raw:
         raw.login()
         reply = xmit(raw, msg("far@example.org"))
@@ -453,4 +452,4 @@ def test_over_the_rate_limit_delivers_nothing_locally(
         limited = xmit(raw, msg("ann@example.com, far@example.org"))
         assert limited.startswith(b"-ERR [SYS/TEMP] rate limit"), limited
     assert len(retr_all(server, "ann@example.com")) == 1
-    assert server.call(queue.list_queue, server.store) == []
+    assert server.call(server.store.list_queue) == []
