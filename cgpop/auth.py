@@ -1,4 +1,5 @@
-"""Turning a login into an open maildrop: resolve the name, check the secret, apply rights.
+"""Step 1 of the login policy (cgpop/login.py): resolve the name, check the secret, apply
+rights, and open the maildrop.
 
 Blocking (database, KDF): the asyncio shell runs these methods in a worker thread. An unknown
 name, a wrong password and a missing mailbox give one and the same reply, after the same KDF
@@ -17,8 +18,7 @@ import time
 from accounts.acl import GROUP_PREFIX, Rights, effective_rights
 from accounts.credentials import DUMMY_CREDENTIALS, Credentials, verify_password
 from cgpop.dircache import DirectoryCache
-from cgpop.errors import Pop3Error
-from cgpop.pop3.events import Grant, LoginOutcome
+from cgpop.login import AUTH_FAILED, Access, LoginResult
 from cgpop.sasl.apop import apop_digest_ok
 from cgpop.store.api import Account, Mailbox, Store
 from router.resolve import resolve_login
@@ -26,7 +26,7 @@ from router.route import LoginTarget, RouteError
 
 log = logging.getLogger("cgpop.auth")
 
-AUTH_FAILED = Pop3Error("authentication failed", "AUTH")
+__all__ = ["AUTH_FAILED", "Authenticator", "VerifiedCache"]
 
 
 class VerifiedCache:
@@ -128,7 +128,7 @@ class Authenticator:
         password: str | None = None,
         apop_digest: str | None = None,
         apop_banner: str = "",
-    ) -> LoginOutcome:
+    ) -> LoginResult:
         target, account = self.lookup(login, default_domain)
         creds = account.credentials if account is not None else DUMMY_CREDENTIALS
         if password is not None:
@@ -140,7 +140,7 @@ class Authenticator:
             good = apop_digest_ok(apop_banner, secret or "\x00no-secret", apop_digest or "")
             good = good and secret is not None
         if not good or account is None or target is None:
-            return LoginOutcome(error=AUTH_FAILED)
+            return LoginResult(error=AUTH_FAILED)
         return self.open(target, account)
 
     def sasl_credentials(
@@ -155,12 +155,12 @@ class Authenticator:
         good = self.check_password(creds or DUMMY_CREDENTIALS, password, creds is not None)
         return creds, good and creds is not None
 
-    def open_login(self, login: str, default_domain: str) -> LoginOutcome:
+    def open_login(self, login: str, default_domain: str) -> LoginResult:
         """After SASL proved the credentials of `login` (or an admin's, for an authorization
         identity): resolve it and open the maildrop it names."""
         target, account = self.lookup(login, default_domain)
         if target is None or account is None:
-            return LoginOutcome(error=AUTH_FAILED)
+            return LoginResult(error=AUTH_FAILED)
         return self.open(target, account)
 
     def is_admin(self, login: str, default_domain: str) -> bool:
@@ -188,7 +188,7 @@ class Authenticator:
             is_admin=user in self.admins,
         )
 
-    def open(self, target: LoginTarget, account: Account) -> LoginOutcome:
+    def open(self, target: LoginTarget, account: Account) -> LoginResult:
         """Credentials are proved: open the maildrop the name picked, if rights allow."""
         route = target.route
         mailbox = self._mailboxes.get(
@@ -197,7 +197,7 @@ class Authenticator:
         )
         if mailbox is None:
             log.info("login %s: no mailbox %s#%s", account.address, route.mailbox, route.address)
-            return LoginOutcome(error=AUTH_FAILED)
+            return LoginResult(error=AUTH_FAILED)
         rights = self.rights(mailbox, account.address)
         # POP needs `r` to open a maildrop. Refused like a bad password, so the reply does not
         # tell whether the mailbox exists (issue 3: no probing).
@@ -209,10 +209,10 @@ class Authenticator:
                 route.address,
                 str(rights),
             )
-            return LoginOutcome(error=AUTH_FAILED)
+            return LoginResult(error=AUTH_FAILED)
         snapshot = self.store.open_maildrop(mailbox, route.individual)
-        return LoginOutcome(
-            grant=Grant(
+        return LoginResult(
+            access=Access(
                 account.address,
                 snapshot,
                 may_seen="s" in rights,

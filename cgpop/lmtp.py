@@ -11,29 +11,32 @@ import asyncio
 import itertools
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
-from cgpop.config import Endpoint
-from cgpop.delivery import Result
+from cgpop.config import Endpoint, LmtpConfig
+from cgpop.delivery import Result, Status
 from cgpop.logs import SessionLog
-
-if TYPE_CHECKING:
-    from cgpop.server import Gateway
 
 log = logging.getLogger("cgpop")
 _ids = itertools.count(1)
 
 
 TEMPORARY_FAILURE = "451 4.3.0 temporary local failure, try again later"
+# RCPT: None when the recipient would be accepted, else why not (blocking work done off the
+# event loop by the caller).
+Check = Callable[[str], Awaitable[Status | None]]
+# DATA: sender, recipients, message -> one result per recipient, once durable.
+Deliver = Callable[[str, Sequence[str], bytes], Awaitable[list[Result]]]
 
 
 class _Handler:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(self, check: Check, deliver: Deliver, max_recipients: int) -> None:
+        self.check, self.deliver, self.max_recipients = check, deliver, max_recipients
 
     def _log(self, session: SmtpSession) -> SessionLog:
         if not hasattr(session, "cgpop_id"):
@@ -67,12 +70,12 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.gw.config.lmtp.max_recipients:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
             return "452 4.5.3 too many recipients"
         # Refuse unknown users, missing mailboxes and mailboxes that take no posting at RCPT,
         # so the MTA bounces them at once (RFC 2033 section 4.2); DATA checks again.
         try:
-            refused = await self.gw.read(self.gw.deliverer.check, address)
+            refused = await self.check(address)
         except Exception:
             self._log(session).exception("recipient check failed")
             return TEMPORARY_FAILURE
@@ -89,7 +92,7 @@ class _Handler:
         sender = envelope.mail_from or ""
         slog = self._log(session)
         try:
-            results = await self.gw.deliver(sender, envelope.rcpt_tos, content)
+            results = await self.deliver(sender, envelope.rcpt_tos, content)
         except Exception:
             # Never aiosmtpd's "500 Error: (ExceptionClass)": that would bounce the mail for
             # good and show our internals. 451 for each recipient: the MTA retries.
@@ -108,54 +111,58 @@ class _Handler:
 
 
 class _TrackedLMTP(LMTP):
-    """aiosmtpd's LMTP, registered with the gateway so shutdown can end open sessions."""
+    """aiosmtpd's LMTP, registered with its listener so shutdown can end open sessions."""
 
-    def __init__(self, gw: Gateway, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, sessions: set[_TrackedLMTP], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._gw = gw
+        self._sessions = sessions
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._gw.lmtp_sessions.add(self)
+        self._sessions.add(self)
         if self.session is not None:
             self.event_handler._log(self.session).info("connected")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._gw.lmtp_sessions.discard(self)
+        self._sessions.discard(self)
         if self.session is not None:
             self.event_handler._log(self.session).info("disconnected")
         super().connection_lost(exc)
 
 
-def end_sessions(gw: Gateway) -> None:
-    """Shutdown: tell connected MTAs (RFC 5321 section 3.8: 421) and close. A delivery in
-    progress is one transaction: committed or not; the MTA retries what got no reply, and
-    duplicate suppression catches a committed one."""
-    for proto in list(gw.lmtp_sessions):
-        transport = proto.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(b"421 4.3.2 cgpop shutting down\r\n")
-            transport.close()
+class LmtpListeners:
+    """The LMTP listeners and their open sessions."""
 
+    def __init__(self, config: LmtpConfig, hostname: str, check: Check, deliver: Deliver) -> None:
+        self.config, self.hostname = config, hostname
+        self.handler = _Handler(check, deliver, config.max_recipients)
+        self.sessions: set[_TrackedLMTP] = set()
 
-async def start_lmtp(gw: Gateway, ep: Endpoint) -> asyncio.Server:
-    handler = _Handler(gw)
-    limit = gw.config.lmtp.max_message_size
-    hostname = gw.config.server.hostname
+    async def start(self, ep: Endpoint) -> asyncio.Server:
+        def factory() -> _TrackedLMTP:
+            return _TrackedLMTP(
+                self.sessions,
+                self.handler,
+                hostname=self.hostname,
+                ident="cgpop LMTP",
+                data_size_limit=self.config.max_message_size,
+                enable_SMTPUTF8=True,
+                decode_data=False,
+            )
 
-    def factory() -> Any:
-        return _TrackedLMTP(
-            gw,
-            handler,
-            hostname=hostname,
-            ident="cgpop LMTP",
-            data_size_limit=limit,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-        )
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.create_server(factory, ep.host, ep.port, reuse_address=True)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {ep} for lmtp: {exc.strerror}") from None
 
-    loop = asyncio.get_running_loop()
-    try:
-        return await loop.create_server(factory, ep.host, ep.port, reuse_address=True)
-    except OSError as exc:
-        raise OSError(f"cannot listen on {ep} for lmtp: {exc.strerror}") from None
+    def end_sessions(self) -> None:
+        """Shutdown: tell connected MTAs (RFC 5321 section 3.8: 421) and close. A delivery in
+        progress is one transaction: committed or not; the MTA retries what got no reply, and
+        duplicate suppression catches a committed one."""
+        for proto in list(self.sessions):
+            # A stream transport (asyncio's or uvloop's), typed as its base class.
+            transport = cast(asyncio.Transport | None, proto.transport)
+            if transport is not None and not transport.is_closing():
+                transport.write(b"421 4.3.2 cgpop shutting down\r\n")
+                transport.close()

@@ -42,7 +42,7 @@ class LiveServer:
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking store call on the server's writer thread (keeps SQLite use ordered)."""
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(
-            self.gateway.write(fn, *args), self.loop
+            self.gateway.workers.write(fn, *args), self.loop
         )
         return fut.result(30)
 

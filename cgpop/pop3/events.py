@@ -103,8 +103,6 @@ class Grant:
     may_seen: bool = True  # `s`
     may_delete: bool = True  # `t`
     may_expunge: bool = True  # `e`
-    # A CommuniGate alert waits for this account: the shell shows it instead of logging in.
-    alert_pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)

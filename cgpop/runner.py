@@ -1,0 +1,260 @@
+"""One POP3 session's runner: carries out the events of the sans-IO engine (cgpop/pop3/), in
+order, with the services it is given, and writes the replies in batches.
+
+Replies to pipelined commands are collected and written once per chunk of input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cgpop import streams
+from cgpop.errors import Pop3Error
+from cgpop.login import Access, LoginPolicy, LoginResult
+from cgpop.logs import SessionLog
+from cgpop.pop3.events import (
+    Close,
+    Commit,
+    Event,
+    FailedLogin,
+    Grant,
+    LoginOutcome,
+    PasswordLogin,
+    SaslCredentials,
+    SaslLogin,
+    Send,
+    SendMessage,
+    StartTls,
+    Submit,
+)
+from cgpop.pop3.lines import LineBuffer
+from cgpop.pop3.session import Policy, Session
+from cgpop.store.api import Snapshot, StoredMessage
+from cgpop.tlsconf import ReloadableContext
+from cgpop.wire import TERMINATOR, top_lines
+
+# Flush collected replies once they pass this, so a pipelined burst cannot grow memory.
+FLUSH_AT = 256 * 1024
+# Read-ahead window for RETR/TOP: messages per worker-thread hop, and a byte bound so a
+# session never holds more than this much message data in memory.
+READ_AHEAD = 32
+READ_AHEAD_BYTES = 256 * 1024
+
+Run = Callable[..., Awaitable[Any]]
+# XTND XMIT (account, peer, message): None when accepted for every recipient, else the reply.
+SubmitFn = Callable[[str, str, bytes], Awaitable[Pop3Error | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a session's runner may use, and nothing else."""
+
+    login: LoginPolicy
+    read: Run  # blocking store reads, off the event loop (cgpop/workers.py)
+    write: Run  # blocking store writes, on the single writer
+    read_messages: Callable[[Snapshot, Sequence[int]], dict[int, StoredMessage]]
+    expunge: Callable[[int, Sequence[int]], int]
+    mark_seen: Callable[[tuple[int, int]], object]  # the \Seen group commit
+    submit: SubmitFn | None  # XTND XMIT, when enabled
+    collect_soon: Callable[[], None]  # expunged messages may be collectable now
+    tls: ReloadableContext | None
+    policy: Callable[[bool, str], Policy]  # (TLS active, peer address) -> the session's Policy
+
+
+@dataclass(eq=False)
+class Peer:
+    """Who the session talks to, and as whom once logged in."""
+
+    ip: str
+    address: str  # "ip:port", as logged
+    domain: str  # the listener's default domain
+    account: str | None = None
+
+
+def outcome_of(result: LoginResult) -> LoginOutcome:
+    """The login policy's result as the engine takes it."""
+    access = result.access
+    if access is None:
+        return LoginOutcome(error=result.error, counts_as_failure=result.counts_as_failure)
+    grant = Grant(
+        access.account,
+        access.snapshot,
+        may_seen=access.may_seen,
+        may_delete=access.may_delete,
+        may_expunge=access.may_expunge,
+    )
+    return LoginOutcome(grant=grant)
+
+
+class SessionRunner:
+    """Carries out one session's events, in order, with batched writes."""
+
+    def __init__(
+        self,
+        services: Services,
+        session: Session,
+        peer: Peer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        lines: LineBuffer,
+        slog: SessionLog,
+    ) -> None:
+        self.services, self.session, self.peer = services, session, peer
+        self.reader, self.writer, self.lines, self.slog = reader, writer, lines, slog
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.window: dict[int, StoredMessage] = {}
+        self.access: Access | None = None  # the admitted login, for logout
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_size += len(data)
+
+    async def flush(self) -> None:
+        if self.out:
+            self.writer.write(b"".join(self.out))
+            self.out.clear()
+            self.out_size = 0
+        await self.writer.drain()
+
+    async def run_events(self, events: Iterable[Event]) -> None:
+        sv, peer, slog = self.services, self.peer, self.slog
+        for event in events:
+            if isinstance(event, Send):
+                self.send(event.data)
+                if self.out_size >= FLUSH_AT:
+                    await self.flush()
+            elif isinstance(event, Close):
+                await self.flush()
+                self.writer.close()
+            elif isinstance(event, PasswordLogin):
+                result = await sv.login.password(
+                    event.login,
+                    peer.domain,
+                    peer.ip,
+                    slog,
+                    password=event.password,
+                    apop_digest=event.apop_digest,
+                    apop_banner=self.session.policy.apop_banner,
+                )
+                await self.run_events(self.session.login_result(self.admitted(result)))
+            elif isinstance(event, SendMessage):
+                await self.send_message(event)
+            elif isinstance(event, Commit):
+                await self.run_events(await self.commit(event))
+            elif isinstance(event, StartTls):
+                await self.start_tls(event)
+            elif isinstance(event, SaslCredentials):
+                creds, good = await sv.login.sasl_credentials(
+                    event.authcid, peer.domain, event.password
+                )
+                await self.run_events(self.session.sasl_credentials(creds, good))
+            elif isinstance(event, FailedLogin):
+                failed = LoginResult(
+                    error=event.outcome.error, counts_as_failure=event.outcome.counts_as_failure
+                )
+                await sv.login.decide(failed, event.login, peer.ip, slog)
+                await self.run_events(self.session.login_result(event.outcome))
+            elif isinstance(event, SaslLogin):
+                result = await sv.login.sasl(
+                    event.login, event.proven_by, peer.domain, peer.ip, slog
+                )
+                await self.run_events(self.session.login_result(self.admitted(result)))
+            elif isinstance(event, Submit):
+                await self.run_events(self.session.submit_result(await self.submit(event)))
+
+    def admitted(self, result: LoginResult) -> LoginOutcome:
+        if result.access is not None:
+            self.access = result.access
+            self.peer.account = result.access.account
+        return outcome_of(result)
+
+    def logout(self) -> None:
+        """The connection is gone: an admitted login's maildrop closes and its slot frees."""
+        if self.access is not None:
+            self.services.login.logout(self.access)
+            self.services.collect_soon()
+            self.access = None
+
+    async def start_tls(self, event: StartTls) -> None:
+        """RFC 2595 section 4: reply, drop everything the client pipelined after STLS (no
+        plaintext command injection), handshake, and restart the session's view."""
+        self.send(event.reply)
+        await self.flush()
+        # Lines already read behind STLS, and bytes still in the stream's buffer, were sent in
+        # cleartext: they must not be read as if they came through TLS.
+        self.lines.discard()
+        assert self.services.tls is not None
+        await streams.start_tls(self.reader, self.writer, self.services.tls.context, carry=False)
+        self.session.tls_started(self.services.policy(True, self.peer.ip))
+        self.slog.info("TLS started")
+
+    async def submit(self, event: Submit) -> Pop3Error | None:
+        submit = self.services.submit
+        if submit is None or self.peer.account is None:
+            return Pop3Error("submission is not available", "SYS/TEMP")
+        return await submit(self.peer.account, self.peer.address, event.message)
+
+    async def fetch(self, index: int) -> StoredMessage | None:
+        """The stored message `index`, reading ahead: one worker-thread hop loads the next
+        READ_AHEAD messages (bounded by READ_AHEAD_BYTES of small bodies) into a per-session
+        window that is emptied as they are sent."""
+        stored = self.window.pop(index, None)
+        if stored is not None:
+            return stored
+        snap = self.session.snapshot
+        deleted = self.session.deleted
+        indexes: list[int] = []
+        total = 0
+        for i in range(index, min(len(snap), index + READ_AHEAD)):
+            if i in deleted:
+                continue
+            total += snap.sizes[i]
+            if indexes and total > READ_AHEAD_BYTES:
+                break
+            indexes.append(i)
+        self.window = await self.services.read(self.services.read_messages, snap, indexes)
+        return self.window.pop(index, None)
+
+    async def send_message(self, event: SendMessage) -> None:
+        snap = self.session.snapshot
+        stored = await self.fetch(event.index)
+        if stored is None:
+            self.send(Pop3Error("message is no longer available", "SYS/TEMP").reply())
+            return
+        self.send(event.status)
+        if stored.data is not None:
+            if event.lines is None:
+                self.send(stored.prefix)
+                self.send(stored.data)
+            else:
+                for part in top_lines((stored.prefix, stored.data), event.lines):
+                    self.send(part)
+        else:
+            # Large body: stream it in bounded chunks read off the event loop.
+            await self.flush()
+            source = stored.chunks()
+            chunks = source if event.lines is None else top_lines(source, event.lines)
+            try:
+                while (part := await self.services.read(next, chunks, None)) is not None:
+                    self.writer.write(part)
+                    await self.writer.drain()
+            finally:
+                source.close()  # the body file, also when the client went away mid-message
+        self.send(TERMINATOR)
+        if event.mark_seen:
+            self.services.mark_seen((snap.mailbox.id, snap.uids[event.index]))
+
+    async def commit(self, event: Commit) -> list[Event]:
+        snap = self.session.snapshot
+        try:
+            removed = await self.services.write(self.services.expunge, snap.mailbox.id, event.uids)
+        except Exception:
+            self.slog.exception("expunge failed")
+            return self.session.commit_result(False, 0)
+        self.slog.info("expunged %d of %d messages", removed, len(event.uids))
+        self.services.collect_soon()
+        return self.session.commit_result(True, len(snap) - len(event.uids))
