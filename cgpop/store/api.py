@@ -129,12 +129,15 @@ class StoredMessage:
     size: int  # unstuffed size of prefix + body, as LIST reports it
 
     def chunks(self, chunk_size: int = 256 * 1024) -> Generator[bytes, None, None]:
-        yield self.prefix
+        """The octets in bounded chunks. The body file is opened before the first chunk is
+        produced, so a missing body raises `OSError` before a single octet was sent."""
         if self.data is not None:
+            yield self.prefix
             yield self.data
             return
         assert self.path is not None
         with open(self.path, "rb") as fh:
+            yield self.prefix
             while chunk := fh.read(chunk_size):
                 yield chunk
 

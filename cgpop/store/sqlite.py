@@ -4,11 +4,19 @@ Methods are blocking; the asyncio layer runs them in worker threads (one connect
 Durability: deliveries commit with synchronous=FULL after body files are fsynced, so an
 acknowledged message survives a crash and a crash before commit leaves nothing visible (an
 orphan body file at most, removed at the next start).
+
+Body files and concurrent writers: a writer (the server's LMTP and XTND paths, `cgpop deliver`,
+`cgpop mailbox import`, another worker process) writes a large body's file *before* the
+transaction that names it commits. Each such file is held open with a shared `flock` from its
+creation until that transaction has ended, and the orphan sweep only removes a file it can lock
+exclusively and, once locked, still finds unnamed. A writer that dies loses its locks with its
+process, so its files become sweepable; a live writer's file never is. No global lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import sqlite3
@@ -560,16 +568,26 @@ class SqliteStore:
         return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
-    def _write_body_file(self, stuffed: bytes) -> str:
-        name = secrets.token_hex(16)
+    def _write_body_file(self, stuffed: bytes, pins: list[int]) -> str:
+        """Write and fsync a body file; its descriptor, holding a shared flock, is appended to
+        `pins` and must stay open until the transaction naming the file has ended (see the
+        module docstring), then be released with `_release`."""
+        while True:
+            name = secrets.token_hex(16)
+            tmp = self.bodies_dir / "tmp" / name
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            pins.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            # The sweep may have removed the file between open and flock: start again.
+            if os.fstat(fd).st_nlink:
+                break
         rel = f"{name[:2]}/{name}"
         final = self.bodies_dir / rel
         final.parent.mkdir(exist_ok=True)
-        tmp = self.bodies_dir / "tmp" / name
-        with open(tmp, "wb") as fh:
+        with open(fd, "wb", closefd=False) as fh:
             fh.write(stuffed)
             fh.flush()
-            os.fsync(fh.fileno())
+            os.fsync(fd)
         os.replace(tmp, final)
         dirfd = os.open(final.parent, os.O_RDONLY)
         try:
@@ -578,12 +596,19 @@ class SqliteStore:
             os.close(dirfd)
         return rel
 
-    def _stored_body(self, raw: bytes) -> tuple[int, bytes, str | None]:
+    @staticmethod
+    def _release(pins: list[int]) -> None:
+        for fd in pins:
+            os.close(fd)
+        pins.clear()
+
+    def _stored_body(self, raw: bytes, pins: list[int]) -> tuple[int, bytes, str | None]:
         """(size as POP reports it, stuffed octets, body file or None when kept inline). The
-        file, if any, is written and fsynced before the caller's transaction commits."""
+        file, if any, is written and fsynced before the caller's transaction commits, and
+        pinned (see `_write_body_file`) until the caller releases `pins` after it."""
         normalized = normalize_crlf(raw)
         stuffed = dot_stuff(normalized)
-        file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
+        file = self._write_body_file(stuffed, pins) if len(stuffed) > INLINE_MAX else None
         return len(normalized), stuffed, file
 
     def _insert_body(
@@ -613,12 +638,13 @@ class SqliteStore:
         (group commit). Per item and copy: stored, or False when suppressed as a duplicate.
         All or nothing: on an exception no item is stored."""
         prepared: list[tuple[int, bytes, str | None, Sequence[Copy]]] = []
+        pins: list[int] = []
         try:
             for message, copies in items:
                 if not copies:
                     prepared.append((0, b"", None, copies))
                     continue
-                prepared.append((*self._stored_body(message), copies))
+                prepared.append((*self._stored_body(message, pins), copies))
             now = _now()
             outcome: list[list[bool]] = []
             with self._tx() as conn:
@@ -633,6 +659,8 @@ class SqliteStore:
         except BaseException:
             self._unlink_files(file for _, _, file, _ in prepared)
             raise
+        finally:
+            self._release(pins)
         # Bodies every copy of which was a duplicate were never referenced.
         self._unlink_files(
             file
@@ -723,20 +751,29 @@ class SqliteStore:
         pending: list[tuple[bytes, int]] = []
 
         def flush() -> None:
-            with self._tx() as conn:
-                now = _now()
-                for raw, flags in pending:
-                    size, stuffed, file = self._stored_body(raw)
-                    body_id = self._insert_body(conn, size, stuffed, file, 1)
-                    x_real_to, names = real_to(raw) if real_to is not None else (None, ())
-                    copy = Copy(
-                        mailbox.id,
-                        b"",
-                        x_real_to,
-                        names[0] if names else None,
-                        more_individuals=names[1:],
-                    )
-                    self._insert_copy(conn, copy, body_id, size, now, flags)
+            pins: list[int] = []
+            files: list[str | None] = []
+            try:
+                with self._tx() as conn:
+                    now = _now()
+                    for raw, flags in pending:
+                        size, stuffed, file = self._stored_body(raw, pins)
+                        files.append(file)
+                        body_id = self._insert_body(conn, size, stuffed, file, 1)
+                        x_real_to, names = real_to(raw) if real_to is not None else (None, ())
+                        copy = Copy(
+                            mailbox.id,
+                            b"",
+                            x_real_to,
+                            names[0] if names else None,
+                            more_individuals=names[1:],
+                        )
+                        self._insert_copy(conn, copy, body_id, size, now, flags)
+            except BaseException:
+                self._unlink_files(files)
+                raise
+            finally:
+                self._release(pins)
             pending.clear()
 
         for item in messages:
@@ -878,17 +915,38 @@ class SqliteStore:
         return len(rows)
 
     def remove_orphan_files(self) -> int:
-        """At start: body files no row names (a crash between fsync and commit)."""
+        """At start: remove body files no row names (a crash between fsync and commit), but
+        never one a live writer still holds (see the module docstring)."""
         known = {
             r[0] for r in self._conn().execute("SELECT file FROM bodies WHERE file IS NOT NULL")
         }
         removed = 0
         for path in self.bodies_dir.glob("*/*"):
+            in_tmp = path.parent.name == "tmp"
             rel = f"{path.parent.name}/{path.name}"
-            if path.parent.name == "tmp" or rel not in known:
+            if not in_tmp and rel in known:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # renamed into place or removed by its writer meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a writer's transaction has not ended yet
+                # Locked: its writer is done. It may have committed since `known` was read.
+                if not in_tmp and self._body_file_named(rel):
+                    continue
                 path.unlink(missing_ok=True)
                 removed += 1
+            finally:
+                os.close(fd)
         return removed
+
+    def _body_file_named(self, rel: str) -> bool:
+        row = self._conn().execute("SELECT 1 FROM bodies WHERE file = ?", (rel,)).fetchone()
+        return row is not None
 
     def prune_duplicates(self) -> None:
         if self.duplicate_window is not None:
