@@ -18,6 +18,7 @@ import time
 from accounts.acl import GROUP_PREFIX, Rights, effective_rights
 from accounts.credentials import DUMMY_CREDENTIALS, Credentials, verify_password
 from cgpop.dircache import DirectoryCache
+from cgpop.errors import Pop3Error
 from cgpop.login import AUTH_FAILED, Access, LoginResult
 from cgpop.sasl.apop import apop_digest_ok
 from cgpop.store.api import Account, Mailbox, Store
@@ -26,7 +27,9 @@ from router.route import LoginTarget, RouteError
 
 log = logging.getLogger("cgpop.auth")
 
-__all__ = ["AUTH_FAILED", "Authenticator", "VerifiedCache"]
+__all__ = ["ACCOUNT_DISABLED", "AUTH_FAILED", "Authenticator", "VerifiedCache"]
+
+ACCOUNT_DISABLED = Pop3Error("account disabled", "SYS/PERM")
 
 
 class VerifiedCache:
@@ -190,6 +193,11 @@ class Authenticator:
 
     def open(self, target: LoginTarget, account: Account) -> LoginResult:
         """Credentials are proved: open the maildrop the name picked, if rights allow."""
+        if "pop" in account.disabled:
+            # Issue 13: after the credentials, so only their holder learns of the suspension;
+            # not a failed login (no penalty), and PERM: retrying will not help.
+            log.info("login %s refused: the pop service is disabled", account.address)
+            return LoginResult(error=ACCOUNT_DISABLED, counts_as_failure=False)
         route = target.route
         mailbox = self._mailboxes.get(
             (route.domain, route.account, route.mailbox),
@@ -219,5 +227,7 @@ class Authenticator:
                 may_delete="t" in rights,
                 may_expunge="e" in rights,
                 alert_pending=self.store.pending_alert(account.address) is not None,
+                login_address=target.login_address,
+                may_submit="xtnd" not in account.disabled,
             )
         )

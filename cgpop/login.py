@@ -43,6 +43,10 @@ class Access:
     may_expunge: bool = True  # `e`
     # A CommuniGate alert waits for this account (step 3).
     alert_pending: bool = False
+    # Issue 13: the address part of the login name (routes to `account`), and whether the
+    # account's XTND XMIT service is enabled.
+    login_address: str = ""
+    may_submit: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ Replies to pipelined commands are collected and written once per chunk of input.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +45,10 @@ READ_AHEAD = 32
 READ_AHEAD_BYTES = 256 * 1024
 
 Run = Callable[..., Awaitable[Any]]
-# XTND XMIT (account, peer, message): None when accepted for every recipient, else the reply.
-SubmitFn = Callable[[str, str, bytes], Awaitable[Pop3Error | None]]
+# XTND XMIT (account, peer, message, login address): None when accepted for every recipient,
+# else the reply.
+SubmitFn = Callable[[str, str, bytes, str], Awaitable[Pop3Error | None]]
+BODY_MISSING = Pop3Error("message body unavailable, the error is logged", "SYS/TEMP").reply()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,8 @@ def outcome_of(result: LoginResult) -> LoginOutcome:
         may_seen=access.may_seen,
         may_delete=access.may_delete,
         may_expunge=access.may_expunge,
+        login_address=access.login_address,
+        may_submit=access.may_submit,
     )
     return LoginOutcome(grant=grant)
 
@@ -196,7 +201,9 @@ class SessionRunner:
         submit = self.services.submit
         if submit is None or self.peer.account is None:
             return Pop3Error("submission is not available", "SYS/TEMP")
-        return await submit(self.peer.account, self.peer.address, event.message)
+        return await submit(
+            self.peer.account, self.peer.address, event.message, event.login_address
+        )
 
     async def fetch(self, index: int) -> StoredMessage | None:
         """The stored message `index`, reading ahead: one worker-thread hop loads the next
@@ -225,28 +232,58 @@ class SessionRunner:
         if stored is None:
             self.send(Pop3Error("message is no longer available", "SYS/TEMP").reply())
             return
-        self.send(event.status)
         if stored.data is not None:
+            self.send(event.status)
             if event.lines is None:
                 self.send(stored.prefix)
                 self.send(stored.data)
             else:
                 for part in top_lines((stored.prefix, stored.data), event.lines):
                     self.send(part)
-        else:
-            # Large body: stream it in bounded chunks read off the event loop.
-            await self.flush()
-            source = stored.chunks()
-            chunks = source if event.lines is None else top_lines(source, event.lines)
-            try:
-                while (part := await self.services.read(next, chunks, None)) is not None:
-                    self.writer.write(part)
-                    await self.writer.drain()
-            finally:
-                source.close()  # the body file, also when the client went away mid-message
+        elif not await self.stream_body(stored, event):
+            return
         self.send(TERMINATOR)
         if event.mark_seen:
             self.services.mark_seen((snap.mailbox.id, snap.uids[event.index]))
+
+    async def stream_body(self, stored: StoredMessage, event: SendMessage) -> bool:
+        """Send the status line and a large body in bounded chunks read off the event loop.
+        The body is opened (first chunk) before the status line, so a missing body is a
+        clean -ERR and the session goes on (False)."""
+        snap = self.session.snapshot
+        read = self.services.read
+        source = stored.chunks()
+        try:
+            try:
+                first = await read(next, source, None)
+            except OSError as exc:
+                self.slog.error(
+                    "body of message uid %d in mailbox %d unreadable: %s",
+                    snap.uids[event.index],
+                    snap.mailbox.id,
+                    exc,
+                )
+                self.send(BODY_MISSING)
+                return False
+            self.send(event.status)
+            await self.flush()
+            rest = itertools.chain(() if first is None else (first,), source)
+            chunks = rest if event.lines is None else top_lines(rest, event.lines)
+            while True:
+                try:
+                    part = await read(next, chunks, None)
+                except OSError as exc:
+                    # Inside a multi-line reply only its octets may follow: end the
+                    # connection rather than put an -ERR in the middle of the message.
+                    self.slog.error("body read failed mid-message: %s", exc)
+                    self.writer.transport.abort()
+                    raise ConnectionResetError("body read failed") from exc
+                if part is None:
+                    return True
+                self.writer.write(part)
+                await self.writer.drain()
+        finally:
+            source.close()  # the body, also when the client went away mid-message
 
     async def commit(self, event: Commit) -> list[Event]:
         snap = self.session.snapshot

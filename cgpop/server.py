@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from cgpop import sasl
 from cgpop.auth import Authenticator
+from cgpop.blocking import StoreWorkers
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer, Prepared, Result, Status
 from cgpop.errors import Pop3Error
@@ -27,7 +28,6 @@ from cgpop.runner import Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
 from cgpop.store.factory import open_store
 from cgpop.tlsconf import ReloadableContext
-from cgpop.workers import StoreWorkers
 
 if TYPE_CHECKING:
     from xtnd.service import SubmissionService
@@ -65,7 +65,7 @@ class Gateway:
             lambda batch: self.workers.write(self.deliverer.commit, batch), max_batch=64
         )
         self.caps = SessionCaps(config.pop3.max_per_ip, config.pop3.max_per_account)
-        self.penalty = Penalty(
+        penalty = Penalty(
             PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max)
         )
         self.login = LoginPolicy(
@@ -74,7 +74,7 @@ class Gateway:
             write=self.workers.write,
             take_alert=self.store.take_alert,
             close_maildrop=self.store.close_maildrop,
-            penalty=self.penalty,
+            penalty=penalty,
             caps=self.caps,
         )
         self.sasl_config = sasl.SaslConfig(
@@ -92,6 +92,15 @@ class Gateway:
         self.bound: dict[str, list[tuple[str, int]]] = {"pop3": [], "pop3s": [], "lmtp": []}
         self._stopping = asyncio.Event()
         self._collect_wanted = False
+
+    @property
+    def penalty(self) -> Penalty:
+        """The failed-login delay the login policy applies."""
+        return self.login.penalty
+
+    @penalty.setter
+    def penalty(self, penalty: Penalty) -> None:
+        self.login.penalty = penalty
 
     def _mark_seen(self, items: list[tuple[int, int]]) -> list[None]:
         """\\Seen is advisory: a failed batch is logged, never an error for the RETR."""
@@ -259,9 +268,9 @@ def _submit_fn(service: SubmissionService) -> SubmitFn:
     """XTND XMIT for the session runner: xtnd's refusals become the engine's replies."""
     from xtnd.submit import SubmissionError
 
-    async def submit(account: str, peer: str, message: bytes) -> Pop3Error | None:
+    async def submit(account: str, peer: str, message: bytes, login: str) -> Pop3Error | None:
         try:
-            await service.submitter.submit(account, peer, message)
+            await service.submitter.submit(account, peer, message, login)
         except SubmissionError as exc:
             return Pop3Error(exc.text, "SYS/TEMP" if exc.temporary else None)
         return None

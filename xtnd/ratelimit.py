@@ -1,10 +1,11 @@
 """Per-account submission rate limit: messages and recipients in the last hour (issue 5).
 
 A sliding window over the store's record of accepted submissions (cgpop.store.api.Submissions).
-`xtnd.submit` judges a submission with `judge` on a reader first, so one over the limit is
-refused before any local copy is delivered, then again inside the store's transaction that
-records it and queues its remote recipients (`commit_submission`), so two sessions of one
-account cannot both slip under the limit.
+`xtnd.submit` judges a submission with `judge` on a reader first, so one already over the limit
+costs no writer transaction; then the store takes the limit (`take_submission_slot`): judged
+again and recorded in one transaction on the writer *before* anything is stored or queued, so
+parallel sessions of one account cannot together deliver more than the limit (issue 10, defect
+3). If the submission then fails, its slot is given back (`release_submission_slot`).
 """
 
 from __future__ import annotations

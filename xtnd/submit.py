@@ -17,14 +17,17 @@ The steps, and the threads they run on:
    account (its domain is hosted here) or that a routing record claims is refused; anything
    else is remote. The rate limit (messages and recipients per hour) is checked here too, so a
    submission over it delivers nothing.
-3. Local copies are delivered through the gateway's group commit (writer, shared transaction).
-4. On the writer, in one store transaction (`commit_submission`): the rate limit checked again
-   and the submission recorded (so two sessions of one account cannot both slip under it), the
-   remote recipients queued.
+3. On the writer, in one store transaction (`take_submission_slot`), the rate limit is taken:
+   checked again and the submission recorded, before anything is stored or queued, so
+   parallel sessions of one account cannot deliver more copies than the limit allows (issue
+   10, defect 3).
+4. Local copies are delivered through the gateway's group commit (writer, shared transaction).
+5. On the writer, in one transaction: the remote recipients queued.
 
-If step 4 failed after step 3 succeeded, the client sees -ERR although local copies exist; a
-resend is then caught by duplicate suppression (same Message-ID). Doing 4 before 3 would instead
-risk relaying a message whose submission was refused.
+If step 4 or 5 fails, the slot taken in step 3 is given back. If step 5 failed after step 4
+succeeded, the client sees -ERR although local copies exist; a resend is then caught by duplicate
+suppression (same Message-ID). Queueing before delivering would instead risk relaying a message
+whose submission was refused.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from router.route import Route
 from xtnd import ratelimit
 from xtnd.envelope import Envelope, SubmissionError, derive_envelope
 
-__all__ = ["SubmissionError", "Submitter"]
+__all__ = ["SubmissionError", "SubmissionStore", "Submitter"]
 
 log = logging.getLogger("cgpop.xtnd")
 Run = Callable[..., Awaitable[Any]]
@@ -62,15 +65,11 @@ class SubmissionStore(Protocol):
     def list_routes(self) -> list[tuple[str, str]]: ...
     def list_domain_aliases(self) -> list[tuple[str, str]]: ...
     def submission_counts(self, account: str, since: float) -> SubmissionCounts: ...
-    def commit_submission(
-        self,
-        account: str,
-        recipients: int,
-        now: float,
-        since: float,
-        verdict: Verdict,
-        outbound: Outbound | None,
-    ) -> str | None: ...
+    def take_submission_slot(
+        self, account: str, recipients: int, now: float, since: float, verdict: Verdict
+    ) -> int | str: ...
+    def release_submission_slot(self, slot: int) -> None: ...
+    def enqueue(self, outbound: Outbound, now: float) -> int: ...
 
 
 class LocalDelivery(Protocol):
@@ -111,10 +110,14 @@ class Submitter:
             lambda: self.store.directory_version()
         )
 
-    async def submit(self, account: str, peer: str, message: bytes) -> None:
-        """Deliver or queue `message` for every recipient, or raise SubmissionError."""
+    async def submit(
+        self, account: str, peer: str, message: bytes, login_address: str = ""
+    ) -> None:
+        """Deliver or queue `message` for every recipient, or raise SubmissionError.
+        `login_address`: the address part of the name the session logged in with; it routes
+        to `account`, so it is an allowed From even through a wildcard (issue 13)."""
         try:
-            queued, count = await self._submit(account, peer, message)
+            queued, count = await self._submit(account, peer, message, login_address)
         except SubmissionError as exc:
             log.info("XTND XMIT from %s refused: %s", account, exc.text)
             raise
@@ -127,9 +130,13 @@ class Submitter:
         if queued:
             self.on_queued()
 
-    async def _submit(self, account: str, peer: str, message: bytes) -> tuple[int, int]:
+    async def _submit(
+        self, account: str, peer: str, message: bytes, login_address: str
+    ) -> tuple[int, int]:
         """The steps of the module docstring: (number queued, recipients)."""
         allowed = await self.read(self.addresses_of, account)
+        if login_address:
+            allowed = allowed | {login_address.lower()}
         envelope: Envelope = await self.read(
             functools.partial(
                 derive_envelope,
@@ -143,26 +150,41 @@ class Submitter:
         )
         now = time.time()
         prepared, remote = await self.read(self.classify, account, envelope, now)
-        if prepared.copies:
-            results = await self.deliver(prepared)
-            for before, r in zip(prepared.results, results, strict=True):
-                if before is not None:
-                    continue  # a remote recipient, no copy here
-                if r.status is Status.TEMPORARY:
-                    text = f"could not deliver to {r.recipient}; try again later"
-                    raise SubmissionError(text, temporary=True)
-                if r.status not in _ACCEPTED:
-                    raise SubmissionError(f"unknown recipient {r.recipient}")
-        await self.write(self.commit, account, envelope, remote, now)
-        return len(remote), len(envelope.recipients)
+        slot = await self.write(self.take_slot, account, len(envelope.recipients), now)
+        sent = False
+        try:
+            await self._deliver_local(prepared)
+            if remote:
+                outbound = Outbound(envelope.sender, account, envelope.message, tuple(remote))
+                await self.write(self.store.enqueue, outbound, now)
+            sent = True
+            return len(remote), len(envelope.recipients)
+        finally:
+            if not sent:
+                await self.write(self.store.release_submission_slot, slot)
+
+    async def _deliver_local(self, prepared: Prepared) -> None:
+        """Step 4: the local copies, or SubmissionError naming one that could not be stored."""
+        if not prepared.copies:
+            return
+        results = await self.deliver(prepared)
+        for before, r in zip(prepared.results, results, strict=True):
+            if before is not None:
+                continue  # a remote recipient, no copy here
+            if r.status is Status.TEMPORARY:
+                text = f"could not deliver to {r.recipient}; try again later"
+                raise SubmissionError(text, temporary=True)
+            if r.status not in _ACCEPTED:
+                raise SubmissionError(f"unknown recipient {r.recipient}")
 
     # --- blocking parts, on the store's threads ---
     def addresses_of(self, account: str) -> frozenset[str]:
         """The addresses `account` may put in From besides its own (which `derive_envelope`
         adds): its name in every alias of its domain, every exact routing record that lands on
         it, and `[xtnd] allowed_from`. Wildcard records are left out: `*@domain` catches mail,
-        it does not make every address of the domain the account's own. Cached per account
-        until the directory changes."""
+        it does not make every address of the domain the account's own (only the one the
+        session logged in with, which `submit` adds). Cached per account until the directory
+        changes."""
         account = account.lower()
         return self._addresses.get(account, lambda: self._addresses_of(account))
 
@@ -199,22 +221,18 @@ class Submitter:
             raise SubmissionError(reason, temporary=True)
         return prepared, remote
 
-    def commit(self, account: str, envelope: Envelope, remote: list[str], now: float) -> None:
-        """Step 4, on the writer: rate limit and queue in one store transaction."""
-        count = len(envelope.recipients)
-        outbound = None
-        if remote:
-            outbound = Outbound(envelope.sender, account, envelope.message, tuple(remote))
-        reason = self.store.commit_submission(
+    def take_slot(self, account: str, recipients: int, now: float) -> int:
+        """Step 3, on the writer: check and record the submission in one store transaction."""
+        slot = self.store.take_submission_slot(
             account,
-            count,
+            recipients,
             now,
             now - ratelimit.WINDOW,
-            functools.partial(ratelimit.judge, recipients=count, limits=self.limits),
-            outbound,
+            functools.partial(ratelimit.judge, recipients=recipients, limits=self.limits),
         )
-        if reason is not None:
-            raise SubmissionError(reason, temporary=True)
+        if isinstance(slot, str):
+            raise SubmissionError(slot, temporary=True)
+        return slot
 
 
 def _peer_ip(peer: str) -> str:

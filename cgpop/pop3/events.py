@@ -92,6 +92,8 @@ class Submit:
     Result: `Session.submit_result`."""
 
     message: bytes = field(repr=False)
+    # The address part of the login name: always an allowed From (issue 13).
+    login_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,10 @@ class Grant:
     may_seen: bool = True  # `s`
     may_delete: bool = True  # `t`
     may_expunge: bool = True  # `e`
+    # Issue 13: the address part of the login name (routes to `account`), and whether the
+    # account's XTND XMIT service is enabled.
+    login_address: str = ""
+    may_submit: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,13 @@ FLAG_NAMES = {
 }
 
 
+# Issue 13: the services an account may have suspended (`cgpop account disable --service`).
+SERVICES = ("pop", "xtnd")
+# Several X-Real-To addresses are stored in one column joined by this; it never occurs in an
+# address there (delivery strips control characters from what it records).
+REAL_TO_SEPARATOR = "\n"
+
+
 def flag_names(bits: int) -> list[str]:
     return [name for bit, name in FLAG_NAMES.items() if bits & bit]
 
@@ -61,6 +68,7 @@ class Account:
     domain: str
     name: str
     credentials: Credentials
+    disabled: frozenset[str] = frozenset()  # suspended SERVICES
 
     @property
     def address(self) -> str:
@@ -105,6 +113,12 @@ class MessageInfo:
     flags: tuple[str, ...]
     x_real_to: str | None
     internal_date: float
+    individuals: tuple[str, ...] = ()  # the names an individual login is matched against
+
+    @property
+    def real_to(self) -> tuple[str, ...]:
+        """The X-Real-To addresses recorded for the message, one per item."""
+        return tuple(self.x_real_to.split(REAL_TO_SEPARATOR)) if self.x_real_to else ()
 
 
 class BodyReader(Protocol):
@@ -125,12 +139,21 @@ class StoredMessage:
     size: int  # unstuffed size of prefix + body, as LIST reports it
 
     def chunks(self, chunk_size: int = 256 * 1024) -> Generator[bytes, None, None]:
-        yield self.prefix
+        """The octets in bounded chunks. The body file is opened before the first chunk is
+        produced, so a missing body raises `OSError` before a single octet was sent."""
         if self.data is not None:
+            yield self.prefix
             yield self.data
             return
         assert self.reader is not None
-        yield from self.reader(chunk_size)
+        # The body is opened (its first chunk read) before the prefix goes out, so a missing
+        # body raises before a single octet was sent.
+        body = self.reader(chunk_size)
+        first = next(body, None)
+        yield self.prefix
+        if first is not None:
+            yield first
+            yield from body
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +166,8 @@ class Copy:
     individual: str | None
     message_id: str | None = None
     dedup_key: str | None = None  # recipient key for duplicate suppression
+    # Individual names after the first (several listed in the message's own X-Real-To).
+    more_individuals: tuple[str, ...] = ()
 
 
 # --- alerts (CommuniGate): cgpop/alerts.py has the text rules ---
@@ -284,6 +309,16 @@ class Directory(Protocol):
     def set_credentials(self, domain: str, name: str, creds: Credentials) -> None: ...
     def remove_account(self, domain: str, name: str) -> None: ...
     def list_accounts(self, domain: str | None = None) -> list[str]: ...
+    def set_services_enabled(
+        self, domain: str, name: str, services: Sequence[str], enabled: bool
+    ) -> None:
+        """Suspend or resume SERVICES of an account (mail and delivery are kept)."""
+        ...
+
+    def disabled_services(self, domain: str | None = None) -> dict[str, frozenset[str]]:
+        """Per account address (in `domain`, or all), its suspended services."""
+        ...
+
     def get_account(self, domain: str, name: str) -> Account | None: ...
     def add_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox: ...
     def remove_mailbox(self, domain: str, account: str, mailbox: str) -> None: ...
@@ -325,9 +360,15 @@ class Mailstore(Protocol):
         ...
 
     def import_messages(
-        self, mailbox: Mailbox, messages: Iterable[tuple[bytes, int]], batch: int = 500
+        self,
+        mailbox: Mailbox,
+        messages: Iterable[tuple[bytes, int]],
+        batch: int = 500,
+        real_to: Callable[[bytes], tuple[str | None, tuple[str, ...]]] | None = None,
     ) -> int:
-        """Bulk import: (octets, flag bits) per message, stored as-is. Returns the count."""
+        """Bulk import: (octets, flag bits) per message, stored as-is. `real_to(octets)`
+        gives what to record from the message's own X-Real-To field: the addresses (joined
+        by REAL_TO_SEPARATOR) and the individual names. Returns the count."""
         ...
 
     def prune_duplicates(self) -> None:
@@ -471,19 +512,17 @@ class Submissions(Protocol):
         """Submissions of `account` after `since`. Reads only."""
         ...
 
-    def commit_submission(
-        self,
-        account: str,
-        recipients: int,
-        now: float,
-        since: float,
-        verdict: Verdict,
-        outbound: Outbound | None,
-    ) -> str | None:
+    def take_submission_slot(
+        self, account: str, recipients: int, now: float, since: float, verdict: Verdict
+    ) -> int | str:
         """In one transaction: the counts after `since` judged by `verdict`; if it accepts,
-        the submission recorded (records before `since` may be dropped) and `outbound`
-        queued. Returns the verdict's refusal, or None. Two sessions of one account cannot
-        both slip under a limit."""
+        the submission recorded (records before `since` may be dropped). Returns the slot
+        (for `release_submission_slot`) or the verdict's refusal. Parallel submissions of one
+        account cannot together pass a limit."""
+        ...
+
+    def release_submission_slot(self, slot: int) -> None:
+        """Give back a slot taken for a submission that was not sent."""
         ...
 
 

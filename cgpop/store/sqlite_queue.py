@@ -23,6 +23,7 @@ from cgpop.store.sqlite_base import SqliteDatabase
 
 
 def _enqueue(conn: sqlite3.Connection, outbound: Outbound, now: float) -> int:
+    """Insert one message for its recipients, due at once. Call inside a transaction."""
     cur = conn.execute(
         "INSERT INTO queue_messages (sender, account, message, created) VALUES (?, ?, ?, ?)",
         (outbound.sender, outbound.account, outbound.message, now),
@@ -213,25 +214,22 @@ class SqliteQueue(SqliteDatabase):
     def submission_counts(self, account: str, since: float) -> SubmissionCounts:
         return _counts(self._conn(), account, since)
 
-    def commit_submission(
-        self,
-        account: str,
-        recipients: int,
-        now: float,
-        since: float,
-        verdict: Verdict,
-        outbound: Outbound | None,
-    ) -> str | None:
+    def take_submission_slot(
+        self, account: str, recipients: int, now: float, since: float, verdict: Verdict
+    ) -> int | str:
         with self._tx() as conn:
             refused = verdict(_counts(conn, account, since))
             if refused is not None:
                 return refused
             # Rows older than the window never count again; dropping them keeps the table small.
             conn.execute("DELETE FROM submissions WHERE account = ? AND at <= ?", (account, since))
-            conn.execute(
+            cur = conn.execute(
                 "INSERT INTO submissions (account, at, recipients) VALUES (?, ?, ?)",
                 (account, now, recipients),
             )
-            if outbound is not None:
-                _enqueue(conn, outbound, now)
-        return None
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def release_submission_slot(self, slot: int) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM submissions WHERE rowid = ?", (slot,))

@@ -56,15 +56,17 @@ def test_queue_claim_ack_and_retry(store: Store) -> None:
     assert store.list_queue() == [] and store.next_due() is None
 
 
-def test_a_refused_submission_records_and_queues_nothing(store: Store) -> None:
+def test_submission_slots_are_taken_judged_and_given_back(store: Store) -> None:
     def at_most_one(counts: SubmissionCounts) -> str | None:
         return "over" if counts.messages >= 1 else None
 
-    assert store.commit_submission("joe@x", 2, 10.0, 0.0, at_most_one, _outbound("a@x.org")) is None
+    slot = store.take_submission_slot("joe@x", 2, 10.0, 0.0, at_most_one)
+    assert isinstance(slot, int)
     assert store.submission_counts("joe@x", 0.0) == SubmissionCounts(1, 2)
-    assert (
-        store.commit_submission("joe@x", 1, 20.0, 0.0, at_most_one, _outbound("b@x.org")) == "over"
-    )
+    assert store.take_submission_slot("joe@x", 1, 20.0, 0.0, at_most_one) == "over"
     assert store.submission_counts("joe@x", 0.0) == SubmissionCounts(1, 2)
-    assert [e.recipients[0].recipient for e in store.list_queue()] == ["a@x.org"]
     assert store.submission_counts("joe@x", 10.0) == SubmissionCounts(0, 0)  # outside the window
+    assert store.submission_counts("ann@x", 0.0) == SubmissionCounts(0, 0)  # per account
+    store.release_submission_slot(slot)
+    assert store.submission_counts("joe@x", 0.0) == SubmissionCounts(0, 0)
+    assert isinstance(store.take_submission_slot("joe@x", 1, 30.0, 0.0, at_most_one), int)

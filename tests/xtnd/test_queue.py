@@ -150,10 +150,10 @@ def test_rate_limit_counts_messages_and_recipients(store: SqliteStore) -> None:
         return ratelimit.judge(counts, recipients, limits)
 
     def record(account: str, recipients: int, now: float) -> None:
-        accept = store.commit_submission(
-            account, recipients, now, now - ratelimit.WINDOW, lambda _: None, None
+        slot = store.take_submission_slot(
+            account, recipients, now, now - ratelimit.WINDOW, lambda _: None
         )
-        assert accept is None
+        assert isinstance(slot, int)
 
     assert check("joe@x", 5, 0.0) is None
     assert check("joe@x", 6, 0.0) is not None
