@@ -21,7 +21,8 @@ Rules (issue 5):
   Message-ID SHOULD be present), `Resent-Date:` likewise for a resent block that lacks it (RFC 5322
   section 3.6.6); a `Received:` trace field (RFC 5321 section 4.4) is prepended.
 
-The input is the output of `xtnd.body.BodyReader`, so lines end in CRLF and the size is bounded.
+The input is the output of `cgpop.pop3.body.BodyReader` (the engine reads the body), so lines
+end in CRLF and the size is bounded.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from accounts.credentials import Credentials
 from cgpop import sasl
 from cgpop.errors import Pop3Error, Pop3Fatal
+from cgpop.pop3.body import BodyReader
 from cgpop.pop3.events import (
     Close,
     Commit,
@@ -32,7 +33,6 @@ from cgpop.pop3.events import (
 from cgpop.pop3.grammar import Value, parse_args
 from cgpop.pop3.states import LEGAL, State
 from cgpop.store.api import Snapshot
-from xtnd.body import BodyReader
 
 IMPLEMENTATION = "cgpop"
 
