@@ -55,14 +55,14 @@ def write_self_signed(
     further subjectAltNames) into `out_dir` (created if missing) and return (cert_path,
     key_path). Overwrites an existing pair. Raises ValueError for a bad host or days.
     """
-    for name in (host, *also):
-        if not name or len(name) > MAX_HOST_LEN:
+    for given in (host, *also):
+        if not given or len(given) > MAX_HOST_LEN:
             raise ValueError("host must be 1 to 253 characters")
     if not 1 <= days <= MAX_DAYS:
         raise ValueError(f"days must be between 1 and {MAX_DAYS}")
     sans, common_name = _host_names(host)
-    for name in also:
-        sans += _host_names(name)[0]
+    for extra in also:
+        sans += _host_names(extra)[0]
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
