@@ -7,6 +7,12 @@ Contract (Cyrus-style snapshot semantics, issue 2):
 - A body stays readable through `read_message` by every session whose snapshot holds it until
   that session calls `close_maildrop`, even after another session expunged the message.
 - Nothing is removed unless `expunge` is called (a session that ends without QUIT commits nothing).
+
+Backends (cgpop/store/factory.py picks one by `[store] backend`) implement `Store`; nothing here
+names one, and no connection, cursor or file path crosses this boundary: bodies are streamed by
+the backend (`StoredMessage.reader`), and a backend's own errors become `Unavailable`. Methods
+block and run on the shell's worker threads (cgpop/blocking.py), except `close_maildrop`, which
+is called on the event loop and must not wait. tests/store/ is the contract every backend passes.
 """
 
 from __future__ import annotations
@@ -401,7 +407,9 @@ class Mailstore(Protocol):
         ...
 
     def close_maildrop(self, snapshot: Snapshot) -> None:
-        """The session holding `snapshot` ended: what only it could still read may go."""
+        """The session holding `snapshot` ended: what only it could still read may go. Called
+        on the event loop: it must not wait (a backend that records sessions elsewhere defers
+        that write)."""
         ...
 
     # --- the collector (the safety mechanism) ---
