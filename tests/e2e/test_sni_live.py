@@ -1,0 +1,158 @@
+"""Per-domain certificates on a live server: a real TLS client sends a server name (SNI) on STLS
+and on implicit TLS, and sees the certificate of the matching `[[tls.certificates]]` entry or the
+`[tls]` one; a bare login name on such a session is in the entry's domain; a replaced file is
+picked up by a reload while a session in TLS goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cgpop import certgen
+from tests.conftest import LiveServer, message
+
+TIMEOUT = 5.0
+
+
+class TlsClient:
+    """POP3 lines over TLS with a chosen SNI server name (None: no SNI)."""
+
+    def __init__(self, srv: LiveServer, mode: str, server_name: str | None) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the test compares the certificate itself
+        raw = socket.create_connection(("127.0.0.1", srv.port(mode)), TIMEOUT)
+        self.buf = b""
+        self.sock: socket.socket = raw
+        if mode == "pop3":
+            assert self.line().startswith("+OK")
+            assert self.cmd("STLS").startswith("+OK")
+        self.sock = ctx.wrap_socket(raw, server_hostname=server_name)
+        if mode == "pop3s":
+            assert self.line().startswith("+OK")
+
+    @property
+    def certificate(self) -> bytes:
+        assert isinstance(self.sock, ssl.SSLSocket)
+        der = self.sock.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    def line(self) -> str:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line.decode()
+
+    def cmd(self, text: str) -> str:
+        self.sock.sendall(text.encode() + b"\r\n")
+        return self.line()
+
+    def login(self, user: str, password: str) -> str:
+        assert self.cmd(f"USER {user}").startswith("+OK")
+        return self.cmd(f"PASS {password}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def der(cert: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+@pytest.fixture
+def sni(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Iterator[LiveServer]:
+    default = certgen.write_self_signed("mail.example.com", tmp_path / "default")
+    client2 = certgen.write_self_signed("pop.client2.com", tmp_path / "client2")
+    srv = server_factory(
+        pop3={"listen": ["127.0.0.1:0"], "tls_listen": ["127.0.0.1:0"]},
+        tls={
+            "cert": str(default[0]),
+            "key": str(default[1]),
+            "certificates": [
+                {
+                    "names": ["pop.client2.com", "*.client2.com"],
+                    "cert": str(client2[0]),
+                    "key": str(client2[1]),
+                    "domain": "client2.com",
+                }
+            ],
+        },
+    )
+    srv.extra.update(default=default[0], client2=client2[0], clients=[])
+    # The same bare name in two domains, with different passwords and mail.
+    srv.add_account("info@example.com", "pw-example")
+    srv.add_account("info@client2.com", "pw-client2")
+    srv.deliver("info@client2.com", message("for client2"))
+    yield srv
+    for c in srv.extra["clients"]:
+        c.close()
+
+
+def connect(srv: LiveServer, mode: str, server_name: str | None) -> TlsClient:
+    c = TlsClient(srv, mode, server_name)
+    srv.extra["clients"].append(c)
+    return c
+
+
+@pytest.mark.parametrize("mode", ["pop3", "pop3s"])  # STLS, implicit TLS
+@pytest.mark.parametrize(
+    "server_name, chosen",
+    [
+        ("pop.client2.com", "client2"),
+        ("Mail.CLIENT2.com", "client2"),  # wildcard, any case
+        ("a.b.client2.com", "default"),  # two labels: no match
+        ("client2.com", "default"),  # the wildcard needs a label
+        ("mail.example.com", "default"),
+        (None, "default"),  # no SNI
+    ],
+)
+def test_certificate_presented(sni: LiveServer, mode: str, server_name: str, chosen: str) -> None:
+    c = connect(sni, mode, server_name)
+    assert c.certificate == der(sni.extra[chosen])
+    assert c.cmd("CAPA").startswith("+OK")
+
+
+@pytest.mark.parametrize("mode", ["pop3", "pop3s"])
+def test_bare_login_is_in_the_sni_domain(sni: LiveServer, mode: str) -> None:
+    c = connect(sni, mode, "pop.client2.com")
+    assert c.login("info", "pw-client2").startswith("+OK")
+    assert c.cmd("STAT").startswith("+OK 1 ")
+    # Without a matching name the listener's domain (the default) applies.
+    other = connect(sni, mode, None)
+    assert other.login("info", "pw-client2").startswith("-ERR")
+    other = connect(sni, mode, "a.b.client2.com")
+    assert other.login("info", "pw-example").startswith("+OK")
+    assert other.cmd("STAT") == "+OK 0 0"
+    # A full address is not changed by the SNI domain.
+    full = connect(sni, mode, "pop.client2.com")
+    assert full.login("info@example.com", "pw-example").startswith("+OK")
+
+
+def test_reload_picks_up_a_replaced_certificate(sni: LiveServer) -> None:
+    before = der(sni.extra["client2"])
+    ongoing = connect(sni, "pop3", "pop.client2.com")
+    assert ongoing.certificate == before
+    assert ongoing.login("info", "pw-client2").startswith("+OK")
+
+    certgen.write_self_signed("pop.client2.com", sni.extra["client2"].parent)
+    after = der(sni.extra["client2"])
+    assert after != before
+
+    async def reload() -> None:
+        sni.gateway.reload()
+
+    asyncio.run_coroutine_threadsafe(reload(), sni.loop).result(10)
+    for mode in ("pop3", "pop3s"):
+        assert connect(sni, mode, "pop.client2.com").certificate == after
+        assert connect(sni, mode, None).certificate == der(sni.extra["default"])
+    # The session that was in TLS before goes on.
+    assert ongoing.cmd("STAT").startswith("+OK 1 ")
