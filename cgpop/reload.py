@@ -82,24 +82,24 @@ def _reread(current: Config) -> Config:
         return current
 
 
-def _reload_tls(tls: ReloadableContext | None, new: Config) -> tuple[bool, list[str]]:
+def _reload_tls(tls: ReloadableContext | None, new: Config) -> tuple[bool, bool]:
     """Re-read every certificate (also when the configuration names the same files: they may
-    have been replaced). Returns whether the new TLS keys are in force, and the TLS keys that
-    need a restart instead."""
+    have been replaced). Returns whether the new TLS keys are in force, and whether their
+    change needs a restart instead (TLS turned on or off)."""
     if tls is None:
         # No certificate at start: no STLS offered, no TLS listener to hand one to.
-        return False, ["tls.cert"] if new.tls.cert is not None else []
+        return False, new.tls.cert is not None
     if new.tls.cert is None or new.tls.key is None:
-        return False, ["tls.cert"]  # TLS goes on with the old certificates until a restart
+        return False, True  # TLS goes on with the old certificates until a restart
     try:
         tls.reconfigure(new.tls.cert, new.tls.key, new.tls.certificates)
     except CertificateError as exc:
         log.error(
             "reload: TLS certificates not re-read, the old ones stay: %s: %s", new.source, exc
         )
-        return False, []
+        return False, False
     log.info("reload: TLS certificates re-read (%d per-domain)", len(new.tls.certificates))
-    return True, []
+    return True, False
 
 
 def reload_config(current: Config, *, tls: ReloadableContext | None, penalty: Penalty) -> Config:
@@ -110,7 +110,7 @@ def reload_config(current: Config, *, tls: ReloadableContext | None, penalty: Pe
     tls_ok, tls_restart = _reload_tls(tls, new)
     if not tls_ok:
         applied -= set(_TLS_KEYS)
-    restart = sorted({k for k in changed if not reloadable(k)} | set(tls_restart))
+    restart = sorted(k for k in changed if not reloadable(k) or (tls_restart and k in _TLS_KEYS))
     merged = merge(current, new, applied)
     if merged.server.log_level != current.server.log_level:
         logs.set_level(merged.server.log_level)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -156,3 +158,37 @@ def test_reload_picks_up_a_replaced_certificate(sni: LiveServer) -> None:
         assert connect(sni, mode, None).certificate == der(sni.extra["default"])
     # The session that was in TLS before goes on.
     assert ongoing.cmd("STAT").startswith("+OK 1 ")
+
+
+@pytest.mark.parametrize("damage", ["missing", "not-pem", "wrong-key"])
+def test_serve_refuses_an_unusable_entry_file_without_traceback(
+    tmp_path: Path, damage: str
+) -> None:
+    certgen.write_self_signed("mail.example.com", tmp_path / "default")
+    cert, key = certgen.write_self_signed("pop.client2.com", tmp_path / "client2")
+    if damage == "missing":
+        cert.unlink()
+        reason = f"tls.certificates[0].cert: TLS certificate file {cert}: No such file"
+    elif damage == "not-pem":
+        cert.write_text("this is no certificate\n")
+        reason = f"tls.certificates[0].cert: TLS certificate file {cert}: not a PEM certificate"
+    else:
+        key.write_bytes((tmp_path / "default" / "key.pem").read_bytes())
+        reason = f"tls.certificates[0].key: TLS key file {key} does not match certificate file"
+    conf = tmp_path / "cgpop.toml"
+    conf.write_text(
+        '[server]\ndata_dir = "data"\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
+        '[lmtp]\nlisten = ["127.0.0.1:0"]\n'
+        '[tls]\ncert = "default/cert.pem"\nkey = "default/key.pem"\n'
+        '[[tls.certificates]]\nnames = ["pop.client2.com"]\n'
+        'cert = "client2/cert.pem"\nkey = "client2/key.pem"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "cgpop", "-c", str(conf), "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"cgpop: configuration error: {conf}: {reason}")
+    assert "Traceback" not in done.stderr
