@@ -5,6 +5,9 @@ the log level and the TLS certificates (`[tls]` and `[[tls.certificates]]`) take
 once: sessions already open stay, and each new connection, login or handshake sees the new
 values. Any other key that changed (listen addresses, `data_dir`, the store, ...) keeps its old
 value until a restart, and the log line names it. A file that no longer loads changes nothing.
+
+It runs on the event loop, as the signal handler: one small TOML file and a few PEM files are
+read, which takes milliseconds, and every new value then takes effect at one instant.
 """
 
 from __future__ import annotations

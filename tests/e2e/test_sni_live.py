@@ -19,6 +19,14 @@ from cgpop import certgen
 from tests.conftest import LiveServer, message
 
 TIMEOUT = 5.0
+# `cgpop serve` runs on uvloop when it is installed: the SNI record must work on both loops.
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+try:
+    import uvloop
+
+    LOOPS["uvloop"] = uvloop.new_event_loop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    pass
 
 
 class TlsClient:
@@ -70,11 +78,14 @@ def der(cert: Path) -> bytes:
     return ssl.PEM_cert_to_DER_cert(cert.read_text())
 
 
-@pytest.fixture
-def sni(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Iterator[LiveServer]:
+@pytest.fixture(params=sorted(LOOPS))
+def sni(
+    server_factory: Callable[..., LiveServer], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[LiveServer]:
     default = certgen.write_self_signed("mail.example.com", tmp_path / "default")
     client2 = certgen.write_self_signed("pop.client2.com", tmp_path / "client2")
     srv = server_factory(
+        loop_factory=LOOPS[request.param],
         pop3={"listen": ["127.0.0.1:0"], "tls_listen": ["127.0.0.1:0"]},
         tls={
             "cert": str(default[0]),
