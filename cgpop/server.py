@@ -101,7 +101,9 @@ class ServerState:
 class Submitter(Protocol):
     """XTND XMIT behind the engine (xtnd/): None means accepted for every recipient."""
 
-    async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None: ...
+    async def submit(
+        self, account: str, peer: str, message: bytes, login_address: str = ""
+    ) -> Pop3Error | None: ...
 
 
 class GroupCommit(Generic[Item, R]):
@@ -734,7 +736,9 @@ class _Runner:
         gw = self.gw
         if gw.submitter is None or self.conn.account is None:
             return Pop3Error("submission is not available", "SYS/TEMP")
-        return await gw.submitter.submit(self.conn.account, self.conn.peer, event.message)
+        return await gw.submitter.submit(
+            self.conn.account, self.conn.peer, event.message, event.login_address
+        )
 
     async def login(self, event: PasswordLogin) -> LoginOutcome:
         gw = self.gw

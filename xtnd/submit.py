@@ -109,9 +109,13 @@ class Submitter:
             lambda: self.store.directory_version()
         )
 
-    async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None:
+    async def submit(
+        self, account: str, peer: str, message: bytes, login_address: str = ""
+    ) -> Pop3Error | None:
+        """`login_address`: the address part of the name the session logged in with; it
+        routes to `account`, so it is an allowed From even through a wildcard (issue 13)."""
         try:
-            error, queued, count = await self._submit(account, peer, message)
+            error, queued, count = await self._submit(account, peer, message, login_address)
         except SubmissionError as exc:
             error = Pop3Error(exc.text)
         except _STORE_ERRORS:
@@ -126,10 +130,12 @@ class Submitter:
         return None
 
     async def _submit(
-        self, account: str, peer: str, message: bytes
+        self, account: str, peer: str, message: bytes, login_address: str
     ) -> tuple[Pop3Error | None, int, int]:
         """The steps of the module docstring: (error or None, number queued, recipients)."""
         allowed = await self.read(self.addresses_of, account)
+        if login_address:
+            allowed = allowed | {login_address.lower()}
         envelope: Envelope = await self.read(
             functools.partial(
                 derive_envelope,
@@ -180,8 +186,9 @@ class Submitter:
         """The addresses `account` may put in From besides its own (which `derive_envelope`
         adds): its name in every alias of its domain, every exact routing record that lands on
         it, and `[xtnd] allowed_from`. Wildcard records are left out: `*@domain` catches mail,
-        it does not make every address of the domain the account's own. Cached per account
-        until the directory changes."""
+        it does not make every address of the domain the account's own (only the one the
+        session logged in with, which `submit` adds). Cached per account until the directory
+        changes."""
         account = account.lower()
         return self._addresses.get(account, lambda: self._addresses_of(account))
 

@@ -24,7 +24,7 @@ import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
@@ -32,6 +32,7 @@ from accounts.credentials import Credentials
 from cgpop.store import schema
 from cgpop.store.api import (
     SEEN,
+    SERVICES,
     Account,
     Copy,
     Mailbox,
@@ -297,7 +298,8 @@ class SqliteStore:
         row = (
             self._conn()
             .execute(
-                "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret "
+                "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret, "
+                "a.pop_enabled, a.xtnd_enabled "
                 "FROM accounts a JOIN domains d ON d.id = a.domain_id "
                 "WHERE d.name = ? AND a.name = ?",
                 (domain.lower(), name.lower()),
@@ -307,7 +309,37 @@ class SqliteStore:
         if row is None:
             return None
         creds = Credentials(bytes(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]), row[5])
-        return Account(int(row[0]), domain.lower(), name.lower(), creds)
+        disabled = frozenset(s for s, on in zip(SERVICES, row[6:8], strict=True) if not on)
+        return Account(int(row[0]), domain.lower(), name.lower(), creds, disabled)
+
+    # --- account services (issue 13; schema migration 8) ---
+    def set_services_enabled(
+        self, domain: str, name: str, services: Sequence[str], enabled: bool
+    ) -> None:
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise StoreError(f"unknown service(s): {', '.join(sorted(unknown))}")
+        with self._tx() as conn:
+            aid = self._account_id(conn, domain, name)
+            for service in services:
+                # The column name comes from SERVICES, never from the caller's text.
+                column = {"pop": "pop_enabled", "xtnd": "xtnd_enabled"}[service]
+                conn.execute(f"UPDATE accounts SET {column} = ? WHERE id = ?", (int(enabled), aid))
+
+    def disabled_services(self, domain: str | None = None) -> dict[str, frozenset[str]]:
+        sql = (
+            "SELECT a.name || '@' || d.name, a.pop_enabled, a.xtnd_enabled "
+            "FROM accounts a JOIN domains d ON d.id = a.domain_id"
+        )
+        args: tuple[str, ...] = ()
+        if domain is not None:
+            self._domain_id(self._conn(), domain)
+            sql += " WHERE d.name = ?"
+            args = (domain.lower(),)
+        return {
+            str(address): frozenset(s for s, on in zip(SERVICES, flags, strict=True) if not on)
+            for address, *flags in self._conn().execute(sql + " ORDER BY d.name, a.name", args)
+        }
 
     # --- mailboxes ---
     def _insert_mailbox(self, conn: sqlite3.Connection, account_id: int, name: str) -> int:
@@ -336,7 +368,8 @@ class SqliteStore:
         with self._tx() as conn:
             aid = self._account_id(conn, domain, account)
             box_id = self._insert_mailbox(conn, aid, mailbox)
-            self._default_acl(conn, account, box_id)
+            if not self._inherit_acl(conn, aid, mailbox, box_id):
+                self._default_acl(conn, account, box_id)
         found = self.get_mailbox(domain, account, mailbox)
         assert found is not None
         return found
@@ -376,8 +409,16 @@ class SqliteStore:
         return Mailbox(int(row[0]), int(row[1]), owner, mailbox, int(row[2]))
 
     def list_messages(self, mailbox: Mailbox) -> list[MessageInfo]:
-        rows = self._conn().execute(
-            "SELECT uid, size, flags, x_real_to, internal_date FROM messages "
+        conn = self._conn()
+        more: dict[int, list[str]] = {}
+        for uid, name in conn.execute(
+            "SELECT uid, individual FROM message_individuals WHERE mailbox_id = ? "
+            "ORDER BY uid, individual",
+            (mailbox.id,),
+        ):
+            more.setdefault(int(uid), []).append(str(name))
+        rows = conn.execute(
+            "SELECT uid, size, flags, x_real_to, internal_date, individual FROM messages "
             "WHERE mailbox_id = ? AND expunged_at IS NULL ORDER BY uid",
             (mailbox.id,),
         )
@@ -389,8 +430,9 @@ class SqliteStore:
                 tuple(flag_names(flags)),
                 x_real_to,
                 when,
+                (individual, *more.get(uid, ())) if individual is not None else (),
             )
-            for uid, size, flags, x_real_to, when in rows
+            for uid, size, flags, x_real_to, when, individual in rows
         ]
 
     def message_flags(self, mailbox_id: int, uid: int) -> int | None:
@@ -415,6 +457,30 @@ class SqliteStore:
                     for e in DEFAULT_PUBLIC_ACL
                 ],
             )
+
+    def _inherit_acl(
+        self, conn: sqlite3.Connection, account_id: int, mailbox: str, mailbox_id: int
+    ) -> bool:
+        """Issue 13, Cyrus's rule: a new mailbox starts with a copy of its parent's ACL, the
+        parent being the nearest existing ancestor in the `/` hierarchy (`a/b/c` looks at
+        `a/b`, then `a`). False when it has none (the caller applies the defaults). A
+        top-level mailbox has no parent here: INBOX is its sibling, as in CommuniGate's
+        folders, so sharing INBOX does not share every new top-level mailbox (Cyrus nests
+        them under INBOX, which would)."""
+        parts = mailbox.split("/")
+        for cut in range(len(parts) - 1, 0, -1):
+            row = conn.execute(
+                "SELECT id FROM mailboxes WHERE account_id = ? AND name = ?",
+                (account_id, "/".join(parts[:cut])),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) "
+                    "SELECT ?, identifier, negative, rights FROM acl WHERE mailbox_id = ?",
+                    (mailbox_id, int(row[0])),
+                )
+                return True
+        return False
 
     def acl_entries(self, mailbox: Mailbox) -> list[AclEntry]:
         """The mailbox's ACL, positive entries first, each group sorted by identifier."""
@@ -613,12 +679,13 @@ class SqliteStore:
         flags: int = 0,
     ) -> None:
         prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
+        uid = self._next_uid(conn, copy.mailbox_id)
         conn.execute(
             "INSERT INTO messages(mailbox_id, uid, body_id, size, flags, internal_date, "
             "x_real_to, individual, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 copy.mailbox_id,
-                self._next_uid(conn, copy.mailbox_id),
+                uid,
                 body_id,
                 size + len(prefix),
                 flags,
@@ -628,6 +695,15 @@ class SqliteStore:
                 prefix,
             ),
         )
+        if copy.more_individuals:
+            # Schema migration 7: the names after the first (the trigger there needs the
+            # first in messages.individual to remove these with the message).
+            assert copy.individual is not None
+            conn.executemany(
+                "INSERT OR IGNORE INTO message_individuals(mailbox_id, individual, uid) "
+                "VALUES (?, ?, ?)",
+                [(copy.mailbox_id, name, uid) for name in copy.more_individuals],
+            )
 
     def _unlink_files(self, files: Iterable[str | None]) -> None:
         for rel in files:
@@ -661,10 +737,16 @@ class SqliteStore:
                 self._default_acl(conn, name, box_id)
 
     def import_messages(
-        self, mailbox: Mailbox, messages: Iterable[tuple[bytes, int]], batch: int = 500
+        self,
+        mailbox: Mailbox,
+        messages: Iterable[tuple[bytes, int]],
+        batch: int = 500,
+        real_to: Callable[[bytes], tuple[str | None, tuple[str, ...]]] | None = None,
     ) -> int:
         """Bulk import (migration from Maildir/mbox): (octets, flag bits) per message, stored
-        as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages."""
+        as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages.
+        `real_to(octets)` gives what to record from the message's own X-Real-To field: the
+        addresses (joined by REAL_TO_SEPARATOR) and the individual names (issue 13)."""
         count = 0
         pending: list[tuple[bytes, int]] = []
 
@@ -678,7 +760,14 @@ class SqliteStore:
                         size, stuffed, file = self._stored_body(raw, pins)
                         files.append(file)
                         body_id = self._insert_body(conn, size, stuffed, file, 1)
-                        copy = Copy(mailbox.id, b"", None, None)
+                        x_real_to, names = real_to(raw) if real_to is not None else (None, ())
+                        copy = Copy(
+                            mailbox.id,
+                            b"",
+                            x_real_to,
+                            names[0] if names else None,
+                            more_individuals=names[1:],
+                        )
                         self._insert_copy(conn, copy, body_id, size, now, flags)
             except BaseException:
                 self._unlink_files(files)
@@ -723,10 +812,16 @@ class SqliteStore:
                 (mailbox.id,),
             ).fetchall()
         else:
+            # Two indexed lookups: the first name of each message, then the others (schema
+            # migration 7). A name is recorded once per message, so UNION ALL repeats none.
             rows = conn.execute(
                 "SELECT uid, size FROM messages INDEXED BY messages_individual "
-                "WHERE mailbox_id = ? AND individual = ? AND expunged_at IS NULL ORDER BY uid",
-                (mailbox.id, individual.lower()),
+                "WHERE mailbox_id = ? AND individual = ? AND expunged_at IS NULL "
+                "UNION ALL SELECT m.uid, m.size FROM message_individuals x "
+                "JOIN messages m ON m.mailbox_id = x.mailbox_id AND m.uid = x.uid "
+                "WHERE x.mailbox_id = ? AND x.individual = ? AND m.expunged_at IS NULL "
+                "ORDER BY 1",
+                (mailbox.id, individual.lower(), mailbox.id, individual.lower()),
             ).fetchall()
         opened = _now()
         with self._lock:
