@@ -89,6 +89,10 @@ class SessionCaps:
         self.per_ip: dict[str, int] = {}
         self.per_account: dict[str, int] = {}
 
+    def set_limits(self, max_per_ip: int, max_per_account: int) -> None:
+        """New caps (a reload): sessions already open stay, the next ones see them."""
+        self.max_per_ip, self.max_per_account = max_per_ip, max_per_account
+
     def enter_peer(self, ip: str) -> bool:
         return _enter(self.per_ip, ip, self.max_per_ip)
 

@@ -108,6 +108,10 @@ class Pop3Connections:
         )
         self._ids = itertools.count(1)
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload: new connections see `config` (its limits); open sessions stay."""
+        self.config = config
+
     def proxied(self, peer_ip: str) -> bool:
         """True when `peer_ip` is a trusted proxy that must send a PROXY header."""
         ip = streams.peer_address(peer_ip)
@@ -177,6 +181,11 @@ class Pop3Connections:
                 # Implicit TLS (RFC 8314): handshake first, with the current certificate. Bytes
                 # already read past a PROXY header are the start of the handshake.
                 await streams.start_tls(reader, writer, context, carry=True)
+                assert self.services.tls is not None
+                # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
+                peer.domain = self.services.tls.session_domain(
+                    writer.get_extra_info("ssl_object"), domain
+                )
             await runner.run_events(session.greeting())
             await runner.flush()
             # Formatting a trace line per command costs even when DEBUG is off: decide once.

@@ -194,6 +194,9 @@ class SessionRunner:
         self.lines.discard()
         assert self.services.tls is not None
         await streams.start_tls(self.reader, self.writer, self.services.tls.context, carry=False)
+        # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        self.peer.domain = self.services.tls.session_domain(ssl_object, self.peer.domain)
         self.session.tls_started(self.services.policy(True, self.peer.ip))
         self.slog.info("TLS started")
 

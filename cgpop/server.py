@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cgpop import sasl
+from cgpop import sasl, sdnotify, tlsconf
 from cgpop.auth import Authenticator
 from cgpop.blocking import StoreWorkers
 from cgpop.config import Config, Endpoint
@@ -24,6 +24,7 @@ from cgpop.lmtp import LmtpListeners
 from cgpop.login import LoginPolicy, SessionCaps
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, session_policy
+from cgpop.reload import reload_config
 from cgpop.runner import Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
 from cgpop.store.factory import open_store
@@ -80,27 +81,20 @@ class Gateway:
         self.sasl_config = sasl.SaslConfig(
             hostname=config.server.hostname, fake_salt_key=fake_salt_key(config)
         )
-        self.tls: ReloadableContext | None = None
-        if config.tls.cert is not None and config.tls.key is not None:
-            self.tls = ReloadableContext(config.tls.cert, config.tls.key)
+        # [tls] and [[tls.certificates]] (SNI); ConfigError names a bad file and its key.
+        self.tls: ReloadableContext | None = tlsconf.from_config(config)
+        # systemd notifications (sends nothing until serve_forever is ready; no-op unset).
+        self.notifier = sdnotify.Notifier()
         self.lmtp = LmtpListeners(
             config.lmtp, config.server.hostname, self.check_recipient, self.deliver
         )
         # The XTND XMIT service (xtnd/service.py) with its relay worker, when enabled.
         self.submission: SubmissionService | None = None
+        self.pop3: Pop3Connections | None = None
         self.servers: list[asyncio.Server] = []
         self.bound: dict[str, list[tuple[str, int]]] = {"pop3": [], "pop3s": [], "lmtp": []}
         self._stopping = asyncio.Event()
         self._collect_wanted = False
-
-    @property
-    def penalty(self) -> Penalty:
-        """The failed-login delay the login policy applies."""
-        return self.login.penalty
-
-    @penalty.setter
-    def penalty(self, penalty: Penalty) -> None:
-        self.login.penalty = penalty
 
     def _mark_seen(self, items: list[tuple[int, int]]) -> list[None]:
         """\\Seen is advisory: a failed batch is logged, never an error for the RETR."""
@@ -157,7 +151,9 @@ class Gateway:
                 read=self.workers.read,
                 write=self.workers.write,
             )
-        pop3 = Pop3Connections(self.config, self.services(), self.state, self.caps, self._stopping)
+        self.pop3 = pop3 = Pop3Connections(
+            self.config, self.services(), self.state, self.caps, self._stopping
+        )
         domains = self.config.pop3.listener_domains
         for kind, endpoints in (
             ("pop3", self.config.pop3.listen),
@@ -224,14 +220,33 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
+        # systemd: every listener is open (READY=1); the watchdog pings while the loop runs.
+        self.notifier.ready()
+        self.notifier.start_watchdog()
         await self._stopping.wait()
         log.info("shutting down")
+        self.notifier.stopping()
         await self.stop()
+        self.notifier.close()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and certificates (cgpop/reload.py); new limits,
+        log level and certificates apply to what comes next, open sessions stay."""
+        self.notifier.reloading()
+        try:
+            self.config = reload_config(self.config, tls=self.tls, penalty=self.login.penalty)
+            self.caps.set_limits(self.config.pop3.max_per_ip, self.config.pop3.max_per_account)
+            if self.pop3 is not None:
+                self.pop3.reconfigure(self.config)
+        except Exception:
+            log.exception("reload failed; the running configuration stays")
+        self.notifier.reloaded()
 
     def reload_tls(self) -> None:
-        """SIGHUP: re-read the certificate; sessions already in TLS keep theirs."""
+        """Re-read the certificate files only (SIGHUP does this and more: `reload`);
+        sessions already in TLS keep theirs."""
         if self.tls is None:
             return
         try:

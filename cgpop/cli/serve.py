@@ -10,6 +10,7 @@ from collections.abc import Callable
 from cgpop import config as configmod
 from cgpop.cli.base import (
     EX_OK,
+    EX_USAGE,
     CliError,
     Parsers,
     command,
@@ -32,6 +33,8 @@ def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(cfg.server.event_loop)) as runner:
             runner.run(main())
+    except configmod.ConfigError as exc:  # a certificate file named in [tls], found unusable
+        raise CliError(f"configuration error: {exc}", EX_USAGE) from None
     except OSError as exc:
         raise CliError(str(exc)) from None
     return EX_OK

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from accounts.acl import parse_acl_entry
-from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.store.api import Copy
 from router.table import validate_route
 from tests.conftest import LiveServer
@@ -126,9 +125,8 @@ def xmit(srv: LiveServer, user: str, password: str, data: bytes) -> bytes:
 
 @pytest.fixture
 def world(server_factory: Callable[..., LiveServer]) -> LiveServer:
-    srv = server_factory()
     # Deliberate failed logins follow; the growing delay is tested elsewhere.
-    srv.gateway.penalty = Penalty(PenaltyPolicy(base=0.0, maximum=0.0))
+    srv = server_factory(pop3={"listen": ["127.0.0.1:0"], "auth_delay": 0.0, "auth_delay_max": 0.0})
     for address, password in PASSWORDS.items():
         srv.add_account(address, password)
     srv.call(srv.store.add_route, *validate_route("*@client1.com", "cl1@client1.com"))
