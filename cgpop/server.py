@@ -513,7 +513,8 @@ class Gateway:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slog: SessionLog
     ) -> tuple[str, int] | None:
         """Read the PROXY header a trusted peer must send first; the real client's address and
-        port (the socket's own peer for LOCAL/UNKNOWN), or None after refusing the connection."""
+        port (proxyproto.client_of: the socket's own peer only for a v2 LOCAL, UNKNOWN_PEER
+        when the proxy names nobody), or None after refusing the connection."""
         try:
             result = await asyncio.wait_for(read_proxy_header(reader), PROXY_TIMEOUT)
         except (proxyproto.ProxyError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -525,10 +526,8 @@ class Gateway:
                 writer.write(BAD_PROXY)
                 await writer.drain()
             return None
-        if result.source is None:
-            peername = writer.get_extra_info("peername") or ("?", 0)
-            return str(peername[0]), int(peername[1])
-        return result.source
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        return proxyproto.client_of(result, (str(peername[0]), int(peername[1])))
 
 
 def peer_address(peer_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
