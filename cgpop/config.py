@@ -7,6 +7,7 @@ listener opens. `conf/cgpop.toml` documents every key with its default.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib  # Python >= 3.11 (pyproject): tomli is never needed
 from collections.abc import Mapping
@@ -52,6 +53,9 @@ class Pop3Config:
     tls_listen: tuple[Endpoint, ...] = ()
     # RFC 1939 section 3: the autologout timer "MUST be of at least 10 minutes".
     idle_timeout: float = 600.0
+    # A command line that has begun must end within this many seconds (cgpop/linedeadline.py:
+    # the slowloris bound; RFC 1939's 10 minutes is idle time between commands, not this).
+    line_timeout: float = 60.0
     # RFC 2449 section 4 limits command lines to 255 octets; we accept up to this many and then
     # answer one -ERR for the whole overlong line.
     max_line: int = 1024
@@ -288,6 +292,9 @@ def from_dict(
     idle = p.positive("idle_timeout", float, dp.idle_timeout)
     if idle < 600:
         raise p.fail("idle_timeout", "RFC 1939 requires at least 600 seconds")
+    line_timeout = p.positive("line_timeout", float, dp.line_timeout)
+    if not math.isfinite(line_timeout) or line_timeout > idle:
+        raise p.fail("line_timeout", "must be a number of seconds, at most idle_timeout")
     plaintext = p.get("plaintext_auth", str, dp.plaintext_auth)
     if plaintext not in ("tls", "always"):
         raise p.fail("plaintext_auth", 'expected "tls" or "always"')
@@ -315,6 +322,7 @@ def from_dict(
         listen=p.endpoints("listen", dp.listen) if "listen" in p.data else dp.listen,
         tls_listen=p.endpoints("tls_listen", dp.tls_listen),
         idle_timeout=idle,
+        line_timeout=line_timeout,
         max_line=max_line,
         max_bad_commands=p.positive("max_bad_commands", int, dp.max_bad_commands),
         max_auth_failures=p.positive("max_auth_failures", int, dp.max_auth_failures),

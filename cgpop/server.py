@@ -26,6 +26,7 @@ from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer, Prepared, Result
 from cgpop.errors import Pop3Error
+from cgpop.linedeadline import LineDeadline
 from cgpop.lmtp import end_sessions, start_lmtp
 from cgpop.logs import SessionLog, redact
 from cgpop.penalty import Penalty, PenaltyPolicy
@@ -429,19 +430,23 @@ class Gateway:
             slog.info("connected")
             session = Session(self.policy(tls=tls, peer_ip=peer_ip))
             lines = LineBuffer(cfg.max_line)
+            deadline = LineDeadline(cfg.line_timeout)
             runner = _Runner(self, session, conn, reader, writer, slog, domain, lines, peer_ip)
             if tls:
                 # Implicit TLS (RFC 8314): handshake first, with the current certificate. Bytes
                 # already read past a PROXY header are the start of the handshake.
                 assert self.tls is not None
-                await start_tls(reader, writer, self.tls.context, carry=True)
+                # A handshake is bounded like a command line (slowloris, linedeadline.py).
+                await asyncio.wait_for(
+                    start_tls(reader, writer, self.tls.context, carry=True), cfg.line_timeout
+                )
             await runner.run_events(session.greeting())
             await runner.flush()
             # Formatting a trace line per command costs even when DEBUG is off: decide once.
             tracing = slog.isEnabledFor(logging.DEBUG)
             while not session.closed:
                 conn.idle = True
-                data = await reader.read(READ_SIZE)
+                data = await deadline.read(reader, READ_SIZE)
                 conn.idle = False
                 if not data or self._stopping.is_set():
                     break
@@ -461,6 +466,7 @@ class Gateway:
                         events = session.handle_line(line)
                     await runner.run_events(events)
                 await runner.flush()
+                deadline.after_input(lines)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError) as exc:
             slog.info("connection lost: %s", type(exc).__name__)
         except asyncio.CancelledError:
@@ -692,7 +698,10 @@ class _Runner:
         # cleartext: they must not be read as if they came through TLS.
         self.lines.discard()
         assert self.gw.tls is not None
-        await start_tls(self.reader, self.writer, self.gw.tls.context, carry=False)
+        await asyncio.wait_for(
+            start_tls(self.reader, self.writer, self.gw.tls.context, carry=False),
+            self.gw.config.pop3.line_timeout,
+        )
         self.session.tls_started(self.gw.policy(tls=True, peer_ip=self.peer_ip))
         self.slog.info("TLS started")
 
