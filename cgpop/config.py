@@ -69,7 +69,9 @@ class Pop3Config:
     # whenever it is listed, and it works only for accounts with --shared-secret.
     cram_md5: bool = False
     max_channels: int = 1000
-    max_per_ip: int = 100
+    # 20, not 100: with max_channels 1000, ten addresses could take every channel; 50 are needed
+    # now (issue 10). Clients behind one NAT rarely hold more; raise it for a big one.
+    max_per_ip: int = 20
     max_per_account: int = 50
     # Peers (addresses or CIDR networks) that must open with a PROXY v1/v2 header naming the real
     # client; from anyone else a PROXY header is just an unknown command.

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from accounts.credentials import Credentials
 from cgpop import alerts, proxyproto, sasl
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
@@ -28,6 +29,7 @@ from cgpop.delivery import Deliverer, Prepared, Result
 from cgpop.errors import Pop3Error
 from cgpop.linedeadline import LineDeadline
 from cgpop.lmtp import end_sessions, start_lmtp
+from cgpop.loginturn import login_turn
 from cgpop.logs import SessionLog, redact
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3.events import (
@@ -671,10 +673,7 @@ class _Runner:
             elif isinstance(event, StartTls):
                 await self.start_tls(event)
             elif isinstance(event, SaslCredentials):
-                creds, good = await self.gw.read(
-                    self.gw.auth.sasl_credentials, event.authcid, self.domain, event.password
-                )
-                await self.run_events(self.session.sasl_credentials(creds, good))
+                await self.run_events(self.session.sasl_credentials(*await self.sasl_creds(event)))
             elif isinstance(event, FailedLogin):
                 await self.run_events(
                     self.session.login_result(await self.admit(event.outcome, event.login))
@@ -705,6 +704,22 @@ class _Runner:
         self.session.tls_started(self.gw.policy(tls=True, peer_ip=self.peer_ip))
         self.slog.info("TLS started")
 
+    async def penalty_key(self, login: str) -> str:
+        return await self.gw.read(self.gw.auth.penalty_key, login, self.domain)
+
+    async def sasl_creds(self, event: SaslCredentials) -> tuple[Credentials | None, bool | None]:
+        """The stored keys a SASL exchange needs, in the (address, account) pair's turn
+        (loginturn.py); a throttled attempt gets none, so the exchange fails as for a
+        wrong password (the penalty applies when its FailedLogin comes)."""
+        gw = self.gw
+        key = await self.penalty_key(event.authcid)
+        async with login_turn(gw.penalty, self.peer_ip, key) as throttled:
+            if throttled is not None:
+                return None, None if event.password is None else False
+            return await gw.read(
+                gw.auth.sasl_credentials, event.authcid, self.domain, event.password
+            )
+
     async def sasl_login(self, event: SaslLogin) -> LoginOutcome:
         gw = self.gw
         if event.proven_by is not None:
@@ -722,21 +737,26 @@ class _Runner:
 
     async def login(self, event: PasswordLogin) -> LoginOutcome:
         gw = self.gw
-        outcome = await gw.read(
-            lambda: gw.auth.password_login(
-                event.login,
-                self.domain,
-                password=event.password,
-                apop_digest=event.apop_digest,
-                apop_banner=self.session.policy.apop_banner,
+        # One check at a time per address and account, however many connections (penalty.py).
+        key = await self.penalty_key(event.login)
+        async with login_turn(gw.penalty, self.peer_ip, key) as throttled:
+            if throttled is not None:
+                return await self.admit(throttled, event.login)
+            outcome = await gw.read(
+                lambda: gw.auth.password_login(
+                    event.login,
+                    self.domain,
+                    password=event.password,
+                    apop_digest=event.apop_digest,
+                    apop_banner=self.session.policy.apop_banner,
+                )
             )
-        )
-        return await self.admit(outcome, event.login)
+            return await self.admit(outcome, event.login)
 
     async def admit(self, outcome: LoginOutcome, login: str) -> LoginOutcome:
         """Apply the failed-login delay and the per-account cap to a login's outcome."""
         gw = self.gw
-        key = login.lower()[:320]  # the penalty's per-account key, bounded
+        key = await self.penalty_key(login)  # the resolved account, bounded
         if outcome.grant is None:
             self.slog.info("login failed for %r", login[:100])
             if outcome.counts_as_failure:

@@ -65,3 +65,63 @@ def test_slow_senders_count_against_max_per_ip(
         assert third.makefile("rb").readline().startswith(b"-ERR [SYS/TEMP] too many")
     for c in slow:
         c.close()
+
+
+# ---- brute force from many connections of one address ----
+
+SPELLINGS = ("joe", "joe@example.com", "INBOX#joe", "joe%example.com", "~joe/INBOX#joe", "JOE")
+
+
+def _guesser(srv: LiveServer, spelling: str, until: float, replies: list[bytes]) -> None:
+    with Raw(srv) as c:
+        c.sock.settimeout(30)
+        while time.monotonic() < until:
+            assert c.cmd(f"USER {spelling}").startswith(b"+OK")
+            replies.append(c.cmd("PASS wrong-guess").rstrip())
+
+
+def test_many_connections_of_one_address_get_no_more_guesses(
+    server_factory: Callable[..., LiveServer],
+) -> None:
+    """24 connections from 127.0.0.1 guess joe's password under six spellings of his name for
+    3 s. Only checked guesses answer [AUTH]; the others wait for the (address, account) turn
+    and are refused unchecked with [SYS/TEMP]. One address gets about one check per
+    auth_delay_max (0.5 s here) after a short start; before the fix, every connection got
+    its own delay and 24 connections checked ~24 times as many. Meanwhile joe logs in from
+    another address at once: the flood locks nobody else out."""
+    import threading
+
+    srv = server_factory(
+        pop3={
+            "auth_delay": 0.05,
+            "auth_delay_max": 0.5,
+            "max_auth_failures": 1000,
+            "max_per_ip": 30,
+        }
+    )
+    srv.add_account("joe@example.com", "secret")
+    window = 3.0
+    until = time.monotonic() + window
+    replies: list[bytes] = []
+    threads = [
+        threading.Thread(target=_guesser, args=(srv, SPELLINGS[i % 6], until, replies))
+        for i in range(24)
+    ]
+    for t in threads:
+        t.start()
+    with socket.create_connection(
+        (srv.host, srv.port()), TIMEOUT, source_address=("127.0.0.2", 0)
+    ) as other:
+        f = other.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        other.sendall(b"USER joe@example.com\r\nPASS secret\r\n")
+        assert f.readline().startswith(b"+OK")
+        assert f.readline().startswith(b"+OK"), "joe was locked out by another address"
+    for t in threads:
+        t.join(60)
+    checked = [r for r in replies if r.startswith(b"-ERR [AUTH]")]
+    refused = [r for r in replies if r.startswith(b"-ERR [SYS/TEMP]")]
+    assert len(checked) + len(refused) == len(replies)
+    # The start (0.05 + 0.1 + 0.2 s spacing) admits ~4 at once; then one per 0.5 s, plus the
+    # replies of guesses started before the window closed.
+    assert 1 <= len(checked) <= 4 + window / 0.5 + 3, len(checked)
