@@ -95,6 +95,10 @@ class LmtpConfig:
     listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 2400),)
     max_message_size: int = 50 * 1024 * 1024
     max_recipients: int = 1000
+    # Concurrent LMTP sessions; past it 421 4.3.2 and close (as max_channels for POP). An MTA
+    # opens a few (Postfix: 20 per destination by default); each holds at most the spool
+    # threshold (1 MiB) of a message in memory.
+    max_connections: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +353,7 @@ def from_dict(
         listen=m.endpoints("listen", dm.listen) if "listen" in m.data else dm.listen,
         max_message_size=m.positive("max_message_size", int, dm.max_message_size),
         max_recipients=m.positive("max_recipients", int, dm.max_recipients),
+        max_connections=m.positive("max_connections", int, dm.max_connections),
     )
     m.done()
 

@@ -49,6 +49,7 @@ from cgpop.pop3.events import (
 from cgpop.pop3.lines import NEED_MORE, LineBuffer
 from cgpop.pop3.session import Policy, Session
 from cgpop.sasl.apop import make_apop_banner
+from cgpop.spool import Octets
 from cgpop.store.api import StoredMessage
 from cgpop.store.sqlite import SqliteStore
 from cgpop.tlsconf import ReloadableContext
@@ -102,7 +103,7 @@ class ServerState:
 class Submitter(Protocol):
     """XTND XMIT behind the engine (xtnd/): None means accepted for every recipient."""
 
-    async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None: ...
+    async def submit(self, account: str, peer: str, message: Octets) -> Pop3Error | None: ...
 
 
 class GroupCommit(Generic[Item, R]):
@@ -208,7 +209,9 @@ class Gateway:
             log.exception("could not set \\Seen on %d messages", len(items))
         return [None] * len(items)
 
-    async def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+    async def deliver(
+        self, sender: str, recipients: Sequence[str], message: Octets
+    ) -> list[Result]:
         """LMTP delivery: recipients resolved in a reader thread, then the group commit."""
         prepared = await self.read(self.deliverer.prepare, sender, recipients, message)
         if not prepared.copies:
@@ -393,6 +396,7 @@ class Gateway:
             ),
             xtnd_enabled=c.xtnd.enabled and self.submitter is not None,
             xtnd_max_size=c.xtnd.max_message_size,
+            spool_dir=c.server.data_dir,
             max_bad_commands=c.pop3.max_bad_commands,
             max_auth_failures=c.pop3.max_auth_failures,
             sasl_config=self.sasl_config,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
 from accounts.credentials import Credentials
+from cgpop.spool import Octets, SpooledMessage, StreamStuffer
 from cgpop.store import schema
 from cgpop.store.api import (
     SEEN,
@@ -512,9 +513,42 @@ class SqliteStore:
             os.close(dirfd)
         return rel
 
-    def _stored_body(self, raw: bytes) -> tuple[int, bytes, str | None]:
+    def _write_body_stream(self, message: SpooledMessage) -> tuple[str, int]:
+        """A spooled message's body file, normalised and stuffed chunk by chunk (never whole
+        in memory): its name and the normalised size. As `_write_body_file` otherwise."""
+        name = secrets.token_hex(16)
+        rel = f"{name[:2]}/{name}"
+        final = self.bodies_dir / rel
+        final.parent.mkdir(exist_ok=True)
+        tmp = self.bodies_dir / "tmp" / name
+        stuffer = StreamStuffer()
+        try:
+            with open(tmp, "wb") as fh:
+                for chunk in message.chunks():
+                    fh.write(stuffer.feed(chunk))
+                fh.write(stuffer.finish())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        dirfd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+        return rel, stuffer.size
+
+    def _stored_body(self, raw: Octets) -> tuple[int, bytes, str | None]:
         """(size as POP reports it, stuffed octets, body file or None when kept inline). The
         file, if any, is written and fsynced before the caller's transaction commits."""
+        if isinstance(raw, SpooledMessage):
+            if raw.size > INLINE_MAX:
+                name, size = self._write_body_stream(raw)
+                return size, b"", name
+            raw = b"".join(raw.chunks())
         normalized = normalize_crlf(raw)
         stuffed = dot_stuff(normalized)
         file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
@@ -539,10 +573,10 @@ class SqliteStore:
             raise NotFound("the mailbox was removed during delivery")
         return int(row[0])
 
-    def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
+    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
         return self.deliver_many([(message, copies)])[0]
 
-    def deliver_many(self, items: Sequence[tuple[bytes, Sequence[Copy]]]) -> list[list[bool]]:
+    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
         """Several deliveries in one transaction, so concurrent deliveries share one fsync
         (group commit). Per item and copy: stored, or False when suppressed as a duplicate.
         All or nothing: on an exception no item is stored."""

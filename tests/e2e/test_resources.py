@@ -4,11 +4,17 @@ cannot multiply its password guesses by opening many connections."""
 
 from __future__ import annotations
 
+import asyncio
+import poplib
+import smtplib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import pytest
 
 from tests.conftest import LiveServer
+from tests.xtnd.conftest import Sink, SinkHandler, _start
 
 from .helpers import TIMEOUT, Raw
 
@@ -125,3 +131,128 @@ def test_many_connections_of_one_address_get_no_more_guesses(
     # The start (0.05 + 0.1 + 0.2 s spacing) admits ~4 at once; then one per 0.5 s, plus the
     # replies of guesses started before the window closed.
     assert 1 <= len(checked) <= 4 + window / 0.5 + 3, len(checked)
+
+
+# ---- large messages go through the spool, byte for byte ----
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    yield from _start(SinkHandler())
+
+
+def big_message(rcpt: str, size: int, tag: str) -> bytes:
+    """A message of about `size` octets whose body has dot-leading lines (stuffing) and a
+    line on each side of every 1 MiB boundary."""
+    head = (
+        f"From: joe@example.com\r\nTo: {rcpt}\r\nSubject: big {tag}\r\n"
+        f"Message-ID: <{tag}@resources.test>\r\n\r\n"
+    ).encode()
+    lines, total, n = [], len(head), 0
+    while total < size:
+        line = (b"." if n % 7 == 0 else b"") + f"line {n:08d} ".encode() + b"x" * 60 + b"\r\n"
+        lines.append(line)
+        total += len(line)
+        n += 1
+    return head + b"".join(lines)
+
+
+def retr_all(srv: LiveServer, user: str, password: str) -> list[bytes]:
+    client = poplib.POP3(srv.host, srv.port(), timeout=30)
+    try:
+        client.user(user)
+        client.pass_(password)
+        count = client.stat()[0]
+        return [b"\r\n".join(client.retr(i)[1]) + b"\r\n" for i in range(1, count + 1)]
+    finally:
+        client.quit()
+
+
+def test_large_lmtp_message_is_spooled_and_stored_intact(
+    server_factory: Callable[..., LiveServer],
+) -> None:
+    srv = server_factory()
+    srv.add_account("joe@example.com", "secret")
+    msg = big_message("joe@example.com", 3 * 1024 * 1024, "lmtp-big")
+    with smtplib.LMTP(srv.host, srv.port("lmtp"), timeout=30) as client:
+        client.ehlo("mta.test")
+        assert client.sendmail("sender@remote.test", ["joe@example.com"], msg) == {}
+    (got,) = retr_all(srv, "joe@example.com", "secret")
+    assert got == (b"Return-Path: <sender@remote.test>\r\nX-Real-To: <joe@example.com>\r\n" + msg)
+    assert list((srv.config.server.data_dir).glob("tmp*")) == []  # the spool left nothing
+
+
+def test_lmtp_oversized_message_answered_after_the_data(
+    server_factory: Callable[..., LiveServer],
+) -> None:
+    srv = server_factory(lmtp={"max_message_size": 2 * 1024 * 1024})
+    srv.add_account("joe@example.com", "secret")
+    with smtplib.LMTP(srv.host, srv.port("lmtp"), timeout=30) as client:
+        client.ehlo("mta.test")
+        client.mail("sender@remote.test")
+        client.rcpt("joe@example.com")
+        code, text = client.data(big_message("joe@example.com", 3 * 1024 * 1024, "too-big"))
+        assert (code, text) == (552, b"Error: Too much mail data")
+        assert client.noop()[0] == 250  # still in step
+    assert srv.deliver("joe@example.com", b"Subject: small\r\n\r\nok\r\n")[0].status.value == (
+        "delivered"
+    )
+
+
+def test_large_xtnd_message_is_spooled_delivered_and_relayed_intact(
+    server_factory: Callable[..., LiveServer], sink: Sink
+) -> None:
+    srv = server_factory(xtnd={"relay": f"127.0.0.1:{sink.port}", "queue_poll_interval": 0.2})
+    srv.add_account("joe@example.com", "secret")
+    srv.add_account("ann@example.com", "annpw")
+    msg = big_message("ann@example.com, carol@example.org", 3 * 1024 * 1024, "xtnd-big")
+    with Raw(srv) as raw:
+        assert raw.login().startswith(b"+OK")
+        assert raw.cmd("XTND XMIT") == b"+OK Start sending message.\r\n"
+        stuffed = b"".join(
+            (b"." + line if line.startswith(b".") else line)
+            for line in msg.splitlines(keepends=True)
+        )
+        raw.send(stuffed + b".\r\n")
+        assert raw.line() == b"+OK Message sent successfully\r\n"
+    (got,) = retr_all(srv, "ann@example.com", "annpw")
+    _, _, body = msg.partition(b"\r\n\r\n")
+    header, _, got_body = got.partition(b"\r\n\r\n")
+    assert got_body == body  # the body octet for octet, past the spool threshold
+    assert b"Received: from [127.0.0.1]" in header and b"Subject: big xtnd-big" in header
+    deadline = time.monotonic() + 20
+    while not sink.handler.messages and time.monotonic() < deadline:
+        time.sleep(0.05)  # the relay worker runs on its own schedule
+    (relayed,) = sink.handler.messages
+    assert relayed.rcpt_tos == ["carol@example.org"]
+    assert relayed.content.replace(b"\r\n", b"\n").partition(b"\n\n")[2] == body.replace(
+        b"\r\n", b"\n"
+    )
+
+
+def test_lmtp_connection_cap(server_factory: Callable[..., LiveServer]) -> None:
+    srv = server_factory(lmtp={"max_connections": 2})
+    first = smtplib.LMTP(srv.host, srv.port("lmtp"), timeout=TIMEOUT)
+    second = smtplib.LMTP(srv.host, srv.port("lmtp"), timeout=TIMEOUT)
+    with socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as third:
+        f = third.makefile("rb")
+        assert f.readline() == b"421 4.3.2 too many connections, try later\r\n"
+        assert f.read() == b""  # and closed
+    first.quit()
+    wait_lmtp_sessions(srv, 1)
+    again = smtplib.LMTP(srv.host, srv.port("lmtp"), timeout=TIMEOUT)
+    assert again.noop()[0] == 250
+    again.quit()
+    second.quit()
+
+
+def wait_lmtp_sessions(srv: LiveServer, at_most: int) -> None:
+    """Wait on the server's loop until at most `at_most` LMTP sessions are registered."""
+
+    async def settle() -> None:
+        while len(srv.gateway.lmtp_sessions) > at_most:
+            await asyncio.sleep(0.01)
+
+    asyncio.run_coroutine_threadsafe(asyncio.wait_for(settle(), TIMEOUT), srv.loop).result(
+        2 * TIMEOUT
+    )
