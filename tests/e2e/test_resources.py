@@ -5,11 +5,18 @@ cannot multiply its password guesses by opening many connections."""
 from __future__ import annotations
 
 import asyncio
+import os
 import poplib
+import re
+import signal
 import smtplib
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -95,8 +102,6 @@ def test_many_connections_of_one_address_get_no_more_guesses(
     auth_delay_max (0.5 s here) after a short start; before the fix, every connection got
     its own delay and 24 connections checked ~24 times as many. Meanwhile joe logs in from
     another address at once: the flood locks nobody else out."""
-    import threading
-
     srv = server_factory(
         pop3={
             "auth_delay": 0.05,
@@ -256,3 +261,119 @@ def wait_lmtp_sessions(srv: LiveServer, at_most: int) -> None:
     asyncio.run_coroutine_threadsafe(asyncio.wait_for(settle(), TIMEOUT), srv.loop).result(
         2 * TIMEOUT
     )
+
+
+# ---- server memory under concurrent large messages (a real `cgpop serve` process) ----
+
+CGPOP = [sys.executable, "-m", "cgpop"]
+MB = 1024 * 1024
+
+
+def vm_kib(pid: int, field: str) -> int:
+    """VmRSS / VmHWM (peak RSS) of a process, in KiB, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int]]]:
+    conf = tmp_path / "cgpop.toml"
+    conf.write_text(
+        '[server]\ndata_dir = "data"\ndefault_domain = "example.com"\nshutdown_grace = 3\n'
+        '[pop3]\nlisten = ["127.0.0.1:0"]\n[lmtp]\nlisten = ["127.0.0.1:0"]\n'
+        "[xtnd]\nmax_message_size = 62914560\n"
+    )
+    env = {**os.environ, "CGPOP_CONFIG": str(conf)}
+    subprocess.run([*CGPOP, "domain", "add", "example.com"], env=env, check=True)
+    subprocess.run(
+        [*CGPOP, "account", "add", "joe@example.com", "--password-stdin"],
+        input=b"secret\n",
+        env=env,
+        check=True,
+    )
+    proc = subprocess.Popen([*CGPOP, "serve"], env=env, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    ports: dict[str, int] = {}
+    while len(ports) < 2:
+        line = proc.stderr.readline().decode()
+        if not line:
+            break
+        found = re.search(r"(POP3|LMTP) listening on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            ports[found.group(1)] = int(found.group(2))
+    assert len(ports) == 2, "server did not report its ports"
+    # Keep reading its log so the pipe never fills and blocks the server.
+    drain = threading.Thread(target=proc.stderr.read, daemon=True)
+    drain.start()
+    yield proc, ports
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    drain.join(10)
+    proc.stderr.close()
+
+
+def _lmtp_send(port: int, msg: bytes, errors: list[BaseException]) -> None:
+    try:
+        with smtplib.LMTP("127.0.0.1", port, timeout=120) as client:
+            client.ehlo("mta.test")
+            assert client.sendmail("sender@remote.test", ["joe@example.com"], msg) == {}
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def _xtnd_send(port: int, stuffed: bytes, errors: list[BaseException]) -> None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 120) as sock:
+            f = sock.makefile("rb")
+            assert f.readline().startswith(b"+OK")
+            sock.sendall(b"USER joe@example.com\r\nPASS secret\r\nXTND XMIT\r\n")
+            assert f.readline().startswith(b"+OK")
+            assert f.readline().startswith(b"+OK")
+            assert f.readline() == b"+OK Start sending message.\r\n"
+            sock.sendall(stuffed + b".\r\n")
+            assert f.readline() == b"+OK Message sent successfully\r\n"
+    except BaseException as exc:
+        errors.append(exc)
+
+
+@pytest.mark.slow
+def test_server_memory_stays_bounded_under_concurrent_large_messages(
+    served: tuple[subprocess.Popen[bytes], dict[str, int]],
+) -> None:
+    """4 LMTP and then 4 XTND XMIT messages of 25 MB at once. Before the spool, each stage
+    held the whole message (often twice): four 50 MB LMTP messages took 590 MB, ten 25 MB
+    submissions 925 MB. Now the peak RSS stays within base + 150 MB however large they are."""
+    proc, ports = served
+    base = vm_kib(proc.pid, "VmHWM")
+    size = 25 * MB
+    for send, port, tag in ((_lmtp_send, ports["LMTP"], "lmtp"), (_xtnd_send, ports["POP3"], "x")):
+        errors: list[BaseException] = []
+        threads = []
+        for i in range(4):
+            msg = big_message("joe@example.com", size, f"{tag}-{i}")
+            if send is _xtnd_send:
+                msg = b"".join(
+                    (b"." + line if line.startswith(b".") else line)
+                    for line in msg.splitlines(keepends=True)
+                )
+            threads.append(threading.Thread(target=send, args=(port, msg, errors)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not errors, errors
+    peak = vm_kib(proc.pid, "VmHWM")
+    print(f"server VmHWM: base {base // 1024} MiB, peak {peak // 1024} MiB")
+    client = poplib.POP3("127.0.0.1", ports["POP3"], timeout=60)
+    client.user("joe@example.com")
+    client.pass_("secret")
+    count, octets = client.stat()
+    client.quit()
+    assert count == 8 and octets > 8 * size  # every message arrived whole
+    assert peak - base < 150 * 1024, f"peak RSS grew by {(peak - base) // 1024} MiB"
