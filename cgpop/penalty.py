@@ -7,13 +7,13 @@ Accounts are *resolved* accounts (`Authenticator.penalty_key`): `alice%example.c
 Two mechanisms (issue 10, defect 7: 100 connections of one address guessed 56 times faster than
 one, because the delay was per reply):
 
-* The turn, per (address, account) pair, shared by all the address's connections: before a
-  password is checked the attempt `reserve`s the pair's next slot. Each reservation moves the
-  slot on by the delay the pair would earn if every attempt in flight failed, so parallel
-  connections are spaced as one connection would be; an attempt whose slot is more than
-  `maximum` seconds away is refused unchecked. So one address gets at most one check per
-  `maximum` seconds on one account once it has failed a few times, however many connections
-  it opens. Only a success *by that address for that account* clears the pair.
+* The turn, per (address, account) pair, shared by all the address's connections: password
+  checks of one pair are made one at a time (cgpop/loginturn.py), each no earlier than
+  `turn_wait` after the pair's last failure. So one address gets at most one check per
+  `delay_for` seconds on one account (one per `maximum` once it has failed a few times),
+  however many connections it opens. Only a success *by that address for that account*
+  clears the pair. Concurrent correct logins (a client opening several sessions) are only
+  serialised, never delayed: a pair without failures has no wait.
 * The reply delay: after a failure the connection waits `delay_for` (the doubling delay of the
   larger of the address's, the account's and the pair's recent failures) before answering.
   The address's and the account's records are never cleared by a success (somebody else's
@@ -64,9 +64,8 @@ class PenaltyPolicy:
 class _Entry:
     count: int
     last: float
-    # Pair entries only: when the next check may start, and checks reserved but not released.
+    # Pair entries only: when the next check may start.
     ready: float = 0.0
-    pending: int = 0
 
 
 def peer_key(peer: str) -> str:
@@ -117,7 +116,7 @@ class Penalty:
             return 0
         forgiven = int(max(0.0, now - entry.last) // self.policy.decay)
         count = max(0, entry.count - forgiven)
-        if count == 0 and entry.pending == 0 and entry.ready <= now:
+        if count == 0 and entry.ready <= now:
             del self._entries[key]
         return count
 
@@ -132,29 +131,22 @@ class Penalty:
         while len(self._entries) > self.policy.max_keys:
             self._entries.popitem(last=False)
 
-    def reserve(self, peer: str, account: str) -> float | None:
-        """Take the pair's next turn to check a password: seconds to wait before checking, or
-        None when the turn is more than `maximum` away (refuse the attempt unchecked). Every
-        reservation must be `release`d once its outcome is recorded (or abandoned)."""
+    def pair_key(self, peer: str, account: str) -> tuple[str, str]:
+        """The key of the (address, account) pair: what `cgpop.loginturn` serialises on."""
+        return self._pair(peer, account)
+
+    def pair_failures(self, peer: str, account: str) -> int:
+        return self._count(self._pair(peer, account), self._clock())
+
+    def turn_wait(self, peer: str, account: str) -> float:
+        """Seconds until the pair's next password check may start: its last failure plus the
+        delay its recent failures earn (0 when it has none). The caller checks one attempt of
+        a pair at a time, so this spaces the checks of all the address's connections."""
         now = self._clock()
         key = self._pair(peer, account)
-        count = self._count(key, now)
+        self._count(key, now)  # drops a fully decayed entry
         entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry(0, now)
-            self._evict()
-        start = max(now, entry.ready)
-        if start - now > self.policy.maximum:
-            return None
-        entry.pending += 1
-        # Pessimistic: as if every attempt in flight fails, which is what a flood does.
-        entry.ready = start + self._delay(count + entry.pending)
-        return start - now
-
-    def release(self, peer: str, account: str) -> None:
-        entry = self._entries.get(self._pair(peer, account))
-        if entry is not None and entry.pending > 0:
-            entry.pending -= 1
+        return 0.0 if entry is None else max(0.0, entry.ready - now)
 
     def failures(self, peer: str, account: str | None = None) -> int:
         """Recent failures that count for this attempt: the larger of the peer's and the
@@ -175,7 +167,7 @@ class Penalty:
             # Decay counts from the latest failure; re-inserting moves the key to the young end.
             entry = self._entries[key] = _Entry(count, now)
             if old is not None:
-                entry.ready, entry.pending = old.ready, old.pending
+                entry.ready = old.ready
             if key[0] == "pair":
                 entry.ready = max(entry.ready, now + self._delay(count))
         self._evict()
@@ -185,9 +177,4 @@ class Penalty:
         user has proven who they are from there. The address's record (it may be guessing
         other accounts) and the account's (others may be guessing it) stay, to decay."""
         if account:
-            entry = self._entries.pop(self._pair(peer, account), None)
-            if entry is not None and entry.pending > 0:
-                # Checks still in flight keep their reservation count, not the failures.
-                self._entries[self._pair(peer, account)] = _Entry(
-                    0, self._clock(), 0.0, entry.pending
-                )
+            self._entries.pop(self._pair(peer, account), None)

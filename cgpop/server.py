@@ -647,6 +647,7 @@ class _Runner:
         self.out: list[bytes] = []
         self.out_size = 0
         self.window: dict[int, StoredMessage] = {}
+        self.last_key: tuple[str | None, str] = (None, "")
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
@@ -701,15 +702,19 @@ class _Runner:
         # cleartext: they must not be read as if they came through TLS.
         self.lines.discard()
         assert self.gw.tls is not None
-        await asyncio.wait_for(
-            start_tls(self.reader, self.writer, self.gw.tls.context, carry=False),
-            self.gw.config.pop3.line_timeout,
-        )
+        await start_tls(self.reader, self.writer, self.gw.tls.context, carry=False)
         self.session.tls_started(self.gw.policy(tls=True, peer_ip=self.peer_ip))
         self.slog.info("TLS started")
 
     async def penalty_key(self, login: str) -> str:
-        return await self.gw.read(self.gw.auth.penalty_key, login, self.domain)
+        """The account a login tries, as the penalty counts it (one worker hop per name and
+        session: the turn and the outcome of one attempt share it)."""
+        if self.last_key[0] != login:
+            self.last_key = (
+                login,
+                await self.gw.read(self.gw.auth.penalty_key, login, self.domain),
+            )
+        return self.last_key[1]
 
     async def sasl_creds(self, event: SaslCredentials) -> tuple[Credentials | None, bool | None]:
         """The stored keys a SASL exchange needs, in the (address, account) pair's turn

@@ -82,51 +82,30 @@ def test_success_clears_only_that_address_for_that_account() -> None:
     for _ in range(3):
         penalty.record_failure("192.0.2.1", "alice@example.com")
     before = penalty.delay_for("192.0.2.1", "alice@example.com")
-    assert penalty.reserve("192.0.2.1", "alice@example.com") == 1.0  # 3 failures: 1 s away
-    penalty.release("192.0.2.1", "alice@example.com")
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 1.0  # 3 failures: 1 s
     # Somebody else's success (another address, or this address on another account) clears
     # nothing: an attacker with an account of its own cannot wipe its record.
     penalty.record_success("192.0.2.9", "alice@example.com")
     penalty.record_success("192.0.2.1", "mallory@example.com")
     assert penalty.delay_for("192.0.2.1", "alice@example.com") == before
-    assert penalty.reserve("192.0.2.1", "alice@example.com") == 3.0  # after the turn above
-    penalty.release("192.0.2.1", "alice@example.com")
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 1.0
     # Alice from that address: her turn is free again at once.
     penalty.record_success("192.0.2.1", "alice@example.com")
-    assert penalty.reserve("192.0.2.1", "alice@example.com") == 0.0
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 0.0
+    assert penalty.pair_failures("192.0.2.1", "alice@example.com") == 0
 
 
-def test_parallel_attempts_are_spaced_like_one_connection() -> None:
-    """100 connections of one address at one account at the same instant: their checks are
-    spaced as if each failed, and those whose turn is over `maximum` away are refused."""
+def test_turn_wait_follows_the_pair_only() -> None:
     penalty, clock = make(base=0.25, maximum=5.0)
-    waits = [penalty.reserve("192.0.2.1", "alice@example.com") for _ in range(100)]
-    admitted = [w for w in waits if w is not None]
-    assert admitted == [0.0, 0.25, 0.75, 1.75, 3.75]
-    # They all fail; from then on one check per `maximum` seconds, whatever the connections.
-    for _ in admitted:
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 0.0
+    for _ in range(10):
         penalty.record_failure("192.0.2.1", "alice@example.com")
-        penalty.release("192.0.2.1", "alice@example.com")
-    checks = 0
-    for _ in range(600):  # 60 s of 10 attempts a second
-        clock.now += 0.1
-        wait = penalty.reserve("192.0.2.1", "alice@example.com")
-        if wait is not None:
-            checks += 1
-            penalty.record_failure("192.0.2.1", "alice@example.com")
-            penalty.release("192.0.2.1", "alice@example.com")
-    assert checks <= 60 / 5.0 + 2
-    # Other addresses, and this address on other accounts, are not held up by the pair.
-    assert penalty.reserve("192.0.2.2", "alice@example.com") == 0.0
-    assert penalty.reserve("192.0.2.1", "bob@example.com") == 0.0
-
-
-def test_one_legitimate_login_waits_for_nothing() -> None:
-    penalty, _ = make()
-    assert penalty.reserve("192.0.2.1", "alice@example.com") == 0.0
-    penalty.record_success("192.0.2.1", "alice@example.com")
-    penalty.release("192.0.2.1", "alice@example.com")
-    assert penalty.reserve("192.0.2.1", "alice@example.com") == 0.0
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 5.0
+    clock.now += 2
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 3.0
+    # Other addresses, and this address on other accounts, do not wait for this pair.
+    assert penalty.turn_wait("192.0.2.2", "alice@example.com") == 0.0
+    assert penalty.turn_wait("192.0.2.1", "bob@example.com") == 0.0
 
 
 def test_memory_bounded_evicts_oldest() -> None:
