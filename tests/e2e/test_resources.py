@@ -393,3 +393,39 @@ def test_server_memory_stays_bounded_under_concurrent_large_messages(
     client.quit()
     assert count == 8 and octets > 8 * size  # every message arrived whole
     assert peak - base < 150 * 1024, f"peak RSS grew by {(peak - base) // 1024} MiB"
+
+
+def _lmtp_raw(srv: LiveServer, data: bytes) -> list[bytes]:
+    """One LMTP transaction to joe with raw DATA octets (terminator included): the replies."""
+    with socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        sock.sendall(b"LHLO mta.test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<joe@example.com>\r\nDATA\r\n")
+        assert f.readline().startswith(b"250")
+        assert f.readline().startswith(b"250")
+        assert f.readline().startswith(b"354")
+        sock.sendall(data)
+        first = f.readline()
+        sock.sendall(b"NOOP\r\n")
+        return [first, f.readline()]
+
+
+def test_lmtp_data_reader_keeps_aiosmtpd_rules(server_factory: Callable[..., LiveServer]) -> None:
+    """The spooling DATA reader replaces aiosmtpd's: the same end-of-data rule (only CRLF "."
+    CRLF, so bare-LF smuggling shapes stay data), unstuffing, and 500 for an overlong line,
+    answered after the data with the session still in step."""
+    srv = server_factory()
+    srv.add_account("joe@example.com", "secret")
+    body = b"Subject: s\r\n\r\nbefore\n.\nmid\r\n.\nafter\r\n..dot\r\n"
+    replies = _lmtp_raw(srv, body + b".\r\n")
+    assert replies[0].startswith(b"250 2.0.0 <joe@example.com>") and replies[1].startswith(b"250")
+    (got,) = retr_all(srv, "joe@example.com", "secret")
+    # Bare LFs are repaired at storage; a "." opening a CRLF line is a stuffing dot (RFC 5321
+    # section 4.5.2), also before a bare LF; one after a bare LF is data.
+    assert got.endswith(b"before\r\n.\r\nmid\r\n\r\nafter\r\n.dot\r\n")
+    replies = _lmtp_raw(srv, b"Subject: long\r\n\r\n" + b"x" * 5000 + b"\r\n.\r\n")
+    assert replies[0].startswith(b"500 Line too long") and replies[1].startswith(b"250")
+    assert len(retr_all(srv, "joe@example.com", "secret")) == 1
