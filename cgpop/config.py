@@ -7,6 +7,7 @@ listener opens. `conf/cgpop.toml` documents every key with its default.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib  # Python >= 3.11 (pyproject): tomli is never needed
 from collections.abc import Mapping
@@ -54,6 +55,9 @@ class Pop3Config:
     tls_listen: tuple[Endpoint, ...] = ()
     # RFC 1939 section 3: the autologout timer "MUST be of at least 10 minutes".
     idle_timeout: float = 600.0
+    # A command line that has begun must end within this many seconds (cgpop/linedeadline.py:
+    # the slowloris bound; RFC 1939's 10 minutes is idle time between commands, not this).
+    line_timeout: float = 60.0
     # RFC 2449 section 4 limits command lines to 255 octets; we accept up to this many and then
     # answer one -ERR for the whole overlong line.
     max_line: int = 1024
@@ -67,7 +71,9 @@ class Pop3Config:
     # whenever it is listed, and it works only for accounts with --shared-secret.
     cram_md5: bool = False
     max_channels: int = 1000
-    max_per_ip: int = 100
+    # 20, not 100: with max_channels 1000, ten addresses could take every channel; 50 are needed
+    # now (issue 10). Clients behind one NAT rarely hold more; raise it for a big one.
+    max_per_ip: int = 20
     max_per_account: int = 50
     # Peers (addresses or CIDR networks) that must open with a PROXY v1/v2 header naming the real
     # client; from anyone else a PROXY header is just an unknown command.
@@ -91,6 +97,10 @@ class LmtpConfig:
     listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 2400),)
     max_message_size: int = 50 * 1024 * 1024
     max_recipients: int = 1000
+    # Concurrent LMTP sessions; past it 421 4.3.2 and close (as max_channels for POP). An MTA
+    # opens a few (Postfix: 20 per destination by default); each holds at most the spool
+    # threshold (1 MiB) of a message in memory.
+    max_connections: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +368,9 @@ def from_dict(
     idle = p.positive("idle_timeout", float, dp.idle_timeout)
     if idle < 600:
         raise p.fail("idle_timeout", "RFC 1939 requires at least 600 seconds")
+    line_timeout = p.positive("line_timeout", float, dp.line_timeout)
+    if not math.isfinite(line_timeout) or line_timeout > idle:
+        raise p.fail("line_timeout", "must be a number of seconds, at most idle_timeout")
     plaintext = p.get("plaintext_auth", str, dp.plaintext_auth)
     if plaintext not in ("tls", "always"):
         raise p.fail("plaintext_auth", 'expected "tls" or "always"')
@@ -385,6 +398,7 @@ def from_dict(
         listen=p.endpoints("listen", dp.listen) if "listen" in p.data else dp.listen,
         tls_listen=p.endpoints("tls_listen", dp.tls_listen),
         idle_timeout=idle,
+        line_timeout=line_timeout,
         max_line=max_line,
         max_bad_commands=p.positive("max_bad_commands", int, dp.max_bad_commands),
         max_auth_failures=p.positive("max_auth_failures", int, dp.max_auth_failures),
@@ -409,6 +423,7 @@ def from_dict(
         listen=m.endpoints("listen", dm.listen) if "listen" in m.data else dm.listen,
         max_message_size=m.positive("max_message_size", int, dm.max_message_size),
         max_recipients=m.positive("max_recipients", int, dm.max_recipients),
+        max_connections=m.positive("max_connections", int, dm.max_connections),
     )
     m.done()
 

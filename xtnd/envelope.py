@@ -39,6 +39,8 @@ from email.utils import format_datetime, make_msgid
 
 from email_validator import EmailNotValidError, validate_email
 
+from cgpop.spool import Octets
+
 __all__ = ["MAX_FIELD_SIZE", "Envelope", "SubmissionError", "derive_envelope"]
 
 # RFC 5322 section 2.2: a field name is printable US-ASCII except ":".
@@ -74,7 +76,7 @@ class Envelope:
 
     sender: str
     recipients: tuple[str, ...]
-    message: bytes
+    message: Octets  # bytes here; the submitter may put the spooled body back behind it
 
 
 @dataclass(frozen=True, slots=True)

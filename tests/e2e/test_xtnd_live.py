@@ -461,7 +461,9 @@ def test_parallel_sessions_cannot_deliver_past_the_rate_limit(
 ) -> None:
     """Issue 10, defect 3: 48 sessions of one account submit at once against a limit of 30:
     exactly 30 are accepted and exactly 30 copies reach the local recipient."""
-    server = server_factory(xtnd=relay_to(sink, rate_messages_per_hour=30))
+    server = server_factory(
+        xtnd=relay_to(sink, rate_messages_per_hour=30), pop3={"max_per_ip": 100}
+    )
     server.add_account("joe@example.com", "secret")
     server.add_account("ann@example.com", "secret")
     sessions = 48
@@ -472,7 +474,7 @@ def test_parallel_sessions_cannot_deliver_past_the_rate_limit(
         with Raw(server) as raw:
             raw.login()
             assert raw.cmd("XTND XMIT") == b"+OK Start sending message.\r\n"
-            ready.wait(TIMEOUT)
+            ready.wait(6 * TIMEOUT)
             raw.send(stuff(msg("ann@example.com", body=f"number {n}\n")) + b".\r\n")
             replies.append(raw.line())
 
@@ -480,7 +482,7 @@ def test_parallel_sessions_cannot_deliver_past_the_rate_limit(
     for t in threads:
         t.start()
     for t in threads:
-        t.join(4 * TIMEOUT)
+        t.join(8 * TIMEOUT)
     assert len(replies) == sessions
     accepted = [r for r in replies if r.startswith(b"+OK")]
     assert len(accepted) == 30, replies
