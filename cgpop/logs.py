@@ -25,9 +25,14 @@ class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 def redact(line: str) -> str:
     """A command line as it may be logged: arguments of PASS, APOP and AUTH are hidden, and so
-    are SASL continuation lines (the caller passes those as "*")."""
-    verb, sep, _ = line.partition(" ")
-    if verb.upper() in _SECRET_VERBS and sep:
+    are SASL continuation lines (the caller passes those as "*").
+
+    The verb is recognised by its first four characters after any leading white space, whatever
+    follows it (a tab, several spaces, nothing at all): such a line is refused by the engine, but
+    its argument is still a secret the client meant to send."""
+    stripped = line.lstrip()
+    verb = stripped[:4]
+    if verb.upper() in _SECRET_VERBS and stripped[4:].strip():
         return f"{verb} <redacted>"
     return line[:200]
 
