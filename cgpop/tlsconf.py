@@ -21,23 +21,33 @@ from cryptography.hazmat.primitives import serialization
 StrPath = str | Path
 
 
-def _check_readable(path: Path, what: str) -> None:
+class TlsFileError(ValueError):
+    """A certificate or key file that cannot be used; `key` names the [tls] key at fault
+    ("cert" or "key") and the text says why."""
+
+    def __init__(self, text: str, key: str) -> None:
+        super().__init__(text)
+        self.key = key
+
+
+def _check_readable(path: Path, what: str, key: str) -> None:
     try:
         with path.open("rb") as fh:
             fh.read(1)
     except OSError as exc:
-        raise ValueError(f"TLS {what} file {path}: {exc.strerror or exc}") from exc
+        raise TlsFileError(f"TLS {what} file {path}: {exc.strerror or exc}", key) from exc
 
 
 def server_context(cert_path: StrPath, key_path: StrPath) -> ssl.SSLContext:
     """A server context for the PEM certificate chain and private key.
 
-    Raises ValueError naming the file at fault (missing, unreadable, not PEM, or a key that does
-    not match the certificate). Never asks for a pass-phrase: an encrypted key is an error.
+    Raises TlsFileError (a ValueError) naming the file at fault (missing, unreadable, not PEM,
+    or a key that does not match the certificate). Never asks for a pass-phrase: an encrypted
+    key is an error.
     """
     cert, key = Path(cert_path), Path(key_path)
-    _check_readable(cert, "certificate")
-    _check_readable(key, "key")
+    _check_readable(cert, "certificate", "cert")
+    _check_readable(key, "key", "key")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # CRIME (no compression), no client-initiated renegotiation (a DoS lever), a fresh ECDH key
@@ -56,24 +66,38 @@ def server_context(cert_path: StrPath, key_path: StrPath) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(cert, key, password=no_passphrase)
     except (ssl.SSLError, ValueError) as exc:
-        raise ValueError(_which_file(cert, key)) from exc
+        raise TlsFileError(*_which_file(cert, key)) from exc
     return ctx
 
 
-def _which_file(cert: Path, key: Path) -> str:
-    """Tell the operator which file is wrong: parse each on its own."""
+def _is_private_key(path: Path) -> bool:
+    try:
+        serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (TypeError, ValueError, OSError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _which_file(cert: Path, key: Path) -> tuple[str, str]:
+    """Tell the operator which file is wrong, and its [tls] key: parse each on its own."""
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         probe.load_verify_locations(cafile=cert)
     except (ssl.SSLError, ValueError):
-        return f"TLS certificate file {cert}: not a PEM certificate"
+        if _is_private_key(cert):
+            return (
+                f"TLS certificate file {cert}: holds a private key, not a certificate"
+                " (are cert and key swapped?)",
+                "cert",
+            )
+        return f"TLS certificate file {cert}: not a PEM certificate", "cert"
     try:
         serialization.load_pem_private_key(key.read_bytes(), password=None)
     except TypeError:
-        return f"TLS key file {key}: the key is encrypted (pass-phrases are not supported)"
+        return f"TLS key file {key}: the key is encrypted (pass-phrases are not supported)", "key"
     except (ValueError, OSError, UnsupportedAlgorithm):
-        return f"TLS key file {key}: not a PEM private key"
-    return f"TLS key file {key} does not match certificate file {cert}"
+        return f"TLS key file {key}: not a PEM private key", "key"
+    return f"TLS key file {key} does not match certificate file {cert}", "key"
 
 
 class ReloadableContext:
