@@ -12,9 +12,10 @@ Rules (issue 5):
   `From:` kept is refused too.
 * An originator field must be one that every reader reads alike (issue 10): one parsed with a
   defect (`alice@example.com <bob@example.com>`: Python reads alice, other parsers bob) is
-  refused, as is a group. `Sender:` and `Resent-Sender:` hold exactly one mailbox; `From:` (or
-  `Resent-From:`) may list several only when a `Sender:` (`Resent-Sender:`) says who sent it
-  (RFC 5322 sections 3.6.2 and 3.6.6).
+  refused, as is a group or a name or comment holding `<` or `>` (`alice@example.com
+  (<bob@example.com>)`: naive readers take the bracketed address). `Sender:` and
+  `Resent-Sender:` hold exactly one mailbox; `From:` (or `Resent-From:`) may list several only
+  when a `Sender:` (`Resent-Sender:`) says who sent it (RFC 5322 sections 3.6.2 and 3.6.6).
 * Recipients come from `To`, `Cc`, `Bcc`; when the message carries `Resent-*` fields they come from
   the newest resent block's `Resent-To`, `Resent-Cc`, `Resent-Bcc` only (RFC 5322 section 3.6.6:
   the original destination fields describe the original delivery). Each is checked for syntax with
@@ -302,6 +303,12 @@ def _originator(field: _Field, value: object) -> list[Address]:
             f"Malformed {label} field ({doubtful[0]}): refused, as mail readers would not agree"
             " on its address"
         )
+    names = [a.display_name for a in value.addresses]
+    if _bracket_in_text(field.raw.partition(b":")[2]) or any("<" in n or ">" in n for n in names):
+        raise SubmissionError(
+            f"{label} field has '<' or '>' in a name or comment: refused, as some mail readers"
+            " would take what it brackets for the address"
+        )
     if any(group.display_name is not None for group in value.groups):
         raise SubmissionError(f"{label} must list mailboxes, not a group (RFC 5322 section 3.6.2)")
     addresses = list(value.addresses)
@@ -310,6 +317,30 @@ def _originator(field: _Field, value: object) -> list[Address]:
     if field.name in ("sender", "resent-sender") and len(addresses) != 1:
         raise SubmissionError(f"{label} must hold exactly one address (RFC 5322 section 3.6.2)")
     return addresses
+
+
+def _bracket_in_text(body: bytes) -> bool:
+    """Whether `<` or `>` appears inside a quoted string or a comment (RFC 5322 section 3.2.4,
+    3.2.2: comments nest, a backslash quotes the next character) of a field body."""
+    depth, quoted, escaped = 0, False, False
+    for ch in body.decode("ascii", "surrogateescape"):
+        inside = quoted or depth > 0
+        if escaped:
+            escaped = False
+        elif inside and ch == "\\":
+            escaped = True
+            continue
+        elif quoted and ch == '"':
+            quoted = False
+        elif depth and ch in "()":
+            depth += 1 if ch == "(" else -1
+        elif not inside and ch == '"':
+            quoted = True
+        elif not inside and ch == "(":
+            depth = 1
+        if inside and ch in "<>":
+            return True
+    return False
 
 
 def _addresses(field: _Field, value: object) -> list[Address]:

@@ -106,6 +106,12 @@ def test_originator_rules(headers: tuple[str, ...], text: str) -> None:
         (("From: alice@example.com;",), "^Malformed From field"),
         (("From: alice",), "^Malformed From field"),
         (("From: Friends: alice@example.com;",), "^From must list mailboxes, not a group"),
+        # Naive readers take the bracketed address in a comment or a name.
+        (("From: alice@example.com (<bob@example.org>)",), "^From field has '<' or '>' in a"),
+        (("From: alice@example.com (x (y) \\( <bob@example.org>)",), "^From field has '<'"),
+        (('From: "Bob <bob@example.org>" <alice@example.com>',), "^From field has '<'"),
+        (('From: "Bob \\" <bob@example.org>" <alice@example.com>',), "^From field has '<'"),
+        (("From: =?utf-8?q?=3Cbob@example.org=3E?= <alice@example.com>",), "^From field has"),
         (
             ("From: alice@example.com", "Sender: alice@example.com <bob@example.org>"),
             "^Malformed Sender field",
@@ -154,6 +160,7 @@ def test_ambiguous_originator_refused(headers: tuple[str, ...], text: str) -> No
         ("From: A. Smith <alice@example.com>",),  # obsolete phrase syntax: read alike by all
         ('From: "bob@example.org" <alice@example.com>',),  # a quoted name is only a name
         ("From: alice@example.com (Alice)",),
+        ('From: "Alice (home) \\"A\\"" <alice@example.com> (work: \\) "x")',),
         ("From: Alice <alice@example.com>, alias@example.com", "Sender: alice@example.com"),
         (
             "Resent-From: alice@example.com, Alias <alias@example.com>",
