@@ -90,6 +90,32 @@ def test_secret_redacted_whatever_the_separator(
     assert "<redacted>" in caplog.text
 
 
+def test_sasl_continuation_lines_never_logged(
+    server_factory: Callable[..., LiveServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SASL response sent on its own line (after `+ `) is a secret too, whatever it looks like:
+    even one that reads as a command is traced only as "<SASL response>"."""
+    srv = server_factory(pop3={"plaintext_auth": "always"})
+    srv.add_account("joe@example.com", SECRET)
+    caplog.set_level(logging.DEBUG)
+    plain = base64.b64encode(f"\0joe@example.com\0{SECRET}".encode()).decode()
+    with socket.create_connection((srv.host, srv.port()), timeout=5) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"AUTH PLAIN\r\n")
+        assert f.readline().startswith(b"+ ")
+        sock.sendall(f"NOOP {SECRET}\r\n".encode())  # not base64: the exchange fails
+        assert f.readline().startswith(b"-ERR")
+        sock.sendall(b"AUTH PLAIN\r\n")
+        assert f.readline().startswith(b"+ ")
+        sock.sendall(plain.encode() + b"\r\nQUIT\r\n")
+        assert f.readline().startswith(b"+OK")
+        assert f.readline().startswith(b"+OK")
+        f.close()
+    assert SECRET not in caplog.text and plain not in caplog.text
+    assert caplog.text.count("C: <SASL response>") == 2
+
+
 def test_syslog(tmp_path: Path) -> None:
     """`[server] syslog = true` sends the records to the syslog socket, facility mail."""
     path = str(tmp_path / "log.sock")
