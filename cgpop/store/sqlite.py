@@ -344,9 +344,11 @@ class SqliteStore:
 
     # --- mailboxes ---
     def _insert_mailbox(self, conn: sqlite3.Connection, account_id: int, name: str) -> int:
-        # uidvalidity grows strictly, so a re-created mailbox never repeats a UIDL.
-        (last,) = conn.execute("SELECT max(uidvalidity) FROM mailboxes").fetchone()
-        uidvalidity = max(int(_now()), (last or 0) + 1)
+        # uidvalidity comes from a persistent counter (schema migration 9), never the clock:
+        # it never repeats, even for a mailbox removed and re-created in the same second or
+        # after a restart, so a re-created mailbox never repeats a UIDL.
+        conn.execute("UPDATE uidvalidity_counter SET last = last + 1")
+        (uidvalidity,) = conn.execute("SELECT last FROM uidvalidity_counter").fetchone()
         try:
             cur = conn.execute(
                 "INSERT INTO mailboxes(account_id, name, uidvalidity) VALUES (?, ?, ?)",

@@ -506,3 +506,35 @@ def test_a_failed_submission_gives_its_rate_limit_slot_back(
         monkeypatch.undo()
         assert xmit(raw, msg("far@example.org")) == b"+OK Message sent successfully\r\n"
         assert xmit(raw, msg("far@example.org")).startswith(b"-ERR [SYS/TEMP] rate limit")
+
+
+@pytest.mark.parametrize(
+    "from_field",
+    [
+        b"From: joe@example.com <boss@example.com>\r\n",
+        b"From: joe@example.com\r\n <boss@example.com>\r\n",  # folded
+        b"From: joe@example.com)<boss@example.com>\r\n",
+    ],
+    ids=["name-then-angle", "folded", "paren"],
+)
+def test_malformed_from_refused_not_relayed(
+    server_factory: Callable[..., LiveServer], sink: Sink, from_field: bytes
+) -> None:
+    """Issue 10 defect 2: Python's parser reads joe in these From fields, other parsers boss.
+    The submission is refused with a reason, nothing is relayed or stored, the session goes on."""
+    server = server_factory(xtnd=relay_to(sink))
+    server.add_account("joe@example.com", "secret")
+    server.add_account("boss@example.com", "secret")
+    forged = (
+        from_field + b"To: ann@example.org, boss@example.com\r\nSubject: pay now\r\n\r\nHi.\r\n"
+    )
+    with Raw(server) as raw:
+        raw.login()
+        reply = xmit(raw, forged)
+        assert reply.startswith(b"-ERR Malformed From field ("), reply
+        assert b"would not agree on its address" in reply
+        assert xmit(raw, msg("ann@example.org")) == b"+OK Message sent successfully\r\n"
+    wait_for(lambda: sink.handler.messages)
+    [relayed] = sink.handler.messages
+    assert b"pay now" not in relayed.content
+    assert uids(server, "boss@example.com") == []
