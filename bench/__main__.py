@@ -185,7 +185,6 @@ TARGETS: dict[tuple[str, str], list[tuple[str, float, str | None]]] = {
     ("bigmsg", "fraction_of_ceiling"): [("value>=", 0.7, None)],
     ("idle", "pss_kB_per_session"): [("ratio<=", 0.1, HP)],
     ("idle", "rss_kB_per_session"): [("ratio<=", 0.1, HP)],
-    ("idle", "sessions_held"): [("value>=", 100_000, None)],
     ("idle", "fresh_p99_ms"): [("value<=", 100.0, None)],
     ("delivery", "messages_per_s"): [("ratio>=", 1.5, HP)],
     ("delivery", "server_cpu_ms_per_message"): [("ratio<=", 1.0, HP)],

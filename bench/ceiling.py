@@ -76,6 +76,7 @@ def start(run_dir: Path, octets: bytes) -> tuple[subprocess.Popen[bytes], int]:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the port, printed once listening: no polling
+    proc.stdout.close()  # nothing more is printed
     if not line.strip().isdigit():
         proc.kill()
         proc.wait()
