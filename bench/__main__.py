@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, certs, cgpop_side, dovecot, rawpop
+from bench import ceiling, certs, cgpop_side, dovecot, procstat, rawpop
 from bench.dataset import big_message
 from bench.servers import RunningServer
 from bench.workloads import (
@@ -396,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(names)
     scale = QUICK if args.quick else FULL
     if args.idle_sessions is not None:
-        scale = dataclasses.replace(scale, idle_sessions=args.idle_sessions)
+        # --quick splits its few idle sessions over two processes to exercise the split; a
+        # chosen count is split by the file limit, as in a full run.
+        scale = dataclasses.replace(
+            scale, idle_sessions=args.idle_sessions, idle_per_process=FULL.idle_per_process
+        )
     if args.idle_sessions_dovecot is not None:
         scale = dataclasses.replace(scale, idle_sessions_dovecot=args.idle_sessions_dovecot)
     ds = QUICK_DATA if args.quick else FULL_DATA
@@ -503,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         print("Dovecot high-performance mode adds:")
         for k, v in dovecot.HP_SETTINGS.items():
             print(f"  {k}: {v}")
+        print("Dovecot hp-plain is hp with:")
+        for k, v in dovecot.PLAIN_SETTINGS.items():
+            print(f"  {k}: {v}")
     if use_cgpop:
         print("cgpop settings changed from its defaults:")
         for k, v in cgpop_side.SETTINGS.items():
@@ -520,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         ),
         "ratios are cgpop / Dovecot high-performance mode (dovecot-hp); dovecot-default is "
-        "Dovecot's default process model with the same load-test settings.",
+        "Dovecot's default process model with the same load-test settings; dovecot-hp-plain "
+        "is hp with {PLAIN}-stored passwords (no KDF per login), login-heavy workloads only.",
         "`cgpop` runs its shipped configuration, login_cache_ttl = 60 s (a verified login is "
         "remembered, keyed to the stored keys); `cgpop-nocache` sets it to 0, so every login "
         "pays the 4096-iteration PBKDF2 (login-heavy workloads only).",
@@ -531,12 +539,30 @@ def main(argv: list[str] | None = None) -> int:
         "salt, on both sides (Dovecot passwd-file `{SCRAM-SHA-256}` entries).",
         "data: one Maildir set written by the harness; Dovecot serves it, cgpop imports the "
         "same files with `cgpop mailbox import`; accounts via `cgpop account import`.",
-        "server CPU is the whole process tree's utime+stime from /proc; the load generator "
-        "shares the 2 cores, so wall-clock throughput is bounded by it too.",
-        "memory: idle = growth of the tree's PSS/RSS over 10,000 logged-in sessions / "
-        "sessions; cgpop is restarted before idle and before every bigmsg run, so its "
-        "figures are those of a fresh process (peak_rss_MB: whole process, including the "
-        "interpreter; Dovecot's is the sum over its process tree, reused hp processes included).",
+        "server CPU is the whole process tree's utime+stime from /proc; the load client's is "
+        f"the harness plus its {args.clients} client process(es) (--clients). 'What "
+        "saturated' names every limit reached in a measured block: a server or client process "
+        f"at >= {procstat.PROCESS_SATURATED:g} of a core, all cores >= "
+        f"{procstat.MACHINE_SATURATED:.0%} busy (everyone's work: the host may be shared), the "
+        f"run directory's disk >= {procstat.DISK_SATURATED:.0%} busy; a ratio is only a "
+        "server comparison where the client is not among them.",
+        "bigmsg: MB/s is the raw read (rawpop.py: recv_into, only the status line, the stuffed "
+        "octet count and the final CRLF.CRLF checked); ceiling = the same read from a bare "
+        "os.sendfile server of the same stuffed octets (ceiling.py), interleaved in the same "
+        "run; parsed = the line-checking client, what a Python client sees; tls = raw over "
+        "implicit TLS, with the server's peak RSS.",
+        "memory: idle = growth of the server tree's PSS/RSS (summed over every process: "
+        f"workers included) over {scale.idle_sessions:,} held sessions for cgpop and "
+        f"{scale.idle_sessions_dovecot:,} for Dovecot, spread over "
+        f"{ds.idle_users:,} accounts and 127.0.1.x source addresses, opened by client "
+        f"processes of at most {scale.idle_per_process:,} sessions each; fresh_p99 = "
+        f"{scale.idle_fresh} fresh login + STAT + QUIT while they are held; cgpop is restarted "
+        "before idle and before every bigmsg run, so its figures are those of a fresh process "
+        "(peak_rss_MB: whole tree, including the interpreter; Dovecot's is the sum over its "
+        "process tree, reused hp processes included).",
+        "tls-resume: each client offers its previous connection's TLS session "
+        "(wrap_socket(session=...), blocking sockets in threads); resumed_fraction = sessions "
+        "the server resumed / sessions that offered one.",
         "filtered (cgpop only): maildrop fbig@bench.local = a copy of bigbox plus "
         f"{ds.filtered_messages():,} messages delivered over LMTP to one@filter.local through "
         "the route `*@filter.local -> fbig@bench.local`; `one@filter.local` sees only those, "
@@ -545,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(f"`{k} = {v}`" for k, v in dovecot.LOADTEST_SETTINGS.items()),
         "Dovecot high-performance mode adds: "
         + "; ".join(f"`{k}: {v}`" for k, v in dovecot.HP_SETTINGS.items()),
+        f"cgpop [server] workers = {args.cgpop_workers or 'not set (one process)'}.",
         "cgpop settings changed from its defaults: "
         + "; ".join(f"`{k} = {v}`" for k, v in cgpop_side.SETTINGS.items()),
         "setup: " + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()),
@@ -575,7 +602,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             for s in servers
         },
-        "dovecot_settings": {"both": dovecot.LOADTEST_SETTINGS, "hp": dovecot.HP_SETTINGS},
+        "dovecot_settings": {
+            "both": dovecot.LOADTEST_SETTINGS,
+            "hp": dovecot.HP_SETTINGS,
+            "hp-plain": dovecot.PLAIN_SETTINGS,
+        },
         "cgpop_settings": cgpop_side.SETTINGS,
         "results": {
             wl: {
