@@ -60,6 +60,9 @@ def main(argv: list[str]) -> int:
         print(ls.getsockname()[1], flush=True)
         while True:
             conn, _ = ls.accept()
+            # As asyncio and uvloop do for every server transport: no Nagle delay on the reply's
+            # last short segment behind the status line.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with conn, contextlib.suppress(OSError):  # a client gone mid-reply
                 serve_one(conn, path)
 

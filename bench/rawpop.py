@@ -133,6 +133,7 @@ def raw_retr(
     """Log in (plain, or implicit TLS when `tls` is given), RETR 1 read raw, QUIT."""
     sock: socket.socket = socket.create_connection((host, port), timeout=TIMEOUT_S)
     try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each command goes at once
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=SERVER_NAME, session=session)
         pending = bytearray()

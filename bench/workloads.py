@@ -88,6 +88,7 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
     # Per measured block (e.g. "implicit", "stls"): resource use and what saturated.
     usage: dict[str, procstat.Usage] = field(default_factory=dict)
+    usage_parts: dict[str, list[procstat.Usage]] = field(default_factory=dict)
     saturation: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -182,9 +183,13 @@ class Meter:
         )
 
     def record(self, run: Run, what: str = "") -> None:
-        """Keep this block's usage and verdict in the run (`what` names the block)."""
-        run.usage[what or "run"] = self.usage
-        run.saturation[what or "run"] = procstat.verdict(self.usage)
+        """Keep this block's usage and verdict in the run (`what` names the block); a block
+        recorded again (bigmsg's iterations) is combined with the earlier ones."""
+        key = what or "run"
+        parts = [*run.usage_parts.get(key, []), self.usage]
+        run.usage_parts[key] = parts
+        run.usage[key] = procstat.combine(parts)
+        run.saturation[key] = procstat.verdict(run.usage[key])
 
 
 async def _sessions(
@@ -404,7 +409,7 @@ async def bigmsg(server: RunningServer, env: Env, warm: bool) -> Run:
         peak = max(peak, sampler.peak)
         if secs is not None:
             raw.append(secs)
-            m.record(run, "raw")  # the last read's usage: what limits the raw read
+            m.record(run, "raw")
         if env.ceiling_port is not None:
             secs = await _raw(env.ceiling_port, user, env, ceiling_tally)
             if secs is not None:

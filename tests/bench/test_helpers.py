@@ -77,3 +77,12 @@ def test_idle_sources_keep_each_address_under_its_port_range() -> None:
 def test_workers_as_toml() -> None:
     assert toml_workers("8") == "8"
     assert toml_workers("auto") == '"auto"'
+
+
+def test_combined_blocks_weigh_by_wall_time() -> None:
+    a = usage(wall_s=1.0, server_busiest=1.0, disk_util=0.0)
+    b = usage(wall_s=3.0, server_busiest=0.2, disk_util=None)
+    c = procstat.combine([a, b])
+    assert c.wall_s == 4.0
+    assert abs(c.server_busiest - 0.4) < 1e-9
+    assert c.disk_util is None  # unknown in one block: unknown overall
