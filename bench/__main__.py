@@ -221,6 +221,12 @@ def _verdicts(
     return "; ".join(out) or "-"
 
 
+def client_bound(runs: list[Run]) -> bool:
+    """Whether the load client saturated in any measured block of these runs: a ratio taken on
+    such a run measures the client, and the table says so."""
+    return any("client CPU" in v for r in runs for v in r.saturation.values())
+
+
 def table_rows(results: dict[str, dict[str, list[Run]]], labels: list[str]) -> list[list[str]]:
     """Header row, then one row per headline figure: medians per server, cgpop/hp (and
     cgpop-nocache/hp when that instance ran), and whether issue 6's target holds."""
@@ -241,7 +247,8 @@ def table_rows(results: dict[str, dict[str, list[Run]]], labels: list[str]) -> l
                     row.append(fmt(m.get(fig)))
             for a, b in ratio_of:
                 r = _ratio(medians.get(a), medians.get(b), fig)
-                row.append("-" if r is None else f"{r:.2f}x")
+                bound = client_bound(per_server.get(a, [])) or client_bound(per_server.get(b, []))
+                row.append("-" if r is None else f"{r:.2f}x" + (" (client-bound)" if bound else ""))
             row.append(_verdicts(wl, fig, medians, labels))
             rows.append(row)
     return rows

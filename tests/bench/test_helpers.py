@@ -86,3 +86,20 @@ def test_combined_blocks_weigh_by_wall_time() -> None:
     assert c.wall_s == 4.0
     assert abs(c.server_busiest - 0.4) < 1e-9
     assert c.disk_util is None  # unknown in one block: unknown overall
+
+
+def test_a_ratio_on_a_client_bound_run_is_marked() -> None:
+    from bench.__main__ import table_rows
+    from bench.workloads import Run
+
+    def run(rate: float, saturated: str) -> Run:
+        r = Run(figures={"sessions_per_s": rate, "server_cpu_ms_per_session": 1.0})
+        r.saturation["run"] = saturated
+        return r
+
+    server_bound = {"cgpop": [run(10.0, "all cores (1.95 of 2)")], "dovecot-hp": [run(5.0, "x")]}
+    rows = table_rows({"sessions": server_bound}, ["cgpop", "dovecot-hp"])
+    assert rows[1][4] == "2.00x"
+    client = {"cgpop": [run(10.0, "client CPU (busiest of 1 process 0.95 core)")]}
+    rows = table_rows({"sessions": {**server_bound, **client}}, ["cgpop", "dovecot-hp"])
+    assert rows[1][4] == "2.00x (client-bound)"
