@@ -269,7 +269,9 @@ def saturation_rows(results: dict[str, dict[str, list[Run]]]) -> list[list[str]]
                         wl,
                         lab,
                         block,
-                        f"{u.server_cores:.2f} (busiest {u.server_busiest:.2f})",
+                        f"{u.server_cores:.2f} (busiest {u.server_busiest:.2f}; "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in list(u.server_by_name.items())[:3])
+                        + ")",
                         f"{u.client_cores:.2f} (busiest {u.client_busiest:.2f} of "
                         f"{u.client_processes})",
                         "-" if u.disk_util is None else f"{100 * u.disk_util:.0f}%",

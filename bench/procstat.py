@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -143,6 +143,24 @@ def own_cpu(pids: list[int]) -> dict[int, float]:
     return out
 
 
+def comm(pid: int) -> str:
+    """The process's command name (/proc/pid/comm), '?' once it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def by_name(delta: dict[int, float], wall: float) -> dict[str, float]:
+    """Cores per command name (Dovecot's auth, pop3-login, pop3...), busiest first."""
+    out: dict[str, float] = {}
+    for pid, cpu in delta.items():
+        name = comm(pid)
+        out[name] = out.get(name, 0.0) + cpu / wall
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def machine_busy_s() -> float:
     """Non-idle CPU seconds over all cores since boot (/proc/stat; iowait counts as idle)."""
     with open("/proc/stat", "rb") as f:
@@ -178,8 +196,10 @@ class Usage:
     machine_cores: float  # all cores of the machine, everyone's work included
     nproc: int
     disk_util: float | None  # share of the wall time the run directory's disk was busy
+    # The server's own CPU (reaped children not included) per command name, in cores.
+    server_by_name: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    def as_dict(self) -> dict[str, object]:
         return {f: getattr(self, f) for f in self.__slots__}
 
 
@@ -202,7 +222,16 @@ def combine(parts: list[Usage]) -> Usage:
         machine_cores=avg("machine_cores"),
         nproc=parts[0].nproc,
         disk_util=None if None in disks else avg("disk_util"),
+        server_by_name=_sum_names(parts, wall),
     )
+
+
+def _sum_names(parts: list[Usage], wall: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for u in parts:
+        for name, cores in u.server_by_name.items():
+            out[name] = out.get(name, 0.0) + cores * u.wall_s / wall
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def saturated(u: Usage) -> list[str]:

@@ -167,7 +167,8 @@ class Meter:
         self.loadgen_cpu = own_lg + sum(self.children)
         disk1 = procstat.disk_io_ms(self.disk_path) if self.disk_path else None
         wall = max(self.wall, 1e-9)
-        busiest = max((c - self.own0.get(p, 0.0) for p, c in own1.items()), default=0.0)
+        delta = {p: c - self.own0.get(p, 0.0) for p, c in own1.items()}
+        busiest = max(delta.values(), default=0.0)
         self.usage = procstat.Usage(
             wall_s=self.wall,
             server_cores=self.server_cpu / wall,
@@ -180,6 +181,7 @@ class Meter:
             disk_util=None
             if disk1 is None or self.disk0 is None
             else (disk1 - self.disk0) / 1000 / wall,
+            server_by_name=procstat.by_name({p: c for p, c in delta.items() if c > 0}, wall),
         )
 
     def record(self, run: Run, what: str = "") -> None:
