@@ -1,11 +1,12 @@
 """The login policy: whether a login is admitted, decided in one place and in this order.
 
 0. One check at a time per (peer, account) pair, however many connections (cgpop/loginturn.py);
-   the account is the one the name resolves to (`penalty_key`).
+   the account is the one the name resolves to (`penalty_key`, one reader hop per name and
+   session).
 1. Credentials, routing and rights (`Checks`, cgpop/auth.py; blocking, one reader hop): the
    login name resolves, the password, APOP digest or SASL proof is right, the mailbox the name
    picks exists and gives `r`. The same hop opens the maildrop and notes whether an alert is
-   pending, so an ordinary login costs one hop.
+   pending, so no further hop is needed for an ordinary login.
 2. A failure costs the failed-login delay, growing per peer and per account (cgpop/penalty.py);
    every failure gets the same reply, so accounts cannot be probed.
 3. A pending CommuniGate alert is taken (writer, once per alert and account) and fails the login
