@@ -103,6 +103,19 @@ def test_uids_grow_and_uidls_survive_a_reopen(store: Store, opener: Opener) -> N
     reopened.close_maildrop(snap3)
 
 
+def test_a_removed_and_recreated_mailbox_repeats_no_uidl(store: Store) -> None:
+    box = store.add_mailbox("example.com", "joe", "Work")
+    put(store, box, "a")
+    first = store.open_maildrop(box, None)
+    store.close_maildrop(first)
+    store.remove_mailbox("example.com", "joe", "Work")
+    again = store.add_mailbox("example.com", "joe", "Work")
+    put(store, again, "a")
+    second = store.open_maildrop(again, None)
+    assert second.uidl(0) != first.uidl(0)
+    store.close_maildrop(second)
+
+
 def test_individual_names_filter_the_maildrop(store: Store) -> None:
     box = inbox(store)
     for who in ("sales", "support", None):
