@@ -14,7 +14,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from cgpop import sasl, streams
 from cgpop.config import Config
@@ -49,7 +48,7 @@ class ServerState:
 
     def __init__(self) -> None:
         self.connections: set[Connection] = set()
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
 
 def session_policy(

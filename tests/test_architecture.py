@@ -134,6 +134,19 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
+def test_no_module_imports_another_modules_private_names() -> None:
+    wrong = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                wrong += [
+                    f"{name}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert wrong == []
+
+
 def test_the_server_only_wires() -> None:
     lines = (ROOT / "cgpop" / "server.py").read_text().count("\n")
     assert lines < SERVER_LINE_LIMIT
