@@ -526,12 +526,13 @@ class PostgresStore:
                 self.delete_acl_entry(mailbox, entry.identifier, entry.negative)
             return
         try:
-            self._one(
-                "INSERT INTO acl(mailbox_id, identifier, negative, rights) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (mailbox_id, negative, identifier) "
-                "DO UPDATE SET rights = excluded.rights",
-                (mailbox.id, entry.identifier, entry.negative, str(entry.rights)),
-            )
+            with self._conn() as conn:
+                conn.execute(
+                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (mailbox_id, negative, identifier) "
+                    "DO UPDATE SET rights = excluded.rights",
+                    (mailbox.id, entry.identifier, entry.negative, str(entry.rights)),
+                )
         except pgerrors.ForeignKeyViolation:  # the mailbox was removed
             raise NotFound(f"no such mailbox: {mailbox.name}") from None
 
