@@ -22,7 +22,8 @@ def open_store(pg_dsn: str) -> Iterator[Callable[..., PostgresStore]]:
 
     def make(node: str = "node-a", **kwargs: object) -> PostgresStore:
         kwargs.setdefault("duplicate_window", 3600.0)
-        store = PostgresStore(pg_dsn, node=node, pool_size=4, **kwargs)  # type: ignore[arg-type]
+        kwargs.setdefault("pool_size", 4)
+        store = PostgresStore(pg_dsn, node=node, **kwargs)  # type: ignore[arg-type]
         opened.append(store)
         return store
 

@@ -221,9 +221,7 @@ def test_concurrent_deliveries_never_share_a_uid(store: PostgresStore) -> None:
             for i in range(10):
                 # Both mailboxes in each batch, in opposite orders: locks taken in one order.
                 ids = [box.id, other.id] if n % 2 else [other.id, box.id]
-                store.deliver_many(
-                    [(message(f"{n}-{i}"), [Copy(m, b"", None, None) for m in ids])]
-                )
+                store.deliver_many([(message(f"{n}-{i}"), [Copy(m, b"", None, None) for m in ids])])
         except BaseException as exc:  # reported below
             errors.append(exc)
 
