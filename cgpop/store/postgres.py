@@ -35,6 +35,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
 from accounts.credentials import Credentials
+from cgpop.config import Config
 from cgpop.store import pg_schema
 from cgpop.store.api import (
     SEEN,
@@ -135,6 +136,18 @@ class PostgresStore:
         except BaseException:
             self._pool.close()
             raise
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> PostgresStore:
+        """The store `[store] backend = "postgresql"` names: what the backend factory calls."""
+        d = cfg.delivery
+        return cls(
+            cfg.store.dsn,
+            node=cfg.store.node_name(),
+            pool_size=cfg.store.pool_size,
+            node_timeout=cfg.store.node_timeout,
+            duplicate_window=d.duplicate_window if d.duplicate_suppression else None,
+        )
 
     # --- connections ---
     @contextlib.contextmanager

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from cgpop import config
 from cgpop.store import pg_schema
 from cgpop.store.api import Copy, NotFound, TemporaryFailure
 from cgpop.store.postgres import PostgresStore
@@ -209,3 +210,22 @@ def test_service_resumes_after_connections_are_lost(
         pytest.fail("the store did not recover")
     assert failures >= 1  # the lost connection showed as a temporary failure, not a crash
     assert store.list_domains() == ["example.com"]
+
+
+def test_opened_from_the_configuration(pg_dsn: str) -> None:
+    cfg = config.from_dict(
+        {
+            "store": {"backend": "postgresql", "dsn": pg_dsn, "node": "pop-c", "pool_size": 2},
+            "delivery": {"duplicate_window": 600},
+        }
+    )
+    store = PostgresStore.from_config(cfg)
+    try:
+        assert (store.node, store.node_timeout, store.duplicate_window) == ("pop-c", 30.0, 600.0)
+        box = joe_inbox(store)
+        store.close_maildrop(store.open_maildrop(box, None))
+        with store._conn() as conn:
+            row = conn.execute("SELECT node, timeout FROM store_instances").fetchone()
+        assert row == ("pop-c", 30.0)
+    finally:
+        store.close()
