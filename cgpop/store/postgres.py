@@ -35,6 +35,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
 from accounts.credentials import Credentials
+from cgpop.alerts import SCOPES, Alert
 from cgpop.config import Config
 from cgpop.store import pg_schema
 from cgpop.store.api import (
@@ -761,6 +762,59 @@ class PostgresStore:
                     (self.duplicate_window,),
                 )
 
+    # --- alerts (CommuniGate): shown once to each account they concern, on any node ---
+    def add_alert(self, scope: str, target: str, text: str) -> int:
+        """Post an alert (scope in cgpop.alerts.SCOPES, text already checked); its id."""
+        if scope not in SCOPES:
+            raise StoreError(f"unknown alert scope {scope!r}")
+        row = self._one(
+            f"INSERT INTO alerts(scope, target, text, created) VALUES (%s, %s, %s, {_NOW}) "
+            "RETURNING id",
+            (scope, target.lower() if scope != "server" else "", text),
+        )
+        assert row is not None
+        return int(row[0])
+
+    def list_alerts(self) -> list[Alert]:
+        """Every alert with the number of accounts it was shown to, in one query."""
+        rows = self._all(
+            "SELECT a.id, a.scope, a.target, a.text, a.created, count(d.alert_id) "
+            "FROM alerts a LEFT JOIN alerts_delivered d ON d.alert_id = a.id "
+            "GROUP BY a.id ORDER BY a.id"
+        )
+        return [_alert(r) for r in rows]
+
+    def remove_alert(self, alert_id: int) -> bool:
+        """Delete an alert and its delivery records (cascade); False when there was none."""
+        return self._one("DELETE FROM alerts WHERE id = %s RETURNING 1", (alert_id,)) is not None
+
+    def pending_alert(self, account: str) -> Alert | None:
+        """The oldest alert not yet shown to `account` ("name@domain"), not marked."""
+        row = self._one(_PENDING_ALERT, _alert_args(account))
+        return None if row is None else _alert(row)
+
+    def take_alert(self, account: str) -> Alert | None:
+        """`pending_alert`, marked shown in the same statement. Two logins of one account on
+        two nodes at once: the delivery row's key makes one of them lose the race; the loser
+        takes the next alert, so an alert is shown once in the cluster, never twice, never
+        skipped. Each round either wins or sees one more alert delivered, so it ends."""
+        while True:
+            try:
+                row = self._one(
+                    f"WITH pick AS ({_PENDING_ALERT}), taken AS ("
+                    "INSERT INTO alerts_delivered(alert_id, account, delivered_at) "
+                    f"SELECT id, %s, {_NOW} FROM pick ON CONFLICT DO NOTHING RETURNING alert_id) "
+                    "SELECT p.id, p.scope, p.target, p.text, p.created, "
+                    "EXISTS (SELECT 1 FROM taken) FROM pick p",
+                    (*_alert_args(account), account.lower()),
+                )
+            except pgerrors.ForeignKeyViolation:  # the alert was removed meanwhile
+                continue
+            if row is None:
+                return None
+            if row[5]:
+                return _alert(row[:5])
+
     # --- the live-session registry ---
     def _ensure_instance(self) -> int:
         """Register this process (first POP session only: the CLI never does) and start its
@@ -974,6 +1028,26 @@ class PostgresStore:
     def remove_orphan_files(self) -> int:
         """Bodies live in the database's transactions: a crash leaves nothing half-written."""
         return 0
+
+
+# Oldest first; an account sees its own alerts, its domain's and the server's.
+_PENDING_ALERT = (
+    "SELECT id, scope, target, text, created FROM alerts a "
+    "WHERE ((a.scope = 'account' AND a.target = %s) OR (a.scope = 'domain' AND a.target = %s) "
+    "OR a.scope = 'server') AND NOT EXISTS (SELECT 1 FROM alerts_delivered d "
+    "WHERE d.alert_id = a.id AND d.account = %s) ORDER BY a.created, a.id LIMIT 1"
+)
+
+
+def _alert_args(account: str) -> tuple[str, str, str]:
+    account = account.lower()
+    return account, account.rpartition("@")[2], account
+
+
+def _alert(r: Sequence[Any]) -> Alert:
+    """An `alerts` row (id, scope, target, text, created[, delivered count])."""
+    delivered = int(r[5]) if len(r) > 5 else 0
+    return Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), delivered)
 
 
 def _prepare(raw: bytes) -> tuple[int, bytes]:
