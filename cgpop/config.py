@@ -132,13 +132,16 @@ class XtndConfig:
     relay_timeout: float = 300.0
 
 
+# The store backends `[store] backend` may name (cgpop/store/factory.py opens them).
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """[store]: which backend keeps the mail (issue 11). "sqlite" is the embedded store under
-    [server] data_dir; "postgresql" lets several gateway nodes share one database."""
-
+    # "sqlite": the embedded store under [server] data_dir. "postgresql": several gateway
+    # nodes on one database (issue 11); the keys below are for it alone.
     backend: str = "sqlite"
-    dsn: str = ""  # libpq URI or key=value string; backend "postgresql" only
+    dsn: str = ""  # libpq URI or key=value string
     # This node's name in the session registry; empty means the host name (node_name()).
     node: str = ""
     pool_size: int = 10  # connections this node keeps
@@ -260,8 +263,9 @@ def _store(st: _Section) -> StoreConfig:
         pool_size=st.positive("pool_size", int, d.pool_size),
         node_timeout=st.positive("node_timeout", float, d.node_timeout),
     )
-    if store.backend not in ("sqlite", "postgresql"):
-        raise st.fail("backend", 'expected "sqlite" or "postgresql"')
+    if store.backend not in STORE_BACKENDS:
+        expected = ", ".join(f'"{b}"' for b in STORE_BACKENDS)
+        raise st.fail("backend", f"unknown store backend {store.backend!r}; expected {expected}")
     if store.backend == "postgresql":
         if not store.dsn:
             raise st.fail("dsn", 'backend "postgresql" needs a dsn')
@@ -457,4 +461,6 @@ def from_dict(
             raise x.fail(key, "must be a port number (1-65535)")
     x.done()
 
-    return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store=_store(sec["store"]))
+    store = _store(sec["store"])
+
+    return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store)

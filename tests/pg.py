@@ -177,16 +177,29 @@ def postgres() -> Iterator[PgServer]:
         shutil.rmtree(server.root, ignore_errors=True)
 
 
-@pytest.fixture
-def pg_dsn(postgres: PgServer) -> Iterator[str]:
-    """A DSN onto an empty schema of its own (cheaper than a database per test), owned by the
-    unprivileged `cgpop` role; dropped afterwards."""
+def new_schema_dsn(server: PgServer) -> str:
+    """A DSN onto a new empty schema (cheaper than a database per test), owned by the
+    unprivileged `cgpop` role: every connection made with it uses that schema alone."""
     import psycopg
 
     name = f"t{next(_schemas)}"
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {name}".encode())
     # libpq's `options` sets search_path for every connection of the pool.
-    yield f"{postgres.dsn}?options=-csearch_path%3D{name}"
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+    return f"{server.dsn}?options=-csearch_path%3D{name}"
+
+
+def drop_schema(server: PgServer, dsn: str) -> None:
+    import psycopg
+
+    name = dsn.rpartition("%3D")[2]
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {name} CASCADE".encode())
+
+
+@pytest.fixture
+def pg_dsn(postgres: PgServer) -> Iterator[str]:
+    """A DSN onto an empty schema of its own, dropped afterwards."""
+    dsn = new_schema_dsn(postgres)
+    yield dsn
+    drop_schema(postgres, dsn)

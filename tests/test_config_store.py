@@ -44,7 +44,10 @@ def test_postgresql_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ('backend = "mysql"\n', 'store.backend: expected "sqlite" or "postgresql"'),
+        (
+            'backend = "mysql"\n',
+            'store.backend: unknown store backend \'mysql\'; expected "sqlite", "postgresql"',
+        ),
         ('backend = "postgresql"\n', 'store.dsn: backend "postgresql" needs a dsn'),
         ('dsn = "host=db"\n', 'store.dsn: only the "postgresql" backend'),
         ('backend = "postgresql"\ndsn = "host"\n', "store.dsn: not a libpq URI"),

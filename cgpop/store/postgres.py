@@ -79,21 +79,21 @@ T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
-@dataclass(frozen=True, slots=True)
-class _ChunkedMessage(StoredMessage):
-    """A copy whose body is in body_chunks: `data` and `path` are None and `chunks` streams
-    them, one query per chunk, so no connection is held while a slow client reads."""
+# Streams a chunked body in pieces of at most the given size (api.BodyReader's shape).
+BodyReader = Callable[[int], Generator[bytes, None, None]]
 
-    read_chunk: Callable[[int], bytes | None]
-    nchunks: int
+
+@dataclass(frozen=True, slots=True)
+class _StreamedMessage(StoredMessage):
+    """A copy whose body is in body_chunks: `data` and `path` are None and `chunks` streams it
+    through `stream`. (Where StoredMessage carries a backend's reader itself, this class goes
+    and read_messages builds StoredMessage(prefix, None, reader, size).)"""
+
+    stream: BodyReader
 
     def chunks(self, chunk_size: int = CHUNK_SIZE) -> Generator[bytes, None, None]:
         yield self.prefix
-        for seq in range(self.nchunks):
-            chunk = self.read_chunk(seq)
-            if chunk is None:
-                raise NotFound("message no longer exists")
-            yield chunk
+        yield from self.stream(chunk_size)
 
 
 class PostgresStore:
@@ -929,22 +929,25 @@ class PostgresStore:
             if data is not None:
                 found[uids[uid]] = StoredMessage(bytes(prefix), bytes(data), None, int(size))
             else:
-                found[uids[uid]] = _ChunkedMessage(
-                    bytes(prefix),
-                    None,
-                    None,
-                    int(size),
-                    self._chunk_reader(int(body_id)),
-                    int(nchunks),
-                )
+                reader = self._body_reader(int(body_id), int(nchunks))
+                found[uids[uid]] = _StreamedMessage(bytes(prefix), None, None, int(size), reader)
         return found
 
-    def _chunk_reader(self, body_id: int) -> Callable[[int], bytes | None]:
-        def read(seq: int) -> bytes | None:
-            row = self._one(
-                "SELECT data FROM body_chunks WHERE body_id = %s AND seq = %s", (body_id, seq)
-            )
-            return None if row is None else bytes(row[0])
+    def _body_reader(self, body_id: int, nchunks: int) -> BodyReader:
+        """Reads the body a chunk per query, each on a pooled connection borrowed for that
+        query only: a slow client holds no connection, and memory holds one chunk."""
+
+        def read(chunk_size: int) -> Generator[bytes, None, None]:
+            for seq in range(nchunks):
+                row = self._one(
+                    "SELECT data FROM body_chunks WHERE body_id = %s AND seq = %s",
+                    (body_id, seq),
+                )
+                if row is None:
+                    raise NotFound("message no longer exists")
+                data = bytes(row[0])
+                for i in range(0, len(data), chunk_size):
+                    yield data[i : i + chunk_size]
 
         return read
 
