@@ -882,6 +882,24 @@ class PostgresStore:
                 "AND expunged_xid IS NULL ORDER BY uid",
                 (mailbox.id, individual.lower()),
             )
+        try:
+            reg_row, rows = self._register_and_read(instance, mailbox.id, select)
+        except pgerrors.ForeignKeyViolation:
+            # This process was declared dead (silent past node_timeout) and its registry row
+            # removed: register again, then open.
+            self.heartbeat()
+            reg_row, rows = self._register_and_read(instance, mailbox.id, select)
+        assert reg_row is not None
+        uids = array("q", (int(r[0]) for r in rows))
+        sizes = array("q", (int(r[1]) for r in rows))
+        snap = Snapshot(mailbox, uids, sizes, float(reg_row[1]), sum(sizes))
+        with self._lock:
+            self._sessions[id(snap)] = (snap, int(reg_row[0]))
+        return snap
+
+    def _register_and_read(
+        self, instance: int, mailbox_id: int, select: tuple[str, tuple[Any, ...]]
+    ) -> tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]:
         with self._conn() as conn:
             try:
                 # One round trip: the registration commits *before* the maildrop is read, so
@@ -891,23 +909,15 @@ class PostgresStore:
                     reg = conn.execute(
                         "INSERT INTO store_sessions(instance_id, mailbox_id, snap_xmin, "
                         f"opened_at) VALUES (%s, %s, {_XMIN}, {_NOW}) RETURNING id, opened_at",
-                        (instance, mailbox.id),
+                        (instance, mailbox_id),
                     )
                     conn.execute("COMMIT")
                     cur = conn.execute(*select)
-                reg_row = reg.fetchone()
-                rows = cur.fetchall()
+                return reg.fetchone(), cur.fetchall()
             except psycopg.Error:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.rollback()
                 raise
-        assert reg_row is not None
-        uids = array("q", (int(r[0]) for r in rows))
-        sizes = array("q", (int(r[1]) for r in rows))
-        snap = Snapshot(mailbox, uids, sizes, float(reg_row[1]), sum(sizes))
-        with self._lock:
-            self._sessions[id(snap)] = (snap, int(reg_row[0]))
-        return snap
 
     def read_message(self, snapshot: Snapshot, index: int) -> StoredMessage:
         found = self.read_messages(snapshot, [index]).get(index)
