@@ -21,23 +21,18 @@ Database time is used for every time stored, so nodes with skewed clocks agree. 
 from __future__ import annotations
 
 import contextlib
-import logging
-import socket
-import threading
 from array import array
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
 from accounts.credentials import Credentials
 from cgpop.alerts import SCOPES, Alert
 from cgpop.config import Config
-from cgpop.store import pg_schema
 from cgpop.store.api import (
     SEEN,
     Account,
@@ -48,12 +43,10 @@ from cgpop.store.api import (
     Snapshot,
     StoredMessage,
     StoreError,
-    TemporaryFailure,
     flag_names,
 )
+from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn, PgDatabase
 from cgpop.wire import dot_stuff, normalize_crlf
-
-log = logging.getLogger("cgpop.store.postgres")
 
 # Bodies up to this size stay in the body row (one row read per RETR, and PostgreSQL's TOAST
 # keeps them out of the row's page anyway); larger ones are split into chunks of CHUNK_SIZE,
@@ -62,21 +55,8 @@ INLINE_MAX = 128 * 1024
 CHUNK_SIZE = 256 * 1024
 # The account whose new mailboxes start with DEFAULT_PUBLIC_ACL (CommuniGate/Cyrus "public").
 PUBLIC_ACCOUNT = "public"
-# How long a call waits for a pooled connection before it fails with TemporaryFailure: long
-# enough to ride out a burst (every worker thread busy), short enough that a client gets its
-# -ERR [SYS/TEMP] or 451 well within its own timeouts while the database is unreachable.
-POOL_WAIT = 10.0
-# Deadlocks and serialization failures are retried this often before they become
-# TemporaryFailure (concurrent group commits from several nodes can collide on a UID row).
-_TX_RETRIES = 5
 # pg_try_advisory_xact_lock key of the collector ("cgpopCOL"): one node collects at a time.
 _COLLECT_LOCK = 0x6367706F70434F4C
-
-_XID = "pg_current_xact_id()::text::bigint"
-_XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-_NOW = "extract(epoch from now())"
-T = TypeVar("T")
-Conn = psycopg.Connection[tuple[Any, ...]]
 
 
 # Streams a chunked body in pieces of at most the given size (api.BodyReader's shape).
@@ -96,7 +76,7 @@ class _StreamedMessage(StoredMessage):
         yield from self.stream(chunk_size)
 
 
-class PostgresStore:
+class PostgresStore(PgDatabase):
     def __init__(
         self,
         dsn: str,
@@ -107,36 +87,17 @@ class PostgresStore:
         duplicate_window: float | None = None,
         connect_timeout: float = POOL_WAIT,
     ) -> None:
-        self.node = node or socket.gethostname()
-        self.node_timeout = node_timeout
-        self.duplicate_window = duplicate_window
-        self._pool = ConnectionPool(
+        super().__init__(
             dsn,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"autocommit": True},
-            timeout=POOL_WAIT,
-            open=False,
-            name=f"cgpop-{self.node}",
+            node=node,
+            pool_size=pool_size,
+            node_timeout=node_timeout,
+            connect_timeout=connect_timeout,
         )
-        self._lock = threading.Lock()
+        self.duplicate_window = duplicate_window
         # Snapshots handed out and not closed yet: id(snapshot) -> (snapshot, registry id).
         # The snapshot is kept so its id() cannot be reused while it is registered.
         self._sessions: dict[int, tuple[Snapshot, int]] = {}
-        self._instance: int | None = None
-        self._beating = threading.Event()
-        self._beat_thread: threading.Thread | None = None
-        try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-        except PoolTimeout as exc:
-            self._pool.close()
-            raise TemporaryFailure(f"database unreachable: {exc}") from exc
-        try:
-            with self._conn() as conn:
-                pg_schema.migrate(conn)
-        except BaseException:
-            self._pool.close()
-            raise
 
     @classmethod
     def from_config(cls, cfg: Config) -> PostgresStore:
@@ -149,52 +110,6 @@ class PostgresStore:
             node_timeout=cfg.store.node_timeout,
             duplicate_window=d.duplicate_window if d.duplicate_suppression else None,
         )
-
-    # --- connections ---
-    @contextlib.contextmanager
-    def _conn(self) -> Iterator[Conn]:
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except psycopg.OperationalError as exc:  # PoolTimeout is one too
-            raise TemporaryFailure(f"database unavailable: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[Conn]:
-        with self._conn() as conn, conn.transaction():
-            yield conn
-
-    def _retrying(self, fn: Callable[[], T]) -> T:
-        """Run a transaction again after a deadlock or serialization failure."""
-        for attempt in range(_TX_RETRIES):
-            try:
-                return fn()
-            except TemporaryFailure as exc:
-                if not isinstance(exc.__cause__, pgerrors.TransactionRollback):
-                    raise
-                if attempt == _TX_RETRIES - 1:
-                    raise
-                log.info("retrying after %s", type(exc.__cause__).__name__)
-        raise AssertionError("unreachable")
-
-    def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        with self._conn() as conn:
-            return conn.execute(sql, args).fetchone()
-
-    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._conn() as conn:
-            return conn.execute(sql, args).fetchall()
-
-    def close(self) -> None:
-        """Stop the heartbeat, release this process's sessions, close the pool."""
-        self._beating.set()
-        if self._beat_thread is not None:
-            self._beat_thread.join()
-        if self._instance is not None:
-            with contextlib.suppress(TemporaryFailure, psycopg.Error), self._conn() as conn:
-                conn.execute("DELETE FROM store_instances WHERE id = %s", (self._instance,))
-            self._instance = None
-        self._pool.close()
 
     # --- domains ---
     def _domain_id(self, conn: Conn, name: str) -> int:
@@ -420,7 +335,7 @@ class PostgresStore:
 
     def _next_uidvalidity(self, conn: Conn) -> int:
         row = conn.execute(
-            f"UPDATE uidvalidity SET v = greatest(v + 1, {_NOW}::bigint) RETURNING v"
+            f"UPDATE uidvalidity SET v = greatest(v + 1, {NOW}::bigint) RETURNING v"
         ).fetchone()
         assert row is not None
         return int(row[0])
@@ -428,7 +343,7 @@ class PostgresStore:
     def _drop_mailbox(self, conn: Conn, mailbox_id: int) -> None:
         # Copies are expunged, not deleted: open sessions may still read them.
         conn.execute(
-            f"UPDATE messages SET expunged_at = {_NOW}, expunged_xid = {_XID} "
+            f"UPDATE messages SET expunged_at = {NOW}, expunged_xid = {XID} "
             "WHERE mailbox_id = %s AND expunged_xid IS NULL",
             (mailbox_id,),
         )
@@ -645,7 +560,7 @@ class PostgresStore:
         keys = sorted(first)  # one lock order for every transaction: no deadlock among claims
         rows = conn.execute(
             "INSERT INTO duplicates AS d (message_id, rcpt, seen_at) "
-            f"SELECT k.m, k.r, {_NOW} FROM unnest(%s::text[], %s::text[]) AS k(m, r) "
+            f"SELECT k.m, k.r, {NOW} FROM unnest(%s::text[], %s::text[]) AS k(m, r) "
             "ORDER BY k.m, k.r "
             "ON CONFLICT (message_id, rcpt) DO UPDATE SET seen_at = excluded.seen_at "
             "WHERE d.seen_at <= excluded.seen_at - %s RETURNING d.message_id, d.rcpt",
@@ -702,7 +617,7 @@ class PostgresStore:
                         copy_in.write_row(row)
             cur.executemany(
                 "INSERT INTO messages(mailbox_id, uid, body_id, size, flags, internal_date, "
-                f"x_real_to, individual, prefix) VALUES (%s, %s, %s, %s, %s, {_NOW}, %s, %s, %s)",
+                f"x_real_to, individual, prefix) VALUES (%s, %s, %s, %s, %s, {NOW}, %s, %s, %s)",
                 message_rows,
             )
 
@@ -758,7 +673,7 @@ class PostgresStore:
         if self.duplicate_window is not None:
             with self._conn() as conn:
                 conn.execute(
-                    f"DELETE FROM duplicates WHERE seen_at < {_NOW} - %s",
+                    f"DELETE FROM duplicates WHERE seen_at < {NOW} - %s",
                     (self.duplicate_window,),
                 )
 
@@ -768,7 +683,7 @@ class PostgresStore:
         if scope not in SCOPES:
             raise StoreError(f"unknown alert scope {scope!r}")
         row = self._one(
-            f"INSERT INTO alerts(scope, target, text, created) VALUES (%s, %s, %s, {_NOW}) "
+            f"INSERT INTO alerts(scope, target, text, created) VALUES (%s, %s, %s, {NOW}) "
             "RETURNING id",
             (scope, target.lower() if scope != "server" else "", text),
         )
@@ -803,7 +718,7 @@ class PostgresStore:
                 row = self._one(
                     f"WITH pick AS ({_PENDING_ALERT}), taken AS ("
                     "INSERT INTO alerts_delivered(alert_id, account, delivered_at) "
-                    f"SELECT id, %s, {_NOW} FROM pick ON CONFLICT DO NOTHING RETURNING alert_id) "
+                    f"SELECT id, %s, {NOW} FROM pick ON CONFLICT DO NOTHING RETURNING alert_id) "
                     "SELECT p.id, p.scope, p.target, p.text, p.created, "
                     "EXISTS (SELECT 1 FROM taken) FROM pick p",
                     (*_alert_args(account), account.lower()),
@@ -814,57 +729,6 @@ class PostgresStore:
                 return None
             if row[5]:
                 return _alert(row[:5])
-
-    # --- the live-session registry ---
-    def _ensure_instance(self) -> int:
-        """Register this process (first POP session only: the CLI never does) and start its
-        heartbeat."""
-        with self._lock:
-            if self._instance is not None:
-                return self._instance
-            row = self._one(
-                "INSERT INTO store_instances(node, started_at, timeout) "
-                f"VALUES (%s, {_NOW}, %s) RETURNING id",
-                (self.node, self.node_timeout),
-            )
-            assert row is not None
-            self._instance = int(row[0])
-            self._beat_thread = threading.Thread(
-                target=self._beat, name=f"cgpop-heartbeat-{self.node}", daemon=True
-            )
-            self._beat_thread.start()
-            return self._instance
-
-    def _beat(self) -> None:
-        # Three beats per timeout: one lost beat (a busy database) does not kill the node.
-        while not self._beating.wait(self.node_timeout / 3):
-            try:
-                self.heartbeat()
-            except (TemporaryFailure, psycopg.Error) as exc:
-                log.warning("heartbeat of node %s failed: %s", self.node, exc)
-
-    def heartbeat(self) -> None:
-        """Tell the other nodes this process is alive. If it was declared dead meanwhile (a
-        database outage longer than node_timeout), its sessions' holds were released: it
-        registers again so new sessions are held, and says so."""
-        instance = self._instance
-        if instance is None:
-            return
-        with self._conn() as conn:
-            row = conn.execute(
-                "UPDATE store_instances SET heartbeat = now() WHERE id = %s RETURNING 1",
-                (instance,),
-            ).fetchone()
-            if row is None:
-                log.warning(
-                    "node %s was silent longer than node_timeout; its sessions were released",
-                    self.node,
-                )
-                conn.execute(
-                    "INSERT INTO store_instances(id, node, started_at, timeout) "
-                    f"VALUES (%s, %s, {_NOW}, %s) ON CONFLICT DO NOTHING",
-                    (instance, self.node, self.node_timeout),
-                )
 
     # --- POP sessions ---
     def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot:
@@ -908,7 +772,7 @@ class PostgresStore:
                     conn.execute("BEGIN")
                     reg = conn.execute(
                         "INSERT INTO store_sessions(instance_id, mailbox_id, snap_xmin, "
-                        f"opened_at) VALUES (%s, %s, {_XMIN}, {_NOW}) RETURNING id, opened_at",
+                        f"opened_at) VALUES (%s, %s, {XMIN}, {NOW}) RETURNING id, opened_at",
                         (instance, mailbox_id),
                     )
                     conn.execute("COMMIT")
@@ -984,7 +848,7 @@ class PostgresStore:
     def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
         with self._conn() as conn:
             cur = conn.execute(
-                f"UPDATE messages SET expunged_at = {_NOW}, expunged_xid = {_XID} "
+                f"UPDATE messages SET expunged_at = {NOW}, expunged_xid = {XID} "
                 "WHERE mailbox_id = %s AND expunged_xid IS NULL AND uid = ANY(%s)",
                 (mailbox_id, list(uids)),
             )

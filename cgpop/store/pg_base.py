@@ -1,0 +1,180 @@
+"""The PostgreSQL backend's database access (issue 11): the connection pool, transactions and
+their retries, the schema upgrade at open, backend errors turned into the store's own, and this
+process's entry in the live-session registry with its heartbeat.
+
+Connections are in autocommit mode: a read is one statement and one round trip; a write that
+needs several statements opens a transaction. Backend errors (server gone, pool exhausted,
+serialization failures that survive the retries) become `TemporaryFailure` at this boundary:
+LMTP 451, `deliver` exit 75, POP -ERR [SYS/TEMP].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from cgpop.store import pg_schema
+from cgpop.store.api import TemporaryFailure
+
+log = logging.getLogger("cgpop.store.postgres")
+
+# How long a call waits for a pooled connection before it fails with TemporaryFailure: long
+# enough to ride out a burst (every worker thread busy), short enough that a client gets its
+# -ERR [SYS/TEMP] or 451 well within its own timeouts while the database is unreachable.
+POOL_WAIT = 10.0
+# Deadlocks and serialization failures are retried this often before they become
+# TemporaryFailure (concurrent group commits from several nodes can collide on a UID row).
+_TX_RETRIES = 5
+
+# SQL fragments: this transaction's id, the oldest transaction still running (the horizon of
+# a snapshot taken now), and the database's clock in Unix seconds.
+XID = "pg_current_xact_id()::text::bigint"
+XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+NOW = "extract(epoch from now())"
+T = TypeVar("T")
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+class PgDatabase:
+    """A pool of connections to one database, migrated at open, for one node's process."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        node: str | None = None,
+        pool_size: int = 10,
+        node_timeout: float = 30.0,
+        connect_timeout: float = POOL_WAIT,
+    ) -> None:
+        self.node = node or socket.gethostname()
+        self.node_timeout = node_timeout
+        self._pool = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            timeout=POOL_WAIT,
+            open=False,
+            name=f"cgpop-{self.node}",
+        )
+        self._lock = threading.Lock()
+        self._instance: int | None = None
+        self._beating = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise TemporaryFailure(f"database unreachable: {exc}") from exc
+        try:
+            with self._conn() as conn:
+                pg_schema.migrate(conn)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    # --- connections ---
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[Conn]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:  # PoolTimeout is one too
+            raise TemporaryFailure(f"database unavailable: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Conn]:
+        with self._conn() as conn, conn.transaction():
+            yield conn
+
+    def _retrying(self, fn: Callable[[], T]) -> T:
+        """Run a transaction again after a deadlock or serialization failure."""
+        for attempt in range(_TX_RETRIES):
+            try:
+                return fn()
+            except TemporaryFailure as exc:
+                if not isinstance(exc.__cause__, pgerrors.TransactionRollback):
+                    raise
+                if attempt == _TX_RETRIES - 1:
+                    raise
+                log.info("retrying after %s", type(exc.__cause__).__name__)
+        raise AssertionError("unreachable")
+
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        with self._conn() as conn:
+            return conn.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        """Stop the heartbeat, release this process's sessions, close the pool."""
+        self._beating.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join()
+        if self._instance is not None:
+            with contextlib.suppress(TemporaryFailure, psycopg.Error), self._conn() as conn:
+                conn.execute("DELETE FROM store_instances WHERE id = %s", (self._instance,))
+            self._instance = None
+        self._pool.close()
+
+    # --- the live-session registry ---
+    def _ensure_instance(self) -> int:
+        """Register this process (first POP session only: the CLI never does) and start its
+        heartbeat."""
+        with self._lock:
+            if self._instance is not None:
+                return self._instance
+            row = self._one(
+                "INSERT INTO store_instances(node, started_at, timeout) "
+                f"VALUES (%s, {NOW}, %s) RETURNING id",
+                (self.node, self.node_timeout),
+            )
+            assert row is not None
+            self._instance = int(row[0])
+            self._beat_thread = threading.Thread(
+                target=self._beat, name=f"cgpop-heartbeat-{self.node}", daemon=True
+            )
+            self._beat_thread.start()
+            return self._instance
+
+    def _beat(self) -> None:
+        # Three beats per timeout: one lost beat (a busy database) does not kill the node.
+        while not self._beating.wait(self.node_timeout / 3):
+            try:
+                self.heartbeat()
+            except (TemporaryFailure, psycopg.Error) as exc:
+                log.warning("heartbeat of node %s failed: %s", self.node, exc)
+
+    def heartbeat(self) -> None:
+        """Tell the other nodes this process is alive. If it was declared dead meanwhile (a
+        database outage longer than node_timeout), its sessions' holds were released: it
+        registers again so new sessions are held, and says so."""
+        instance = self._instance
+        if instance is None:
+            return
+        with self._conn() as conn:
+            row = conn.execute(
+                "UPDATE store_instances SET heartbeat = now() WHERE id = %s RETURNING 1",
+                (instance,),
+            ).fetchone()
+            if row is None:
+                log.warning(
+                    "node %s was silent longer than node_timeout; its sessions were released",
+                    self.node,
+                )
+                conn.execute(
+                    "INSERT INTO store_instances(id, node, started_at, timeout) "
+                    f"VALUES (%s, %s, {NOW}, %s) ON CONFLICT DO NOTHING",
+                    (instance, self.node, self.node_timeout),
+                )
