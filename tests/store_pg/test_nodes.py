@@ -13,6 +13,7 @@ from cgpop import config
 from cgpop.store import pg_schema
 from cgpop.store.api import Copy, NotFound, TemporaryFailure
 from cgpop.store.postgres import PostgresStore
+from tests.pg import PgServer
 from tests.store_pg.helpers import joe_inbox, message, put, subjects
 
 Open = Callable[..., PostgresStore]
@@ -228,3 +229,22 @@ def test_opened_from_the_configuration(pg_dsn: str) -> None:
         assert row == ("pop-c", 30.0)
     finally:
         store.close()
+
+
+def test_migrates_a_fresh_database_as_its_unprivileged_owner(postgres: PgServer) -> None:
+    """The deployment layout: the default `public` schema of a database the role owns."""
+    postgres.admin("CREATE DATABASE cgpop_fresh OWNER cgpop")
+    try:
+        dsn = f"postgresql://cgpop@127.0.0.1:{postgres.port}/cgpop_fresh"
+        store = PostgresStore(dsn, node="pop-a", pool_size=1)
+        try:
+            box = joe_inbox(store)
+            put(store, box, "one")
+            assert [m.uid for m in store.list_messages(box)] == [1]
+        finally:
+            store.close()
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT to_regclass('public.messages') IS NOT NULL").fetchone()
+            assert row == (True,)
+    finally:
+        postgres.admin("DROP DATABASE cgpop_fresh")
