@@ -36,3 +36,17 @@ def subjects(store: PostgresStore, snap: Snapshot) -> list[str]:
         line = next(x for x in text(store, snap, i).split(b"\r\n") if x.startswith(b"Subject:"))
         out.append(line.split(b": ", 1)[1].decode())
     return out
+
+
+def silence(node: PostgresStore, seconds: float) -> None:
+    """As if `node` had not beaten for `seconds` (kill -9, power loss): its heartbeat thread
+    stops and its last beat moves into the past. Nothing it holds is released by it."""
+    node._beating.set()
+    if node._beat_thread is not None:
+        node._beat_thread.join()
+    with node._conn() as conn:
+        conn.execute(
+            "UPDATE store_instances SET heartbeat = now() - %s * interval '1 second' "
+            "WHERE node = %s",
+            (seconds, node.node),
+        )

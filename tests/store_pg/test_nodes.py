@@ -14,23 +14,9 @@ from cgpop.store import pg_schema
 from cgpop.store.api import Copy, NotFound, TemporaryFailure
 from cgpop.store.postgres import PostgresStore
 from tests.pg import PgServer
-from tests.store_pg.helpers import joe_inbox, message, put, subjects
+from tests.store_pg.helpers import joe_inbox, message, put, silence, subjects
 
 Open = Callable[..., PostgresStore]
-
-
-def silence(node: PostgresStore, seconds: float) -> None:
-    """As if `node` had not beaten for `seconds` (kill -9, power loss): its heartbeat thread
-    stops and its last beat moves into the past. Nothing it holds is released by it."""
-    node._beating.set()
-    if node._beat_thread is not None:
-        node._beat_thread.join()
-    with node._conn() as conn:
-        conn.execute(
-            "UPDATE store_instances SET heartbeat = now() - %s * interval '1 second' "
-            "WHERE node = %s",
-            (seconds, node.node),
-        )
 
 
 def test_body_expunged_on_a_stays_readable_on_b_until_b_closes(open_store: Open) -> None:
