@@ -736,14 +736,16 @@ class PostgresStore(PgDatabase):
         select: tuple[str, tuple[Any, ...]]
         if individual is None:
             select = (
-                "SELECT uid, size FROM messages "
-                "WHERE mailbox_id = %s AND expunged_xid IS NULL ORDER BY uid",
+                "SELECT coalesce(array_agg(uid ORDER BY uid), '{}'), "
+                "coalesce(array_agg(size ORDER BY uid), '{}') FROM messages "
+                "WHERE mailbox_id = %s AND expunged_xid IS NULL",
                 (mailbox.id,),
             )
         else:
             select = (
-                "SELECT uid, size FROM messages WHERE mailbox_id = %s AND individual = %s "
-                "AND expunged_xid IS NULL ORDER BY uid",
+                "SELECT coalesce(array_agg(uid ORDER BY uid), '{}'), "
+                "coalesce(array_agg(size ORDER BY uid), '{}') FROM messages "
+                "WHERE mailbox_id = %s AND individual = %s AND expunged_xid IS NULL",
                 (mailbox.id, individual.lower()),
             )
         try:
@@ -754,8 +756,9 @@ class PostgresStore(PgDatabase):
             self.heartbeat()
             reg_row, rows = self._register_and_read(instance, mailbox.id, select)
         assert reg_row is not None
-        uids = array("q", (int(r[0]) for r in rows))
-        sizes = array("q", (int(r[1]) for r in rows))
+        # One row of two arrays, in binary: far less per-message work than a row each.
+        uids = array("q", rows[0][0])
+        sizes = array("q", rows[0][1])
         snap = Snapshot(mailbox, uids, sizes, float(reg_row[1]), sum(sizes))
         with self._lock:
             self._sessions[id(snap)] = (snap, int(reg_row[0]))
@@ -776,7 +779,7 @@ class PostgresStore(PgDatabase):
                         (instance, mailbox_id),
                     )
                     conn.execute("COMMIT")
-                    cur = conn.execute(*select)
+                    cur = conn.execute(*select, binary=True)
                 return reg.fetchone(), cur.fetchall()
             except psycopg.Error:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
