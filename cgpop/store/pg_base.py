@@ -89,6 +89,12 @@ class PgDatabase:
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as exc:  # PoolTimeout is one too
+            if not isinstance(exc, pgerrors.TransactionRollback | PoolTimeout):
+                # A lost connection (database restarted, failed over): the pool's other idle
+                # connections are most likely lost too. Test and replace them now, so one
+                # call fails, not one per pooled connection.
+                with contextlib.suppress(psycopg.Error):
+                    self._pool.check()
             raise TemporaryFailure(f"database unavailable: {exc}") from exc
 
     @contextlib.contextmanager
