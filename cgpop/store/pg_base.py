@@ -24,6 +24,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from cgpop.store import pg_schema
 from cgpop.store.api import TemporaryFailure
 
+# What a backend error becomes at the store boundary: the refactored api.py (issue 9) names it
+# Unavailable, a TemporaryFailure; until then it is TemporaryFailure itself.
+Unavailable = TemporaryFailure
+
 log = logging.getLogger("cgpop.store.postgres")
 
 # How long a call waits for a pooled connection before it fails with TemporaryFailure: long
@@ -74,7 +78,7 @@ class PgDatabase:
             self._pool.open(wait=True, timeout=connect_timeout)
         except PoolTimeout as exc:
             self._pool.close()
-            raise TemporaryFailure(f"database unreachable: {exc}") from exc
+            raise Unavailable(f"database unreachable: {exc}") from exc
         try:
             with self._conn() as conn:
                 pg_schema.migrate(conn)
@@ -95,7 +99,7 @@ class PgDatabase:
                 # call fails, not one per pooled connection.
                 with contextlib.suppress(psycopg.Error):
                     self._pool.check()
-            raise TemporaryFailure(f"database unavailable: {exc}") from exc
+            raise Unavailable(f"database unavailable: {exc}") from exc
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Conn]:
