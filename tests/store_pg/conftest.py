@@ -1,5 +1,5 @@
-"""The PostgreSQL store's tests: one real PostgreSQL server for the session (tests/pg.py), an
-empty schema per test."""
+"""The PostgreSQL store's tests: one real PostgreSQL server for the session (tests/pg.py, its
+fixtures in tests/conftest.py), an empty schema per test."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from cgpop.store.postgres import PostgresStore
-from tests.pg import pg_dsn, postgres
-
-__all__ = ["pg_dsn", "postgres"]
 
 DOMAIN = "example.com"
 
