@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from cgpop import alerts, proxyproto, sasl
+from cgpop import alerts, proxyproto, sasl, sdnotify, tlsconf
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer, Prepared, Result
@@ -45,6 +45,7 @@ from cgpop.pop3.events import (
 )
 from cgpop.pop3.lines import NEED_MORE, LineBuffer
 from cgpop.pop3.session import Policy, Session
+from cgpop.reload import reload_config
 from cgpop.sasl.apop import make_apop_banner
 from cgpop.store.api import StoredMessage
 from cgpop.store.sqlite import SqliteStore
@@ -66,6 +67,7 @@ READ_AHEAD_BYTES = 256 * 1024
 SWEEP_INTERVAL = 15.0
 PRUNE_INTERVAL = 3600.0
 INTERNAL_ERROR = Pop3Error("internal server error", "SYS/TEMP").reply()
+BODY_MISSING = Pop3Error("message body unavailable, the error is logged", "SYS/TEMP").reply()
 SHUTTING_DOWN = Pop3Error("server shutting down", "SYS/TEMP").reply()
 TOO_MANY = Pop3Error("too many connections, try later", "SYS/TEMP").reply()
 BAD_PROXY = Pop3Error("PROXY protocol header expected").reply()
@@ -99,7 +101,9 @@ class ServerState:
 class Submitter(Protocol):
     """XTND XMIT behind the engine (xtnd/): None means accepted for every recipient."""
 
-    async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None: ...
+    async def submit(
+        self, account: str, peer: str, message: bytes, login_address: str = ""
+    ) -> Pop3Error | None: ...
 
 
 class GroupCommit(Generic[Item, R]):
@@ -184,9 +188,10 @@ class Gateway:
         self.proxy_from = tuple(
             ipaddress.ip_network(n, strict=False) for n in config.pop3.proxy_from
         )
-        self.tls: ReloadableContext | None = None
-        if config.tls.cert is not None and config.tls.key is not None:
-            self.tls = ReloadableContext(config.tls.cert, config.tls.key)
+        # [tls] and [[tls.certificates]] (SNI); ConfigError names a bad file and its key.
+        self.tls: ReloadableContext | None = tlsconf.from_config(config)
+        # systemd notifications (sends nothing until serve_forever is ready; no-op unset).
+        self.notifier = sdnotify.Notifier()
         self.submitter: Submitter | None = None
         self.lmtp_sessions: set[Any] = set()
         # The XTND XMIT service (xtnd/service.py) with its relay worker, when enabled.
@@ -317,14 +322,30 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
+        # systemd: every listener is open (READY=1); the watchdog pings while the loop runs.
+        self.notifier.ready()
+        self.notifier.start_watchdog()
         await self._stopping.wait()
         log.info("shutting down")
+        self.notifier.stopping()
         await self.stop()
+        self.notifier.close()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and certificates (cgpop/reload.py); new limits,
+        log level and certificates apply to what comes next, open sessions stay."""
+        self.notifier.reloading()
+        try:
+            self.config = reload_config(self.config, tls=self.tls, penalty=self.penalty)
+        except Exception:
+            log.exception("reload failed; the running configuration stays")
+        self.notifier.reloaded()
 
     def reload_tls(self) -> None:
-        """SIGHUP: re-read the certificate; sessions already in TLS keep theirs."""
+        """Re-read the certificate files only (SIGHUP does this and more: `reload`);
+        sessions already in TLS keep theirs."""
         if self.tls is None:
             return
         try:
@@ -435,6 +456,8 @@ class Gateway:
                 # already read past a PROXY header are the start of the handshake.
                 assert self.tls is not None
                 await start_tls(reader, writer, self.tls.context, carry=True)
+                # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
+                runner.domain = self.tls.session_domain(writer.get_extra_info("ssl_object"), domain)
             await runner.run_events(session.greeting())
             await runner.flush()
             # Formatting a trace line per command costs even when DEBUG is off: decide once.
@@ -694,6 +717,9 @@ class _Runner:
         self.lines.discard()
         assert self.gw.tls is not None
         await start_tls(self.reader, self.writer, self.gw.tls.context, carry=False)
+        # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        self.domain = self.gw.tls.session_domain(ssl_object, self.domain)
         self.session.tls_started(self.gw.policy(tls=True, peer_ip=self.peer_ip))
         self.slog.info("TLS started")
 
@@ -710,7 +736,9 @@ class _Runner:
         gw = self.gw
         if gw.submitter is None or self.conn.account is None:
             return Pop3Error("submission is not available", "SYS/TEMP")
-        return await gw.submitter.submit(self.conn.account, self.conn.peer, event.message)
+        return await gw.submitter.submit(
+            self.conn.account, self.conn.peer, event.message, event.login_address
+        )
 
     async def login(self, event: PasswordLogin) -> LoginOutcome:
         gw = self.gw
@@ -791,28 +819,57 @@ class _Runner:
         if stored is None:
             self.send(Pop3Error("message is no longer available", "SYS/TEMP").reply())
             return
-        self.send(event.status)
         if stored.data is not None:
+            self.send(event.status)
             if event.lines is None:
                 self.send(stored.prefix)
                 self.send(stored.data)
             else:
                 for part in top_lines((stored.prefix, stored.data), event.lines):
                     self.send(part)
-        else:
-            # Large body: stream it in bounded chunks read off the event loop.
-            await self.flush()
-            source = stored.chunks()
-            chunks = source if event.lines is None else top_lines(source, event.lines)
-            try:
-                while (part := await gw.read(next, chunks, None)) is not None:
-                    self.writer.write(part)
-                    await self.writer.drain()
-            finally:
-                source.close()  # the body file, also when the client went away mid-message
+        elif not await self.stream_body(stored, event):
+            return
         self.send(TERMINATOR)
         if event.mark_seen:
             gw.seen.submit((snap.mailbox.id, snap.uids[event.index]))
+
+    async def stream_body(self, stored: StoredMessage, event: SendMessage) -> bool:
+        """Send the status line and a large body in bounded chunks read off the event loop.
+        The file is opened (first chunk) before the status line, so a missing body is a
+        clean -ERR and the session goes on (False)."""
+        snap = self.session.snapshot
+        source = stored.chunks()
+        try:
+            try:
+                first = await self.gw.read(next, source, None)
+            except OSError as exc:
+                self.slog.error(
+                    "body of message uid %d in mailbox %d unreadable: %s",
+                    snap.uids[event.index],
+                    snap.mailbox.id,
+                    exc,
+                )
+                self.send(BODY_MISSING)
+                return False
+            self.send(event.status)
+            await self.flush()
+            rest = itertools.chain(() if first is None else (first,), source)
+            chunks = rest if event.lines is None else top_lines(rest, event.lines)
+            while True:
+                try:
+                    part = await self.gw.read(next, chunks, None)
+                except OSError as exc:
+                    # Inside a multi-line reply only its octets may follow: end the
+                    # connection rather than put an -ERR in the middle of the message.
+                    self.slog.error("body read failed mid-message: %s", exc)
+                    self.writer.transport.abort()
+                    raise ConnectionResetError("body read failed") from exc
+                if part is None:
+                    return True
+                self.writer.write(part)
+                await self.writer.drain()
+        finally:
+            source.close()  # the body file, also when the client went away mid-message
 
     async def commit(self, event: Commit) -> list[Event]:
         gw = self.gw
