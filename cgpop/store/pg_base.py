@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -72,7 +73,11 @@ class PgDatabase:
         )
         self._lock = threading.Lock()
         self._instance: int | None = None
-        self._beating = threading.Event()
+        # The registry thread: beats, and writes closed sessions (close_maildrop runs on the
+        # event loop and must not wait for the database).
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._released: list[int] = []
         self._beat_thread: threading.Thread | None = None
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -128,10 +133,8 @@ class PgDatabase:
             return conn.execute(sql, args).fetchall()
 
     def close(self) -> None:
-        """Stop the heartbeat, release this process's sessions, close the pool."""
-        self._beating.set()
-        if self._beat_thread is not None:
-            self._beat_thread.join()
+        """Stop the registry thread, release this process's sessions, close the pool."""
+        self._stop_registry()
         if self._instance is not None:
             with contextlib.suppress(TemporaryFailure, psycopg.Error), self._conn() as conn:
                 conn.execute("DELETE FROM store_instances WHERE id = %s", (self._instance,))
@@ -153,18 +156,56 @@ class PgDatabase:
             assert row is not None
             self._instance = int(row[0])
             self._beat_thread = threading.Thread(
-                target=self._beat, name=f"cgpop-heartbeat-{self.node}", daemon=True
+                target=self._registry_worker, name=f"cgpop-registry-{self.node}", daemon=True
             )
             self._beat_thread.start()
             return self._instance
 
-    def _beat(self) -> None:
+    def _stop_registry(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join()
+            self._beat_thread = None
+
+    def _registry_worker(self) -> None:
         # Three beats per timeout: one lost beat (a busy database) does not kill the node.
-        while not self._beating.wait(self.node_timeout / 3):
+        interval = self.node_timeout / 3
+        next_beat = time.monotonic() + interval
+        while True:
+            self._wake.wait(max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
             try:
-                self.heartbeat()
+                self.flush_released()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + interval
+                    self.heartbeat()
             except (TemporaryFailure, psycopg.Error) as exc:
-                log.warning("heartbeat of node %s failed: %s", self.node, exc)
+                log.warning("session registry of node %s: %s", self.node, exc)
+
+    def release_session(self, session_id: int) -> None:
+        """A session ended: its registry row goes soon, written by the registry thread. Does
+        not wait (the shell calls close_maildrop on its event loop). Until the row goes the
+        session still holds what it saw: the delay can only keep things longer."""
+        with self._lock:
+            self._released.append(session_id)
+        self._wake.set()
+
+    def flush_released(self) -> None:
+        """Remove the registry rows of ended sessions now (also before collecting)."""
+        with self._lock:
+            ids, self._released = self._released, []
+        if not ids:
+            return
+        try:
+            with self._conn() as conn:
+                conn.execute("DELETE FROM store_sessions WHERE id = ANY(%s)", (ids,))
+        except BaseException:
+            with self._lock:
+                self._released[:0] = ids  # written at the next wake-up
+            raise
 
     def heartbeat(self) -> None:
         """Tell the other nodes this process is alive. If it was declared dead meanwhile (a

@@ -858,11 +858,11 @@ class PostgresStore(PgDatabase):
             return cur.rowcount
 
     def close_maildrop(self, snapshot: Snapshot) -> None:
+        """Never waits: the registry row is removed by the registry thread (pg_base)."""
         with self._lock:
             entry = self._sessions.pop(id(snapshot), None)
         if entry is not None:
-            with self._conn() as conn:
-                conn.execute("DELETE FROM store_sessions WHERE id = %s", (entry[1],))
+            self.release_session(entry[1])
 
     def live_sessions(self) -> list[tuple[int, str, int, float]]:
         """(session id, node, mailbox id, opened at) of every live session on every node."""
@@ -878,6 +878,7 @@ class PostgresStore(PgDatabase):
         """Remove expunged copies no live session on any node can still see, then the bodies
         no copy names any more, and release dead nodes' sessions. One node collects at a time
         (an advisory lock; the others skip). Returns how many bodies went."""
+        self.flush_released()
         with self._tx() as conn:
             got = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_COLLECT_LOCK,))
             row = got.fetchone()

@@ -41,9 +41,7 @@ def subjects(store: PostgresStore, snap: Snapshot) -> list[str]:
 def silence(node: PostgresStore, seconds: float) -> None:
     """As if `node` had not beaten for `seconds` (kill -9, power loss): its heartbeat thread
     stops and its last beat moves into the past. Nothing it holds is released by it."""
-    node._beating.set()
-    if node._beat_thread is not None:
-        node._beat_thread.join()
+    node._stop_registry()
     with node._conn() as conn:
         conn.execute(
             "UPDATE store_instances SET heartbeat = now() - %s * interval '1 second' "

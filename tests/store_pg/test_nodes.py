@@ -34,6 +34,7 @@ def test_body_expunged_on_a_stays_readable_on_b_until_b_closes(open_store: Open)
     assert subjects(b, on_b) == ["one", "two", "three"]
     assert b.expunge(box.id, [on_b.uids[0]]) == 0  # already gone: not an error
     b.close_maildrop(on_b)
+    b.flush_released()  # what b's registry thread does right after a close
     assert a.collect() == 1
     with pytest.raises(NotFound):
         b.read_message(on_b, 0)
@@ -232,3 +233,24 @@ def test_migrates_a_fresh_database_as_its_unprivileged_owner(postgres: PgServer)
             assert row == (True,)
     finally:
         postgres.admin("DROP DATABASE cgpop_fresh")
+
+
+def test_close_maildrop_does_not_touch_the_database(
+    open_store: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shell calls close_maildrop on its event loop: it must not wait for PostgreSQL."""
+    store = open_store()
+    box = joe_inbox(store)
+    put(store, box, "one")
+    snap = store.open_maildrop(box, None)
+    store.expunge(box.id, [snap.uids[0]])
+
+    def no_database() -> None:
+        # What an unreachable database raises; the registry thread (woken by the close)
+        # logs it and writes the release later.
+        raise TemporaryFailure("database unavailable")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "_conn", no_database)
+        store.close_maildrop(snap)
+    assert store.collect() == 1  # the release was written (before collecting at the latest)
