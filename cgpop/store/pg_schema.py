@@ -38,6 +38,9 @@ MIGRATIONS: list[str] = [
         stored_key bytea NOT NULL,
         server_key bytea NOT NULL,
         shared_secret text,
+        -- CommuniGate "Enabled Services": a suspended service keeps the account and its mail.
+        pop_enabled boolean NOT NULL DEFAULT true,
+        xtnd_enabled boolean NOT NULL DEFAULT true,
         UNIQUE (domain_id, name)
     );
     -- A sequence never hands out a value twice, so a mailbox id (and with it a UIDL) is never
@@ -111,6 +114,16 @@ MIGRATIONS: list[str] = [
         WHERE individual IS NOT NULL;
     CREATE INDEX messages_expunged ON messages(expunged_xid) WHERE expunged_xid IS NOT NULL;
     CREATE INDEX messages_body ON messages(body_id);
+    -- Individual names after the first (a message whose own X-Real-To lists several), read
+    -- at login by an indexed lookup; they go with their copy row.
+    CREATE TABLE message_individuals (
+        mailbox_id bigint NOT NULL,
+        individual text NOT NULL,
+        uid bigint NOT NULL,
+        PRIMARY KEY (mailbox_id, individual, uid),
+        FOREIGN KEY (mailbox_id, uid) REFERENCES messages(mailbox_id, uid) ON DELETE CASCADE
+    );
+    CREATE INDEX message_individuals_by_uid ON message_individuals(mailbox_id, uid);
     CREATE TABLE duplicates (
         message_id text NOT NULL,
         rcpt text NOT NULL,

@@ -35,6 +35,7 @@ from cgpop.alerts import SCOPES, Alert
 from cgpop.config import Config
 from cgpop.store.api import (
     SEEN,
+    SERVICES,
     Account,
     Copy,
     Mailbox,
@@ -72,8 +73,14 @@ class _StreamedMessage(StoredMessage):
     stream: BodyReader
 
     def chunks(self, chunk_size: int = CHUNK_SIZE) -> Generator[bytes, None, None]:
+        # The first chunk is read before the prefix goes out, so a missing body raises
+        # before a single octet was sent (as StoredMessage.chunks does for its files).
+        body = self.stream(chunk_size)
+        first = next(body, None)
         yield self.prefix
-        yield from self.stream(chunk_size)
+        if first is not None:
+            yield first
+            yield from body
 
 
 class PostgresStore(PgDatabase):
@@ -310,15 +317,50 @@ class PostgresStore(PgDatabase):
 
     def get_account(self, domain: str, name: str) -> Account | None:
         row = self._one(
-            "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret "
-            "FROM accounts a JOIN domains d ON d.id = a.domain_id "
+            "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret, "
+            "a.pop_enabled, a.xtnd_enabled FROM accounts a JOIN domains d ON d.id = a.domain_id "
             "WHERE d.name = %s AND a.name = %s",
             (domain.lower(), name.lower()),
         )
         if row is None:
             return None
         creds = Credentials(bytes(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]), row[5])
-        return Account(int(row[0]), domain.lower(), name.lower(), creds)
+        disabled = frozenset(s for s, on in zip(SERVICES, row[6:8], strict=True) if not on)
+        return Account(int(row[0]), domain.lower(), name.lower(), creds, disabled)
+
+    # --- account services (issue 13) ---
+    def set_services_enabled(
+        self, domain: str, name: str, services: Sequence[str], enabled: bool
+    ) -> None:
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise StoreError(f"unknown service(s): {', '.join(sorted(unknown))}")
+        with self._tx() as conn:
+            aid = self._account_id(conn, domain, name)
+            for service in services:
+                # The column name comes from SERVICES, never from the caller's text.
+                column = {"pop": "pop_enabled", "xtnd": "xtnd_enabled"}[service]
+                conn.execute(
+                    f"UPDATE accounts SET {column} = %s WHERE id = %s".encode(), (enabled, aid)
+                )
+
+    def disabled_services(self, domain: str | None = None) -> dict[str, frozenset[str]]:
+        sql = (
+            "SELECT a.name || '@' || d.name, a.pop_enabled, a.xtnd_enabled "
+            "FROM accounts a JOIN domains d ON d.id = a.domain_id"
+        )
+        order = ' ORDER BY d.name COLLATE "C", a.name COLLATE "C"'
+        with self._conn() as conn:
+            if domain is None:
+                rows = conn.execute(sql + order).fetchall()
+            else:
+                self._domain_id(conn, domain)
+                cur = conn.execute(sql + " WHERE d.name = %s" + order, (domain.lower(),))
+                rows = cur.fetchall()
+        return {
+            str(address): frozenset(s for s, on in zip(SERVICES, flags, strict=True) if not on)
+            for address, *flags in rows
+        }
 
     # --- mailboxes ---
     def _insert_mailbox(self, conn: Conn, account_id: int, name: str) -> int:
@@ -353,7 +395,8 @@ class PostgresStore(PgDatabase):
         with self._tx() as conn:
             aid = self._account_id(conn, domain, account)
             box_id = self._insert_mailbox(conn, aid, mailbox)
-            self._default_acl(conn, account, box_id)
+            if not self._inherit_acl(conn, aid, mailbox, box_id):
+                self._default_acl(conn, account, box_id)
         found = self.get_mailbox(domain, account, mailbox)
         assert found is not None
         return found
@@ -391,9 +434,13 @@ class PostgresStore(PgDatabase):
         return Mailbox(int(row[0]), int(row[1]), owner, mailbox, int(row[2]))
 
     def list_messages(self, mailbox: Mailbox) -> list[MessageInfo]:
+        # The names after the first come along as an array (message_individuals).
         rows = self._all(
-            "SELECT uid, size, flags, x_real_to, internal_date FROM messages "
-            "WHERE mailbox_id = %s AND expunged_xid IS NULL ORDER BY uid",
+            "SELECT m.uid, m.size, m.flags, m.x_real_to, m.internal_date, m.individual, "
+            '(SELECT coalesce(array_agg(x.individual ORDER BY x.individual COLLATE "C"), '
+            "'{}') FROM message_individuals x "
+            "WHERE x.mailbox_id = m.mailbox_id AND x.uid = m.uid) "
+            "FROM messages m WHERE m.mailbox_id = %s AND m.expunged_xid IS NULL ORDER BY m.uid",
             (mailbox.id,),
         )
         return [
@@ -404,8 +451,9 @@ class PostgresStore(PgDatabase):
                 tuple(flag_names(int(flags))),
                 x_real_to,
                 float(when),
+                (str(individual), *more) if individual is not None else (),
             )
-            for uid, size, flags, x_real_to, when in rows
+            for uid, size, flags, x_real_to, when, individual, more in rows
         ]
 
     def message_flags(self, mailbox_id: int, uid: int) -> int | None:
@@ -428,6 +476,25 @@ class PostgresStore(PgDatabase):
                         for e in DEFAULT_PUBLIC_ACL
                     ],
                 )
+
+    def _inherit_acl(self, conn: Conn, account_id: int, mailbox: str, mailbox_id: int) -> bool:
+        """Issue 13, Cyrus's rule: a new mailbox starts with a copy of its nearest existing
+        ancestor's ACL in the `/` hierarchy; False when it has none (the caller applies the
+        defaults). A top-level mailbox has no parent (INBOX is its sibling)."""
+        parts = mailbox.split("/")
+        for cut in range(len(parts) - 1, 0, -1):
+            row = conn.execute(
+                "SELECT id FROM mailboxes WHERE account_id = %s AND name = %s",
+                (account_id, "/".join(parts[:cut])),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) "
+                    "SELECT %s, identifier, negative, rights FROM acl WHERE mailbox_id = %s",
+                    (mailbox_id, int(row[0])),
+                )
+                return True
+        return False
 
     def acl_entries(self, mailbox: Mailbox) -> list[AclEntry]:
         """The mailbox's ACL, positive entries first, each group sorted by identifier."""
@@ -527,15 +594,15 @@ class PostgresStore(PgDatabase):
         with self._tx() as conn:
             fresh = self._claim_duplicates(conn, [c for _, copies in prepared for c in copies])
             outcome: list[list[bool]] = []
-            keep: list[tuple[int, bytes, list[Copy]]] = []
+            keep: list[tuple[int, bytes, Sequence[Copy], int]] = []
             for (size, stuffed), copies in prepared:
                 stored = [fresh.get(id(c), True) for c in copies]
                 outcome.append(stored)
                 kept = [c for c, ok in zip(copies, stored, strict=True) if ok]
                 if kept:
-                    keep.append((size, stuffed, kept))
+                    keep.append((size, stuffed, kept, 0))
             if keep:
-                self._store_bodies(conn, keep, flags=0)
+                self._store_bodies(conn, keep)
         return outcome
 
     def _claim_duplicates(self, conn: Conn, copies: Sequence[Copy]) -> dict[int, bool]:
@@ -572,9 +639,10 @@ class PostgresStore(PgDatabase):
         return verdict
 
     def _store_bodies(
-        self, conn: Conn, bodies: Sequence[tuple[int, bytes, Sequence[Copy]]], flags: int
+        self, conn: Conn, bodies: Sequence[tuple[int, bytes, Sequence[Copy], int]]
     ) -> None:
-        """Insert each body once and its copies, UIDs taken from each mailbox's counter."""
+        """Insert each body (size, stuffed octets, copies, flag bits of the copies) once and
+        its copies, in order, UIDs taken from each mailbox's counter."""
         ids_row = conn.execute(
             "SELECT array_agg(nextval(pg_get_serial_sequence('bodies', 'id'))) "
             "FROM generate_series(1, %s)",
@@ -582,11 +650,12 @@ class PostgresStore(PgDatabase):
         ).fetchone()
         assert ids_row is not None
         body_ids: list[int] = list(ids_row[0])
-        uids = self._allocate_uids(conn, [c.mailbox_id for _, _, cs in bodies for c in cs])
+        uids = self._allocate_uids(conn, [c.mailbox_id for _, _, cs, _ in bodies for c in cs])
         body_rows: list[tuple[int, int, bytes | None, int]] = []
         chunk_rows: list[tuple[int, int, bytes]] = []
         message_rows: list[tuple[Any, ...]] = []
-        for body_id, (size, stuffed, copies) in zip(body_ids, bodies, strict=True):
+        individual_rows: list[tuple[int, str, int]] = []
+        for body_id, (size, stuffed, copies, flags) in zip(body_ids, bodies, strict=True):
             if len(stuffed) > INLINE_MAX:
                 parts = [stuffed[i : i + CHUNK_SIZE] for i in range(0, len(stuffed), CHUNK_SIZE)]
                 body_rows.append((body_id, size, None, len(parts)))
@@ -595,10 +664,12 @@ class PostgresStore(PgDatabase):
                 body_rows.append((body_id, size, stuffed, 0))
             for copy in copies:
                 prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
+                uid = uids[copy.mailbox_id].pop(0)
+                individual_rows += [(copy.mailbox_id, n, uid) for n in copy.more_individuals]
                 message_rows.append(
                     (
                         copy.mailbox_id,
-                        uids[copy.mailbox_id].pop(0),
+                        uid,
                         body_id,
                         size + len(prefix),
                         flags,
@@ -620,6 +691,12 @@ class PostgresStore(PgDatabase):
                 f"x_real_to, individual, prefix) VALUES (%s, %s, %s, %s, %s, {NOW}, %s, %s, %s)",
                 message_rows,
             )
+            if individual_rows:
+                cur.executemany(
+                    "INSERT INTO message_individuals(mailbox_id, individual, uid) "
+                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    individual_rows,
+                )
 
     def _allocate_uids(self, conn: Conn, mailbox_ids: Sequence[int]) -> dict[int, list[int]]:
         """Consecutive new UIDs per mailbox, from its counter row. Rows are locked in id order
@@ -643,25 +720,34 @@ class PostgresStore(PgDatabase):
         }
 
     def import_messages(
-        self, mailbox: Mailbox, messages: Iterable[tuple[bytes, int]], batch: int = 500
+        self,
+        mailbox: Mailbox,
+        messages: Iterable[tuple[bytes, int]],
+        batch: int = 500,
+        real_to: Callable[[bytes], tuple[str | None, tuple[str, ...]]] | None = None,
     ) -> int:
         """Bulk import (migration from Maildir/mbox): (octets, flag bits) per message, stored
-        as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages."""
+        as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages, in
+        order. `real_to(octets)` gives what to record from the message's own X-Real-To field:
+        the addresses (joined by REAL_TO_SEPARATOR) and the individual names (issue 13)."""
         count = 0
-        pending: list[tuple[int, bytes, int]] = []
+        pending: list[tuple[int, bytes, Sequence[Copy], int]] = []
 
         def flush() -> None:
             with self._tx() as conn:
-                by_flags: dict[int, list[tuple[int, bytes, Sequence[Copy]]]] = {}
-                for size, stuffed, flags in pending:
-                    copy = Copy(mailbox.id, b"", None, None)
-                    by_flags.setdefault(flags, []).append((size, stuffed, [copy]))
-                for flags, bodies in by_flags.items():
-                    self._store_bodies(conn, bodies, flags)
+                self._store_bodies(conn, pending)
             pending.clear()
 
         for raw, flags in messages:
-            pending.append((*_prepare(raw), flags))
+            x_real_to, names = real_to(raw) if real_to is not None else (None, ())
+            copy = Copy(
+                mailbox.id,
+                b"",
+                x_real_to,
+                names[0] if names else None,
+                more_individuals=tuple(names[1:]),
+            )
+            pending.append((*_prepare(raw), [copy], flags))
             count += 1
             if len(pending) >= batch:
                 flush()
@@ -742,11 +828,18 @@ class PostgresStore(PgDatabase):
                 (mailbox.id,),
             )
         else:
+            # Two indexed lookups: the first name of each message, then the others
+            # (message_individuals). A name is recorded once per message: UNION ALL repeats
+            # none.
             select = (
                 "SELECT coalesce(array_agg(uid ORDER BY uid), '{}'), "
-                "coalesce(array_agg(size ORDER BY uid), '{}') FROM messages "
-                "WHERE mailbox_id = %s AND individual = %s AND expunged_xid IS NULL",
-                (mailbox.id, individual.lower()),
+                "coalesce(array_agg(size ORDER BY uid), '{}') FROM ("
+                "SELECT uid, size FROM messages "
+                "WHERE mailbox_id = %s AND individual = %s AND expunged_xid IS NULL "
+                "UNION ALL SELECT m.uid, m.size FROM message_individuals x "
+                "JOIN messages m ON m.mailbox_id = x.mailbox_id AND m.uid = x.uid "
+                "WHERE x.mailbox_id = %s AND x.individual = %s AND m.expunged_xid IS NULL) s",
+                (mailbox.id, individual.lower(), mailbox.id, individual.lower()),
             )
         try:
             reg_row, rows = self._register_and_read(instance, mailbox.id, select)

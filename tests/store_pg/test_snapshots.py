@@ -137,6 +137,11 @@ def test_large_body_is_chunked_and_streamed(store: PostgresStore) -> None:
     octets = b"".join(parts)
     small = list(stored.chunks(10_000))  # the shell's chunk size, whatever the stored one
     assert max(len(p) for p in small) <= 10_000 and b"".join(small) == octets
+    # A body gone (it cannot be while the snapshot holds it, but if) fails before any octet.
+    with store._conn() as conn:
+        conn.execute("DELETE FROM body_chunks")
+    with pytest.raises(NotFound):
+        next(store.read_message(snap, 0).chunks())
     assert b"\r\n..line 7 with a leading dot\r\n" in octets  # dot-stuffed once
     assert len(octets.replace(b"\r\n..", b"\r\n.")) == snap.sizes[0]
     store.close_maildrop(snap)
