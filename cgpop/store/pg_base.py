@@ -4,7 +4,7 @@ process's entry in the live-session registry with its heartbeat.
 
 Connections are in autocommit mode: a read is one statement and one round trip; a write that
 needs several statements opens a transaction. Backend errors (server gone, pool exhausted,
-serialization failures that survive the retries) become `TemporaryFailure` at this boundary:
+serialization failures that survive the retries) become `Unavailable` at this boundary:
 LMTP 451, `deliver` exit 75, POP -ERR [SYS/TEMP].
 """
 
@@ -23,11 +23,7 @@ from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cgpop.store import pg_schema
-from cgpop.store.api import TemporaryFailure
-
-# What a backend error becomes at the store boundary: the refactored api.py (issue 9) names it
-# Unavailable, a TemporaryFailure; until then it is TemporaryFailure itself.
-Unavailable = TemporaryFailure
+from cgpop.store.api import TemporaryFailure, Unavailable
 
 log = logging.getLogger("cgpop.store.postgres")
 

@@ -15,7 +15,7 @@ longer than `node_timeout` is dead, its sessions no longer hold anything.
 
 Database time is used for every time stored, so nodes with skewed clocks agree. Backend errors
 (server gone, pool exhausted, serialization failures that survive the retries) become
-`TemporaryFailure` at this boundary: LMTP 451, `deliver` exit 75, POP -ERR [SYS/TEMP].
+`Unavailable` at this boundary: LMTP 451, `deliver` exit 75, POP -ERR [SYS/TEMP].
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 from array import array
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -31,12 +30,14 @@ from psycopg import errors as pgerrors
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
 from accounts.credentials import Credentials
-from cgpop.alerts import SCOPES, Alert
 from cgpop.config import Config
 from cgpop.store.api import (
+    ALERT_SCOPES,
     SEEN,
     SERVICES,
     Account,
+    Alert,
+    BodyReader,
     Copy,
     Mailbox,
     MessageInfo,
@@ -46,7 +47,8 @@ from cgpop.store.api import (
     StoreError,
     flag_names,
 )
-from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn, PgDatabase
+from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
+from cgpop.store.pg_queue import PgQueue
 from cgpop.wire import dot_stuff, normalize_crlf
 
 # Bodies up to this size stay in the body row (one row read per RETR, and PostgreSQL's TOAST
@@ -60,30 +62,7 @@ PUBLIC_ACCOUNT = "public"
 _COLLECT_LOCK = 0x6367706F70434F4C
 
 
-# Streams a chunked body in pieces of at most the given size (api.BodyReader's shape).
-BodyReader = Callable[[int], Generator[bytes, None, None]]
-
-
-@dataclass(frozen=True, slots=True)
-class _StreamedMessage(StoredMessage):
-    """A copy whose body is in body_chunks: `data` and `path` are None and `chunks` streams it
-    through `stream`. (Where StoredMessage carries a backend's reader itself, this class goes
-    and read_messages builds StoredMessage(prefix, None, reader, size).)"""
-
-    stream: BodyReader
-
-    def chunks(self, chunk_size: int = CHUNK_SIZE) -> Generator[bytes, None, None]:
-        # The first chunk is read before the prefix goes out, so a missing body raises
-        # before a single octet was sent (as StoredMessage.chunks does for its files).
-        body = self.stream(chunk_size)
-        first = next(body, None)
-        yield self.prefix
-        if first is not None:
-            yield first
-            yield from body
-
-
-class PostgresStore(PgDatabase):
+class PostgresStore(PgQueue):
     def __init__(
         self,
         dsn: str,
@@ -765,8 +744,8 @@ class PostgresStore(PgDatabase):
 
     # --- alerts (CommuniGate): shown once to each account they concern, on any node ---
     def add_alert(self, scope: str, target: str, text: str) -> int:
-        """Post an alert (scope in cgpop.alerts.SCOPES, text already checked); its id."""
-        if scope not in SCOPES:
+        """Post an alert (scope in ALERT_SCOPES, text already checked); its id."""
+        if scope not in ALERT_SCOPES:
             raise StoreError(f"unknown alert scope {scope!r}")
         row = self._one(
             f"INSERT INTO alerts(scope, target, text, created) VALUES (%s, %s, %s, {NOW}) "
@@ -900,7 +879,7 @@ class PostgresStore(PgDatabase):
                 found[uids[uid]] = StoredMessage(bytes(prefix), bytes(data), None, int(size))
             else:
                 reader = self._body_reader(int(body_id), int(nchunks))
-                found[uids[uid]] = _StreamedMessage(bytes(prefix), None, None, int(size), reader)
+                found[uids[uid]] = StoredMessage(bytes(prefix), None, reader, int(size))
         return found
 
     def _body_reader(self, body_id: int, nchunks: int) -> BodyReader:
