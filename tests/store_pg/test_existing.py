@@ -1,10 +1,6 @@
 """The store-level behaviours already tested against the embedded store, run unchanged against
 PostgresStore: the test functions are imported, the `store` fixture here gives them a
-PostgreSQL-backed store prepared as their own module's fixture prepares the SQLite one.
-
-Not imported yet: the login tests of tests/test_store_acl.py, because cgpop/alerts.py on this
-branch reads the store through raw SQLite connections; they run against this backend once
-alerts are store methods (issue 9's Alerts protocol, which PostgresStore implements)."""
+PostgreSQL-backed store prepared as their own module's fixture prepares the SQLite one."""
 
 from __future__ import annotations
 
@@ -24,6 +20,8 @@ from tests.test_store_acl import (
     test_acls_are_per_mailbox_and_die_with_it,
     test_cyrus_example,
     test_groups,
+    test_login_rights_from_acl_and_groups,
+    test_owner_and_admin_rights,
     test_posting_needs_p_for_anyone_or_anonymous,
     test_public_account_mailboxes_start_with_default_acl,
     test_rights_parse_round_trip_from_store,
@@ -34,6 +32,8 @@ __all__ = [
     "test_acls_are_per_mailbox_and_die_with_it",
     "test_cyrus_example",
     "test_groups",
+    "test_login_rights_from_acl_and_groups",
+    "test_owner_and_admin_rights",
     "test_posting_needs_p_for_anyone_or_anonymous",
     "test_public_account_mailboxes_start_with_default_acl",
     "test_rights_parse_round_trip_from_store",
