@@ -74,6 +74,9 @@ class PgDatabase:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._released: list[int] = []
+        # Held while released rows are written: a flush that finds the list empty has still
+        # waited for one in progress, so collect() sees every session closed before it.
+        self._flush_lock = threading.Lock()
         self._beat_thread: threading.Thread | None = None
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -191,17 +194,18 @@ class PgDatabase:
 
     def flush_released(self) -> None:
         """Remove the registry rows of ended sessions now (also before collecting)."""
-        with self._lock:
-            ids, self._released = self._released, []
-        if not ids:
-            return
-        try:
-            with self._conn() as conn:
-                conn.execute("DELETE FROM store_sessions WHERE id = ANY(%s)", (ids,))
-        except BaseException:
+        with self._flush_lock:
             with self._lock:
-                self._released[:0] = ids  # written at the next wake-up
-            raise
+                ids, self._released = self._released, []
+            if not ids:
+                return
+            try:
+                with self._conn() as conn:
+                    conn.execute("DELETE FROM store_sessions WHERE id = ANY(%s)", (ids,))
+            except BaseException:
+                with self._lock:
+                    self._released[:0] = ids  # written at the next wake-up
+                raise
 
     def heartbeat(self) -> None:
         """Tell the other nodes this process is alive. If it was declared dead meanwhile (a
