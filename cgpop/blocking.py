@@ -2,17 +2,26 @@
 
 The one place the asyncio shell leaves the event loop for the store. Readers run in parallel
 (SQLite's WAL lets them); every write goes through the single writer so writes never contend
-for the database lock, and a group commit (cgpop/groupcommit.py) can batch them.
+for the database lock, and a group commit (cgpop/groupcommit.py) can batch them. Parts that
+need them are given `read` or `write` as a `Run`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Run(Protocol):
+    """Runs blocking `fn(*args)` off the event loop and returns its result (StoreWorkers.read
+    and StoreWorkers.write have this shape)."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
+
 
 READERS = 4
 

@@ -17,11 +17,12 @@ The per-IP cap (`[pop3] max_per_ip`) applies earlier, when the connection is acc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from accounts.credentials import Credentials
+from cgpop.blocking import Run
 from cgpop.errors import Pop3Error
 from cgpop.logs import SessionLog
 from cgpop.penalty import Penalty
@@ -29,7 +30,6 @@ from cgpop.store.api import Alert, Snapshot
 
 AUTH_FAILED = Pop3Error("authentication failed", "AUTH")
 TOO_MANY_SESSIONS = Pop3Error("too many sessions for this account, try later", "SYS/TEMP")
-Run = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,7 @@ def _leave(counts: dict[str, int], key: str) -> None:
 
 
 class LoginPolicy:
-    """`read` and `write` run blocking work off the event loop (cgpop/workers.py)."""
+    """`read` and `write` run blocking work off the event loop (cgpop/blocking.py)."""
 
     def __init__(
         self,

@@ -10,9 +10,9 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cgpop import streams
+from cgpop.blocking import Run
 from cgpop.errors import Pop3Error
 from cgpop.login import Access, LoginPolicy, LoginResult
 from cgpop.logs import SessionLog
@@ -44,7 +44,6 @@ FLUSH_AT = 256 * 1024
 READ_AHEAD = 32
 READ_AHEAD_BYTES = 256 * 1024
 
-Run = Callable[..., Awaitable[Any]]
 # XTND XMIT (account, peer, message, login address): None when accepted for every recipient,
 # else the reply.
 SubmitFn = Callable[[str, str, bytes, str], Awaitable[Pop3Error | None]]
@@ -56,7 +55,7 @@ class Services:
     """What a session's runner may use, and nothing else."""
 
     login: LoginPolicy
-    read: Run  # blocking store reads, off the event loop (cgpop/workers.py)
+    read: Run  # blocking store reads, off the event loop (cgpop/blocking.py)
     write: Run  # blocking store writes, on the single writer
     read_messages: Callable[[Snapshot, Sequence[int]], dict[int, StoredMessage]]
     expunge: Callable[[int, Sequence[int]], int]

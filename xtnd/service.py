@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Protocol
 
+from cgpop.blocking import Run
 from cgpop.config import Config, XtndConfig
 from cgpop.delivery import Prepared, Result
 from cgpop.store.api import OutboundQueue
 from xtnd.ratelimit import Limits
-from xtnd.submit import LocalDelivery, Run, SubmissionStore, Submitter
+from xtnd.submit import LocalDelivery, SubmissionStore, Submitter
 from xtnd.worker import Deliver, RelayWorker, Settings
 
 __all__ = ["SubmissionService", "XtndStore", "settings_from", "start_submission"]

@@ -36,8 +36,9 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
+from cgpop.blocking import Run
 from cgpop.delivery import Prepared, Result, Status
 from cgpop.dircache import DirectoryCache
 from cgpop.store.api import Outbound, SubmissionCounts, Verdict
@@ -49,7 +50,6 @@ from xtnd.envelope import Envelope, SubmissionError, derive_envelope
 __all__ = ["SubmissionError", "SubmissionStore", "Submitter"]
 
 log = logging.getLogger("cgpop.xtnd")
-Run = Callable[..., Awaitable[Any]]
 
 _ACCEPTED = (Status.DELIVERED, Status.DUPLICATE)
 _TRY_LATER = "temporary failure, message not sent; try again later"

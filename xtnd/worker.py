@@ -33,8 +33,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from cgpop.blocking import Run
 from cgpop.delivery import Result, Status
 from cgpop.store.api import BOUNCE_BATCH, Bounce, Job, OutboundQueue, State, Update
 from xtnd.dsn import Failure, build_dsn, is_failure_status
@@ -45,7 +45,6 @@ from xtnd.retry import expired, next_attempt
 __all__ = ["CONCURRENCY", "MAX_ADDRESSES", "RelayWorker", "Settings"]
 
 log = logging.getLogger("cgpop.xtnd")
-Run = Callable[..., Awaitable[Any]]
 # Local delivery (resolution, then the group commit): sender, recipients, message -> results.
 Deliver = Callable[[str, Sequence[str], bytes], Awaitable[list[Result]]]
 

@@ -536,6 +536,6 @@ class Submissions(Protocol):
 
 class Store(Directory, Mailstore, Alerts, OutboundQueue, Submissions, Protocol):
     """Everything a backend provides. Methods block; the asyncio shell runs them on its
-    worker threads (cgpop/workers.py)."""
+    worker threads (cgpop/blocking.py)."""
 
     def close(self) -> None: ...
