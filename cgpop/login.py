@@ -1,9 +1,12 @@
 """The login policy: whether a login is admitted, decided in one place and in this order.
 
+0. One check at a time per (peer, account) pair, however many connections (cgpop/loginturn.py);
+   the account is the one the name resolves to (`penalty_key`, one reader hop per name and
+   session).
 1. Credentials, routing and rights (`Checks`, cgpop/auth.py; blocking, one reader hop): the
    login name resolves, the password, APOP digest or SASL proof is right, the mailbox the name
    picks exists and gives `r`. The same hop opens the maildrop and notes whether an alert is
-   pending, so an ordinary login costs one hop.
+   pending, so no further hop is needed for an ordinary login.
 2. A failure costs the failed-login delay, growing per peer and per account (cgpop/penalty.py);
    every failure gets the same reply, so accounts cannot be probed.
 3. A pending CommuniGate alert is taken (writer, once per alert and account) and fails the login
@@ -18,45 +21,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from accounts.credentials import Credentials
+from cgpop.access import AUTH_FAILED, Access, LoginResult
 from cgpop.blocking import Run
 from cgpop.errors import Pop3Error
+from cgpop.loginturn import login_turn
 from cgpop.logs import SessionLog
 from cgpop.penalty import Penalty
 from cgpop.store.api import Alert, Snapshot
 
-AUTH_FAILED = Pop3Error("authentication failed", "AUTH")
 TOO_MANY_SESSIONS = Pop3Error("too many sessions for this account, try later", "SYS/TEMP")
-
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    """What a login opened and what its rights allow (Cyrus ACL letters)."""
-
-    account: str  # authenticated address
-    snapshot: Snapshot
-    may_seen: bool = True  # `s`
-    may_delete: bool = True  # `t`
-    may_expunge: bool = True  # `e`
-    # A CommuniGate alert waits for this account (step 3).
-    alert_pending: bool = False
-    # Issue 13: the address part of the login name (routes to `account`), and whether the
-    # account's XTND XMIT service is enabled.
-    login_address: str = ""
-    may_submit: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class LoginResult:
-    """Admitted with `access`, or refused with `error`."""
-
-    access: Access | None = None
-    error: Pop3Error | None = None
-    # True when the refusal counts against the failed-login budget (bad credentials).
-    counts_as_failure: bool = True
 
 
 class Checks(Protocol):
@@ -75,6 +51,8 @@ class Checks(Protocol):
     def open_login(self, login: str, default_domain: str) -> LoginResult: ...
 
     def is_admin(self, login: str, default_domain: str) -> bool: ...
+
+    def penalty_key(self, login: str, default_domain: str) -> str: ...
 
     def sasl_credentials(
         self, authcid: str, default_domain: str, password: str | None
@@ -120,7 +98,8 @@ def _leave(counts: dict[str, int], key: str) -> None:
 
 
 class LoginPolicy:
-    """`read` and `write` run blocking work off the event loop (cgpop/blocking.py)."""
+    """The policy's shared state; each session takes its side with `session()`. `read` and
+    `write` run blocking work off the event loop (cgpop/blocking.py)."""
 
     def __init__(
         self,
@@ -137,86 +116,115 @@ class LoginPolicy:
         self.take_alert, self.close_maildrop = take_alert, close_maildrop
         self.penalty, self.caps = penalty, caps
 
-    async def sasl_credentials(
-        self, authcid: str, domain: str, password: str | None
-    ) -> tuple[Credentials | None, bool | None]:
-        """For a SASL mechanism: the stored keys of `authcid` (and whether `password` is
-        right, when the mechanism carries one)."""
-        found: tuple[Credentials | None, bool | None] = await self.read(
-            self.checks.sasl_credentials, authcid, domain, password
-        )
-        return found
-
-    async def password(
-        self,
-        login: str,
-        domain: str,
-        peer_ip: str,
-        slog: SessionLog,
-        *,
-        password: str | None,
-        apop_digest: str | None,
-        apop_banner: str,
-    ) -> LoginResult:
-        """USER/PASS or APOP."""
-        checked: LoginResult = await self.read(
-            lambda: self.checks.password_login(
-                login,
-                domain,
-                password=password,
-                apop_digest=apop_digest,
-                apop_banner=apop_banner,
-            )
-        )
-        return await self.decide(checked, login, peer_ip, slog)
-
-    async def sasl(
-        self, login: str, proven_by: str | None, domain: str, peer_ip: str, slog: SessionLog
-    ) -> LoginResult:
-        """SASL proved the credentials of `proven_by` (when set: an admin acting for `login`,
-        RFC 4616 authzid) or of `login`."""
-        checked: LoginResult
-        if proven_by is not None and not await self.read(self.checks.is_admin, proven_by, domain):
-            slog.info("%r may not log in as %r", proven_by[:100], login[:100])
-            checked = LoginResult(error=AUTH_FAILED)
-        else:
-            checked = await self.read(self.checks.open_login, login, domain)
-        return await self.decide(checked, proven_by or login, peer_ip, slog)
-
-    async def decide(
-        self, checked: LoginResult, login: str, peer_ip: str, slog: SessionLog
-    ) -> LoginResult:
-        """Steps 2 to 4 for the outcome of step 1 (also for a SASL exchange that failed)."""
-        key = login.lower()[:320]  # the penalty's per-account key, bounded
-        access = checked.access
-        # 2. The failed-login delay.
-        if access is None:
-            slog.info("login failed for %r", login[:100])
-            if checked.counts_as_failure:
-                self.penalty.record_failure(peer_ip, key)
-                # A growing delay per peer and per account slows guessing; the reply is the
-                # same whatever failed.
-                await asyncio.sleep(self.penalty.delay_for(peer_ip, key))
-            return checked
-        self.penalty.record_success(peer_ip, key)
-        account = access.account
-        # 3. An alert shown instead of the login.
-        if access.alert_pending:
-            alert = await self.write(self.take_alert, account)
-            if alert is not None:
-                self.close_maildrop(access.snapshot)
-                slog.info("login %s: alert %d delivered", account, alert.id)
-                return LoginResult(error=Pop3Error(alert.text, "SYS/TEMP"), counts_as_failure=False)
-        # 4. The per-account cap.
-        if not self.caps.enter_account(account):
-            self.close_maildrop(access.snapshot)
-            slog.warning("login %s refused: per-account session limit", account)
-            return LoginResult(error=TOO_MANY_SESSIONS, counts_as_failure=False)
-        snap = access.snapshot
-        slog.info("login %s mailbox %s (%d messages)", account, snap.mailbox.name, len(snap))
-        return checked
+    def session(self, peer_ip: str, slog: SessionLog) -> LoginSession:
+        return LoginSession(self, peer_ip, slog)
 
     def logout(self, access: Access) -> None:
         """The session of an admitted login ended: its maildrop closes, its slot frees."""
         self.caps.leave_account(access.account)
         self.close_maildrop(access.snapshot)
+
+
+class LoginSession:
+    """The login attempts of one session, from `peer_ip`. `domain` (the default domain of bare
+    names) is passed per attempt: it can change when TLS starts (SNI)."""
+
+    def __init__(self, policy: LoginPolicy, peer_ip: str, slog: SessionLog) -> None:
+        self.policy, self.peer_ip, self.slog = policy, peer_ip, slog
+        self._key: tuple[str | None, str] = (None, "")
+
+    async def penalty_key(self, login: str, domain: str) -> str:
+        """The account a login tries, as the penalty counts it (one worker hop per name and
+        session: the turn and the outcome of one attempt share it)."""
+        if self._key[0] != login:
+            p = self.policy
+            self._key = (login, await p.read(p.checks.penalty_key, login, domain))
+        return self._key[1]
+
+    async def sasl_credentials(
+        self, authcid: str, domain: str, password: str | None
+    ) -> tuple[Credentials | None, bool | None]:
+        """For a SASL mechanism: the stored keys of `authcid` (and whether `password` is
+        right, when the mechanism carries one), in the (address, account) pair's turn
+        (loginturn.py); a throttled attempt gets none, so the exchange fails as for a wrong
+        password (the penalty applies when its failure comes to `decide`)."""
+        p = self.policy
+        key = await self.penalty_key(authcid, domain)
+        async with login_turn(p.penalty, self.peer_ip, key) as throttled:
+            if throttled is not None:
+                return None, None if password is None else False
+            found: tuple[Credentials | None, bool | None] = await p.read(
+                p.checks.sasl_credentials, authcid, domain, password
+            )
+            return found
+
+    async def password(
+        self,
+        login: str,
+        domain: str,
+        *,
+        password: str | None,
+        apop_digest: str | None,
+        apop_banner: str,
+    ) -> LoginResult:
+        """USER/PASS or APOP: step 1 in the pair's turn, one check at a time per address and
+        account however many connections (penalty.py, loginturn.py), then steps 2 to 4."""
+        p = self.policy
+        key = await self.penalty_key(login, domain)
+        async with login_turn(p.penalty, self.peer_ip, key) as throttled:
+            if throttled is not None:
+                return await self.decide(throttled, login, domain)
+            checked: LoginResult = await p.read(
+                lambda: p.checks.password_login(
+                    login,
+                    domain,
+                    password=password,
+                    apop_digest=apop_digest,
+                    apop_banner=apop_banner,
+                )
+            )
+            return await self.decide(checked, login, domain)
+
+    async def sasl(self, login: str, proven_by: str | None, domain: str) -> LoginResult:
+        """SASL proved the credentials of `proven_by` (when set: an admin acting for `login`,
+        RFC 4616 authzid) or of `login`."""
+        p = self.policy
+        checked: LoginResult
+        if proven_by is not None and not await p.read(p.checks.is_admin, proven_by, domain):
+            self.slog.info("%r may not log in as %r", proven_by[:100], login[:100])
+            checked = LoginResult(error=AUTH_FAILED)
+        else:
+            checked = await p.read(p.checks.open_login, login, domain)
+        return await self.decide(checked, proven_by or login, domain)
+
+    async def decide(self, checked: LoginResult, login: str, domain: str) -> LoginResult:
+        """Steps 2 to 4 for the outcome of step 1 (also for a SASL exchange that failed)."""
+        p, slog = self.policy, self.slog
+        key = await self.penalty_key(login, domain)  # the resolved account, bounded
+        access = checked.access
+        # 2. The failed-login delay.
+        if access is None:
+            slog.info("login failed for %r", login[:100])
+            if checked.counts_as_failure:
+                p.penalty.record_failure(self.peer_ip, key)
+                # A growing delay per peer and per account slows guessing; the reply is the
+                # same whatever failed.
+                await asyncio.sleep(p.penalty.delay_for(self.peer_ip, key))
+            return checked
+        p.penalty.record_success(self.peer_ip, key)
+        account = access.account
+        # 3. An alert shown instead of the login.
+        if access.alert_pending:
+            alert = await p.write(p.take_alert, account)
+            if alert is not None:
+                p.close_maildrop(access.snapshot)
+                slog.info("login %s: alert %d delivered", account, alert.id)
+                return LoginResult(error=Pop3Error(alert.text, "SYS/TEMP"), counts_as_failure=False)
+        # 4. The per-account cap.
+        if not p.caps.enter_account(account):
+            p.close_maildrop(access.snapshot)
+            slog.warning("login %s refused: per-account session limit", account)
+            return LoginResult(error=TOO_MANY_SESSIONS, counts_as_failure=False)
+        snap = access.snapshot
+        slog.info("login %s mailbox %s (%d messages)", account, snap.mailbox.name, len(snap))
+        return checked

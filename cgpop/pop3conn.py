@@ -19,6 +19,7 @@ from typing import Any
 from cgpop import sasl, streams
 from cgpop.config import Config
 from cgpop.errors import Pop3Error
+from cgpop.linedeadline import LineDeadline
 from cgpop.login import SessionCaps
 from cgpop.logs import SessionLog, redact
 from cgpop.pop3.lines import NEED_MORE, LineBuffer
@@ -74,6 +75,7 @@ def session_policy(
             ),
             xtnd_enabled=xtnd,
             xtnd_max_size=c.xtnd.max_message_size,
+            spool_dir=c.server.data_dir,
             max_bad_commands=c.pop3.max_bad_commands,
             max_auth_failures=c.pop3.max_auth_failures,
             sasl_config=sasl_config,
@@ -174,13 +176,17 @@ class Pop3Connections:
             slog.info("connected")
             session = Session(self.services.policy(tls, peer_ip))
             lines = LineBuffer(cfg.max_line)
+            deadline = LineDeadline(cfg.line_timeout)
             peer = Peer(peer_ip, conn.peer, domain)
             runner = SessionRunner(self.services, session, peer, reader, writer, lines, slog)
             context = self._tls_context(tls)
             if context is not None:
                 # Implicit TLS (RFC 8314): handshake first, with the current certificate. Bytes
                 # already read past a PROXY header are the start of the handshake.
-                await streams.start_tls(reader, writer, context, carry=True)
+                # A handshake is bounded like a command line (slowloris, linedeadline.py).
+                await asyncio.wait_for(
+                    streams.start_tls(reader, writer, context, carry=True), cfg.line_timeout
+                )
                 assert self.services.tls is not None
                 # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
                 peer.domain = self.services.tls.session_domain(
@@ -192,7 +198,7 @@ class Pop3Connections:
             tracing = slog.isEnabledFor(logging.DEBUG)
             while not session.closed:
                 conn.idle = True
-                data = await reader.read(READ_SIZE)
+                data = await deadline.read(reader, READ_SIZE)
                 conn.idle = False
                 if not data or self.stopping.is_set():
                     break
@@ -212,6 +218,7 @@ class Pop3Connections:
                         events = session.handle_line(line)
                     await runner.run_events(events)
                 await runner.flush()
+                deadline.after_input(lines)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError) as exc:
             slog.info("connection lost: %s", type(exc).__name__)
         except asyncio.CancelledError:

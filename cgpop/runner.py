@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from cgpop import streams
+from cgpop.access import Access, LoginResult
 from cgpop.blocking import Run
 from cgpop.errors import Pop3Error
-from cgpop.login import Access, LoginPolicy, LoginResult
+from cgpop.login import LoginPolicy
 from cgpop.logs import SessionLog
 from cgpop.pop3.events import (
     Close,
@@ -33,6 +34,7 @@ from cgpop.pop3.events import (
 )
 from cgpop.pop3.lines import LineBuffer
 from cgpop.pop3.session import Policy, Session
+from cgpop.spool import Octets
 from cgpop.store.api import Snapshot, StoredMessage
 from cgpop.tlsconf import ReloadableContext
 from cgpop.wire import TERMINATOR, top_lines
@@ -46,7 +48,7 @@ READ_AHEAD_BYTES = 256 * 1024
 
 # XTND XMIT (account, peer, message, login address): None when accepted for every recipient,
 # else the reply.
-SubmitFn = Callable[[str, str, bytes, str], Awaitable[Pop3Error | None]]
+SubmitFn = Callable[[str, str, Octets, str], Awaitable[Pop3Error | None]]
 BODY_MISSING = Pop3Error("message body unavailable, the error is logged", "SYS/TEMP").reply()
 
 
@@ -111,6 +113,7 @@ class SessionRunner:
         self.out: list[bytes] = []
         self.out_size = 0
         self.window: dict[int, StoredMessage] = {}
+        self.logins = services.login.session(peer.ip, slog)
         self.access: Access | None = None  # the admitted login, for logout
 
     def send(self, data: bytes) -> None:
@@ -125,7 +128,7 @@ class SessionRunner:
         await self.writer.drain()
 
     async def run_events(self, events: Iterable[Event]) -> None:
-        sv, peer, slog = self.services, self.peer, self.slog
+        peer = self.peer
         for event in events:
             if isinstance(event, Send):
                 self.send(event.data)
@@ -135,11 +138,9 @@ class SessionRunner:
                 await self.flush()
                 self.writer.close()
             elif isinstance(event, PasswordLogin):
-                result = await sv.login.password(
+                result = await self.logins.password(
                     event.login,
                     peer.domain,
-                    peer.ip,
-                    slog,
                     password=event.password,
                     apop_digest=event.apop_digest,
                     apop_banner=self.session.policy.apop_banner,
@@ -152,7 +153,7 @@ class SessionRunner:
             elif isinstance(event, StartTls):
                 await self.start_tls(event)
             elif isinstance(event, SaslCredentials):
-                creds, good = await sv.login.sasl_credentials(
+                creds, good = await self.logins.sasl_credentials(
                     event.authcid, peer.domain, event.password
                 )
                 await self.run_events(self.session.sasl_credentials(creds, good))
@@ -160,12 +161,10 @@ class SessionRunner:
                 failed = LoginResult(
                     error=event.outcome.error, counts_as_failure=event.outcome.counts_as_failure
                 )
-                await sv.login.decide(failed, event.login, peer.ip, slog)
+                await self.logins.decide(failed, event.login, peer.domain)
                 await self.run_events(self.session.login_result(event.outcome))
             elif isinstance(event, SaslLogin):
-                result = await sv.login.sasl(
-                    event.login, event.proven_by, peer.domain, peer.ip, slog
-                )
+                result = await self.logins.sasl(event.login, event.proven_by, peer.domain)
                 await self.run_events(self.session.login_result(self.admitted(result)))
             elif isinstance(event, Submit):
                 await self.run_events(self.session.submit_result(await self.submit(event)))

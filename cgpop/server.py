@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,9 @@ from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, ses
 from cgpop.reload import reload_config
 from cgpop.runner import Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
+from cgpop.spool import Octets
 from cgpop.store.factory import open_store
+from cgpop.sweeper import Sweeper
 from cgpop.tlsconf import ReloadableContext
 
 if TYPE_CHECKING:
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cgpop")
 
-SWEEP_INTERVAL = 15.0
-PRUNE_INTERVAL = 3600.0
 SHUTTING_DOWN = Pop3Error("server shutting down", "SYS/TEMP").reply()
 
 
@@ -86,7 +85,11 @@ class Gateway:
         # systemd notifications (sends nothing until serve_forever is ready; no-op unset).
         self.notifier = sdnotify.Notifier()
         self.lmtp = LmtpListeners(
-            config.lmtp, config.server.hostname, self.check_recipient, self.deliver
+            config.lmtp,
+            config.server.hostname,
+            config.server.data_dir,
+            self.check_recipient,
+            self.deliver,
         )
         # The XTND XMIT service (xtnd/service.py) with its relay worker, when enabled.
         self.submission: SubmissionService | None = None
@@ -94,7 +97,13 @@ class Gateway:
         self.servers: list[asyncio.Server] = []
         self.bound: dict[str, list[tuple[str, int]]] = {"pop3": [], "pop3s": [], "lmtp": []}
         self._stopping = asyncio.Event()
-        self._collect_wanted = False
+        self.sweeper = Sweeper(
+            self.state,
+            config.pop3.idle_timeout,
+            self.workers.write,
+            self.store.collect,
+            self.store.prune_duplicates,
+        )
 
     def _mark_seen(self, items: list[tuple[int, int]]) -> list[None]:
         """\\Seen is advisory: a failed batch is logged, never an error for the RETR."""
@@ -107,16 +116,14 @@ class Gateway:
     async def check_recipient(self, recipient: str) -> Status | None:
         return await self.workers.read(self.deliverer.check, recipient)
 
-    async def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+    async def deliver(
+        self, sender: str, recipients: Sequence[str], message: Octets
+    ) -> list[Result]:
         """Local delivery: recipients resolved in a reader thread, then the group commit."""
         prepared = await self.workers.read(self.deliverer.prepare, sender, recipients, message)
         if not prepared.copies:
             return prepared.refused()
         return await self.delivery.submit(prepared)
-
-    def collect_soon(self) -> None:
-        """Messages may have become collectable; the sweeper collects on its next round."""
-        self._collect_wanted = True
 
     def services(self) -> Services:
         submit = None if self.submission is None else _submit_fn(self.submission)
@@ -128,7 +135,7 @@ class Gateway:
             expunge=self.store.expunge,
             mark_seen=self.seen.submit,
             submit=submit,
-            collect_soon=self.collect_soon,
+            collect_soon=self.sweeper.collect_soon,
             tls=self.tls,
             policy=session_policy(
                 self.config, self.sasl_config, stls=self.tls is not None, xtnd=submit is not None
@@ -165,7 +172,9 @@ class Gateway:
         for ep in self.config.lmtp.listen:
             self._register("lmtp", await self.lmtp.start(ep))
         # Kept referenced: the loop holds tasks only weakly.
-        self._sweeper_task = asyncio.get_running_loop().create_task(self._sweeper())
+        self._sweeper_task = asyncio.get_running_loop().create_task(
+            self.sweeper.run(self._stopping)
+        )
 
     def _register(self, kind: str, server: asyncio.Server) -> None:
         self.servers.append(server)
@@ -255,35 +264,12 @@ class Gateway:
         except ValueError as exc:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
-    async def _sweeper(self) -> None:
-        """Autologout (RFC 1939 section 3): idle sessions are closed silently. One timer for
-        all connections instead of one per read keeps the per-session cost down. Also runs
-        the collector when sessions ended or expunged, and prunes duplicate records hourly."""
-        idle = self.config.pop3.idle_timeout
-        next_prune = 0.0
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), SWEEP_INTERVAL)
-            now = time.monotonic()
-            for conn in list(self.state.connections):
-                if now - conn.last_active > idle:
-                    conn.writer.transport.abort()
-            if self._collect_wanted:
-                self._collect_wanted = False
-                with contextlib.suppress(Exception):
-                    await self.workers.write(self.store.collect)
-            if now >= next_prune:
-                # Duplicate-suppression records older than the window are of no more use.
-                next_prune = now + PRUNE_INTERVAL
-                with contextlib.suppress(Exception):
-                    await self.workers.write(self.store.prune_duplicates)
-
 
 def _submit_fn(service: SubmissionService) -> SubmitFn:
     """XTND XMIT for the session runner: xtnd's refusals become the engine's replies."""
     from xtnd.submit import SubmissionError
 
-    async def submit(account: str, peer: str, message: bytes, login: str) -> Pop3Error | None:
+    async def submit(account: str, peer: str, message: Octets, login: str) -> Pop3Error | None:
         try:
             await service.submitter.submit(account, peer, message, login)
         except SubmissionError as exc:

@@ -100,7 +100,8 @@ async def proxy_source(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slog: SessionLog
 ) -> tuple[str, int] | None:
     """Read the PROXY header a trusted peer must send first; the real client's address and
-    port (the socket's own peer for LOCAL/UNKNOWN), or None after refusing the connection."""
+    port (proxyproto.client_of: the socket's own peer only for a v2 LOCAL, UNKNOWN_PEER when
+    the proxy names nobody), or None after refusing the connection."""
     try:
         result = await asyncio.wait_for(read_proxy_header(reader), PROXY_TIMEOUT)
     except (proxyproto.ProxyError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -112,10 +113,8 @@ async def proxy_source(
             writer.write(BAD_PROXY)
             await writer.drain()
         return None
-    if result.source is None:
-        peername = writer.get_extra_info("peername") or ("?", 0)
-        return str(peername[0]), int(peername[1])
-    return result.source
+    peername = writer.get_extra_info("peername") or ("?", 0)
+    return proxyproto.client_of(result, (str(peername[0]), int(peername[1])))
 
 
 async def refuse(

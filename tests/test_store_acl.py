@@ -10,9 +10,9 @@ import pytest
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights, effective_rights, parse_acl_entry
 from accounts.credentials import make_credentials
+from cgpop.access import Access, LoginResult
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.delivery import Deliverer, Status
-from cgpop.login import Access, LoginResult
 from cgpop.store.api import Mailbox, NotFound, StoreError
 from cgpop.store.sqlite import SqliteStore
 from router.resolve import resolve_login

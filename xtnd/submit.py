@@ -32,15 +32,18 @@ whose submission was refused.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from cgpop import spool
 from cgpop.blocking import Run
 from cgpop.delivery import Prepared, Result, Status
 from cgpop.dircache import DirectoryCache
+from cgpop.spool import Octets
 from cgpop.store.api import Outbound, SubmissionCounts, Verdict
 from router.resolve import is_claimed
 from router.route import Route
@@ -75,7 +78,7 @@ class SubmissionStore(Protocol):
 class LocalDelivery(Protocol):
     def resolve(self, recipient: str) -> Route | None: ...
 
-    def prepare(self, sender: str, recipients: Sequence[str], message: bytes) -> Prepared: ...
+    def prepare(self, sender: str, recipients: Sequence[str], message: Octets) -> Prepared: ...
 
 
 class Submitter:
@@ -111,7 +114,7 @@ class Submitter:
         )
 
     async def submit(
-        self, account: str, peer: str, message: bytes, login_address: str = ""
+        self, account: str, peer: str, message: Octets, login_address: str = ""
     ) -> None:
         """Deliver or queue `message` for every recipient, or raise SubmissionError.
         `login_address`: the address part of the name the session logged in with; it routes
@@ -126,21 +129,28 @@ class Submitter:
             # client may retry; the traceback is for the operator only.
             log.exception("XTND XMIT from %s: store failure", account)
             raise SubmissionError(_TRY_LATER, temporary=True) from exc
+        finally:
+            spool.close(message)  # a spooled message's file, once stored and queued
         log.info("XTND XMIT from %s: %d recipients, %d queued", account, count, queued)
         if queued:
             self.on_queued()
 
     async def _submit(
-        self, account: str, peer: str, message: bytes, login_address: str
+        self, account: str, peer: str, message: Octets, login_address: str
     ) -> tuple[int, int]:
         """The steps of the module docstring: (number queued, recipients)."""
         allowed = await self.read(self.addresses_of, account)
         if login_address:
             allowed = allowed | {login_address.lower()}
+        # A spooled message: the envelope is derived from its header block, and the body
+        # stays in the spool (cgpop/spool.py).
+        head, body = await self.read(spool.split_head, message)
+        if head is None:
+            raise SubmissionError(f"message header too large (over {spool.HEADER_MAX} octets)")
         envelope: Envelope = await self.read(
             functools.partial(
                 derive_envelope,
-                message,
+                head,
                 account=account,
                 allowed_from=allowed,
                 hostname=self.hostname,
@@ -148,6 +158,7 @@ class Submitter:
                 max_recipients=self.max_recipients,
             )
         )
+        envelope = dataclasses.replace(envelope, message=spool.join(envelope.message, body))
         now = time.time()
         prepared, remote = await self.read(self.classify, account, envelope, now)
         slot = await self.write(self.take_slot, account, len(envelope.recipients), now)

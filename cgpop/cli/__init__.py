@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cgpop import __version__
+from cgpop import __version__, tlsconf
 from cgpop import config as configmod
 from cgpop.cli import (
     accounts,
@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = configmod.load(getattr(args, "config", None))
+        # What the configuration points at: each [tls] certificate and key must load as a
+        # pair (the server reads them again when it starts, and on SIGHUP).
+        tlsconf.from_config(cfg)
     except configmod.ConfigError as exc:
         print(f"cgpop: configuration error: {exc}", file=sys.stderr)
         return EX_USAGE

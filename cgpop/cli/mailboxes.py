@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 from cgpop import config as configmod
@@ -59,13 +60,29 @@ def cmd_mailbox_import(args: argparse.Namespace, cfg: configmod.Config) -> int:
     from cgpop.importer import messages_from
 
     store, mailbox = _existing_mailbox(args, cfg)
+    skipped: list[str] = []
     try:
-        source = messages_from(Path(args.path))
+        source = messages_from(Path(args.path), skipped)
         count = store.import_messages(mailbox, source, real_to=_real_to(cfg, store, mailbox))
     except (ValueError, OSError) as exc:
         raise CliError(str(exc), EX_DATAERR) from None
     print(f"imported {count} messages into {args.mailbox} of {args.address}")
+    report_skipped(skipped)
     return EX_OK
+
+
+SKIPPED_SHOWN = 20  # names listed on stderr; the count covers the rest
+
+
+def report_skipped(skipped: list[str]) -> None:
+    """Tell the operator, on stderr, which entries an import did not read and why."""
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} entries that are not regular files:", file=sys.stderr)
+    for entry in skipped[:SKIPPED_SHOWN]:
+        print(f"  {entry}", file=sys.stderr)
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more", file=sys.stderr)
 
 
 def _real_to(

@@ -23,6 +23,13 @@ def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
     from cgpop import logs
     from cgpop.server import Gateway
 
+    if cfg.server.syslog:
+        # Checked before any listener opens; at run time a lost daemon is one stderr line.
+        why = logs.syslog_unreachable(cfg.server.syslog_socket)
+        if why is not None:
+            raise CliError(
+                f"configuration error: {cfg.source}: server.syslog_socket: {why}", EX_USAGE
+            )
     logs.setup(cfg.server.log_level, cfg.server.syslog, cfg.server.syslog_socket)
     raise_open_files_limit()
 

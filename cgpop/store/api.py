@@ -25,6 +25,7 @@ from typing import Protocol
 
 from accounts.acl import AclEntry
 from accounts.credentials import Credentials
+from cgpop.spool import Octets
 
 SEEN = 1
 ANSWERED = 2
@@ -212,7 +213,7 @@ class Outbound:
 
     sender: str
     account: str  # the submitting account, for DSNs
-    message: bytes = field(repr=False)
+    message: Octets = field(repr=False)  # a spooled one is streamed into the queue
     recipients: tuple[str, ...]
 
 
@@ -355,12 +356,13 @@ class Directory(Protocol):
 class Mailstore(Protocol):
     """Messages: delivery, import, and the POP sessions' snapshots (module docstring)."""
 
-    def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
+    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
         """Store `message` once for all copies; durable before it returns. Returns per copy
-        whether it was stored (False: suppressed as a duplicate, Copy.dedup_key)."""
+        whether it was stored (False: suppressed as a duplicate, Copy.dedup_key). A spooled
+        message (cgpop/spool.py) should be streamed, not read whole."""
         ...
 
-    def deliver_many(self, items: Sequence[tuple[bytes, Sequence[Copy]]]) -> list[list[bool]]:
+    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
         """`deliver` for several messages at once, durable together, all or none (group
         commit)."""
         ...

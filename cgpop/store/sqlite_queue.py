@@ -7,6 +7,8 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 
+from cgpop import spool
+from cgpop.spool import Octets
 from cgpop.store.api import (
     BOUNCE_BATCH,
     BOUNCE_HEAD,
@@ -23,18 +25,40 @@ from cgpop.store.sqlite_base import SqliteDatabase
 
 
 def _enqueue(conn: sqlite3.Connection, outbound: Outbound, now: float) -> int:
-    """Insert one message for its recipients, due at once. Call inside a transaction."""
+    """Insert one message for its recipients, due at once. Call inside a transaction. A spooled
+    message is written into its BLOB chunk by chunk (cgpop/spool.py), never whole."""
+    message = outbound.message
     cur = conn.execute(
-        "INSERT INTO queue_messages (sender, account, message, created) VALUES (?, ?, ?, ?)",
-        (outbound.sender, outbound.account, outbound.message, now),
+        "INSERT INTO queue_messages (sender, account, message, created)"
+        " VALUES (?, ?, coalesce(?, zeroblob(?)), ?)",
+        (outbound.sender, outbound.account, _blob_value(message), spool.size_of(message), now),
     )
     message_id = cur.lastrowid
     assert message_id is not None
+    _write_blob(conn, "queue_messages", "message", message_id, message)
     conn.executemany(
         "INSERT INTO queue_recipients (message_id, recipient, next_attempt) VALUES (?, ?, ?)",
         [(message_id, r, now) for r in outbound.recipients],
     )
     return message_id
+
+
+def _blob_value(message: Octets) -> bytes | None:
+    """The parameter for a BLOB column that `_write_blob` fills: the octets, or None for a
+    spooled message (the SQL then writes `coalesce(?, zeroblob(size))`)."""
+    return message if isinstance(message, bytes) else None
+
+
+def _write_blob(
+    conn: sqlite3.Connection, table: str, column: str, rowid: int, message: Octets
+) -> None:
+    """Fill a zeroblob with a spooled message, chunk by chunk (SQLite incremental BLOB I/O),
+    so the message is never whole in memory."""
+    if isinstance(message, bytes):
+        return
+    with conn.blobopen(table, column, rowid) as blob:
+        for chunk in message.chunks():
+            blob.write(chunk)
 
 
 def _collect(conn: sqlite3.Connection, message_id: int) -> None:
