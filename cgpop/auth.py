@@ -22,6 +22,7 @@ from cgpop.errors import Pop3Error
 from cgpop.pop3.events import Grant, LoginOutcome
 from cgpop.sasl.apop import apop_digest_ok
 from cgpop.store.api import Account, Mailbox, Store
+from router.loginname import parse_name
 from router.resolve import resolve_login
 from router.route import LoginTarget, RouteError
 
@@ -117,6 +118,21 @@ class Authenticator:
             return None, None
         account = self.store.get_account(target.auth_domain, target.auth_account)
         return target, account
+
+    def penalty_key(self, login: str, default_domain: str) -> str:
+        """The account a login name tries, as the failed-login penalty counts it: the account
+        it authenticates as after routing, so `alice%example.com`, `INBOX#alice` and
+        `~alice/INBOX#alice` are one key. A name that resolves to nothing is spelt out by the
+        grammar alone (the same unification), so unknown and known names behave alike."""
+        target = self.lookup(login, default_domain)[0]
+        if target is not None:
+            return target.auth_address
+        try:
+            parsed = parse_name(login)
+        except RouteError:
+            return login.casefold()[:320]
+        domain = parsed.domain or default_domain.lower()
+        return f"{parsed.account}@{domain}"
 
     def credentials_for(self, login: str, default_domain: str) -> Credentials | None:
         account = self.lookup(login, default_domain)[1]

@@ -116,6 +116,13 @@ def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
     from cgpop import logs
     from cgpop.server import Gateway
 
+    if cfg.server.syslog:
+        # Checked before any listener opens; at run time a lost daemon is one stderr line.
+        why = logs.syslog_unreachable(cfg.server.syslog_socket)
+        if why is not None:
+            raise CliError(
+                f"configuration error: {cfg.source}: server.syslog_socket: {why}", EX_USAGE
+            )
     logs.setup(cfg.server.log_level, cfg.server.syslog, cfg.server.syslog_socket)
     raise_open_files_limit()
 
@@ -332,13 +339,29 @@ def cmd_mailbox_import(args: argparse.Namespace, cfg: configmod.Config) -> int:
     from cgpop.importer import messages_from
 
     store, mailbox = _existing_mailbox(args, cfg)
+    skipped: list[str] = []
     try:
-        source = messages_from(Path(args.path))
+        source = messages_from(Path(args.path), skipped)
         count = store.import_messages(mailbox, source, real_to=_real_to(cfg, store, mailbox))
     except (ValueError, OSError) as exc:
         raise CliError(str(exc), EX_DATAERR) from None
     print(f"imported {count} messages into {args.mailbox} of {args.address}")
+    report_skipped(skipped)
     return EX_OK
+
+
+SKIPPED_SHOWN = 20  # names listed on stderr; the count covers the rest
+
+
+def report_skipped(skipped: list[str]) -> None:
+    """Tell the operator, on stderr, which entries an import did not read and why."""
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} entries that are not regular files:", file=sys.stderr)
+    for entry in skipped[:SKIPPED_SHOWN]:
+        print(f"  {entry}", file=sys.stderr)
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more", file=sys.stderr)
 
 
 def _real_to(
@@ -669,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = configmod.load(getattr(args, "config", None))
+        configmod.check_files(cfg)
     except configmod.ConfigError as exc:
         print(f"cgpop: configuration error: {exc}", file=sys.stderr)
         return EX_USAGE

@@ -21,12 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from accounts.credentials import Credentials
 from cgpop import alerts, proxyproto, sasl, sdnotify, tlsconf
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer, Prepared, Result
 from cgpop.errors import Pop3Error
+from cgpop.linedeadline import LineDeadline
 from cgpop.lmtp import end_sessions, start_lmtp
+from cgpop.loginturn import login_turn
 from cgpop.logs import SessionLog, redact
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3.events import (
@@ -47,6 +50,7 @@ from cgpop.pop3.lines import NEED_MORE, LineBuffer
 from cgpop.pop3.session import Policy, Session
 from cgpop.reload import reload_config
 from cgpop.sasl.apop import make_apop_banner
+from cgpop.spool import Octets
 from cgpop.store.api import StoredMessage
 from cgpop.store.sqlite import SqliteStore
 from cgpop.tlsconf import ReloadableContext
@@ -102,7 +106,7 @@ class Submitter(Protocol):
     """XTND XMIT behind the engine (xtnd/): None means accepted for every recipient."""
 
     async def submit(
-        self, account: str, peer: str, message: bytes, login_address: str = ""
+        self, account: str, peer: str, message: Octets, login_address: str = ""
     ) -> Pop3Error | None: ...
 
 
@@ -210,7 +214,9 @@ class Gateway:
             log.exception("could not set \\Seen on %d messages", len(items))
         return [None] * len(items)
 
-    async def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+    async def deliver(
+        self, sender: str, recipients: Sequence[str], message: Octets
+    ) -> list[Result]:
         """LMTP delivery: recipients resolved in a reader thread, then the group commit."""
         prepared = await self.read(self.deliverer.prepare, sender, recipients, message)
         if not prepared.copies:
@@ -411,6 +417,7 @@ class Gateway:
             ),
             xtnd_enabled=c.xtnd.enabled and self.submitter is not None,
             xtnd_max_size=c.xtnd.max_message_size,
+            spool_dir=c.server.data_dir,
             max_bad_commands=c.pop3.max_bad_commands,
             max_auth_failures=c.pop3.max_auth_failures,
             sasl_config=self.sasl_config,
@@ -450,12 +457,16 @@ class Gateway:
             slog.info("connected")
             session = Session(self.policy(tls=tls, peer_ip=peer_ip))
             lines = LineBuffer(cfg.max_line)
+            deadline = LineDeadline(cfg.line_timeout)
             runner = _Runner(self, session, conn, reader, writer, slog, domain, lines, peer_ip)
             if tls:
                 # Implicit TLS (RFC 8314): handshake first, with the current certificate. Bytes
                 # already read past a PROXY header are the start of the handshake.
                 assert self.tls is not None
-                await start_tls(reader, writer, self.tls.context, carry=True)
+                # A handshake is bounded like a command line (slowloris, linedeadline.py).
+                await asyncio.wait_for(
+                    start_tls(reader, writer, self.tls.context, carry=True), cfg.line_timeout
+                )
                 # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
                 runner.domain = self.tls.session_domain(writer.get_extra_info("ssl_object"), domain)
             await runner.run_events(session.greeting())
@@ -464,7 +475,7 @@ class Gateway:
             tracing = slog.isEnabledFor(logging.DEBUG)
             while not session.closed:
                 conn.idle = True
-                data = await reader.read(READ_SIZE)
+                data = await deadline.read(reader, READ_SIZE)
                 conn.idle = False
                 if not data or self._stopping.is_set():
                     break
@@ -484,6 +495,7 @@ class Gateway:
                         events = session.handle_line(line)
                     await runner.run_events(events)
                 await runner.flush()
+                deadline.after_input(lines)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError) as exc:
             slog.info("connection lost: %s", type(exc).__name__)
         except asyncio.CancelledError:
@@ -536,7 +548,8 @@ class Gateway:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slog: SessionLog
     ) -> tuple[str, int] | None:
         """Read the PROXY header a trusted peer must send first; the real client's address and
-        port (the socket's own peer for LOCAL/UNKNOWN), or None after refusing the connection."""
+        port (proxyproto.client_of: the socket's own peer only for a v2 LOCAL, UNKNOWN_PEER
+        when the proxy names nobody), or None after refusing the connection."""
         try:
             result = await asyncio.wait_for(read_proxy_header(reader), PROXY_TIMEOUT)
         except (proxyproto.ProxyError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -548,10 +561,8 @@ class Gateway:
                 writer.write(BAD_PROXY)
                 await writer.drain()
             return None
-        if result.source is None:
-            peername = writer.get_extra_info("peername") or ("?", 0)
-            return str(peername[0]), int(peername[1])
-        return result.source
+        peername = writer.get_extra_info("peername") or ("?", 0)
+        return proxyproto.client_of(result, (str(peername[0]), int(peername[1])))
 
 
 def peer_address(peer_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -659,6 +670,7 @@ class _Runner:
         self.out: list[bytes] = []
         self.out_size = 0
         self.window: dict[int, StoredMessage] = {}
+        self.last_key: tuple[str | None, str] = (None, "")
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
@@ -689,10 +701,7 @@ class _Runner:
             elif isinstance(event, StartTls):
                 await self.start_tls(event)
             elif isinstance(event, SaslCredentials):
-                creds, good = await self.gw.read(
-                    self.gw.auth.sasl_credentials, event.authcid, self.domain, event.password
-                )
-                await self.run_events(self.session.sasl_credentials(creds, good))
+                await self.run_events(self.session.sasl_credentials(*await self.sasl_creds(event)))
             elif isinstance(event, FailedLogin):
                 await self.run_events(
                     self.session.login_result(await self.admit(event.outcome, event.login))
@@ -723,6 +732,29 @@ class _Runner:
         self.session.tls_started(self.gw.policy(tls=True, peer_ip=self.peer_ip))
         self.slog.info("TLS started")
 
+    async def penalty_key(self, login: str) -> str:
+        """The account a login tries, as the penalty counts it (one worker hop per name and
+        session: the turn and the outcome of one attempt share it)."""
+        if self.last_key[0] != login:
+            self.last_key = (
+                login,
+                await self.gw.read(self.gw.auth.penalty_key, login, self.domain),
+            )
+        return self.last_key[1]
+
+    async def sasl_creds(self, event: SaslCredentials) -> tuple[Credentials | None, bool | None]:
+        """The stored keys a SASL exchange needs, in the (address, account) pair's turn
+        (loginturn.py); a throttled attempt gets none, so the exchange fails as for a
+        wrong password (the penalty applies when its FailedLogin comes)."""
+        gw = self.gw
+        key = await self.penalty_key(event.authcid)
+        async with login_turn(gw.penalty, self.peer_ip, key) as throttled:
+            if throttled is not None:
+                return None, None if event.password is None else False
+            return await gw.read(
+                gw.auth.sasl_credentials, event.authcid, self.domain, event.password
+            )
+
     async def sasl_login(self, event: SaslLogin) -> LoginOutcome:
         gw = self.gw
         if event.proven_by is not None:
@@ -742,21 +774,26 @@ class _Runner:
 
     async def login(self, event: PasswordLogin) -> LoginOutcome:
         gw = self.gw
-        outcome = await gw.read(
-            lambda: gw.auth.password_login(
-                event.login,
-                self.domain,
-                password=event.password,
-                apop_digest=event.apop_digest,
-                apop_banner=self.session.policy.apop_banner,
+        # One check at a time per address and account, however many connections (penalty.py).
+        key = await self.penalty_key(event.login)
+        async with login_turn(gw.penalty, self.peer_ip, key) as throttled:
+            if throttled is not None:
+                return await self.admit(throttled, event.login)
+            outcome = await gw.read(
+                lambda: gw.auth.password_login(
+                    event.login,
+                    self.domain,
+                    password=event.password,
+                    apop_digest=event.apop_digest,
+                    apop_banner=self.session.policy.apop_banner,
+                )
             )
-        )
-        return await self.admit(outcome, event.login)
+            return await self.admit(outcome, event.login)
 
     async def admit(self, outcome: LoginOutcome, login: str) -> LoginOutcome:
         """Apply the failed-login delay and the per-account cap to a login's outcome."""
         gw = self.gw
-        key = login.lower()[:320]  # the penalty's per-account key, bounded
+        key = await self.penalty_key(login)  # the resolved account, bounded
         if outcome.grant is None:
             self.slog.info("login failed for %r", login[:100])
             if outcome.counts_as_failure:

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from cgpop import spool
+from cgpop.spool import Octets
 from cgpop.store.api import SqlAccess
 
 __all__ = [
@@ -129,17 +131,20 @@ def enqueue(
     *,
     sender: str,
     account: str,
-    message: bytes,
+    message: Octets,
     recipients: Sequence[str],
     now: float,
 ) -> int:
-    """Insert one message for `recipients`, due at once. Call inside a transaction."""
+    """Insert one message for `recipients`, due at once. Call inside a transaction. A spooled
+    message is written into its BLOB chunk by chunk (cgpop/spool.py), never whole."""
     cur = conn.execute(
-        "INSERT INTO queue_messages (sender, account, message, created) VALUES (?, ?, ?, ?)",
-        (sender, account, message, now),
+        "INSERT INTO queue_messages (sender, account, message, created)"
+        " VALUES (?, ?, coalesce(?, zeroblob(?)), ?)",
+        (sender, account, spool.blob_value(message), spool.size_of(message), now),
     )
     message_id = cur.lastrowid
     assert message_id is not None
+    spool.write_blob(conn, "queue_messages", "message", message_id, message)
     conn.executemany(
         "INSERT INTO queue_recipients (message_id, recipient, next_attempt) VALUES (?, ?, ?)",
         [(message_id, r, now) for r in recipients],

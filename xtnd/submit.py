@@ -31,6 +31,7 @@ whose submission was refused.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sqlite3
@@ -38,9 +39,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from cgpop import spool
 from cgpop.delivery import Prepared, Result, Status
 from cgpop.dircache import DirectoryCache
 from cgpop.errors import Pop3Error
+from cgpop.spool import Octets
 from cgpop.store.api import SqlAccess, StoreError
 from router.loginname import parse_name
 from router.route import Route, RouteError
@@ -74,7 +77,7 @@ class Directory(SqlAccess, Protocol):
 class LocalDelivery(Protocol):
     def resolve(self, recipient: str) -> Route | None: ...
 
-    def prepare(self, sender: str, recipients: Sequence[str], message: bytes) -> Prepared: ...
+    def prepare(self, sender: str, recipients: Sequence[str], message: Octets) -> Prepared: ...
 
 
 class Submitter:
@@ -110,7 +113,7 @@ class Submitter:
         )
 
     async def submit(
-        self, account: str, peer: str, message: bytes, login_address: str = ""
+        self, account: str, peer: str, message: Octets, login_address: str = ""
     ) -> Pop3Error | None:
         """`login_address`: the address part of the name the session logged in with; it
         routes to `account`, so it is an allowed From even through a wildcard (issue 13)."""
@@ -121,6 +124,8 @@ class Submitter:
         except _STORE_ERRORS:
             log.exception("XTND XMIT from %s: store failure", account)
             return Pop3Error(_TRY_LATER, "SYS/TEMP")
+        finally:
+            spool.close(message)  # a spooled message's file, once stored and queued
         if error is not None:
             log.info("XTND XMIT from %s refused: %s", account, error.text)
             return error
@@ -130,16 +135,21 @@ class Submitter:
         return None
 
     async def _submit(
-        self, account: str, peer: str, message: bytes, login_address: str
+        self, account: str, peer: str, message: Octets, login_address: str
     ) -> tuple[Pop3Error | None, int, int]:
         """The steps of the module docstring: (error or None, number queued, recipients)."""
         allowed = await self.read(self.addresses_of, account)
         if login_address:
             allowed = allowed | {login_address.lower()}
+        # A spooled message: the envelope is derived from its header block, and the body
+        # stays in the spool (cgpop/spool.py).
+        head, body = await self.read(spool.split_head, message)
+        if head is None:
+            raise SubmissionError(f"message header too large (over {spool.HEADER_MAX} octets)")
         envelope: Envelope = await self.read(
             functools.partial(
                 derive_envelope,
-                message,
+                head,
                 account=account,
                 allowed_from=allowed,
                 hostname=self.hostname,
@@ -147,6 +157,7 @@ class Submitter:
                 max_recipients=self.max_recipients,
             )
         )
+        envelope = dataclasses.replace(envelope, message=spool.join(envelope.message, body))
         now = time.time()
         classified = await self.read(self.classify, account, envelope, now)
         if isinstance(classified, Pop3Error):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cgpop.errors import Pop3Error
+from cgpop.spool import Octets
 from cgpop.store.api import Snapshot
 
 
@@ -91,7 +92,7 @@ class Submit:
     """XTND XMIT: a complete, unstuffed message (CRLF) to submit for the logged-in account.
     Result: `Session.submit_result`."""
 
-    message: bytes = field(repr=False)
+    message: Octets = field(repr=False)
     # The address part of the login name: always an allowed From (issue 13).
     login_address: str = ""
 

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from accounts.acl import AclEntry
 from accounts.credentials import Credentials
+from cgpop.spool import Octets
 
 SEEN = 1
 ANSWERED = 2
@@ -219,12 +220,13 @@ class Store(SqlAccess, Protocol):
         ...
 
     # --- delivery ---
-    def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
+    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
         """Store `message` once for all copies; durable before it returns. Returns per copy
-        whether it was stored (False: suppressed as a duplicate)."""
+        whether it was stored (False: suppressed as a duplicate). A spooled message
+        (cgpop/spool.py) should be streamed, not read whole (`spool.to_bytes` if it cannot)."""
         ...
 
-    def deliver_many(self, items: Sequence[tuple[bytes, Sequence[Copy]]]) -> list[list[bool]]:
+    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
         """`deliver` for several messages at once, durable together (group commit)."""
         ...
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
 from accounts.credentials import Credentials
+from cgpop.spool import Octets, SpooledMessage, StreamStuffer
 from cgpop.store import schema
 from cgpop.store.api import (
     SEEN,
@@ -343,9 +344,11 @@ class SqliteStore:
 
     # --- mailboxes ---
     def _insert_mailbox(self, conn: sqlite3.Connection, account_id: int, name: str) -> int:
-        # uidvalidity grows strictly, so a re-created mailbox never repeats a UIDL.
-        (last,) = conn.execute("SELECT max(uidvalidity) FROM mailboxes").fetchone()
-        uidvalidity = max(int(_now()), (last or 0) + 1)
+        # uidvalidity comes from a persistent counter (schema migration 9), never the clock:
+        # it never repeats, even for a mailbox removed and re-created in the same second or
+        # after a restart, so a re-created mailbox never repeats a UIDL.
+        conn.execute("UPDATE uidvalidity_counter SET last = last + 1")
+        (uidvalidity,) = conn.execute("SELECT last FROM uidvalidity_counter").fetchone()
         try:
             cur = conn.execute(
                 "INSERT INTO mailboxes(account_id, name, uidvalidity) VALUES (?, ?, ?)",
@@ -568,10 +571,10 @@ class SqliteStore:
         return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
-    def _write_body_file(self, stuffed: bytes, pins: list[int]) -> str:
-        """Write and fsync a body file; its descriptor, holding a shared flock, is appended to
-        `pins` and must stay open until the transaction naming the file has ended (see the
-        module docstring), then be released with `_release`."""
+    def _write_body_file(self, chunks: Iterable[bytes], pins: list[int]) -> str:
+        """Write and fsync a body file from stuffed `chunks`. Its descriptor, holding a shared
+        flock, is appended to `pins` and must stay open until the transaction naming the file
+        has ended (see the module docstring), then be released with `_release`."""
         while True:
             name = secrets.token_hex(16)
             tmp = self.bodies_dir / "tmp" / name
@@ -584,11 +587,16 @@ class SqliteStore:
         rel = f"{name[:2]}/{name}"
         final = self.bodies_dir / rel
         final.parent.mkdir(exist_ok=True)
-        with open(fd, "wb", closefd=False) as fh:
-            fh.write(stuffed)
-            fh.flush()
-            os.fsync(fd)
-        os.replace(tmp, final)
+        try:
+            with open(fd, "wb", closefd=False) as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         dirfd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(dirfd)
@@ -596,19 +604,36 @@ class SqliteStore:
             os.close(dirfd)
         return rel
 
+    def _write_stuffed_stream(self, message: SpooledMessage, pins: list[int]) -> tuple[str, int]:
+        """A spooled message's body file, normalised and stuffed chunk by chunk (never whole
+        in memory): its name and the normalised size. Pinned as by `_write_body_file`."""
+        stuffer = StreamStuffer()
+
+        def stuffed() -> Iterator[bytes]:
+            for chunk in message.chunks():
+                yield stuffer.feed(chunk)
+            yield stuffer.finish()
+
+        return self._write_body_file(stuffed(), pins), stuffer.size
+
     @staticmethod
     def _release(pins: list[int]) -> None:
         for fd in pins:
             os.close(fd)
         pins.clear()
 
-    def _stored_body(self, raw: bytes, pins: list[int]) -> tuple[int, bytes, str | None]:
+    def _stored_body(self, raw: Octets, pins: list[int]) -> tuple[int, bytes, str | None]:
         """(size as POP reports it, stuffed octets, body file or None when kept inline). The
         file, if any, is written and fsynced before the caller's transaction commits, and
         pinned (see `_write_body_file`) until the caller releases `pins` after it."""
+        if isinstance(raw, SpooledMessage):
+            if raw.size > INLINE_MAX:
+                name, size = self._write_stuffed_stream(raw, pins)
+                return size, b"", name
+            raw = b"".join(raw.chunks())
         normalized = normalize_crlf(raw)
         stuffed = dot_stuff(normalized)
-        file = self._write_body_file(stuffed, pins) if len(stuffed) > INLINE_MAX else None
+        file = self._write_body_file((stuffed,), pins) if len(stuffed) > INLINE_MAX else None
         return len(normalized), stuffed, file
 
     def _insert_body(
@@ -630,10 +655,10 @@ class SqliteStore:
             raise NotFound("the mailbox was removed during delivery")
         return int(row[0])
 
-    def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
+    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
         return self.deliver_many([(message, copies)])[0]
 
-    def deliver_many(self, items: Sequence[tuple[bytes, Sequence[Copy]]]) -> list[list[bool]]:
+    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
         """Several deliveries in one transaction, so concurrent deliveries share one fsync
         (group commit). Per item and copy: stored, or False when suppressed as a duplicate.
         All or nothing: on an exception no item is stored."""
