@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from cgpop.spool import to_bytes
 from cgpop.store.api import (
     BOUNCE_BATCH,
     BOUNCE_HEAD,
@@ -46,7 +47,9 @@ def _enqueue(conn: Conn, outbound: Outbound, now: float) -> int:
     row = conn.execute(
         "INSERT INTO queue_messages (sender, account, message, created) "
         "VALUES (%s, %s, %s, %s) RETURNING id",
-        (outbound.sender, outbound.account, outbound.message, now),
+        # One bytea per queued message (XTND XMIT bounds it, 25 MiB by default): a spooled
+        # one is read whole here. Chunked rows as for mail bodies would stream it.
+        (outbound.sender, outbound.account, to_bytes(outbound.message), now),
     ).fetchone()
     assert row is not None
     message_id = int(row[0])

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 from array import array
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -31,6 +32,7 @@ from psycopg import errors as pgerrors
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
 from accounts.credentials import Credentials
 from cgpop.config import Config
+from cgpop.spool import Octets, SpooledMessage, StreamStuffer, to_bytes
 from cgpop.store.api import (
     ALERT_SCOPES,
     SEEN,
@@ -555,31 +557,30 @@ class PostgresStore(PgQueue):
         return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
-    def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
+    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
         return self.deliver_many([(message, copies)])[0]
 
-    def deliver_many(self, items: Sequence[tuple[bytes, Sequence[Copy]]]) -> list[list[bool]]:
+    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
         """Several deliveries in one transaction (group commit), durable when it returns
         (synchronous commit). Per item and copy: stored, or False when suppressed as a
-        duplicate, also when the first copy went through another node. All or nothing."""
+        duplicate, also when the first copy went through another node. All or nothing. A
+        large spooled message is streamed into its chunks, never whole in memory."""
         prepared = [
-            (_prepare(message) if copies else (0, b""), copies) for message, copies in items
+            (_prepare(message) if copies else _Body(0, b""), copies) for message, copies in items
         ]
         return self._retrying(lambda: self._deliver_once(prepared))
 
-    def _deliver_once(
-        self, prepared: Sequence[tuple[tuple[int, bytes], Sequence[Copy]]]
-    ) -> list[list[bool]]:
+    def _deliver_once(self, prepared: Sequence[tuple[_Body, Sequence[Copy]]]) -> list[list[bool]]:
         with self._tx() as conn:
             fresh = self._claim_duplicates(conn, [c for _, copies in prepared for c in copies])
             outcome: list[list[bool]] = []
-            keep: list[tuple[int, bytes, Sequence[Copy], int]] = []
-            for (size, stuffed), copies in prepared:
+            keep: list[tuple[_Body, Sequence[Copy], int]] = []
+            for body, copies in prepared:
                 stored = [fresh.get(id(c), True) for c in copies]
                 outcome.append(stored)
                 kept = [c for c, ok in zip(copies, stored, strict=True) if ok]
                 if kept:
-                    keep.append((size, stuffed, kept, 0))
+                    keep.append((body, kept, 0))
             if keep:
                 self._store_bodies(conn, keep)
         return outcome
@@ -618,10 +619,10 @@ class PostgresStore(PgQueue):
         return verdict
 
     def _store_bodies(
-        self, conn: Conn, bodies: Sequence[tuple[int, bytes, Sequence[Copy], int]]
+        self, conn: Conn, bodies: Sequence[tuple[_Body, Sequence[Copy], int]]
     ) -> None:
-        """Insert each body (size, stuffed octets, copies, flag bits of the copies) once and
-        its copies, in order, UIDs taken from each mailbox's counter."""
+        """Insert each body (with its copies and their flag bits) once and its copies, in
+        order, UIDs taken from each mailbox's counter."""
         ids_row = conn.execute(
             "SELECT array_agg(nextval(pg_get_serial_sequence('bodies', 'id'))) "
             "FROM generate_series(1, %s)",
@@ -629,13 +630,16 @@ class PostgresStore(PgQueue):
         ).fetchone()
         assert ids_row is not None
         body_ids: list[int] = list(ids_row[0])
-        uids = self._allocate_uids(conn, [c.mailbox_id for _, _, cs, _ in bodies for c in cs])
+        uids = self._allocate_uids(conn, [c.mailbox_id for _, cs, _ in bodies for c in cs])
         body_rows: list[tuple[int, int, bytes | None, int]] = []
         chunk_rows: list[tuple[int, int, bytes]] = []
         message_rows: list[tuple[Any, ...]] = []
         individual_rows: list[tuple[int, str, int]] = []
-        for body_id, (size, stuffed, copies, flags) in zip(body_ids, bodies, strict=True):
-            if len(stuffed) > INLINE_MAX:
+        for body_id, (body, copies, flags) in zip(body_ids, bodies, strict=True):
+            size, stuffed = body.size, body.stuffed
+            if body.spooled is not None:
+                size = self._stream_body(conn, body_id, body.spooled)
+            elif len(stuffed) > INLINE_MAX:
                 parts = [stuffed[i : i + CHUNK_SIZE] for i in range(0, len(stuffed), CHUNK_SIZE)]
                 body_rows.append((body_id, size, None, len(parts)))
                 chunk_rows += [(body_id, seq, part) for seq, part in enumerate(parts)]
@@ -677,6 +681,28 @@ class PostgresStore(PgQueue):
                     individual_rows,
                 )
 
+    def _stream_body(self, conn: Conn, body_id: int, message: SpooledMessage) -> int:
+        """A spooled message's body, normalised and stuffed chunk by chunk (StreamStuffer)
+        and copied into body_chunks as it goes: memory holds a chunk, never the message.
+        Returns the size POP reports."""
+        conn.execute(
+            "INSERT INTO bodies(id, size, data, chunks) VALUES (%s, 0, NULL, 1)", (body_id,)
+        )
+        stuffer = StreamStuffer()
+        count = 0
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY body_chunks (body_id, seq, data) FROM STDIN") as copy_in,
+        ):
+            for part in _rechunk(stuffer, message.chunks()):
+                copy_in.write_row((body_id, count, part))
+                count += 1
+        conn.execute(
+            "UPDATE bodies SET size = %s, chunks = %s WHERE id = %s",
+            (stuffer.size, count, body_id),
+        )
+        return stuffer.size
+
     def _allocate_uids(self, conn: Conn, mailbox_ids: Sequence[int]) -> dict[int, list[int]]:
         """Consecutive new UIDs per mailbox, from its counter row. Rows are locked in id order
         so concurrent group commits on several nodes queue behind each other instead of
@@ -710,7 +736,7 @@ class PostgresStore(PgQueue):
         order. `real_to(octets)` gives what to record from the message's own X-Real-To field:
         the addresses (joined by REAL_TO_SEPARATOR) and the individual names (issue 13)."""
         count = 0
-        pending: list[tuple[int, bytes, Sequence[Copy], int]] = []
+        pending: list[tuple[_Body, Sequence[Copy], int]] = []
 
         def flush() -> None:
             with self._tx() as conn:
@@ -726,7 +752,7 @@ class PostgresStore(PgQueue):
                 names[0] if names else None,
                 more_individuals=tuple(names[1:]),
             )
-            pending.append((*_prepare(raw), [copy], flags))
+            pending.append((_prepare(raw), [copy], flags))
             count += 1
             if len(pending) >= batch:
                 flush()
@@ -1003,7 +1029,34 @@ def _alert(r: Sequence[Any]) -> Alert:
     return Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), delivered)
 
 
-def _prepare(raw: bytes) -> tuple[int, bytes]:
-    """(size as POP reports it, CRLF-normalised and dot-stuffed octets)."""
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A message ready to store: CRLF-normalised, dot-stuffed octets and the size POP reports;
+    or, for a large spooled message, the spool (stuffed and measured while it is copied)."""
+
+    size: int
+    stuffed: bytes
+    spooled: SpooledMessage | None = None
+
+
+def _prepare(raw: Octets) -> _Body:
+    if isinstance(raw, SpooledMessage):
+        if raw.size > INLINE_MAX:
+            return _Body(0, b"", raw)
+        raw = to_bytes(raw)
     normalized = normalize_crlf(raw)
-    return len(normalized), dot_stuff(normalized)
+    return _Body(len(normalized), dot_stuff(normalized))
+
+
+def _rechunk(stuffer: StreamStuffer, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The stuffed octets of `chunks` in pieces of exactly CHUNK_SIZE (the last shorter)."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += stuffer.feed(chunk)
+        while len(buf) >= CHUNK_SIZE:
+            yield bytes(buf[:CHUNK_SIZE])
+            del buf[:CHUNK_SIZE]
+    buf += stuffer.finish()
+    while buf:
+        yield bytes(buf[:CHUNK_SIZE])
+        del buf[:CHUNK_SIZE]

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from cgpop.spool import Spool, SpooledMessage
 from cgpop.store.api import SEEN, Copy, NotFound, StoreError
 from cgpop.store.postgres import CHUNK_SIZE, INLINE_MAX, PostgresStore
+from cgpop.wire import normalize_crlf
 from tests.store_pg.helpers import joe_inbox, message, put, subjects, text
 
 
@@ -240,3 +243,25 @@ def test_concurrent_deliveries_never_share_a_uid(store: PostgresStore) -> None:
     assert errors == []
     for mb in (box, other):
         assert [m.uid for m in store.list_messages(mb)] == list(range(1, 41))
+
+
+def test_a_spooled_message_is_streamed_into_chunks(store: PostgresStore, tmp_path: Path) -> None:
+    box = joe_inbox(store)
+    spool = Spool(tmp_path, threshold=4096)  # on disk past 4 KiB, as a large LMTP message
+    head = b"Return-Path: <a@b>\r\n"
+    rest = b"Subject: big\n\n" + b"".join(b".line %d\n" % i for i in range(60_000))
+    for i in range(0, len(rest), 10_000):
+        spool.write(rest[i : i + 10_000])
+    spooled = SpooledMessage(head, spool)
+    assert spool.on_disk and spooled.size > INLINE_MAX
+    store.deliver(spooled, [Copy(box.id, b"", None, None)])
+    store.deliver(head + rest, [Copy(box.id, b"", None, None)])  # the same octets, in memory
+    snap = store.open_maildrop(box, None)
+    streamed, whole = (b"".join(store.read_message(snap, i).chunks()) for i in (0, 1))
+    assert streamed == whole and streamed.startswith(b"Return-Path: <a@b>\r\nSubject: big\r\n")
+    assert snap.sizes[0] == snap.sizes[1] == len(normalize_crlf(head + rest))
+    with store._conn() as conn:
+        rows = conn.execute("SELECT length(data) FROM body_chunks ORDER BY body_id, seq")
+        lengths = [int(r[0]) for r in rows.fetchall()]
+    assert max(lengths) == CHUNK_SIZE
+    spool.close()
