@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import tomllib  # Python >= 3.11 (pyproject): tomli is never needed
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -159,13 +160,22 @@ class XtndConfig:
 
 
 # The store backends `[store] backend` may name (cgpop/store/factory.py opens them).
-STORE_BACKENDS = ("sqlite",)
+STORE_BACKENDS = ("sqlite", "postgresql")
 
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    # "sqlite": the embedded store under [server] data_dir.
+    # "sqlite": the embedded store under [server] data_dir. "postgresql": several gateway
+    # nodes on one database (issue 11); the keys below are for it alone.
     backend: str = "sqlite"
+    dsn: str = ""  # libpq URI or key=value string
+    # This node's name in the session registry; empty means the host name (node_name()).
+    node: str = ""
+    pool_size: int = 10  # connections this node keeps
+    node_timeout: float = 30.0  # seconds: a node silent this long is dead, its sessions released
+
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +370,60 @@ def _certificates(t: _Section, base: Path) -> tuple[TlsCertificate, ...]:
     return tuple(out)
 
 
+# A node name goes into logs and `cgpop sessions`: a host name's length (RFC 1035 section 2.3.4).
+_MAX_NODE = 253
+# Connections per node: PostgreSQL's max_connections defaults to 100 for the whole cluster.
+_MAX_POOL = 1000
+# Heartbeats go every node_timeout / 3: below 3 s a busy database would declare live nodes dead.
+_MIN_NODE_TIMEOUT = 3.0
+
+
+def _store(st: _Section) -> StoreConfig:
+    """[store], validated (issue 11's exact keys)."""
+    d = StoreConfig()
+    store = StoreConfig(
+        backend=st.get("backend", str, d.backend),
+        dsn=st.get("dsn", str, d.dsn),
+        node=st.get("node", str, d.node),
+        pool_size=st.positive("pool_size", int, d.pool_size),
+        node_timeout=st.positive("node_timeout", float, d.node_timeout),
+    )
+    if store.backend not in STORE_BACKENDS:
+        expected = ", ".join(f'"{b}"' for b in STORE_BACKENDS)
+        raise st.fail("backend", f"unknown store backend {store.backend!r}; expected {expected}")
+    if store.backend == "postgresql":
+        if not store.dsn:
+            raise st.fail("dsn", 'backend "postgresql" needs a dsn')
+        _check_dsn(st, store.dsn)
+    elif store.dsn:
+        raise st.fail("dsn", 'only the "postgresql" backend uses a dsn')
+    if len(store.node) > _MAX_NODE or any(
+        not ch.isprintable() or ch.isspace() for ch in store.node
+    ):
+        raise st.fail("node", f"expected up to {_MAX_NODE} printable characters, no spaces")
+    if store.pool_size > _MAX_POOL:
+        raise st.fail("pool_size", f"must be at most {_MAX_POOL}")
+    if store.node_timeout < _MIN_NODE_TIMEOUT:
+        raise st.fail("node_timeout", f"must be at least {_MIN_NODE_TIMEOUT:g} seconds")
+    st.done()
+    return store
+
+
+def _check_dsn(st: _Section, dsn: str) -> None:
+    """The driver is an extra (pip install 'cgpop[postgresql]'); parse the DSN with it."""
+    try:
+        import psycopg
+        from psycopg import conninfo
+    except ImportError:
+        raise st.fail(
+            "backend", "the postgresql backend needs: pip install 'cgpop[postgresql]'"
+        ) from None
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as exc:  # libpq's own words
+        raise st.fail("dsn", f"not a libpq URI or key=value string: {exc}") from None
+
+
 _SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd", "store")
 
 
@@ -550,11 +614,6 @@ def from_dict(
             raise x.fail(key, "must be a port number (1-65535)")
     x.done()
 
-    st = sec["store"]
-    store = StoreConfig(backend=st.get("backend", str, StoreConfig().backend))
-    if store.backend not in STORE_BACKENDS:
-        expected = ", ".join(f'"{b}"' for b in STORE_BACKENDS)
-        raise st.fail("backend", f"unknown store backend {store.backend!r}; expected {expected}")
-    st.done()
+    store = _store(sec["store"])
 
     return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store)

@@ -18,6 +18,7 @@ from accounts.credentials import make_credentials
 from cgpop import config as configmod
 from cgpop.delivery import Deliverer
 from cgpop.server import Gateway
+from tests.pg import pg_dsn, postgres  # noqa: F401  (one PostgreSQL for the whole session)
 
 
 @dataclass

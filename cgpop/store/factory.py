@@ -16,4 +16,8 @@ def open_store(config: Config) -> Store:
         from cgpop.store.sqlite import SqliteStore
 
         return SqliteStore(config.server.data_dir, duplicate_window=window)
+    if backend == "postgresql":
+        from cgpop.store.postgres import PostgresStore
+
+        return PostgresStore.from_config(config)
     raise ConfigError(f"{config.source}: store.backend: unknown store backend {backend!r}")

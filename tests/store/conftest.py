@@ -12,6 +12,7 @@ from accounts.credentials import make_credentials
 from cgpop import config as configmod
 from cgpop.store.api import Store
 from cgpop.store.factory import open_store
+from tests.pg import PgServer, drop_schema, new_schema_dsn
 
 # The window the contract's duplicate-suppression rules are checked with (one hour).
 DUPLICATE_WINDOW = 3600.0
@@ -28,9 +29,21 @@ def _sqlite_config(tmp_path: Path) -> configmod.Config:
     )
 
 
+def _postgresql_config(dsn: str) -> configmod.Config:
+    return configmod.from_dict(
+        {
+            "delivery": {"duplicate_window": DUPLICATE_WINDOW},
+            "store": {"backend": "postgresql", "dsn": dsn, "node": "contract", "pool_size": 4},
+        },
+        source="<store contract>",
+    )
+
+
 # backend name -> (tmp_path -> the configuration that opens a fresh store of that backend)
 CONFIGS: dict[str, Callable[[Path], configmod.Config]] = {"sqlite": _sqlite_config}
-BACKENDS = list(CONFIGS)
+# Backends on a database server: (server -> the configuration of a fresh, empty store there).
+SERVER_CONFIGS: dict[str, Callable[[str], configmod.Config]] = {"postgresql": _postgresql_config}
+BACKENDS = [*CONFIGS, *SERVER_CONFIGS]
 
 
 class Opener:
@@ -57,6 +70,15 @@ class Opener:
 
 @pytest.fixture(params=BACKENDS)
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    if request.param in SERVER_CONFIGS:
+        # One PostgreSQL for the test session (tests/pg.py), an empty schema per test.
+        server: PgServer = request.getfixturevalue("postgres")
+        dsn = new_schema_dsn(server)
+        opener = Opener(SERVER_CONFIGS[request.param](dsn))
+        yield opener
+        opener.close_all()
+        drop_schema(server, dsn)
+        return
     opener = Opener(CONFIGS[request.param](tmp_path))
     yield opener
     opener.close_all()
