@@ -105,8 +105,9 @@ def _register_account_services(
 def add_parsers(ps: Parsers) -> None:
     """The `account` subcommands."""
     a = ps.group("account", "manage accounts")
+    account_help = {"add": "create an account with its INBOX", "passwd": "set a new password"}
     for action in ("add", "passwd"):
-        p = a.add_parser(action, parents=[ps.common])
+        p = a.add_parser(action, parents=[ps.common], help=account_help[action])
         p.add_argument("address", metavar="NAME@DOMAIN")
         pw = p.add_mutually_exclusive_group()
         pw.add_argument(
@@ -126,6 +127,10 @@ def add_parsers(ps: Parsers) -> None:
         help="create accounts from NAME@DOMAIN PASSWORD lines on stdin",
     )
     p.add_argument("--shared-secret", action="store_true")
-    a.add_parser("remove", parents=[ps.common]).add_argument("address", metavar="NAME@DOMAIN")
-    a.add_parser("list", parents=[ps.common, ps.listing]).add_argument("domain", nargs="?")
+    a.add_parser(
+        "remove", parents=[ps.common], help="remove an account and its mailboxes"
+    ).add_argument("address", metavar="NAME@DOMAIN")
+    a.add_parser(
+        "list", parents=[ps.common, ps.listing], help="list accounts (of one domain)"
+    ).add_argument("domain", nargs="?")
     _register_account_services(a, ps.common)

@@ -87,8 +87,9 @@ def add_parsers(ps: Parsers) -> None:
     ac: argparse._SubParsersAction[argparse.ArgumentParser] = acl.add_subparsers(
         dest="sub", required=True, metavar="ACTION", parser_class=_IdentifierParser
     )
+    acl_help = {"set": "grant rights on a mailbox", "delete": "remove an identifier's entry"}
     for action in ("set", "delete"):
-        p = ac.add_parser(action, parents=[ps.common])
+        p = ac.add_parser(action, parents=[ps.common], help=acl_help[action])
         p.add_argument("address", metavar="OWNER@DOMAIN")
         p.add_argument("mailbox")
         p.add_argument(
@@ -98,6 +99,6 @@ def add_parsers(ps: Parsers) -> None:
         )
         if action == "set":
             p.add_argument("rights", metavar="RIGHTS", help="letters of lrswipkxtean, d, c; none")
-    p = ac.add_parser("list", parents=[ps.common, ps.listing])
+    p = ac.add_parser("list", parents=[ps.common, ps.listing], help="show a mailbox's ACL")
     p.add_argument("address", metavar="OWNER@DOMAIN")
     p.add_argument("mailbox")

@@ -83,11 +83,14 @@ def add_parsers(ps: Parsers) -> None:
     p = acts.add_parser(
         "add",
         parents=[ps.common],
+        help="queue an alert for an account, a domain or the server",
         usage="cgpop alert add (NAME@DOMAIN | --domain D | --server) TEXT",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--domain", metavar="D", help="for every account of domain D")
     where.add_argument("--server", action="store_true", help="for every account")
     p.add_argument("words", nargs="+", metavar="[NAME@DOMAIN] TEXT")
-    acts.add_parser("list", parents=[ps.common, ps.listing])
-    acts.add_parser("remove", parents=[ps.common]).add_argument("id", type=row_id)
+    acts.add_parser("list", parents=[ps.common, ps.listing], help="alerts and their deliveries")
+    acts.add_parser("remove", parents=[ps.common], help="withdraw an alert").add_argument(
+        "id", type=row_id
+    )

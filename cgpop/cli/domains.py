@@ -56,14 +56,17 @@ def cmd_alias_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
 def add_parsers(ps: Parsers) -> None:
     """The `domain, domain alias` subcommands."""
     d = ps.group("domain", "manage domains")
-    d.add_parser("add", parents=[ps.common]).add_argument("name")
-    d.add_parser("remove", parents=[ps.common]).add_argument("name")
-    d.add_parser("list", parents=[ps.common, ps.listing])
+    d.add_parser("add", parents=[ps.common], help="host a domain").add_argument("name")
+    d.add_parser("remove", parents=[ps.common], help="stop hosting an empty domain").add_argument(
+        "name"
+    )
+    d.add_parser("list", parents=[ps.common, ps.listing], help="hosted domains")
     da = d.add_parser("alias", parents=[ps.common], help="domain aliases").add_subparsers(
         dest="sub2", required=True, metavar="ACTION"
     )
+    alias_help = {"add": "make ALIAS another name of DOMAIN", "remove": "drop an alias"}
     for action in ("add", "remove"):
-        p = da.add_parser(action, parents=[ps.common])
+        p = da.add_parser(action, parents=[ps.common], help=alias_help[action])
         p.add_argument("alias")
         p.add_argument("domain")
-    da.add_parser("list", parents=[ps.common, ps.listing])
+    da.add_parser("list", parents=[ps.common, ps.listing], help="domain aliases")

@@ -58,8 +58,11 @@ def cmd_group_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
 def add_parsers(ps: Parsers) -> None:
     """The `group` subcommands."""
     g = ps.group("group", "manage groups (ACL identifiers group:NAME)")
+    group_help = {"add": "add a member to a group", "remove": "remove a member from a group"}
     for action in ("add", "remove"):
-        p = g.add_parser(action, parents=[ps.common])
+        p = g.add_parser(action, parents=[ps.common], help=group_help[action])
         p.add_argument("group")
         p.add_argument("member", metavar="MEMBER@DOMAIN")
-    g.add_parser("list", parents=[ps.common, ps.listing]).add_argument("group", nargs="?")
+    g.add_parser(
+        "list", parents=[ps.common, ps.listing], help="groups and their members"
+    ).add_argument("group", nargs="?")

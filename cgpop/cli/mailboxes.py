@@ -36,6 +36,15 @@ def cmd_mailbox_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
     return EX_OK
 
 
+@command("mailbox", "rename")
+def cmd_mailbox_rename(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    domain, name = split_address(args.address)
+    old, new = mailbox_name(args.old), mailbox_name(args.new)
+    open_store(cfg).rename_mailbox(domain, name, old, new)
+    print(f"renamed {old} to {new} in {name}@{domain}")
+    return EX_OK
+
+
 @command("mailbox", "list")
 def cmd_mailbox_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
     domain, name = split_address(args.address)
@@ -132,17 +141,29 @@ def cmd_mailbox_show(args: argparse.Namespace, cfg: configmod.Config) -> int:
 def add_parsers(ps: Parsers) -> None:
     """The `mailbox` subcommands."""
     m = ps.group("mailbox", "manage mailboxes")
+    box_help = {
+        "add": "create a mailbox (it inherits its parent's ACL)",
+        "remove": "remove a mailbox and its messages",
+    }
     for action in ("add", "remove"):
-        p = m.add_parser(action, parents=[ps.common])
+        p = m.add_parser(action, parents=[ps.common], help=box_help[action])
         p.add_argument("address", metavar="NAME@DOMAIN")
         p.add_argument("mailbox")
-    m.add_parser("list", parents=[ps.common, ps.listing]).add_argument(
-        "address", metavar="NAME@DOMAIN"
-    )
+    m.add_parser(
+        "list", parents=[ps.common, ps.listing], help="an account's mailboxes"
+    ).add_argument("address", metavar="NAME@DOMAIN")
     p = m.add_parser("import", parents=[ps.common], help="import a Maildir or an mbox file")
     p.add_argument("address", metavar="NAME@DOMAIN")
     p.add_argument("mailbox")
     p.add_argument("path", metavar="MAILDIR_OR_MBOX")
-    p = m.add_parser("show", parents=[ps.common, ps.listing])
+    p = m.add_parser("show", parents=[ps.common, ps.listing], help="a mailbox's messages")
     p.add_argument("address", metavar="NAME@DOMAIN")
     p.add_argument("mailbox")
+    p = m.add_parser(
+        "rename",
+        parents=[ps.common],
+        help="rename a mailbox and those below it, keeping UIDs, UIDLs, flags and ACL",
+    )
+    p.add_argument("address", metavar="NAME@DOMAIN")
+    p.add_argument("old")
+    p.add_argument("new")

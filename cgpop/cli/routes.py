@@ -51,8 +51,10 @@ def cmd_route_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
 def add_parsers(ps: Parsers) -> None:
     """The `route` subcommands."""
     r = ps.group("route", "manage the routing table")
-    p = r.add_parser("add", parents=[ps.common])
+    p = r.add_parser("add", parents=[ps.common], help="route PATTERN to TARGET")
     p.add_argument("pattern")
     p.add_argument("target")
-    r.add_parser("remove", parents=[ps.common]).add_argument("pattern")
-    r.add_parser("list", parents=[ps.common, ps.listing])
+    r.add_parser("remove", parents=[ps.common], help="drop a routing record").add_argument(
+        "pattern"
+    )
+    r.add_parser("list", parents=[ps.common, ps.listing], help="the routing table")

@@ -49,6 +49,7 @@ from cgpop.store.api import (
     StoreError,
     flag_names,
 )
+from cgpop.store.naming import rename_plan
 from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
 from cgpop.store.pg_queue import PgQueue
 from cgpop.wire import dot_stuff, normalize_crlf
@@ -393,6 +394,16 @@ class PostgresStore(PgQueue):
             if row is None:
                 raise NotFound(f"no such mailbox: {mailbox}")
             self._drop_mailbox(conn, int(row[0]))
+
+    def rename_mailbox(self, domain: str, account: str, old: str, new: str) -> None:
+        with self._tx() as conn:
+            aid = self._account_id(conn, domain, account)
+            rows = conn.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id = %s", (aid,)
+            ).fetchall()
+            plan = rename_plan(((int(i), str(n)) for i, n in rows), old, new)
+            for box_id, name in plan:
+                conn.execute("UPDATE mailboxes SET name = %s WHERE id = %s", (name, box_id))
 
     def list_mailboxes(self, domain: str, account: str) -> list[str]:
         with self._conn() as conn:

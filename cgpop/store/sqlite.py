@@ -44,6 +44,7 @@ from cgpop.store.api import (
     StoreError,
     flag_names,
 )
+from cgpop.store.naming import rename_plan
 from cgpop.store.sqlite_alerts import SqliteAlerts
 from cgpop.store.sqlite_base import translate_errors
 from cgpop.store.sqlite_queue import SqliteQueue
@@ -347,6 +348,16 @@ class SqliteStore(SqliteQueue, SqliteAlerts):
             if row is None:
                 raise NotFound(f"no such mailbox: {mailbox}")
             self._drop_mailbox(conn, int(row[0]))
+
+    def rename_mailbox(self, domain: str, account: str, old: str, new: str) -> None:
+        with self._tx() as conn:
+            aid = self._account_id(conn, domain, account)
+            rows = conn.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id = ?", (aid,)
+            ).fetchall()
+            plan = rename_plan(((int(i), str(n)) for i, n in rows), old, new)
+            for box_id, name in plan:
+                conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (name, box_id))
 
     def list_mailboxes(self, domain: str, account: str) -> list[str]:
         conn = self._conn()

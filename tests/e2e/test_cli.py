@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.conftest import LiveServer, message
 from tests.e2e.helpers import USER, pop
 
@@ -50,18 +48,6 @@ class Cli:
 def addresses(rows: list[dict[str, str]]) -> list[str]:
     """The accounts of an `account list --json`."""
     return [row["address"] for row in rows]
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path)
-
-
-@pytest.fixture
-def joe(cli: Cli) -> Cli:
-    cli.ok("domain", "add", "example.com")
-    cli.ok("account", "add", "joe@example.com", "--password-stdin", stdin=b"secret\n")
-    return cli
 
 
 def test_domain_add_list_remove(cli: Cli) -> None:

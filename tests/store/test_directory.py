@@ -73,3 +73,69 @@ def test_acl_and_groups(store: Store) -> None:
         store.delete_acl_entry(box, "group:staff")
     store.remove_account("example.com", "ann")
     assert store.groups_of("ann@example.com") == frozenset()
+
+
+def test_rename_mailbox_keeps_messages_uids_and_acl_and_moves_children(store: Store) -> None:
+    """Issue 13, item 6 (Cyrus keeps UIDs and uidvalidity on rename)."""
+    lists = store.add_mailbox("example.com", "joe", "lists")
+    info = store.add_mailbox("example.com", "joe", "lists/info")
+    store.add_mailbox("example.com", "joe", "listsmore")  # a prefix, not a child
+    store.set_acl_entry(info, AclEntry("ann@example.com", Rights.parse("lr")))
+    for n in range(3):
+        store.deliver(f"Subject: {n}\r\n\r\nbody\r\n".encode(), [Copy(info.id, b"", None, None)])
+    before = store.open_maildrop(info, None)
+    uidls = [before.uidl(i) for i in range(len(before))]
+    store.mark_seen([(info.id, before.uids[0])])
+    version = store.directory_version()
+
+    store.rename_mailbox("example.com", "joe", "lists", "archive")
+
+    assert store.directory_version() != version
+    assert store.list_mailboxes("example.com", "joe") == [
+        "INBOX",
+        "archive",
+        "archive/info",
+        "listsmore",
+    ]
+    assert store.get_mailbox("example.com", "joe", "lists/info") is None
+    moved = store.get_mailbox("example.com", "joe", "archive/info")
+    assert moved is not None
+    assert (moved.id, moved.uidvalidity) == (info.id, info.uidvalidity)
+    after = store.open_maildrop(moved, None)
+    assert [after.uidl(i) for i in range(len(after))] == uidls
+    assert [m.flags for m in store.list_messages(moved)] == [("\\Seen",), (), ()]
+    entry = store.get_acl_entry(moved, "ann@example.com")
+    assert entry is not None and entry.rights == Rights.parse("lr")
+    # A session opened before the rename reads on.
+    assert b"Subject: 0" in b"".join(store.read_message(before, 0).chunks())
+    store.close_maildrop(before)
+    store.close_maildrop(after)
+    archive = store.get_mailbox("example.com", "joe", "archive")
+    assert archive is not None and archive.id == lists.id
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        ("INBOX", "Old", StoreError),
+        ("Work", "INBOX", StoreError),
+        ("Work", "Taken", StoreError),
+        ("Work", "Work/inner", StoreError),
+        ("Missing", "Other", NotFound),
+    ],
+)
+def test_rename_mailbox_refusals(store: Store, old: str, new: str, error: type[StoreError]) -> None:
+    store.add_mailbox("example.com", "joe", "Work")
+    store.add_mailbox("example.com", "joe", "Taken")
+    with pytest.raises(error):
+        store.rename_mailbox("example.com", "joe", old, new)
+    assert store.list_mailboxes("example.com", "joe") == ["INBOX", "Taken", "Work"]
+
+
+def test_rename_refused_when_a_child_name_is_taken(store: Store) -> None:
+    store.add_mailbox("example.com", "joe", "a")
+    store.add_mailbox("example.com", "joe", "a/x")
+    store.add_mailbox("example.com", "joe", "b/x")
+    with pytest.raises(StoreError, match="b/x"):
+        store.rename_mailbox("example.com", "joe", "a", "b")
+    assert store.list_mailboxes("example.com", "joe") == ["INBOX", "a", "a/x", "b/x"]
