@@ -541,7 +541,7 @@ def flights(steps: list[Step]) -> list[list[Step]]:
         if callable(step) and out[-1]:
             out.append([])
         out[-1].append(step)
-        if isinstance(step, bytes) and step.rstrip(CRLF).upper() == b"STLS":
+        if isinstance(step, bytes) and step.rstrip(CRLF).rstrip(b" ").upper() == b"STLS":
             out.append([])
     return [f for f in out if f]
 
