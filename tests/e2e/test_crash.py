@@ -364,9 +364,6 @@ def test_acknowledged_mail_survives_kill_9_rounds(env: dict[str, str], tmp_path:
     expunges = {"all": 0, "none": 0, "acked": 0}
     try:
         for rnd in range(ROUNDS):
-            import time
-
-            print("round", rnd, time.monotonic(), flush=True)
             start_acks = ledger.ack_count
             # LMTP: two connections, each with a few messages to one or two recipients.
             plans: list[list[tuple[str, bytes, list[str]]]] = []
