@@ -28,6 +28,7 @@ from router.route import LoginTarget, RouteError
 log = logging.getLogger("cgpop.auth")
 
 AUTH_FAILED = Pop3Error("authentication failed", "AUTH")
+ACCOUNT_DISABLED = Pop3Error("account disabled", "SYS/PERM")
 
 
 class VerifiedCache:
@@ -191,6 +192,11 @@ class Authenticator:
 
     def open(self, target: LoginTarget, account: Account) -> LoginOutcome:
         """Credentials are proved: open the maildrop the name picked, if rights allow."""
+        if "pop" in account.disabled:
+            # Issue 13: after the credentials, so only their holder learns of the suspension;
+            # not a failed login (no penalty), and PERM: retrying will not help.
+            log.info("login %s refused: the pop service is disabled", account.address)
+            return LoginOutcome(error=ACCOUNT_DISABLED, counts_as_failure=False)
         route = target.route
         mailbox = self._mailboxes.get(
             (route.domain, route.account, route.mailbox),
@@ -220,5 +226,7 @@ class Authenticator:
                 may_delete="t" in rights,
                 may_expunge="e" in rights,
                 alert_pending=alerts.pending(self.store, account.address) is not None,
+                login_address=target.login_address,
+                may_submit="xtnd" not in account.disabled,
             )
         )

@@ -23,7 +23,7 @@ from accounts.credentials import make_credentials
 from accounts.names import normalize_account, normalize_domain, validate_mailbox
 from cgpop import __version__
 from cgpop import config as configmod
-from cgpop.store.api import Mailbox, StoreError
+from cgpop.store.api import SERVICES, Mailbox, StoreError
 from cgpop.store.sqlite import SqliteStore
 
 EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
@@ -247,8 +247,39 @@ def cmd_account_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 @command("account", "list")
 def cmd_account_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    names = open_store(cfg).list_accounts(_domain(args.domain) if args.domain else None)
-    return out(args, names, lambda: names)
+    accounts = open_store(cfg).disabled_services(_domain(args.domain) if args.domain else None)
+    rows = [
+        {"address": a, **{s: "disabled" if s in off else "enabled" for s in SERVICES}}
+        for a, off in accounts.items()
+    ]
+    return out(
+        args,
+        rows,
+        lambda: [
+            f"{a} (disabled: {', '.join(sorted(off))})" if off else a for a, off in accounts.items()
+        ],
+    )
+
+
+# Issue 13 (CommuniGate "Enabled Services"): suspend an account's services, keep its mail.
+@command("account", "disable")
+@command("account", "enable")
+def cmd_account_services(args: argparse.Namespace, cfg: configmod.Config) -> int:
+    domain, name = split_address(args.address)
+    services = SERVICES if args.service == "all" else (args.service,)
+    open_store(cfg).set_services_enabled(domain, name, services, args.sub == "enable")
+    return EX_OK
+
+
+def _register_account_services(
+    a: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    for action in ("disable", "enable"):
+        p = a.add_parser(
+            action, parents=[common], help=f"{action} an account's services (default: all)"
+        )
+        p.add_argument("address", metavar="NAME@DOMAIN")
+        p.add_argument("--service", choices=(*SERVICES, "all"), default="all")
 
 
 # --- mailboxes ---
@@ -301,11 +332,27 @@ def cmd_mailbox_import(args: argparse.Namespace, cfg: configmod.Config) -> int:
     store, mailbox = _existing_mailbox(args, cfg)
     try:
         source = messages_from(Path(args.path))
-        count = store.import_messages(mailbox, source)
+        count = store.import_messages(mailbox, source, real_to=_real_to(cfg, store, mailbox))
     except (ValueError, OSError) as exc:
         raise CliError(str(exc), EX_DATAERR) from None
     print(f"imported {count} messages into {args.mailbox} of {args.address}")
     return EX_OK
+
+
+def _real_to(
+    cfg: configmod.Config, store: SqliteStore, mailbox: Mailbox
+) -> Callable[[bytes], tuple[str | None, tuple[str, ...]]]:
+    """Issue 13: what an imported message's own `[pop3] real_to_header` field records."""
+    from cgpop.realto import HeaderRealTo, resolver
+
+    resolve = resolver(store, cfg.server.default_domain)
+    name, _, domain = mailbox.owner.partition("@")
+
+    def tag(raw: bytes) -> tuple[str | None, tuple[str, ...]]:
+        found = HeaderRealTo(raw, cfg.pop3.real_to_header, resolve).for_account(domain, name)
+        return found.stored, found.individuals
+
+    return tag
 
 
 @command("mailbox", "show")
@@ -318,7 +365,9 @@ def cmd_mailbox_show(args: argparse.Namespace, cfg: configmod.Config) -> int:
             "uidl": m.uidl,
             "size": m.size,
             "flags": list(m.flags),
-            "x_real_to": m.x_real_to,
+            # Issue 13: a list when the message names several addresses.
+            "x_real_to": list(m.real_to) if len(m.real_to) > 1 else m.x_real_to,
+            "individuals": list(m.individuals),
             "internal_date": m.internal_date,
         }
         for m in msgs
@@ -328,7 +377,7 @@ def cmd_mailbox_show(args: argparse.Namespace, cfg: configmod.Config) -> int:
         rows,
         lambda: [
             f"{m.uid:>8} {m.uidl:<20} {m.size:>9} {' '.join(m.flags) or '-':<16} "
-            f"{m.x_real_to or '-'}"
+            f"{', '.join(m.real_to) or '-'}"
             for m in msgs
         ],
     )
@@ -548,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-secret", action="store_true")
     a.add_parser("remove", parents=[common]).add_argument("address", metavar="NAME@DOMAIN")
     a.add_parser("list", parents=[common, listing]).add_argument("domain", nargs="?")
+    _register_account_services(a, common)
 
     m = group("mailbox", "manage mailboxes")
     for action in ("add", "remove"):

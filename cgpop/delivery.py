@@ -16,6 +16,7 @@ from enum import Enum
 from accounts.acl import effective_rights
 from accounts.names import INBOX
 from cgpop.dircache import DirectoryCache
+from cgpop.realto import HeaderRealTo
 from cgpop.store.api import Copy, Mailbox, Store, StoreError
 from router.resolve import resolve_recipient
 from router.route import Route, RouteError
@@ -145,6 +146,7 @@ class Deliverer:
         results: list[Result | None] = []
         copies: list[Copy] = []
         mid = message_id(message)
+        own = HeaderRealTo(message, self.real_to_header, self.resolve)
         for rcpt in recipients:
             found = self.target(rcpt)
             if isinstance(found, Status):
@@ -156,14 +158,25 @@ class Deliverer:
             prefix = (
                 f"Return-Path: <{_clean(sender)}>\r\n{self.real_to_header}: <{_clean(rcpt)}>\r\n"
             ).encode()
+            real_to: str | None = _clean(rcpt)
+            individual = route.individual
+            more: tuple[str, ...] = ()
+            if individual is None:
+                # Issue 13: the router gave no individual name; the message's own field may
+                # (mail to the account itself that an earlier hop addressed to a name).
+                named = own.for_account(route.domain, route.account)
+                if named.individuals:
+                    real_to, individual = named.stored, named.individuals[0]
+                    more = named.individuals[1:]
             copies.append(
                 Copy(
                     mailbox.id,
                     prefix,
-                    _clean(rcpt),
-                    route.individual,
+                    real_to,
+                    individual,
                     mid,
-                    f"{mailbox.id}/{route.individual or ''}",
+                    f"{mailbox.id}/{individual or ''}",
+                    more,
                 )
             )
             results.append(None)

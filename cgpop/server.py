@@ -66,6 +66,7 @@ READ_AHEAD_BYTES = 256 * 1024
 SWEEP_INTERVAL = 15.0
 PRUNE_INTERVAL = 3600.0
 INTERNAL_ERROR = Pop3Error("internal server error", "SYS/TEMP").reply()
+BODY_MISSING = Pop3Error("message body unavailable, the error is logged", "SYS/TEMP").reply()
 SHUTTING_DOWN = Pop3Error("server shutting down", "SYS/TEMP").reply()
 TOO_MANY = Pop3Error("too many connections, try later", "SYS/TEMP").reply()
 BAD_PROXY = Pop3Error("PROXY protocol header expected").reply()
@@ -99,7 +100,9 @@ class ServerState:
 class Submitter(Protocol):
     """XTND XMIT behind the engine (xtnd/): None means accepted for every recipient."""
 
-    async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None: ...
+    async def submit(
+        self, account: str, peer: str, message: bytes, login_address: str = ""
+    ) -> Pop3Error | None: ...
 
 
 class GroupCommit(Generic[Item, R]):
@@ -712,7 +715,9 @@ class _Runner:
         gw = self.gw
         if gw.submitter is None or self.conn.account is None:
             return Pop3Error("submission is not available", "SYS/TEMP")
-        return await gw.submitter.submit(self.conn.account, self.conn.peer, event.message)
+        return await gw.submitter.submit(
+            self.conn.account, self.conn.peer, event.message, event.login_address
+        )
 
     async def login(self, event: PasswordLogin) -> LoginOutcome:
         gw = self.gw
@@ -793,28 +798,57 @@ class _Runner:
         if stored is None:
             self.send(Pop3Error("message is no longer available", "SYS/TEMP").reply())
             return
-        self.send(event.status)
         if stored.data is not None:
+            self.send(event.status)
             if event.lines is None:
                 self.send(stored.prefix)
                 self.send(stored.data)
             else:
                 for part in top_lines((stored.prefix, stored.data), event.lines):
                     self.send(part)
-        else:
-            # Large body: stream it in bounded chunks read off the event loop.
-            await self.flush()
-            source = stored.chunks()
-            chunks = source if event.lines is None else top_lines(source, event.lines)
-            try:
-                while (part := await gw.read(next, chunks, None)) is not None:
-                    self.writer.write(part)
-                    await self.writer.drain()
-            finally:
-                source.close()  # the body file, also when the client went away mid-message
+        elif not await self.stream_body(stored, event):
+            return
         self.send(TERMINATOR)
         if event.mark_seen:
             gw.seen.submit((snap.mailbox.id, snap.uids[event.index]))
+
+    async def stream_body(self, stored: StoredMessage, event: SendMessage) -> bool:
+        """Send the status line and a large body in bounded chunks read off the event loop.
+        The file is opened (first chunk) before the status line, so a missing body is a
+        clean -ERR and the session goes on (False)."""
+        snap = self.session.snapshot
+        source = stored.chunks()
+        try:
+            try:
+                first = await self.gw.read(next, source, None)
+            except OSError as exc:
+                self.slog.error(
+                    "body of message uid %d in mailbox %d unreadable: %s",
+                    snap.uids[event.index],
+                    snap.mailbox.id,
+                    exc,
+                )
+                self.send(BODY_MISSING)
+                return False
+            self.send(event.status)
+            await self.flush()
+            rest = itertools.chain(() if first is None else (first,), source)
+            chunks = rest if event.lines is None else top_lines(rest, event.lines)
+            while True:
+                try:
+                    part = await self.gw.read(next, chunks, None)
+                except OSError as exc:
+                    # Inside a multi-line reply only its octets may follow: end the
+                    # connection rather than put an -ERR in the middle of the message.
+                    self.slog.error("body read failed mid-message: %s", exc)
+                    self.writer.transport.abort()
+                    raise ConnectionResetError("body read failed") from exc
+                if part is None:
+                    return True
+                self.writer.write(part)
+                await self.writer.drain()
+        finally:
+            source.close()  # the body file, also when the client went away mid-message
 
     async def commit(self, event: Commit) -> list[Event]:
         gw = self.gw

@@ -1,7 +1,8 @@
 """The login-name and recipient grammar, parsed without looking anything up.
 
     name     = [ foreign / mailbox "#" ] address
-    foreign  = "~" account "/" mailbox        ; another account's mailbox, in the login's domain
+    foreign  = "~" owner "/" mailbox          ; another account's mailbox
+    owner    = account [ "@" domain ]         ; no domain: the login's own domain
     address  = account [ "@" domain ]         ; no domain: the default domain
              / account "%" domain             ; legacy form, only when the name has no "@"
 
@@ -23,9 +24,18 @@ from accounts.names import (
 )
 from router.route import RouteError
 
-# "~" owner "/" mailbox "#" account "@" domain, each part at its own maximum.
+# "~" owner "@" domain "/" mailbox "#" account "@" domain, each part at its own maximum.
 MAX_NAME_LENGTH = (
-    1 + MAX_ACCOUNT_LENGTH + 1 + MAX_MAILBOX_LENGTH + 1 + MAX_ACCOUNT_LENGTH + 1 + MAX_DOMAIN_LENGTH
+    1
+    + MAX_ACCOUNT_LENGTH
+    + 1
+    + MAX_DOMAIN_LENGTH
+    + 1
+    + MAX_MAILBOX_LENGTH
+    + 1
+    + MAX_ACCOUNT_LENGTH
+    + 1
+    + MAX_DOMAIN_LENGTH
 )
 
 
@@ -34,13 +44,15 @@ class ParsedName:
     """A name split into canonical parts; nothing is known yet to exist.
 
     `domain` is None when the name carries none (the caller supplies the default); `mailbox`
-    is None when the name picks none; `owner` is the `~owner` account, or None.
+    is None when the name picks none; `owner` is the `~owner` account, or None, and
+    `owner_domain` the domain written after it (`~owner@domain/...`), or None.
     """
 
     account: str
     domain: str | None = None
     mailbox: str | None = None
     owner: str | None = None
+    owner_domain: str | None = None
 
 
 def parse_name(text: str) -> ParsedName:
@@ -61,12 +73,17 @@ def _parse(text: str) -> ParsedName:
     if text.startswith("~") and not hash_:
         raise ValueError("'~owner/mailbox' needs '#account' after it")
     owner: str | None = None
+    owner_domain: str | None = None
     mailbox: str | None = None
     if hash_:
         if box.startswith("~"):
             owner_text, slash, box = box[1:].partition("/")
             if not slash:
                 raise ValueError("'~owner' needs '/mailbox' after it")
+            owner_local, at, owner_domain_text = owner_text.rpartition("@")
+            if at:
+                owner_domain = normalize_domain(owner_domain_text)
+                owner_text = owner_local
             owner = normalize_account(owner_text)
         mailbox = validate_mailbox(box)
     if "@" in address:
@@ -75,4 +92,4 @@ def _parse(text: str) -> ParsedName:
         # Legacy "%" form for mailers that cannot send "@"; the first "%" splits.
         local, sep, domain_text = address.partition("%")
     domain = normalize_domain(domain_text) if sep else None
-    return ParsedName(normalize_account(local), domain, mailbox, owner)
+    return ParsedName(normalize_account(local), domain, mailbox, owner, owner_domain)

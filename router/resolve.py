@@ -116,9 +116,23 @@ def resolve_login(name: str, *, default_domain: str, directory: Directory) -> Lo
         mailbox = parsed.mailbox or auth.mailbox
         route = Route(auth.domain, auth.account, mailbox, auth.individual)
     else:
-        # `~owner/box#user`: the owner is an account in the authenticated user's domain. The
-        # individual name filters the user's own maildrop only, so it does not carry over.
-        if not directory.account_exists(auth.domain, parsed.owner):
-            raise RouteError(f"unknown account {parsed.owner}@{auth.domain}")
-        route = Route(auth.domain, parsed.owner, parsed.mailbox or INBOX, None)
-    return LoginTarget(auth.domain, auth.account, route)
+        # `~owner[@domain]/box#user`. The individual name filters the user's own maildrop
+        # only, so it does not carry over.
+        owner_domain, owner = _owner(parsed.owner, parsed.owner_domain, auth.domain, directory)
+        route = Route(owner_domain, owner, parsed.mailbox or INBOX, None)
+    return LoginTarget(auth.domain, auth.account, route, f"{parsed.account}@{domain}")
+
+
+def _owner(
+    owner: str, owner_domain: str | None, auth_domain: str, directory: Directory
+) -> tuple[str, str]:
+    """(domain, account) of the `~owner` of a foreign-mailbox login. Without a domain the owner
+    is an account of the authenticated user's domain; `~owner@domain` is an address the router
+    resolves, in any domain (CommuniGate's `~account/mailbox`), the rights on the mailbox
+    being the ACL's business as within a domain (issue 13)."""
+    if owner_domain is None:
+        if not directory.account_exists(auth_domain, owner):
+            raise RouteError(f"unknown account {owner}@{auth_domain}")
+        return auth_domain, owner
+    found = _walk(owner, owner_domain, directory)
+    return found.domain, found.account

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +26,17 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class LoginTarget:
-    """A parsed and resolved login: whose credentials are checked, and which maildrop opens."""
+    """A parsed and resolved login: whose credentials are checked, and which maildrop opens.
+
+    `login_address` is the address part of the name as the user gave it (canonical case,
+    default domain filled in): it routes to the authenticated account, so it is one of the
+    account's own addresses (an allowed XTND XMIT `From`, issue 13)."""
 
     auth_domain: str
     auth_account: str
     route: Route
+    # Not part of what the login means (two names reaching the same maildrop are equal).
+    login_address: str = field(default="", compare=False)
 
     @property
     def auth_address(self) -> str:

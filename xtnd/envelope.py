@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
+from email._header_value_parser import get_address_list
 from email.headerregistry import Address, AddressHeader
 from email.utils import format_datetime, make_msgid
 
@@ -130,8 +131,8 @@ def derive_envelope(
     for i in scope:
         if fields[i].name not in wanted:
             continue
-        for addr in _addresses(fields[i], values[i]):
-            normal = _validate(addr, fields[i], test_environment)
+        for j, addr in enumerate(_addresses(fields[i], values[i])):
+            normal = _validate(addr, fields[i], j, test_environment)
             key = normal.lower()
             if fields[i].name not in _STRIPPED_FIELDS:
                 visible.append(key)
@@ -267,9 +268,9 @@ def _addresses(field: _Field, value: object) -> list[Address]:
     return list(value.addresses)
 
 
-def _validate(addr: Address, field: _Field, test_environment: bool) -> str:
-    """Syntax check only (issue 5: no DNS at submission); the ASCII form, for SMTP."""
-    shown = (addr.addr_spec if addr.username or addr.domain else str(addr))[:_MAX_SHOWN]
+def _validate(addr: Address, field: _Field, index: int, test_environment: bool) -> str:
+    """Syntax check only (issue 5: no DNS at submission); the ASCII form, for SMTP. `index`:
+    the address's place in the field, to quote it as written when it is refused."""
     try:
         # SMTPUTF8 is refused: the relay speaks plain SMTP and cannot carry UTF-8 addresses.
         valid = validate_email(
@@ -279,10 +280,31 @@ def _validate(addr: Address, field: _Field, test_environment: bool) -> str:
             test_environment=test_environment,
         )
     except EmailNotValidError as exc:
+        shown = _as_written(field, index) or addr.addr_spec
         raise SubmissionError(
-            f"Invalid recipient address {shown or '<>'} in {_label(field.name)}: {exc}"
+            f"Invalid recipient address {shown[:_MAX_SHOWN] or '<>'} in {_label(field.name)}: {exc}"
         ) from None
     return valid.ascii_email or valid.normalized
+
+
+def _as_written(field: _Field, index: int) -> str:
+    """The `index`-th address of the field as the user wrote it (issue 13): the parsed
+    `Address` of an invalid one is empty (`<>`), so the field is split again, in the order
+    the `email` package lists its addresses, and the text between the angle brackets, or
+    the whole mailbox, is taken. "" when it cannot be found."""
+    lines = field.raw.decode("ascii", "surrogateescape").splitlines(keepends=True)
+    _, value = policy.SMTP.header_source_parse(lines)
+    try:
+        address_list, _ = get_address_list("".join(value.splitlines()))
+    except (RecursionError, ValueError, IndexError):
+        return ""
+    mailboxes = [str(mb).strip() for a in address_list.addresses for mb in a.all_mailboxes]
+    if index >= len(mailboxes):
+        return ""
+    text = mailboxes[index]
+    if text.endswith(">") and "<" in text:
+        text = text[text.rindex("<") + 1 : -1].strip()
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _received(

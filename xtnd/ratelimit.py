@@ -1,10 +1,11 @@
 """Per-account submission rate limit: messages and recipients in the last hour (issue 5).
 
 A sliding window over the `submissions` table (schema 5), one row per accepted submission.
-`xtnd.submit` calls `check` and `record` in one transaction on the server's single writer thread,
-together with queueing the remote recipients, so two sessions of one account cannot both slip
-under the limit. It also calls `check` (which only reads) beforehand on a reader, so a
-submission over the limit is refused before any local copy is delivered.
+`xtnd.submit` takes the limit with `check` and `record` in one transaction on the server's single
+writer thread *before* anything is stored or queued, so parallel sessions of one account cannot
+together deliver more than the limit (issue 10, defect 3); if the submission then fails, it gives
+the slot back with `release`. It also calls `check` (which only reads) beforehand on a reader, so
+a submission already over the limit costs no writer transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-__all__ = ["WINDOW", "Limits", "check", "record"]
+__all__ = ["WINDOW", "Limits", "check", "record", "release"]
 
 WINDOW = 3600.0  # "per hour"
 
@@ -40,11 +41,18 @@ def check(
     return None
 
 
-def record(conn: sqlite3.Connection, account: str, recipients: int, now: float) -> None:
-    """Count one accepted submission. Call inside a transaction."""
+def record(conn: sqlite3.Connection, account: str, recipients: int, now: float) -> int:
+    """Count one submission; returns its slot for `release`. Call inside a transaction."""
     # Rows older than the window never count again; dropping them keeps the table small.
     conn.execute("DELETE FROM submissions WHERE account = ? AND at <= ?", (account, now - WINDOW))
-    conn.execute(
+    cur = conn.execute(
         "INSERT INTO submissions (account, at, recipients) VALUES (?, ?, ?)",
         (account, now, recipients),
     )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def release(conn: sqlite3.Connection, slot: int) -> None:
+    """Give back a slot taken by `record` for a submission that was not sent."""
+    conn.execute("DELETE FROM submissions WHERE rowid = ?", (slot,))

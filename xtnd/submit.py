@@ -17,13 +17,16 @@ The steps, and the threads they run on:
    account (its domain is hosted here) or that a routing record claims is refused; anything
    else is remote. The rate limit (messages and recipients per hour) is checked here too, so a
    submission over it delivers nothing.
-3. Local copies are delivered through the gateway's group commit (writer, shared transaction).
-4. On the writer, in one transaction: the rate limit checked again and the submission recorded
-   (so two sessions of one account cannot both slip under it), the remote recipients queued.
+3. On the writer, in one transaction, the rate limit is taken: checked again and the submission
+   recorded, before anything is stored or queued, so parallel sessions of one account cannot
+   deliver more copies than the limit allows (issue 10, defect 3).
+4. Local copies are delivered through the gateway's group commit (writer, shared transaction).
+5. On the writer, in one transaction: the remote recipients queued.
 
-If step 4 failed after step 3 succeeded, the client sees -ERR although local copies exist; a
-resend is then caught by duplicate suppression (same Message-ID). Doing 4 before 3 would instead
-risk relaying a message whose submission was refused.
+If step 4 or 5 fails, the slot taken in step 3 is given back. If step 5 failed after step 4
+succeeded, the client sees -ERR although local copies exist; a resend is then caught by duplicate
+suppression (same Message-ID). Queueing before delivering would instead risk relaying a message
+whose submission was refused.
 """
 
 from __future__ import annotations
@@ -106,9 +109,13 @@ class Submitter:
             lambda: self.store.directory_version()
         )
 
-    async def submit(self, account: str, peer: str, message: bytes) -> Pop3Error | None:
+    async def submit(
+        self, account: str, peer: str, message: bytes, login_address: str = ""
+    ) -> Pop3Error | None:
+        """`login_address`: the address part of the name the session logged in with; it
+        routes to `account`, so it is an allowed From even through a wildcard (issue 13)."""
         try:
-            error, queued, count = await self._submit(account, peer, message)
+            error, queued, count = await self._submit(account, peer, message, login_address)
         except SubmissionError as exc:
             error = Pop3Error(exc.text)
         except _STORE_ERRORS:
@@ -123,10 +130,12 @@ class Submitter:
         return None
 
     async def _submit(
-        self, account: str, peer: str, message: bytes
+        self, account: str, peer: str, message: bytes, login_address: str
     ) -> tuple[Pop3Error | None, int, int]:
         """The steps of the module docstring: (error or None, number queued, recipients)."""
         allowed = await self.read(self.addresses_of, account)
+        if login_address:
+            allowed = allowed | {login_address.lower()}
         envelope: Envelope = await self.read(
             functools.partial(
                 derive_envelope,
@@ -143,26 +152,43 @@ class Submitter:
         if isinstance(classified, Pop3Error):
             return classified, 0, 0
         prepared, remote = classified
-        if prepared.copies:
-            results = await self.deliver(prepared)
-            for before, r in zip(prepared.results, results, strict=True):
-                if before is not None:
-                    continue  # a remote recipient, no copy here
-                if r.status is Status.TEMPORARY:
-                    text = f"could not deliver to {r.recipient}; try again later"
-                    return Pop3Error(text, "SYS/TEMP"), 0, 0
-                if r.status not in _ACCEPTED:
-                    return Pop3Error(f"unknown recipient {r.recipient}"), 0, 0
-        error = await self.write(self.commit, account, envelope, remote, now)
-        return error, len(remote), len(envelope.recipients)
+        slot = await self.write(self.take_slot, account, len(envelope.recipients), now)
+        if isinstance(slot, Pop3Error):
+            return slot, 0, 0
+        sent = False
+        try:
+            error = await self._deliver_local(prepared)
+            if error is None:
+                await self.write(self.enqueue, account, envelope, remote, now)
+                sent = True
+            return error, len(remote), len(envelope.recipients)
+        finally:
+            if not sent:
+                await self.write(self.release_slot, slot)
+
+    async def _deliver_local(self, prepared: Prepared) -> Pop3Error | None:
+        """Step 4: the local copies, or the reason one could not be stored."""
+        if not prepared.copies:
+            return None
+        results = await self.deliver(prepared)
+        for before, r in zip(prepared.results, results, strict=True):
+            if before is not None:
+                continue  # a remote recipient, no copy here
+            if r.status is Status.TEMPORARY:
+                text = f"could not deliver to {r.recipient}; try again later"
+                return Pop3Error(text, "SYS/TEMP")
+            if r.status not in _ACCEPTED:
+                return Pop3Error(f"unknown recipient {r.recipient}")
+        return None
 
     # --- blocking parts, on the store's threads ---
     def addresses_of(self, account: str) -> frozenset[str]:
         """The addresses `account` may put in From besides its own (which `derive_envelope`
         adds): its name in every alias of its domain, every exact routing record that lands on
         it, and `[xtnd] allowed_from`. Wildcard records are left out: `*@domain` catches mail,
-        it does not make every address of the domain the account's own. Cached per account
-        until the directory changes."""
+        it does not make every address of the domain the account's own (only the one the
+        session logged in with, which `submit` adds). Cached per account until the directory
+        changes."""
         account = account.lower()
         return self._addresses.get(account, lambda: self._addresses_of(account))
 
@@ -200,26 +226,31 @@ class Submitter:
             return Pop3Error(reason, "SYS/TEMP")
         return prepared, remote
 
-    def commit(
-        self, account: str, envelope: Envelope, remote: list[str], now: float
-    ) -> Pop3Error | None:
-        """Step 4, on the writer: rate limit and queue in one transaction."""
-        count = len(envelope.recipients)
+    def take_slot(self, account: str, recipients: int, now: float) -> int | Pop3Error:
+        """Step 3, on the writer: check and record the submission in one transaction."""
         with self.store.transaction() as conn:
-            reason = ratelimit.check(conn, account, count, now, self.limits)
+            reason = ratelimit.check(conn, account, recipients, now, self.limits)
             if reason is not None:
                 return Pop3Error(reason, "SYS/TEMP")
-            ratelimit.record(conn, account, count, now)
-            if remote:
-                queue.enqueue(
-                    conn,
-                    sender=envelope.sender,
-                    account=account,
-                    message=envelope.message,
-                    recipients=remote,
-                    now=now,
-                )
-        return None
+            return ratelimit.record(conn, account, recipients, now)
+
+    def release_slot(self, slot: int) -> None:
+        with self.store.transaction() as conn:
+            ratelimit.release(conn, slot)
+
+    def enqueue(self, account: str, envelope: Envelope, remote: list[str], now: float) -> None:
+        """Step 5, on the writer: the remote recipients queued in one transaction."""
+        if not remote:
+            return
+        with self.store.transaction() as conn:
+            queue.enqueue(
+                conn,
+                sender=envelope.sender,
+                account=account,
+                message=envelope.message,
+                recipients=remote,
+                now=now,
+            )
 
     def is_local(self, recipient: str) -> bool:
         """For a recipient that resolves to no mailbox: True when it is ours to refuse rather

@@ -92,6 +92,8 @@ class Submit:
     Result: `Session.submit_result`."""
 
     message: bytes = field(repr=False)
+    # The address part of the login name: always an allowed From (issue 13).
+    login_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,10 @@ class Grant:
     may_expunge: bool = True  # `e`
     # A CommuniGate alert waits for this account: the shell shows it instead of logging in.
     alert_pending: bool = False
+    # Issue 13: the address part of the login name (routes to `account`), and whether the
+    # account's XTND XMIT service is enabled.
+    login_address: str = ""
+    may_submit: bool = True
 
 
 @dataclass(frozen=True, slots=True)

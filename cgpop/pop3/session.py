@@ -427,6 +427,10 @@ class Session:
         sub = str(args[0]).strip().upper()
         if sub != "XMIT" or not self.policy.xtnd_enabled:
             raise Pop3Error("unknown XTND command")
+        assert self.grant is not None
+        if not self.grant.may_submit:
+            # Issue 13: refused before the body is read, so nothing of it is kept.
+            raise Pop3Error("XTND XMIT is disabled for this account", "SYS/PERM")
         self.body = BodyReader(self.policy.xtnd_max_size)
         return [Send(b"+OK Start sending message.\r\n")]
 
@@ -440,7 +444,8 @@ class Session:
             limit = self.policy.xtnd_max_size
             return [Send(Pop3Error(f"message too large (limit {limit} octets)").reply())]
         self.busy = True
-        return [Submit(result.message)]
+        assert self.grant is not None
+        return [Submit(result.message, self.grant.login_address)]
 
     def _rset(self, args: tuple[Value, ...]) -> list[Event]:
         self.deleted.clear()

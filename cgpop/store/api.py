@@ -36,6 +36,13 @@ FLAG_NAMES = {
 }
 
 
+# Issue 13: the services an account may have suspended (`cgpop account disable --service`).
+SERVICES = ("pop", "xtnd")
+# Several X-Real-To addresses are stored in one column joined by this; it never occurs in an
+# address there (delivery strips control characters from what it records).
+REAL_TO_SEPARATOR = "\n"
+
+
 def flag_names(bits: int) -> list[str]:
     return [name for bit, name in FLAG_NAMES.items() if bits & bit]
 
@@ -58,6 +65,7 @@ class Account:
     domain: str
     name: str
     credentials: Credentials
+    disabled: frozenset[str] = frozenset()  # suspended SERVICES
 
     @property
     def address(self) -> str:
@@ -102,6 +110,12 @@ class MessageInfo:
     flags: tuple[str, ...]
     x_real_to: str | None
     internal_date: float
+    individuals: tuple[str, ...] = ()  # the names an individual login is matched against
+
+    @property
+    def real_to(self) -> tuple[str, ...]:
+        """The X-Real-To addresses recorded for the message, one per item."""
+        return tuple(self.x_real_to.split(REAL_TO_SEPARATOR)) if self.x_real_to else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +129,15 @@ class StoredMessage:
     size: int  # unstuffed size of prefix + body, as LIST reports it
 
     def chunks(self, chunk_size: int = 256 * 1024) -> Generator[bytes, None, None]:
-        yield self.prefix
+        """The octets in bounded chunks. The body file is opened before the first chunk is
+        produced, so a missing body raises `OSError` before a single octet was sent."""
         if self.data is not None:
+            yield self.prefix
             yield self.data
             return
         assert self.path is not None
         with open(self.path, "rb") as fh:
+            yield self.prefix
             while chunk := fh.read(chunk_size):
                 yield chunk
 
@@ -135,6 +152,8 @@ class Copy:
     individual: str | None
     message_id: str | None = None
     dedup_key: str | None = None  # recipient key for duplicate suppression
+    # Individual names after the first (several listed in the message's own X-Real-To).
+    more_individuals: tuple[str, ...] = ()
 
 
 class SqlAccess(Protocol):
@@ -162,6 +181,16 @@ class Store(SqlAccess, Protocol):
     def set_credentials(self, domain: str, name: str, creds: Credentials) -> None: ...
     def remove_account(self, domain: str, name: str) -> None: ...
     def list_accounts(self, domain: str | None = None) -> list[str]: ...
+    def set_services_enabled(
+        self, domain: str, name: str, services: Sequence[str], enabled: bool
+    ) -> None:
+        """Suspend or resume SERVICES of an account (mail and delivery are kept)."""
+        ...
+
+    def disabled_services(self, domain: str | None = None) -> dict[str, frozenset[str]]:
+        """Per account address (in `domain`, or all), its suspended services."""
+        ...
+
     def get_account(self, domain: str, name: str) -> Account | None: ...
     def add_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox: ...
     def remove_mailbox(self, domain: str, account: str, mailbox: str) -> None: ...

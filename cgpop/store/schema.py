@@ -220,3 +220,44 @@ def _directory_version_migration() -> str:
 
 
 MIGRATIONS.append(_directory_version_migration())
+
+
+# ---- issue 13, item 1 (fid): several individual names per message --------------------------
+MIGRATIONS.append(
+    # 7: individual names beyond the first. A message whose own X-Real-To field lists several
+    # addresses routed to its account is visible to each of their individual names. The first
+    # name stays in messages.individual (the common, single-name case keeps its one indexed
+    # lookup and its row unchanged); the others get a row each here, read at login by an
+    # indexed lookup too. A separate table rather than a delimited column: a match inside a
+    # list (LIKE '%,name,%') cannot use an index and would scan the whole mailbox at every
+    # individual login. Rows go with their message (trigger), so expunge and the collector
+    # need no change.
+    """
+    CREATE TABLE message_individuals (
+        mailbox_id INTEGER NOT NULL,
+        individual TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        PRIMARY KEY (mailbox_id, individual, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX message_individuals_by_uid ON message_individuals(mailbox_id, uid);
+    CREATE TRIGGER messages_delete_drops_individuals AFTER DELETE ON messages
+    WHEN OLD.individual IS NOT NULL BEGIN
+        DELETE FROM message_individuals WHERE mailbox_id = OLD.mailbox_id AND uid = OLD.uid;
+    END;
+    """
+)
+# ---- end of issue 13, item 1 ----------------------------------------------------------------
+
+
+# ---- issue 13, item 5 (fid): account services (CommuniGate "Enabled Services") ------------
+MIGRATIONS.append(
+    # 8: a suspended service keeps the account and its mail; only the service is refused.
+    # The directory-version trigger on accounts (migration 6) makes a running server see it.
+    """
+    ALTER TABLE accounts ADD COLUMN pop_enabled INTEGER NOT NULL DEFAULT 1
+        CHECK (pop_enabled IN (0, 1));
+    ALTER TABLE accounts ADD COLUMN xtnd_enabled INTEGER NOT NULL DEFAULT 1
+        CHECK (xtnd_enabled IN (0, 1));
+    """
+)
+# ---- end of issue 13, item 5 ----------------------------------------------------------------

@@ -4,11 +4,19 @@ Methods are blocking; the asyncio layer runs them in worker threads (one connect
 Durability: deliveries commit with synchronous=FULL after body files are fsynced, so an
 acknowledged message survives a crash and a crash before commit leaves nothing visible (an
 orphan body file at most, removed at the next start).
+
+Body files and concurrent writers: a writer (the server's LMTP and XTND paths, `cgpop deliver`,
+`cgpop mailbox import`, another worker process) writes a large body's file *before* the
+transaction that names it commits. Each such file is held open with a shared `flock` from its
+creation until that transaction has ended, and the orphan sweep only removes a file it can lock
+exclusively and, once locked, still finds unnamed. A writer that dies loses its locks with its
+process, so its files become sweepable; a live writer's file never is. No global lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import sqlite3
@@ -16,7 +24,7 @@ import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
@@ -24,6 +32,7 @@ from accounts.credentials import Credentials
 from cgpop.store import schema
 from cgpop.store.api import (
     SEEN,
+    SERVICES,
     Account,
     Copy,
     Mailbox,
@@ -289,7 +298,8 @@ class SqliteStore:
         row = (
             self._conn()
             .execute(
-                "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret "
+                "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret, "
+                "a.pop_enabled, a.xtnd_enabled "
                 "FROM accounts a JOIN domains d ON d.id = a.domain_id "
                 "WHERE d.name = ? AND a.name = ?",
                 (domain.lower(), name.lower()),
@@ -299,7 +309,37 @@ class SqliteStore:
         if row is None:
             return None
         creds = Credentials(bytes(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]), row[5])
-        return Account(int(row[0]), domain.lower(), name.lower(), creds)
+        disabled = frozenset(s for s, on in zip(SERVICES, row[6:8], strict=True) if not on)
+        return Account(int(row[0]), domain.lower(), name.lower(), creds, disabled)
+
+    # --- account services (issue 13; schema migration 8) ---
+    def set_services_enabled(
+        self, domain: str, name: str, services: Sequence[str], enabled: bool
+    ) -> None:
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise StoreError(f"unknown service(s): {', '.join(sorted(unknown))}")
+        with self._tx() as conn:
+            aid = self._account_id(conn, domain, name)
+            for service in services:
+                # The column name comes from SERVICES, never from the caller's text.
+                column = {"pop": "pop_enabled", "xtnd": "xtnd_enabled"}[service]
+                conn.execute(f"UPDATE accounts SET {column} = ? WHERE id = ?", (int(enabled), aid))
+
+    def disabled_services(self, domain: str | None = None) -> dict[str, frozenset[str]]:
+        sql = (
+            "SELECT a.name || '@' || d.name, a.pop_enabled, a.xtnd_enabled "
+            "FROM accounts a JOIN domains d ON d.id = a.domain_id"
+        )
+        args: tuple[str, ...] = ()
+        if domain is not None:
+            self._domain_id(self._conn(), domain)
+            sql += " WHERE d.name = ?"
+            args = (domain.lower(),)
+        return {
+            str(address): frozenset(s for s, on in zip(SERVICES, flags, strict=True) if not on)
+            for address, *flags in self._conn().execute(sql + " ORDER BY d.name, a.name", args)
+        }
 
     # --- mailboxes ---
     def _insert_mailbox(self, conn: sqlite3.Connection, account_id: int, name: str) -> int:
@@ -328,7 +368,8 @@ class SqliteStore:
         with self._tx() as conn:
             aid = self._account_id(conn, domain, account)
             box_id = self._insert_mailbox(conn, aid, mailbox)
-            self._default_acl(conn, account, box_id)
+            if not self._inherit_acl(conn, aid, mailbox, box_id):
+                self._default_acl(conn, account, box_id)
         found = self.get_mailbox(domain, account, mailbox)
         assert found is not None
         return found
@@ -368,8 +409,16 @@ class SqliteStore:
         return Mailbox(int(row[0]), int(row[1]), owner, mailbox, int(row[2]))
 
     def list_messages(self, mailbox: Mailbox) -> list[MessageInfo]:
-        rows = self._conn().execute(
-            "SELECT uid, size, flags, x_real_to, internal_date FROM messages "
+        conn = self._conn()
+        more: dict[int, list[str]] = {}
+        for uid, name in conn.execute(
+            "SELECT uid, individual FROM message_individuals WHERE mailbox_id = ? "
+            "ORDER BY uid, individual",
+            (mailbox.id,),
+        ):
+            more.setdefault(int(uid), []).append(str(name))
+        rows = conn.execute(
+            "SELECT uid, size, flags, x_real_to, internal_date, individual FROM messages "
             "WHERE mailbox_id = ? AND expunged_at IS NULL ORDER BY uid",
             (mailbox.id,),
         )
@@ -381,8 +430,9 @@ class SqliteStore:
                 tuple(flag_names(flags)),
                 x_real_to,
                 when,
+                (individual, *more.get(uid, ())) if individual is not None else (),
             )
-            for uid, size, flags, x_real_to, when in rows
+            for uid, size, flags, x_real_to, when, individual in rows
         ]
 
     def message_flags(self, mailbox_id: int, uid: int) -> int | None:
@@ -407,6 +457,30 @@ class SqliteStore:
                     for e in DEFAULT_PUBLIC_ACL
                 ],
             )
+
+    def _inherit_acl(
+        self, conn: sqlite3.Connection, account_id: int, mailbox: str, mailbox_id: int
+    ) -> bool:
+        """Issue 13, Cyrus's rule: a new mailbox starts with a copy of its parent's ACL, the
+        parent being the nearest existing ancestor in the `/` hierarchy (`a/b/c` looks at
+        `a/b`, then `a`). False when it has none (the caller applies the defaults). A
+        top-level mailbox has no parent here: INBOX is its sibling, as in CommuniGate's
+        folders, so sharing INBOX does not share every new top-level mailbox (Cyrus nests
+        them under INBOX, which would)."""
+        parts = mailbox.split("/")
+        for cut in range(len(parts) - 1, 0, -1):
+            row = conn.execute(
+                "SELECT id FROM mailboxes WHERE account_id = ? AND name = ?",
+                (account_id, "/".join(parts[:cut])),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) "
+                    "SELECT ?, identifier, negative, rights FROM acl WHERE mailbox_id = ?",
+                    (mailbox_id, int(row[0])),
+                )
+                return True
+        return False
 
     def acl_entries(self, mailbox: Mailbox) -> list[AclEntry]:
         """The mailbox's ACL, positive entries first, each group sorted by identifier."""
@@ -494,16 +568,26 @@ class SqliteStore:
         return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
-    def _write_body_file(self, stuffed: bytes) -> str:
-        name = secrets.token_hex(16)
+    def _write_body_file(self, stuffed: bytes, pins: list[int]) -> str:
+        """Write and fsync a body file; its descriptor, holding a shared flock, is appended to
+        `pins` and must stay open until the transaction naming the file has ended (see the
+        module docstring), then be released with `_release`."""
+        while True:
+            name = secrets.token_hex(16)
+            tmp = self.bodies_dir / "tmp" / name
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            pins.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            # The sweep may have removed the file between open and flock: start again.
+            if os.fstat(fd).st_nlink:
+                break
         rel = f"{name[:2]}/{name}"
         final = self.bodies_dir / rel
         final.parent.mkdir(exist_ok=True)
-        tmp = self.bodies_dir / "tmp" / name
-        with open(tmp, "wb") as fh:
+        with open(fd, "wb", closefd=False) as fh:
             fh.write(stuffed)
             fh.flush()
-            os.fsync(fh.fileno())
+            os.fsync(fd)
         os.replace(tmp, final)
         dirfd = os.open(final.parent, os.O_RDONLY)
         try:
@@ -512,12 +596,19 @@ class SqliteStore:
             os.close(dirfd)
         return rel
 
-    def _stored_body(self, raw: bytes) -> tuple[int, bytes, str | None]:
+    @staticmethod
+    def _release(pins: list[int]) -> None:
+        for fd in pins:
+            os.close(fd)
+        pins.clear()
+
+    def _stored_body(self, raw: bytes, pins: list[int]) -> tuple[int, bytes, str | None]:
         """(size as POP reports it, stuffed octets, body file or None when kept inline). The
-        file, if any, is written and fsynced before the caller's transaction commits."""
+        file, if any, is written and fsynced before the caller's transaction commits, and
+        pinned (see `_write_body_file`) until the caller releases `pins` after it."""
         normalized = normalize_crlf(raw)
         stuffed = dot_stuff(normalized)
-        file = self._write_body_file(stuffed) if len(stuffed) > INLINE_MAX else None
+        file = self._write_body_file(stuffed, pins) if len(stuffed) > INLINE_MAX else None
         return len(normalized), stuffed, file
 
     def _insert_body(
@@ -547,12 +638,13 @@ class SqliteStore:
         (group commit). Per item and copy: stored, or False when suppressed as a duplicate.
         All or nothing: on an exception no item is stored."""
         prepared: list[tuple[int, bytes, str | None, Sequence[Copy]]] = []
+        pins: list[int] = []
         try:
             for message, copies in items:
                 if not copies:
                     prepared.append((0, b"", None, copies))
                     continue
-                prepared.append((*self._stored_body(message), copies))
+                prepared.append((*self._stored_body(message, pins), copies))
             now = _now()
             outcome: list[list[bool]] = []
             with self._tx() as conn:
@@ -567,6 +659,8 @@ class SqliteStore:
         except BaseException:
             self._unlink_files(file for _, _, file, _ in prepared)
             raise
+        finally:
+            self._release(pins)
         # Bodies every copy of which was a duplicate were never referenced.
         self._unlink_files(
             file
@@ -585,12 +679,13 @@ class SqliteStore:
         flags: int = 0,
     ) -> None:
         prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
+        uid = self._next_uid(conn, copy.mailbox_id)
         conn.execute(
             "INSERT INTO messages(mailbox_id, uid, body_id, size, flags, internal_date, "
             "x_real_to, individual, prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 copy.mailbox_id,
-                self._next_uid(conn, copy.mailbox_id),
+                uid,
                 body_id,
                 size + len(prefix),
                 flags,
@@ -600,6 +695,15 @@ class SqliteStore:
                 prefix,
             ),
         )
+        if copy.more_individuals:
+            # Schema migration 7: the names after the first (the trigger there needs the
+            # first in messages.individual to remove these with the message).
+            assert copy.individual is not None
+            conn.executemany(
+                "INSERT OR IGNORE INTO message_individuals(mailbox_id, individual, uid) "
+                "VALUES (?, ?, ?)",
+                [(copy.mailbox_id, name, uid) for name in copy.more_individuals],
+            )
 
     def _unlink_files(self, files: Iterable[str | None]) -> None:
         for rel in files:
@@ -633,21 +737,43 @@ class SqliteStore:
                 self._default_acl(conn, name, box_id)
 
     def import_messages(
-        self, mailbox: Mailbox, messages: Iterable[tuple[bytes, int]], batch: int = 500
+        self,
+        mailbox: Mailbox,
+        messages: Iterable[tuple[bytes, int]],
+        batch: int = 500,
+        real_to: Callable[[bytes], tuple[str | None, tuple[str, ...]]] | None = None,
     ) -> int:
         """Bulk import (migration from Maildir/mbox): (octets, flag bits) per message, stored
-        as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages."""
+        as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages.
+        `real_to(octets)` gives what to record from the message's own X-Real-To field: the
+        addresses (joined by REAL_TO_SEPARATOR) and the individual names (issue 13)."""
         count = 0
         pending: list[tuple[bytes, int]] = []
 
         def flush() -> None:
-            with self._tx() as conn:
-                now = _now()
-                for raw, flags in pending:
-                    size, stuffed, file = self._stored_body(raw)
-                    body_id = self._insert_body(conn, size, stuffed, file, 1)
-                    copy = Copy(mailbox.id, b"", None, None)
-                    self._insert_copy(conn, copy, body_id, size, now, flags)
+            pins: list[int] = []
+            files: list[str | None] = []
+            try:
+                with self._tx() as conn:
+                    now = _now()
+                    for raw, flags in pending:
+                        size, stuffed, file = self._stored_body(raw, pins)
+                        files.append(file)
+                        body_id = self._insert_body(conn, size, stuffed, file, 1)
+                        x_real_to, names = real_to(raw) if real_to is not None else (None, ())
+                        copy = Copy(
+                            mailbox.id,
+                            b"",
+                            x_real_to,
+                            names[0] if names else None,
+                            more_individuals=names[1:],
+                        )
+                        self._insert_copy(conn, copy, body_id, size, now, flags)
+            except BaseException:
+                self._unlink_files(files)
+                raise
+            finally:
+                self._release(pins)
             pending.clear()
 
         for item in messages:
@@ -686,10 +812,16 @@ class SqliteStore:
                 (mailbox.id,),
             ).fetchall()
         else:
+            # Two indexed lookups: the first name of each message, then the others (schema
+            # migration 7). A name is recorded once per message, so UNION ALL repeats none.
             rows = conn.execute(
                 "SELECT uid, size FROM messages INDEXED BY messages_individual "
-                "WHERE mailbox_id = ? AND individual = ? AND expunged_at IS NULL ORDER BY uid",
-                (mailbox.id, individual.lower()),
+                "WHERE mailbox_id = ? AND individual = ? AND expunged_at IS NULL "
+                "UNION ALL SELECT m.uid, m.size FROM message_individuals x "
+                "JOIN messages m ON m.mailbox_id = x.mailbox_id AND m.uid = x.uid "
+                "WHERE x.mailbox_id = ? AND x.individual = ? AND m.expunged_at IS NULL "
+                "ORDER BY 1",
+                (mailbox.id, individual.lower(), mailbox.id, individual.lower()),
             ).fetchall()
         opened = _now()
         with self._lock:
@@ -783,17 +915,38 @@ class SqliteStore:
         return len(rows)
 
     def remove_orphan_files(self) -> int:
-        """At start: body files no row names (a crash between fsync and commit)."""
+        """At start: remove body files no row names (a crash between fsync and commit), but
+        never one a live writer still holds (see the module docstring)."""
         known = {
             r[0] for r in self._conn().execute("SELECT file FROM bodies WHERE file IS NOT NULL")
         }
         removed = 0
         for path in self.bodies_dir.glob("*/*"):
+            in_tmp = path.parent.name == "tmp"
             rel = f"{path.parent.name}/{path.name}"
-            if path.parent.name == "tmp" or rel not in known:
+            if not in_tmp and rel in known:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # renamed into place or removed by its writer meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a writer's transaction has not ended yet
+                # Locked: its writer is done. It may have committed since `known` was read.
+                if not in_tmp and self._body_file_named(rel):
+                    continue
                 path.unlink(missing_ok=True)
                 removed += 1
+            finally:
+                os.close(fd)
         return removed
+
+    def _body_file_named(self, rel: str) -> bool:
+        row = self._conn().execute("SELECT 1 FROM bodies WHERE file = ?", (rel,)).fetchone()
+        return row is not None
 
     def prune_duplicates(self) -> None:
         if self.duplicate_window is not None:

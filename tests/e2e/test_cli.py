@@ -47,6 +47,11 @@ class Cli:
         return json.loads(self.ok(*args, "--json"))
 
 
+def addresses(rows: list[dict[str, str]]) -> list[str]:
+    """The accounts of an `account list --json`."""
+    return [row["address"] for row in rows]
+
+
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
@@ -83,8 +88,15 @@ def test_domain_with_accounts_cannot_be_removed(joe: Cli) -> None:
 
 def test_account_add_and_list(joe: Cli) -> None:
     joe.ok("account", "add", "Ann@example.com", "--password-stdin", stdin=b"pw\n")
-    assert joe.json("account", "list") == ["ann@example.com", "joe@example.com"]
-    assert joe.json("account", "list", "example.com") == ["ann@example.com", "joe@example.com"]
+    # Issue 13: each account is an object with its services' state.
+    assert joe.json("account", "list") == [
+        {"address": "ann@example.com", "pop": "enabled", "xtnd": "enabled"},
+        {"address": "joe@example.com", "pop": "enabled", "xtnd": "enabled"},
+    ]
+    assert addresses(joe.json("account", "list", "example.com")) == [
+        "ann@example.com",
+        "joe@example.com",
+    ]
     dup = joe.run("account", "add", "joe@example.com", "--password-stdin", stdin=b"x\n")
     assert dup.returncode == 1
     empty = joe.run("account", "add", "bob@example.com", "--password-stdin", stdin=b"\n")
@@ -92,7 +104,7 @@ def test_account_add_and_list(joe: Cli) -> None:
     no_domain = joe.run("account", "add", "bob@nowhere.test", "--password-stdin", stdin=b"x\n")
     assert no_domain.returncode == 1
     assert b"nowhere.test" in no_domain.stderr
-    assert joe.json("account", "list") == ["ann@example.com", "joe@example.com"]
+    assert addresses(joe.json("account", "list")) == ["ann@example.com", "joe@example.com"]
 
 
 def test_mailbox_add_list_show(joe: Cli) -> None:
@@ -177,7 +189,7 @@ def test_config_from_environment(joe: Cli) -> None:
         cwd=joe.config.parent,
     )
     assert done.returncode == 0, done.stderr.decode()
-    assert json.loads(done.stdout) == ["joe@example.com"]
+    assert addresses(json.loads(done.stdout)) == ["joe@example.com"]
 
 
 def test_show_sees_retr_of_a_live_session(server: LiveServer, tmp_path: Path) -> None:

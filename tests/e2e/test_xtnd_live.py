@@ -454,3 +454,53 @@ def test_over_the_rate_limit_delivers_nothing_locally(
         assert limited.startswith(b"-ERR [SYS/TEMP] rate limit"), limited
     assert len(retr_all(server, "ann@example.com")) == 1
     assert server.call(queue.list_queue, server.store) == []
+
+
+def test_parallel_sessions_cannot_deliver_past_the_rate_limit(
+    server_factory: Callable[..., LiveServer], sink: Sink
+) -> None:
+    """Issue 10, defect 3: 48 sessions of one account submit at once against a limit of 30:
+    exactly 30 are accepted and exactly 30 copies reach the local recipient."""
+    server = server_factory(xtnd=relay_to(sink, rate_messages_per_hour=30))
+    server.add_account("joe@example.com", "secret")
+    server.add_account("ann@example.com", "secret")
+    sessions = 48
+    ready = threading.Barrier(sessions)
+    replies: list[bytes] = []
+
+    def one(n: int) -> None:
+        with Raw(server) as raw:
+            raw.login()
+            assert raw.cmd("XTND XMIT") == b"+OK Start sending message.\r\n"
+            ready.wait(TIMEOUT)
+            raw.send(stuff(msg("ann@example.com", body=f"number {n}\n")) + b".\r\n")
+            replies.append(raw.line())
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(4 * TIMEOUT)
+    assert len(replies) == sessions
+    accepted = [r for r in replies if r.startswith(b"+OK")]
+    assert len(accepted) == 30, replies
+    assert all(r.startswith(b"-ERR [SYS/TEMP] rate limit") for r in replies if r not in accepted)
+    assert len(retr_all(server, "ann@example.com")) == 30
+
+
+def test_a_failed_submission_gives_its_rate_limit_slot_back(
+    server_factory: Callable[..., LiveServer], sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = server_factory(xtnd=relay_to(sink, rate_messages_per_hour=1))
+    server.add_account("joe@example.com", "secret")
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(queue, "enqueue", boom)
+    with Raw(server) as raw:
+        raw.login()
+        assert xmit(raw, msg("far@example.org")).startswith(b"-ERR [SYS/TEMP] ")
+        monkeypatch.undo()
+        assert xmit(raw, msg("far@example.org")) == b"+OK Message sent successfully\r\n"
+        assert xmit(raw, msg("far@example.org")).startswith(b"-ERR [SYS/TEMP] rate limit")

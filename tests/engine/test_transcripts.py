@@ -193,3 +193,15 @@ def test_overlong_sasl_response_ends_the_exchange() -> None:
     assert reply == "-ERR authentication response too long\r\n"
     assert not d.session.in_sasl
     assert d("USER joe").startswith("+OK")  # a command again, not a SASL response
+
+
+def test_xtnd_refused_before_the_body_when_the_service_is_disabled() -> None:
+    # Issue 13: no "+OK Start sending", so no body is read; the session goes on.
+    d = Driver(grant_kwargs={"may_submit": False}, xtnd_enabled=True)
+    d.login()
+    assert d("XTND XMIT") == "-ERR [SYS/PERM] XTND XMIT is disabled for this account\r\n"
+    assert not d.session.in_body
+    assert d("STAT") == "+OK 3 600\r\n"
+    enabled = Driver(xtnd_enabled=True)
+    enabled.login()
+    assert enabled("XTND XMIT") == "+OK Start sending message.\r\n"

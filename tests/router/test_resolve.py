@@ -369,3 +369,51 @@ def test_foreign_form_is_not_a_recipient(directory: FakeDirectory) -> None:
 def test_recipient_unknown(directory: FakeDirectory) -> None:
     with pytest.raises(RouteError):
         rcpt("nobody@client2.com", directory)
+
+
+# --- issue 13: foreign mailboxes in other domains, and the login address ---------------------
+
+
+def test_foreign_owner_in_another_domain(directory: FakeDirectory) -> None:
+    target = login("~info@client2.com/INBOX#jsmith@client1.com", directory)
+    assert target.auth_address == "jsmith@client1.com"
+    assert target.route == Route("client2.com", "info", "INBOX")
+
+
+def test_foreign_owner_domain_through_alias_and_default_user_domain(
+    directory: FakeDirectory,
+) -> None:
+    target = login("~CL1@Client1.ORG/lists/info#jsmith", directory)
+    assert target.auth_address == "jsmith@example.com"
+    assert target.route == Route("client1.com", "cl1", "lists/info")
+
+
+def test_foreign_owner_with_domain_is_routed(directory: FakeDirectory) -> None:
+    # An exact routing record names the owner, as it would a recipient.
+    directory.routes["boss@client2.com"] = "boss@example.com"
+    target = login("~boss@client2.com/INBOX#info@client2.com", directory)
+    assert target.route == Route("example.com", "boss", "INBOX")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "~ghost@client2.com/INBOX#jsmith",  # no such account there
+        "~info@nowhere.test/INBOX#jsmith",  # no such domain
+        "~info@/INBOX#jsmith",  # empty domain
+        "~@client2.com/INBOX#jsmith",  # empty owner
+    ],
+)
+def test_foreign_owner_in_another_domain_that_does_not_resolve(
+    directory: FakeDirectory, name: str
+) -> None:
+    with pytest.raises(RouteError):
+        login(name, directory)
+
+
+def test_login_address_is_the_address_part_as_given(directory: FakeDirectory) -> None:
+    directory.routes["*@client1.com"] = "cl1@client1.com"
+    assert login("AbcDef@Client1.com", directory).login_address == "abcdef@client1.com"
+    assert login("private#jsmith", directory).login_address == "jsmith@example.com"
+    assert login("~boss/INBOX#jsmith", directory).login_address == "jsmith@example.com"
+    assert login("x@client1.org", directory).login_address == "x@client1.org"

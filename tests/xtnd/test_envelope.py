@@ -131,6 +131,24 @@ def test_invalid_recipient_is_named() -> None:
         derive(msg("From: alice@example.com", "To: Bad <foo>"))
 
 
+@pytest.mark.parametrize(
+    ("field", "shown"),
+    [
+        ("To: someone@invalid..example", "someone@invalid..example"),
+        ("To: Some One <someone@invalid..example>", "someone@invalid..example"),
+        ("To: ok@example.org, Joe <joe@@example.org>", "joe@@example.org"),
+        ("To: team: a@example.org, b@bad..example;", "b@bad..example"),
+        ("To: x@-bad-.example", "x@-bad-.example"),
+    ],
+)
+def test_invalid_recipient_is_quoted_as_written(field: str, shown: str) -> None:
+    # Issue 13: the email parser empties an address it cannot parse; the reply must still
+    # show the user what was refused, not `<>`.
+    with pytest.raises(SubmissionError) as caught:
+        derive(msg("From: alice@example.com", field))
+    assert caught.value.text.startswith(f"Invalid recipient address {shown} in To: ")
+
+
 def test_too_many_recipients() -> None:
     to = ", ".join(f"u{i}@example.org" for i in range(6))
     with pytest.raises(SubmissionError, match="at most 5"):

@@ -1,0 +1,126 @@
+"""Counters shared by the worker processes of one server (issue 14): channels in use in total,
+per client address and per account, so `max_channels`, `max_per_ip` and `max_per_account` hold
+for the whole server however many workers accept connections.
+
+The table lives in anonymous shared memory created by the parent before it forks, so every
+worker inherits the same pages; a process-shared semaphore (`multiprocessing.Lock`) serialises
+updates. It costs one uncontended lock and a hash per connection and per login, far below what
+a login costs anyway. With a single process the same table simply lives in that process.
+
+Layout: open addressing with linear probing over `slots` entries of 16 bytes, an 8-byte key
+digest and an 8-byte signed count. A 64-bit BLAKE2b digest stands in for the key; a collision
+would merge two keys' counts (with 2**64 values and at most `slots` keys, not a practical risk).
+Keys whose count fell to zero stay in place so probe chains stay intact; once half the slots
+hold keys, the table is rebuilt in place with only the keys still counting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import multiprocessing
+import struct
+
+__all__ = ["SharedCounters"]
+
+_ENTRY = struct.Struct("=Qq")
+_EMPTY = 0  # digest 0 marks an empty slot; a real key's digest is never 0 (see _digest)
+
+
+def _digest(key: str) -> int:
+    value = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    return value or 1
+
+
+class TableFull(Exception):
+    """More distinct keys hold channels at once than the table has room for."""
+
+
+class SharedCounters:
+    def __init__(self, slots: int = 1 << 16) -> None:
+        if slots < 2 or slots & (slots - 1):
+            raise ValueError("slots must be a power of two")
+        self.slots = slots
+        self._mem = mmap.mmap(-1, slots * _ENTRY.size + 8)  # +8: count of keys in use
+        self._lock = multiprocessing.get_context("fork").Lock()
+
+    # --- the operations ---
+    def try_add(self, key: str, limit: int | None) -> bool:
+        """Count one more for `key` unless that would pass `limit` (None: no limit)."""
+        digest = _digest(key)
+        with self._lock:
+            slot = self._find(digest, insert=True)
+            assert slot is not None  # insert=True always gives a slot or raises
+            count = self._count(slot)
+            if limit is not None and count >= limit:
+                return False
+            self._write(slot, digest, count + 1)
+            return True
+
+    def remove(self, key: str) -> None:
+        """Count one less for `key` (a channel closed); never below zero."""
+        digest = _digest(key)
+        with self._lock:
+            slot = self._find(digest, insert=False)
+            if slot is not None:
+                self._write(slot, digest, max(0, self._count(slot) - 1))
+
+    def get(self, key: str) -> int:
+        with self._lock:
+            slot = self._find(_digest(key), insert=False)
+            return 0 if slot is None else self._count(slot)
+
+    def close(self) -> None:
+        self._mem.close()
+
+    # --- the table ---
+    def _count(self, slot: int) -> int:
+        return int(_ENTRY.unpack_from(self._mem, slot * _ENTRY.size)[1])
+
+    def _write(self, slot: int, digest: int, count: int) -> None:
+        _ENTRY.pack_into(self._mem, slot * _ENTRY.size, digest, count)
+
+    def _used(self) -> int:
+        return int.from_bytes(self._mem[-8:], "little")
+
+    def _set_used(self, used: int) -> None:
+        self._mem[-8:] = used.to_bytes(8, "little")
+
+    def _find(self, digest: int, *, insert: bool) -> int | None:
+        """The slot holding `digest`; with `insert`, claim an empty one for it if absent."""
+        mask = self.slots - 1
+        slot = digest & mask
+        for _ in range(self.slots):
+            held, _count = _ENTRY.unpack_from(self._mem, slot * _ENTRY.size)
+            if held == digest:
+                return slot
+            if held == _EMPTY:
+                if not insert:
+                    return None
+                if 2 * (self._used() + 1) > self.slots:
+                    self._rebuild()
+                    return self._find(digest, insert=True)  # room again now
+                self._write(slot, digest, 0)
+                self._set_used(self._used() + 1)
+                return slot
+            slot = (slot + 1) & mask
+        raise TableFull("shared counter table full")
+
+    def _rebuild(self) -> None:
+        """Keep only the keys still counting (called with the lock held)."""
+        live = []
+        for slot in range(self.slots):
+            digest, count = _ENTRY.unpack_from(self._mem, slot * _ENTRY.size)
+            if digest != _EMPTY and count > 0:
+                live.append((digest, count))
+        if 2 * (len(live) + 1) > self.slots:
+            raise TableFull("shared counter table full")
+        self._mem[: self.slots * _ENTRY.size] = bytes(self.slots * _ENTRY.size)
+        self._set_used(0)
+        mask = self.slots - 1
+        for digest, count in live:
+            slot = digest & mask
+            while _ENTRY.unpack_from(self._mem, slot * _ENTRY.size)[0] != _EMPTY:
+                slot = (slot + 1) & mask
+            self._write(slot, digest, count)
+        self._set_used(len(live))

@@ -1,0 +1,189 @@
+"""The workers supervisor (issue 14, `[server] workers`): fork N worker processes that share the
+listening sockets the parent opened, replace a worker that dies, pass SIGHUP to every worker, and
+on SIGTERM/SIGINT let all of them drain, then exit.
+
+Shaped after gunicorn's arbiter and uvicorn's `Multiprocess`: the parent does no mail work and
+runs no event loop (it must not hold threads when it forks); each worker runs the same
+composition root as a single-process server, on the inherited sockets. The kernel hands each
+new connection to one of the workers blocked in accept() on the shared socket, so a busy worker
+takes fewer: no SO_REUSEPORT hashing that would strand a dead worker's backlog.
+
+The parent waits on signals with `sigtimedwait` (no handlers, no polling): SIGCHLD, SIGHUP,
+SIGTERM and SIGINT are blocked in the parent and restored to their defaults in each worker
+before it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Supervisor", "worker_count"]
+
+log = logging.getLogger("cgpop.workers")
+
+_SIGNALS = frozenset({signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+# A worker that dies sooner than this after its start is failing at start (bad certificate,
+# store unreachable): restart it with a growing delay rather than fork in a tight loop.
+_QUICK_DEATH = 1.0
+_MAX_BACKOFF = 30.0
+# After the drain grace, workers still alive get SIGKILL this much later at most.
+_KILL_MARGIN = 5.0
+
+
+def worker_count(setting: int | str) -> int:
+    """`[server] workers`: a positive count, or "auto" for one per CPU this process may use."""
+    if setting == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    assert isinstance(setting, int) and setting >= 1
+    return setting
+
+
+@dataclass
+class _Slot:
+    index: int
+    pid: int = 0
+    started: float = 0.0
+    failures: int = 0  # quick deaths in a row
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Run `work(index)` in `count` forked processes until told to stop.
+
+    `work` runs in the child with default signal dispositions and returns its exit status; it
+    must treat SIGTERM as "finish what you are doing within `grace` seconds, then exit" and
+    SIGHUP as "reload". The parent returns 0 after a clean drain, 1 if a worker had to be
+    killed."""
+
+    def __init__(self, count: int, work: Callable[[int], int], *, grace: float) -> None:
+        if count < 1:
+            raise ValueError("at least one worker")
+        self.work = work
+        self.grace = grace
+        self.slots = [_Slot(i) for i in range(count)]
+        self.stopping = False
+
+    # --- the parent ---
+    def run(self) -> int:
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            for slot in self.slots:
+                self._spawn(slot)
+            while not self.stopping:
+                info = signal.sigtimedwait(_SIGNALS, self._next_timeout())
+                if info is not None:
+                    self._on_signal(info.si_signo)
+                self._reap()
+                self._restart_due()
+            return self._drain()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.slots if s.pid]
+
+    def _on_signal(self, signo: int) -> None:
+        if signo == signal.SIGHUP:
+            log.info("SIGHUP: passed to %d workers", len(self.pids()))
+            self._send_all(signal.SIGHUP)
+        elif signo in (signal.SIGTERM, signal.SIGINT):
+            log.info("%s: draining %d workers", signal.Signals(signo).name, len(self.pids()))
+            self.stopping = True
+
+    def _next_timeout(self) -> float:
+        due = [s.restart_at for s in self.slots if s.restart_at is not None]
+        if not due:
+            return 3600.0
+        return max(0.0, min(due) - time.monotonic())
+
+    def _reap(self) -> list[_Slot]:
+        """Collect every worker that has exited; schedule its replacement unless stopping."""
+        ended: list[_Slot] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            slot.pid = 0
+            ended.append(slot)
+            if self.stopping:
+                continue
+            lived = time.monotonic() - slot.started
+            slot.failures = slot.failures + 1 if lived < _QUICK_DEATH else 0
+            delay = min(_MAX_BACKOFF, 0.1 * 2**slot.failures) if slot.failures else 0.0
+            log.error(
+                "worker %d (pid %d) ended: %s; restarting in %.1f s",
+                slot.index,
+                pid,
+                _describe(status),
+                delay,
+            )
+            slot.restart_at = time.monotonic() + delay
+        return ended
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.restart_at is not None and slot.restart_at <= now and not self.stopping:
+                self._spawn(slot)
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.restart_at = None
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                for signo in _SIGNALS:
+                    signal.signal(signo, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                status = self.work(slot.index)
+            except BaseException:
+                log.exception("worker %d failed", slot.index)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        slot.pid = pid
+        slot.started = time.monotonic()
+        log.info("worker %d started (pid %d)", slot.index, pid)
+
+    def _send_all(self, signo: int) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):  # exited; SIGCHLD reports it
+                os.kill(pid, signo)
+
+    def _drain(self) -> int:
+        """Pass SIGTERM to every worker; wait for all within the grace, then kill the rest."""
+        self._send_all(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace + _KILL_MARGIN
+        while self.pids():
+            self._reap()
+            left = deadline - time.monotonic()
+            if not self.pids():
+                break
+            if left <= 0:
+                log.error("workers %s did not stop in time: killed", self.pids())
+                self._send_all(signal.SIGKILL)
+                while self.pids():
+                    signal.sigtimedwait({signal.SIGCHLD}, 1.0)
+                    self._reap()
+                return 1
+            signal.sigtimedwait({signal.SIGCHLD}, left)
+        log.info("all workers stopped")
+        return 0
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"

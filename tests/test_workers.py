@@ -1,0 +1,142 @@
+"""The workers supervisor (cgpop/workers.py) from the outside: a parent process that opened a
+socket forks two workers sharing it; connections reach both, a killed worker is replaced, SIGHUP
+reaches every worker, SIGTERM drains them and the parent exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cgpop.workers import worker_count
+
+# A worker answers each connection with its pid, after a short blocking pause so that the
+# other worker takes the next connections; SIGHUP leaves a file named after the worker's pid.
+PROGRAM = r"""
+import asyncio, os, signal, socket, sys, time
+from cgpop.workers import Supervisor
+
+sock = socket.create_server(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+marks = sys.argv[1]
+
+def work(index: int) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: open(os.path.join(marks, str(os.getpid())), "w").close()
+        )
+
+        async def handle(reader, writer):
+            time.sleep(0.02)
+            writer.write(f"{os.getpid()}\n".encode())
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        await stop.wait()
+        server.close()
+
+    asyncio.run(main())
+    return 0
+
+sys.exit(Supervisor(2, work, grace=2.0).run())
+"""
+
+TIMEOUT = 20.0
+
+
+def ask(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as conn:
+        conn.settimeout(TIMEOUT)
+        return int(conn.makefile().readline())
+
+
+def until(predicate: Callable[[], bool], what: str) -> None:
+    # The supervisor's children give no other signal of progress: poll, bounded.
+    deadline = time.monotonic() + TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def both_workers(port: int) -> set[int]:
+    seen: set[int] = set()
+
+    def more() -> bool:
+        seen.add(ask(port))
+        return len(seen) == 2
+
+    until(more, "connections answered by both workers")
+    return seen
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROGRAM, str(marks)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    try:
+        yield proc, port, marks
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(TIMEOUT)
+        proc.stdout.close()
+
+
+def test_workers_share_the_socket_and_a_dead_one_is_replaced(
+    supervised: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    proc, port, _ = supervised
+    seen = both_workers(port)
+    assert os.getpid() not in seen
+    victim = min(seen)
+    os.kill(victim, signal.SIGKILL)
+    fresh: set[int] = set()
+
+    def replaced() -> bool:
+        fresh.add(ask(port))
+        return bool(fresh - seen)
+
+    until(replaced, "a replacement worker")
+    assert victim not in fresh
+    assert proc.poll() is None
+
+
+def test_sighup_reaches_every_worker_and_sigterm_drains_them(
+    supervised: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    proc, port, marks = supervised
+    pids = both_workers(port)
+    proc.send_signal(signal.SIGHUP)
+    until(lambda: {int(p.name) for p in marks.iterdir()} == pids, "SIGHUP in both workers")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_worker_count() -> None:
+    assert worker_count(3) == 3
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
