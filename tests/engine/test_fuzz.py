@@ -291,6 +291,7 @@ def check_state(shell: Shell, ex: Exchange, kind: str) -> None:
         if ex.state is State.AUTHORIZATION:
             assert s.state is State.TRANSACTION and kind == "+OK", ex
             assert ex.in_sasl or verb in (b"PASS", b"APOP", b"AUTH"), ex
+            event(f"logged in by {'a SASL answer' if ex.in_sasl else verb.decode()}")
             shell.deleted.clear()
         else:
             assert ex.state is State.TRANSACTION and s.state is State.UPDATE, ex
