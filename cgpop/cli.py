@@ -126,6 +126,8 @@ def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(cfg.server.event_loop)) as runner:
             runner.run(main())
+    except configmod.ConfigError as exc:  # a certificate file named in [tls], found unusable
+        raise CliError(f"configuration error: {exc}", EX_USAGE) from None
     except OSError as exc:
         raise CliError(str(exc)) from None
     return EX_OK

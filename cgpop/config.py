@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accounts.names import normalize_domain
+
 
 class ConfigError(Exception):
     """A bad configuration file or key. The text is meant for the operator."""
@@ -99,9 +101,23 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """One `[[tls.certificates]]` entry: the certificate for clients whose SNI server name
+    matches `names` (lower-case A-labels; "*.example.com" covers exactly one more label), and
+    the domain of a bare login name on such a session (None: the listener's)."""
+
+    names: tuple[str, ...]
+    cert: Path
+    key: Path
+    domain: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     cert: Path | None = None
     key: Path | None = None
+    # Per-domain certificates chosen by SNI (RFC 6066 section 3); `cert`/`key` are the fallback.
+    certificates: tuple[TlsCertificate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +238,60 @@ def _relay(x: _Section) -> Endpoint | None:
         return parse_endpoint(text)
     except ValueError as exc:
         raise x.fail("relay", str(exc)) from None
+
+
+def server_name_pattern(text: str) -> str:
+    """A `[[tls.certificates]] names` entry in canonical form: a host name, or "*." and a host
+    name (RFC 6125 section 6.4.3: the wildcard is the whole left-most label and stands for
+    exactly one label). Raises ValueError with the reason."""
+    wildcard = text.startswith("*.")
+    host = text[2:] if wildcard else text
+    if "*" in host:
+        raise ValueError(f"{text!r}: a wildcard must be the whole first label, as in *.example.com")
+    try:
+        name = normalize_domain(host)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+    return "*." + name if wildcard else name
+
+
+def _certificates(t: _Section, base: Path) -> tuple[TlsCertificate, ...]:
+    """`[[tls.certificates]]`: each entry checked on its own, each error naming the entry."""
+    entries = t.get("certificates", list, [])
+    seen: dict[str, int] = {}
+    out: list[TlsCertificate] = []
+    for i, raw in enumerate(entries):
+        e = _Section(t.source, f"tls.certificates[{i}]", raw)
+        names = e.strings("names", ())
+        if not names:
+            raise e.fail("names", "expected a non-empty list of server names")
+        canonical: list[str] = []
+        for text in names:
+            try:
+                name = server_name_pattern(text)
+            except ValueError as exc:
+                raise e.fail("names", str(exc)) from None
+            if name in seen:
+                raise e.fail("names", f"{text!r} is already in tls.certificates[{seen[name]}]")
+            seen[name] = i
+            canonical.append(name)
+        files: dict[str, Path] = {}
+        for key in ("cert", "key"):
+            value = e.get(key, str, "")
+            if not value:
+                raise e.fail(key, "required (a PEM file)")
+            p = Path(value).expanduser()
+            files[key] = p if p.is_absolute() else base / p
+        domain_text = e.get("domain", str, None)
+        domain = None
+        if domain_text is not None:
+            try:
+                domain = normalize_domain(domain_text)
+            except ValueError as exc:
+                raise e.fail("domain", str(exc)) from None
+        e.done()
+        out.append(TlsCertificate(tuple(canonical), files["cert"], files["key"], domain))
+    return tuple(out)
 
 
 _SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd")
@@ -351,9 +421,17 @@ def from_dict(
     v.done()
 
     t = sec["tls"]
-    tls = TlsConfig(cert=path_of(t, "cert", None), key=path_of(t, "key", None))
+    tls = TlsConfig(
+        cert=path_of(t, "cert", None),
+        key=path_of(t, "key", None),
+        certificates=_certificates(t, base),
+    )
     if (tls.cert is None) != (tls.key is None):
         raise t.fail("cert" if tls.cert is None else "key", "cert and key go together")
+    if tls.certificates and tls.cert is None:
+        raise t.fail(
+            "certificates", "needs [tls] cert and key (for clients whose name matches no entry)"
+        )
     t.done()
     if pop3.tls_listen and tls.cert is None:
         raise ConfigError(f"{source}: pop3.tls_listen: needs [tls] cert and key")

@@ -44,8 +44,12 @@ def setup(level: str = "INFO", syslog: bool = False, syslog_socket: str = "/dev/
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root.addHandler(handler)
-    root.setLevel(level)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """The level of every cgpop record (at start, and again on SIGHUP)."""
+    logging.getLogger().setLevel(level)
     # aiosmtpd traces every LMTP command on "mail.log" at INFO, untagged; our own LMTP
     # records carry the tag, session and peer, so its trace is kept for DEBUG only.
-    if level != "DEBUG":
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from cgpop import alerts, proxyproto, sasl
+from cgpop import alerts, proxyproto, sasl, sdnotify, tlsconf
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer, Prepared, Result
@@ -45,6 +45,7 @@ from cgpop.pop3.events import (
 )
 from cgpop.pop3.lines import NEED_MORE, LineBuffer
 from cgpop.pop3.session import Policy, Session
+from cgpop.reload import reload_config
 from cgpop.sasl.apop import make_apop_banner
 from cgpop.store.api import StoredMessage
 from cgpop.store.sqlite import SqliteStore
@@ -189,9 +190,10 @@ class Gateway:
         self.proxy_from = tuple(
             ipaddress.ip_network(n, strict=False) for n in config.pop3.proxy_from
         )
-        self.tls: ReloadableContext | None = None
-        if config.tls.cert is not None and config.tls.key is not None:
-            self.tls = ReloadableContext(config.tls.cert, config.tls.key)
+        # [tls] and [[tls.certificates]] (SNI); ConfigError names a bad file and its key.
+        self.tls: ReloadableContext | None = tlsconf.from_config(config)
+        # systemd notifications (sends nothing until serve_forever is ready; no-op unset).
+        self.notifier = sdnotify.Notifier()
         self.submitter: Submitter | None = None
         self.lmtp_sessions: set[Any] = set()
         # The XTND XMIT service (xtnd/service.py) with its relay worker, when enabled.
@@ -322,14 +324,30 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
+        # systemd: every listener is open (READY=1); the watchdog pings while the loop runs.
+        self.notifier.ready()
+        self.notifier.start_watchdog()
         await self._stopping.wait()
         log.info("shutting down")
+        self.notifier.stopping()
         await self.stop()
+        self.notifier.close()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and certificates (cgpop/reload.py); new limits,
+        log level and certificates apply to what comes next, open sessions stay."""
+        self.notifier.reloading()
+        try:
+            self.config = reload_config(self.config, tls=self.tls, penalty=self.penalty)
+        except Exception:
+            log.exception("reload failed; the running configuration stays")
+        self.notifier.reloaded()
 
     def reload_tls(self) -> None:
-        """SIGHUP: re-read the certificate; sessions already in TLS keep theirs."""
+        """Re-read the certificate files only (SIGHUP does this and more: `reload`);
+        sessions already in TLS keep theirs."""
         if self.tls is None:
             return
         try:
@@ -440,6 +458,8 @@ class Gateway:
                 # already read past a PROXY header are the start of the handshake.
                 assert self.tls is not None
                 await start_tls(reader, writer, self.tls.context, carry=True)
+                # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
+                runner.domain = self.tls.session_domain(writer.get_extra_info("ssl_object"), domain)
             await runner.run_events(session.greeting())
             await runner.flush()
             # Formatting a trace line per command costs even when DEBUG is off: decide once.
@@ -699,6 +719,9 @@ class _Runner:
         self.lines.discard()
         assert self.gw.tls is not None
         await start_tls(self.reader, self.writer, self.gw.tls.context, carry=False)
+        # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        self.domain = self.gw.tls.session_domain(ssl_object, self.domain)
         self.session.tls_started(self.gw.policy(tls=True, peer_ip=self.peer_ip))
         self.slog.info("TLS started")
 
