@@ -97,7 +97,7 @@ class Dataset:
 
     def mailboxes(self, workloads: set[str]) -> list[Mailbox]:
         out: list[Mailbox] = []
-        if workloads & {"sessions", "pipelined", "tls"}:
+        if workloads & {"sessions", "pipelined", "tls", "tls-resume"}:
             out += [
                 Mailbox(u, self.sessions_messages, self.message_size, f"{self.seed}:{u.local}")
                 for u in self.session_users()

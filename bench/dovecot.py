@@ -47,6 +47,16 @@ HP_SETTINGS: dict[str, str] = {
 }
 # Not changed: anvil's auth penalty only follows failed logins (auth_failure_delay is 0).
 # Mode `hp-noauthcache` is `hp` without the auth-cache lines, to show what they are worth.
+# Mode `hp-plain` is `hp` with the users' passwords stored as `{PLAIN}` (issue 14 section 4):
+# no KDF per login, as cgpop's login cache skips it, so the sessions lead does not rest on the
+# KDF. It takes part in the login-heavy workloads only (PLAIN_WORKLOADS).
+PLAIN_SETTINGS: dict[str, str] = {
+    "passdb": "passwd-file with {PLAIN} passwords (scheme=PLAIN): no KDF at login",
+}
+PLAIN_WORKLOADS = frozenset({"sessions", "pipelined", "tls", "tls-resume"})
+# Debian's maintainer scripts start the system's Dovecot unless policy-rc.d says no (101):
+# the bench starts its own instances and must not leave a system one running.
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 
 def ensure_installed() -> str:
@@ -57,14 +67,25 @@ def ensure_installed() -> str:
         or not Path("/usr/lib/dovecot/lmtp").exists()
     ):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", *PACKAGES], check=True, env=env)
+        ours = not POLICY_RC_D.exists()
+        if ours:
+            POLICY_RC_D.write_text(
+                "#!/bin/sh\n# written by cgpop's bench while installing\nexit 101\n"
+            )
+            POLICY_RC_D.chmod(0o755)
+        try:
+            subprocess.run(["apt-get", "update"], check=True, env=env)
+            subprocess.run(["apt-get", "install", "-y", *PACKAGES], check=True, env=env)
+        finally:
+            if ours:
+                POLICY_RC_D.unlink()
     out = subprocess.run(["dovecot", "--version"], check=True, capture_output=True, text=True)
     return out.stdout.strip()
 
 
 def populate(data_dir: Path, ds: Dataset, workloads: set[str]) -> Path:
-    """Write the passwd-file and every Maildir; return the passwd-file path."""
+    """Write the passwd-file and every Maildir; return the passwd-file path. Beside it,
+    `users-plain` holds the same users with `{PLAIN}` passwords (mode hp-plain)."""
     homes = data_dir / "home"
     homes.mkdir(parents=True, exist_ok=True)
     for box in ds.mailboxes(workloads):
@@ -77,8 +98,21 @@ def populate(data_dir: Path, ds: Dataset, workloads: set[str]) -> Path:
     passwd = data_dir / "users"
     passwd.write_text("".join(lines))
     passwd.chmod(0o644)
+    plain = plain_passwd(passwd)
+    plain.write_text(
+        "".join(
+            f"{u.name}:{{PLAIN}}{u.password}:{MAIL_UID}:{MAIL_GID}::{homes / u.local}::\n"
+            for u in ds.all_users(workloads & PLAIN_WORKLOADS)
+        )
+    )
+    plain.chmod(0o644)
     chown_tree(homes, MAIL_UID, MAIL_GID)
     return passwd
+
+
+def plain_passwd(passwd: Path) -> Path:
+    """The `{PLAIN}` twin of a passwd-file (same users, same homes)."""
+    return passwd.with_name(passwd.name + "-plain")
 
 
 def add_users(data_dir: Path, users: list[User], ds: Dataset) -> None:
@@ -97,10 +131,14 @@ def config_text(
 ) -> str:
     ncpu = os.cpu_count() or 1
     hp = mode.startswith("hp")
+    plain = mode.endswith("-plain")
+    scheme = "PLAIN" if plain else "SCRAM-SHA-256"
+    if plain:
+        passwd = plain_passwd(passwd)
     auth_cache = (
         "auth_cache_size = 10M\nauth_cache_ttl = 1 hour\n"
         "auth_cache_verify_password_with_worker = yes\n"
-        if mode == "hp"
+        if mode in ("hp", "hp-plain")
         else ""
     )
     login_extra = (
@@ -141,7 +179,7 @@ postmaster_address = postmaster@bench.local
 {"maildir_very_dirty_syncs = yes" if hp else ""}
 {auth_cache}passdb {{
   driver = passwd-file
-  args = scheme=SCRAM-SHA-256 {passwd}
+  args = scheme={scheme} {passwd}
 }}
 userdb {{
   driver = passwd-file

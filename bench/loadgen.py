@@ -13,7 +13,7 @@ import contextlib
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bench.certs import SERVER_NAME
 from bench.dataset import User
@@ -57,6 +57,8 @@ class Transport:
     port: int
     tls: ssl.SSLContext | None = None
     stls: bool = False
+    # Source address to bind before connecting (idle: one address has ~28k ephemeral ports).
+    source: str | None = None
 
 
 class Pop3:
@@ -66,12 +68,18 @@ class Pop3:
 
     @classmethod
     async def connect(cls, t: Transport) -> Pop3:
+        local = None if t.source is None else (t.source, 0)
         if t.tls is not None and not t.stls:
             r, w = await asyncio.open_connection(
-                HOST, t.port, ssl=t.tls, server_hostname=SERVER_NAME, limit=READ_LIMIT
+                HOST,
+                t.port,
+                ssl=t.tls,
+                server_hostname=SERVER_NAME,
+                limit=READ_LIMIT,
+                local_addr=local,
             )
         else:
-            r, w = await asyncio.open_connection(HOST, t.port, limit=READ_LIMIT)
+            r, w = await asyncio.open_connection(HOST, t.port, limit=READ_LIMIT, local_addr=local)
         conn = cls(r, w)
         await conn.status("greeting")
         if t.stls:
@@ -292,15 +300,23 @@ async def big_retr(t: Transport, user: User, tally: Tally) -> None:
         await conn.close()
 
 
-async def open_idle(t: Transport, users: list[User], tally: Tally, concurrency: int) -> list[Pop3]:
-    """Authenticated sessions left open; at most `concurrency` logins in flight at once."""
+async def open_idle(
+    t: Transport,
+    users: list[User],
+    tally: Tally,
+    concurrency: int,
+    sources: Sequence[str] = (),
+) -> list[Pop3]:
+    """Authenticated sessions left open, one per entry of `users` (an account may repeat); at
+    most `concurrency` logins in flight at once; source addresses taken round-robin."""
     gate = asyncio.Semaphore(concurrency)
     conns: list[Pop3] = []
+    ts = [replace(t, source=s) for s in sources] or [t]
 
-    async def one(user: User) -> None:
+    async def one(i: int, user: User) -> None:
         async with gate:
             try:
-                conn = await Pop3.connect(t)
+                conn = await Pop3.connect(ts[i % len(ts)])
             except (OSError, CheckFailed, ssl.SSLError) as exc:
                 tally.fail(f"{user.name}: connect: {exc}")
                 return
@@ -311,7 +327,7 @@ async def open_idle(t: Transport, users: list[User], tally: Tally, concurrency: 
             except (CheckFailed, InUse, OSError, asyncio.IncompleteReadError) as exc:
                 tally.fail(f"{user.name}: login: {exc}")
 
-    await asyncio.gather(*(one(u) for u in users))
+    await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
     return conns
 
 

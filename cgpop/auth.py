@@ -1,4 +1,5 @@
-"""Turning a login into an open maildrop: resolve the name, check the secret, apply rights.
+"""Step 1 of the login policy (cgpop/login.py): resolve the name, check the secret, apply
+rights, and open the maildrop.
 
 Blocking (database, KDF): the asyncio shell runs these methods in a worker thread. An unknown
 name, a wrong password and a missing mailbox give one and the same reply, after the same KDF
@@ -16,18 +17,19 @@ import time
 
 from accounts.acl import GROUP_PREFIX, Rights, effective_rights
 from accounts.credentials import DUMMY_CREDENTIALS, Credentials, verify_password
-from cgpop import alerts
+from cgpop.access import AUTH_FAILED, Access, LoginResult
 from cgpop.dircache import DirectoryCache
 from cgpop.errors import Pop3Error
-from cgpop.pop3.events import Grant, LoginOutcome
 from cgpop.sasl.apop import apop_digest_ok
 from cgpop.store.api import Account, Mailbox, Store
+from router.loginname import parse_name
 from router.resolve import resolve_login
 from router.route import LoginTarget, RouteError
 
 log = logging.getLogger("cgpop.auth")
 
-AUTH_FAILED = Pop3Error("authentication failed", "AUTH")
+__all__ = ["ACCOUNT_DISABLED", "AUTH_FAILED", "Authenticator", "VerifiedCache"]
+
 ACCOUNT_DISABLED = Pop3Error("account disabled", "SYS/PERM")
 
 
@@ -118,6 +120,21 @@ class Authenticator:
         account = self.store.get_account(target.auth_domain, target.auth_account)
         return target, account
 
+    def penalty_key(self, login: str, default_domain: str) -> str:
+        """The account a login name tries, as the failed-login penalty counts it: the account
+        it authenticates as after routing, so `alice%example.com`, `INBOX#alice` and
+        `~alice/INBOX#alice` are one key. A name that resolves to nothing is spelt out by the
+        grammar alone (the same unification), so unknown and known names behave alike."""
+        target = self.lookup(login, default_domain)[0]
+        if target is not None:
+            return target.auth_address
+        try:
+            parsed = parse_name(login)
+        except RouteError:
+            return login.casefold()[:320]
+        domain = parsed.domain or default_domain.lower()
+        return f"{parsed.account}@{domain}"
+
     def credentials_for(self, login: str, default_domain: str) -> Credentials | None:
         account = self.lookup(login, default_domain)[1]
         return None if account is None else account.credentials
@@ -130,7 +147,7 @@ class Authenticator:
         password: str | None = None,
         apop_digest: str | None = None,
         apop_banner: str = "",
-    ) -> LoginOutcome:
+    ) -> LoginResult:
         target, account = self.lookup(login, default_domain)
         creds = account.credentials if account is not None else DUMMY_CREDENTIALS
         if password is not None:
@@ -142,7 +159,7 @@ class Authenticator:
             good = apop_digest_ok(apop_banner, secret or "\x00no-secret", apop_digest or "")
             good = good and secret is not None
         if not good or account is None or target is None:
-            return LoginOutcome(error=AUTH_FAILED)
+            return LoginResult(error=AUTH_FAILED)
         return self.open(target, account)
 
     def sasl_credentials(
@@ -157,12 +174,12 @@ class Authenticator:
         good = self.check_password(creds or DUMMY_CREDENTIALS, password, creds is not None)
         return creds, good and creds is not None
 
-    def open_login(self, login: str, default_domain: str) -> LoginOutcome:
+    def open_login(self, login: str, default_domain: str) -> LoginResult:
         """After SASL proved the credentials of `login` (or an admin's, for an authorization
         identity): resolve it and open the maildrop it names."""
         target, account = self.lookup(login, default_domain)
         if target is None or account is None:
-            return LoginOutcome(error=AUTH_FAILED)
+            return LoginResult(error=AUTH_FAILED)
         return self.open(target, account)
 
     def is_admin(self, login: str, default_domain: str) -> bool:
@@ -190,13 +207,13 @@ class Authenticator:
             is_admin=user in self.admins,
         )
 
-    def open(self, target: LoginTarget, account: Account) -> LoginOutcome:
+    def open(self, target: LoginTarget, account: Account) -> LoginResult:
         """Credentials are proved: open the maildrop the name picked, if rights allow."""
         if "pop" in account.disabled:
             # Issue 13: after the credentials, so only their holder learns of the suspension;
             # not a failed login (no penalty), and PERM: retrying will not help.
             log.info("login %s refused: the pop service is disabled", account.address)
-            return LoginOutcome(error=ACCOUNT_DISABLED, counts_as_failure=False)
+            return LoginResult(error=ACCOUNT_DISABLED, counts_as_failure=False)
         route = target.route
         mailbox = self._mailboxes.get(
             (route.domain, route.account, route.mailbox),
@@ -204,7 +221,7 @@ class Authenticator:
         )
         if mailbox is None:
             log.info("login %s: no mailbox %s#%s", account.address, route.mailbox, route.address)
-            return LoginOutcome(error=AUTH_FAILED)
+            return LoginResult(error=AUTH_FAILED)
         rights = self.rights(mailbox, account.address)
         # POP needs `r` to open a maildrop. Refused like a bad password, so the reply does not
         # tell whether the mailbox exists (issue 3: no probing).
@@ -216,16 +233,16 @@ class Authenticator:
                 route.address,
                 str(rights),
             )
-            return LoginOutcome(error=AUTH_FAILED)
+            return LoginResult(error=AUTH_FAILED)
         snapshot = self.store.open_maildrop(mailbox, route.individual)
-        return LoginOutcome(
-            grant=Grant(
+        return LoginResult(
+            access=Access(
                 account.address,
                 snapshot,
                 may_seen="s" in rights,
                 may_delete="t" in rights,
                 may_expunge="e" in rights,
-                alert_pending=alerts.pending(self.store, account.address) is not None,
+                alert_pending=self.store.pending_alert(account.address) is not None,
                 login_address=target.login_address,
                 may_submit="xtnd" not in account.disabled,
             )

@@ -1,4 +1,5 @@
-"""Self-signed certificate and key for testing (`cgpop cert --host NAME --out DIR`).
+"""Self-signed certificate and key for testing (`cgpop cert --host NAME --out DIR`; also the
+test suite's and the benchmark's one certificate builder).
 
 An EC P-256 key and a certificate whose subjectAltName names the host (RFC 6125 section 6.4.4:
 clients match the SAN, not the CN), written as PEM. The key file is created 0600 from the start,
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -46,15 +48,21 @@ def _host_names(host: str) -> tuple[list[x509.GeneralName], str]:
     return [x509.DNSName(ascii_host.rstrip("."))], ascii_host.rstrip(".")
 
 
-def write_self_signed(host: str, out_dir: Path, days: int = 365) -> tuple[Path, Path]:
-    """Write `cert.pem` and `key.pem` for `host` into `out_dir` (created if missing) and return
-    (cert_path, key_path). Overwrites an existing pair. Raises ValueError for a bad host or days.
+def write_self_signed(
+    host: str, out_dir: Path, days: int = 365, *, also: Sequence[str] = ()
+) -> tuple[Path, Path]:
+    """Write `cert.pem` and `key.pem` for `host` (and the names or addresses in `also`, as
+    further subjectAltNames) into `out_dir` (created if missing) and return (cert_path,
+    key_path). Overwrites an existing pair. Raises ValueError for a bad host or days.
     """
-    if not host or len(host) > MAX_HOST_LEN:
-        raise ValueError("host must be 1 to 253 characters")
+    for given in (host, *also):
+        if not given or len(given) > MAX_HOST_LEN:
+            raise ValueError("host must be 1 to 253 characters")
     if not 1 <= days <= MAX_DAYS:
         raise ValueError(f"days must be between 1 and {MAX_DAYS}")
     sans, common_name = _host_names(host)
+    for extra in also:
+        sans += _host_names(extra)[0]
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

@@ -7,7 +7,10 @@ listener opens. `conf/cgpop.toml` documents every key with its default.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
+import socket
 import tomllib  # Python >= 3.11 (pyproject): tomli is never needed
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +57,9 @@ class Pop3Config:
     tls_listen: tuple[Endpoint, ...] = ()
     # RFC 1939 section 3: the autologout timer "MUST be of at least 10 minutes".
     idle_timeout: float = 600.0
+    # A command line that has begun must end within this many seconds (cgpop/linedeadline.py:
+    # the slowloris bound; RFC 1939's 10 minutes is idle time between commands, not this).
+    line_timeout: float = 60.0
     # RFC 2449 section 4 limits command lines to 255 octets; we accept up to this many and then
     # answer one -ERR for the whole overlong line.
     max_line: int = 1024
@@ -67,7 +73,9 @@ class Pop3Config:
     # whenever it is listed, and it works only for accounts with --shared-secret.
     cram_md5: bool = False
     max_channels: int = 1000
-    max_per_ip: int = 100
+    # 20, not 100: with max_channels 1000, ten addresses could take every channel; 50 are needed
+    # now (issue 10). Clients behind one NAT rarely hold more; raise it for a big one.
+    max_per_ip: int = 20
     max_per_account: int = 50
     # Peers (addresses or CIDR networks) that must open with a PROXY v1/v2 header naming the real
     # client; from anyone else a PROXY header is just an unknown command.
@@ -91,6 +99,10 @@ class LmtpConfig:
     listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 2400),)
     max_message_size: int = 50 * 1024 * 1024
     max_recipients: int = 1000
+    # Concurrent LMTP sessions; past it 421 4.3.2 and close (as max_channels for POP). An MTA
+    # opens a few (Postfix: 20 per destination by default); each holds at most the spool
+    # threshold (1 MiB) of a message in memory.
+    max_connections: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +159,25 @@ class XtndConfig:
     relay_timeout: float = 300.0
 
 
+# The store backends `[store] backend` may name (cgpop/store/factory.py opens them).
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    # "sqlite": the embedded store under [server] data_dir. "postgresql": several gateway
+    # nodes on one database (issue 11); the keys below are for it alone.
+    backend: str = "sqlite"
+    dsn: str = ""  # libpq URI or key=value string
+    # This node's name in the session registry; empty means the host name (node_name()).
+    node: str = ""
+    pool_size: int = 10  # connections this node keeps
+    node_timeout: float = 30.0  # seconds: a node silent this long is dead, its sessions released
+
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -156,10 +187,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     xtnd: XtndConfig = field(default_factory=XtndConfig)
     source: str = "<built-in defaults>"
-
-    @property
-    def db_path(self) -> Path:
-        return self.server.data_dir / "cgpop.sqlite3"
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -171,6 +199,26 @@ def parse_endpoint(text: str) -> Endpoint:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected host:port, got {text!r}")
     return Endpoint(host, int(port))
+
+
+# Every float key is a number of seconds. Ten years is far beyond any sensible wait and keeps
+# clear of the overflows of datetime/timedelta arithmetic and of event-loop timers (uvloop keeps
+# them in milliseconds); TOML's inf and nan are refused outright.
+MAX_SECONDS = 10 * 365 * 24 * 3600.0
+
+# No configured text may hold a line break or NUL: several values go on the wire (the greeting,
+# SMTP HELO, a header name), where a CR or LF would inject a line of the configuration's making.
+_FORBIDDEN_CHARS = re.compile(r"[\r\n\x00]")
+
+# RFC 1123 section 2.1 host name labels (the underscore tolerated, as many MTAs do), or an
+# address literal (RFC 5321 section 4.1.3); at most 253 octets (RFC 1035 section 2.3.4).
+_HOSTNAME = re.compile(
+    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?|\[[0-9A-Fa-f:.]+\]"
+)
+
+# RFC 5322 section 3.6.8: a field name is one or more printable US-ASCII characters but colon.
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
 
 
 class _Section:
@@ -192,7 +240,21 @@ class _Section:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(key, f"expected {kind.__name__}, got {type(value).__name__}")
+        if isinstance(value, float):
+            self.check_seconds(key, value)
+        if isinstance(value, str):
+            self.check_text(key, value)
         return value
+
+    def check_seconds(self, key: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise self.fail(key, f"must be a finite number of seconds, got {value}")
+        if value > MAX_SECONDS:
+            raise self.fail(key, f"at most {MAX_SECONDS:.0f} seconds (ten years)")
+
+    def check_text(self, key: str, value: str) -> None:
+        if _FORBIDDEN_CHARS.search(value):
+            raise self.fail(key, "must not contain CR, LF or NUL characters")
 
     def positive(self, key: str, kind: type, default: Any) -> Any:
         value = self.get(key, kind, default)
@@ -206,6 +268,8 @@ class _Section:
             return default
         if not all(isinstance(v, str) for v in value):
             raise self.fail(key, "expected a list of strings")
+        for v in value:
+            self.check_text(key, v)
         return tuple(value)
 
     def endpoints(self, key: str, default: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
@@ -227,7 +291,19 @@ def _retry_schedule(s: _Section, default: tuple[float, ...]) -> tuple[float, ...
         isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value
     ):
         raise s.fail("retry_schedule", "expected a non-empty list of positive seconds")
+    for v in value:
+        s.check_seconds("retry_schedule", float(v))
     return tuple(float(v) for v in value)
+
+
+def _dns_servers(x: _Section, default: tuple[str, ...]) -> tuple[str, ...]:
+    servers = x.strings("dns_servers", default)
+    for server in servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise x.fail("dns_servers", f"not an IP address: {server!r}") from None
+    return servers
 
 
 def _relay(x: _Section) -> Endpoint | None:
@@ -294,7 +370,61 @@ def _certificates(t: _Section, base: Path) -> tuple[TlsCertificate, ...]:
     return tuple(out)
 
 
-_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd")
+# A node name goes into logs and `cgpop sessions`: a host name's length (RFC 1035 section 2.3.4).
+_MAX_NODE = 253
+# Connections per node: PostgreSQL's max_connections defaults to 100 for the whole cluster.
+_MAX_POOL = 1000
+# Heartbeats go every node_timeout / 3: below 3 s a busy database would declare live nodes dead.
+_MIN_NODE_TIMEOUT = 3.0
+
+
+def _store(st: _Section) -> StoreConfig:
+    """[store], validated (issue 11's exact keys)."""
+    d = StoreConfig()
+    store = StoreConfig(
+        backend=st.get("backend", str, d.backend),
+        dsn=st.get("dsn", str, d.dsn),
+        node=st.get("node", str, d.node),
+        pool_size=st.positive("pool_size", int, d.pool_size),
+        node_timeout=st.positive("node_timeout", float, d.node_timeout),
+    )
+    if store.backend not in STORE_BACKENDS:
+        expected = ", ".join(f'"{b}"' for b in STORE_BACKENDS)
+        raise st.fail("backend", f"unknown store backend {store.backend!r}; expected {expected}")
+    if store.backend == "postgresql":
+        if not store.dsn:
+            raise st.fail("dsn", 'backend "postgresql" needs a dsn')
+        _check_dsn(st, store.dsn)
+    elif store.dsn:
+        raise st.fail("dsn", 'only the "postgresql" backend uses a dsn')
+    if len(store.node) > _MAX_NODE or any(
+        not ch.isprintable() or ch.isspace() for ch in store.node
+    ):
+        raise st.fail("node", f"expected up to {_MAX_NODE} printable characters, no spaces")
+    if store.pool_size > _MAX_POOL:
+        raise st.fail("pool_size", f"must be at most {_MAX_POOL}")
+    if store.node_timeout < _MIN_NODE_TIMEOUT:
+        raise st.fail("node_timeout", f"must be at least {_MIN_NODE_TIMEOUT:g} seconds")
+    st.done()
+    return store
+
+
+def _check_dsn(st: _Section, dsn: str) -> None:
+    """The driver is an extra (pip install 'cgpop[postgresql]'); parse the DSN with it."""
+    try:
+        import psycopg
+        from psycopg import conninfo
+    except ImportError:
+        raise st.fail(
+            "backend", "the postgresql backend needs: pip install 'cgpop[postgresql]'"
+        ) from None
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as exc:  # libpq's own words
+        raise st.fail("dsn", f"not a libpq URI or key=value string: {exc}") from None
+
+
+_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd", "store")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
@@ -311,6 +441,12 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # TOML files are UTF-8 (TOML 1.0, "Spec"); tomllib decodes before it parses.
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start});"
+            " TOML files must be UTF-8"
+        ) from None
     return from_dict(raw, source=source, base=Path(source).resolve().parent)
 
 
@@ -345,6 +481,8 @@ def from_dict(
         login_cache_ttl=s.get("login_cache_ttl", float, d.login_cache_ttl),
         event_loop=s.get("event_loop", str, d.event_loop),
     )
+    if not _HOSTNAME.fullmatch(server.hostname) or len(server.hostname) > 253:
+        raise s.fail("hostname", f"not a host name: {server.hostname!r}")
     if server.login_cache_ttl < 0:
         raise s.fail("login_cache_ttl", "must be 0 (off) or positive")
     if server.event_loop not in ("auto", "uvloop", "asyncio"):
@@ -358,6 +496,9 @@ def from_dict(
     idle = p.positive("idle_timeout", float, dp.idle_timeout)
     if idle < 600:
         raise p.fail("idle_timeout", "RFC 1939 requires at least 600 seconds")
+    line_timeout = p.positive("line_timeout", float, dp.line_timeout)
+    if not math.isfinite(line_timeout) or line_timeout > idle:
+        raise p.fail("line_timeout", "must be a number of seconds, at most idle_timeout")
     plaintext = p.get("plaintext_auth", str, dp.plaintext_auth)
     if plaintext not in ("tls", "always"):
         raise p.fail("plaintext_auth", 'expected "tls" or "always"')
@@ -374,6 +515,12 @@ def from_dict(
     auth_delay_max = p.get("auth_delay_max", float, dp.auth_delay_max)
     if not 0 <= auth_delay <= auth_delay_max <= 60:
         raise p.fail("auth_delay", "need 0 <= auth_delay <= auth_delay_max <= 60")
+    real_to_header = p.get("real_to_header", str, dp.real_to_header)
+    if not _FIELD_NAME.fullmatch(real_to_header):
+        raise p.fail(
+            "real_to_header",
+            f"not a header field name (RFC 5322 section 3.6.8): {real_to_header!r}",
+        )
     salt_key = p.get("sasl_fake_salt_key", str, dp.sasl_fake_salt_key)
     if salt_key and len(salt_key) < 16:
         raise p.fail("sasl_fake_salt_key", "use at least 16 characters (or leave it empty)")
@@ -381,10 +528,12 @@ def from_dict(
     for k, v in domains.items():
         if not isinstance(v, str):
             raise p.fail(f"listener_domains.{k}", "expected a domain name")
+        p.check_text(f"listener_domains.{k}", v)
     pop3 = Pop3Config(
         listen=p.endpoints("listen", dp.listen) if "listen" in p.data else dp.listen,
         tls_listen=p.endpoints("tls_listen", dp.tls_listen),
         idle_timeout=idle,
+        line_timeout=line_timeout,
         max_line=max_line,
         max_bad_commands=p.positive("max_bad_commands", int, dp.max_bad_commands),
         max_auth_failures=p.positive("max_auth_failures", int, dp.max_auth_failures),
@@ -398,7 +547,7 @@ def from_dict(
         auth_delay=auth_delay,
         auth_delay_max=auth_delay_max,
         sasl_fake_salt_key=salt_key,
-        real_to_header=p.get("real_to_header", str, dp.real_to_header),
+        real_to_header=real_to_header,
         listener_domains={k: v.lower() for k, v in domains.items()},
     )
     p.done()
@@ -409,6 +558,7 @@ def from_dict(
         listen=m.endpoints("listen", dm.listen) if "listen" in m.data else dm.listen,
         max_message_size=m.positive("max_message_size", int, dm.max_message_size),
         max_recipients=m.positive("max_recipients", int, dm.max_recipients),
+        max_connections=m.positive("max_connections", int, dm.max_connections),
     )
     m.done()
 
@@ -452,7 +602,7 @@ def from_dict(
         rate_recipients_per_hour=x.positive(
             "rate_recipients_per_hour", int, dx.rate_recipients_per_hour
         ),
-        dns_servers=x.strings("dns_servers", dx.dns_servers),
+        dns_servers=_dns_servers(x, dx.dns_servers),
         dns_port=x.positive("dns_port", int, dx.dns_port),
         smtp_port=x.positive("smtp_port", int, dx.smtp_port),
         retry_schedule=_retry_schedule(x, dx.retry_schedule),
@@ -464,4 +614,6 @@ def from_dict(
             raise x.fail(key, "must be a port number (1-65535)")
     x.done()
 
-    return Config(server, pop3, lmtp, delivery, tls, xtnd, source)
+    store = _store(sec["store"])
+
+    return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store)

@@ -17,6 +17,7 @@ from accounts.acl import effective_rights
 from accounts.names import INBOX
 from cgpop.dircache import DirectoryCache
 from cgpop.realto import HeaderRealTo
+from cgpop.spool import Octets, head_of
 from cgpop.store.api import Copy, Mailbox, Store, StoreError
 from router.resolve import resolve_recipient
 from router.route import Route, RouteError
@@ -76,7 +77,7 @@ class Prepared:
     recipients: tuple[str, ...]
     results: list[Result | None]
     copies: list[Copy]
-    message: bytes = field(repr=False)
+    message: Octets = field(repr=False)
 
     def refused(self) -> list[Result]:
         """The results when no recipient gets a copy (nothing to store)."""
@@ -131,22 +132,23 @@ class Deliverer:
         found = self.target(recipient)
         return found if isinstance(found, Status) else None
 
-    def deliver(self, sender: str, recipients: Sequence[str], message: bytes) -> list[Result]:
+    def deliver(self, sender: str, recipients: Sequence[str], message: Octets) -> list[Result]:
         return self.deliver_many([(sender, recipients, message)])[0]
 
-    def deliver_many(self, jobs: Sequence[tuple[str, Sequence[str], bytes]]) -> list[list[Result]]:
+    def deliver_many(self, jobs: Sequence[tuple[str, Sequence[str], Octets]]) -> list[list[Result]]:
         """Deliver several messages (sender, recipients, octets), committed together."""
         return self.commit(
             [self.prepare(sender, rcpts, message) for sender, rcpts, message in jobs]
         )
 
-    def prepare(self, sender: str, recipients: Sequence[str], message: bytes) -> Prepared:
+    def prepare(self, sender: str, recipients: Sequence[str], message: Octets) -> Prepared:
         """Resolve every recipient (reads only): a final Result for those that get no copy,
         None (filled in by `commit`) for those that do, with their Copy."""
         results: list[Result | None] = []
         copies: list[Copy] = []
-        mid = message_id(message)
-        own = HeaderRealTo(message, self.real_to_header, self.resolve)
+        head = head_of(message)
+        mid = message_id(head)
+        own = HeaderRealTo(head, self.real_to_header, self.resolve)
         for rcpt in recipients:
             found = self.target(rcpt)
             if isinstance(found, Status):
@@ -200,7 +202,7 @@ class Deliverer:
             for p, outcome in zip(batch, stored, strict=True)
         ]
 
-    def _deliver_alone(self, message: bytes, copies: Sequence[Copy]) -> list[bool] | None:
+    def _deliver_alone(self, message: Octets, copies: Sequence[Copy]) -> list[bool] | None:
         try:
             return self.store.deliver(message, copies)
         except (StoreError, OSError) as exc:

@@ -1,8 +1,12 @@
 """The LMTP listener (RFC 2033): a real MTA (Postfix, Exim) delivers into cgpop here.
 
-aiosmtpd supplies the protocol machinery (LHLO, the DATA reader with its size limit, the
-SMTP-smuggling-safe end of data); this module supplies one reply per recipient after DATA,
-RFC 2033 section 4.2, with each recipient's fate from the shared delivery path.
+aiosmtpd supplies the protocol machinery (LHLO, MAIL, RCPT); this module supplies one reply per
+recipient after DATA, RFC 2033 section 4.2, with each recipient's fate from the shared delivery
+path. DATA is read here rather than by aiosmtpd, into a spool (cgpop/spool.py): aiosmtpd keeps
+the whole message in memory, twice at its end, so four 50 MB messages took 590 MB (issue 10).
+The reader keeps aiosmtpd's rules: the end is an exact CRLF "." CRLF (SMTP smuggling), a line
+over `line_length_limit` is 500 after the data, more than `data_size_limit` octets 552.
+`[lmtp] max_connections` bounds the sessions as `max_channels` does for POP.
 """
 
 from __future__ import annotations
@@ -11,29 +15,38 @@ import asyncio
 import itertools
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import Envelope
+from aiosmtpd.smtp import MISSING, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
-from cgpop.config import Endpoint
-from cgpop.delivery import Result
+from cgpop import spool
+from cgpop.config import Endpoint, LmtpConfig
+from cgpop.delivery import Result, Status
 from cgpop.logs import SessionLog
-
-if TYPE_CHECKING:
-    from cgpop.server import Gateway
+from cgpop.spool import Octets, Spool, SpooledMessage
 
 log = logging.getLogger("cgpop")
 _ids = itertools.count(1)
 
 
 TEMPORARY_FAILURE = "451 4.3.0 temporary local failure, try again later"
+# RCPT: None when the recipient would be accepted, else why not (blocking work done off the
+# event loop by the caller).
+Check = Callable[[str], Awaitable[Status | None]]
+# DATA: sender, recipients, message -> one result per recipient, once durable.
+Deliver = Callable[[str, Sequence[str], Octets], Awaitable[list[Result]]]
+# RFC 5321 section 3.8 / RFC 3463 4.3.2 "system not accepting network messages": the MTA
+# retries later, as it does for a busy server.
+TOO_MANY = b"421 4.3.2 too many connections, try later\r\n"
 
 
 class _Handler:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(self, check: Check, deliver: Deliver, max_recipients: int) -> None:
+        self.check, self.deliver, self.max_recipients = check, deliver, max_recipients
 
     def _log(self, session: SmtpSession) -> SessionLog:
         if not hasattr(session, "cgpop_id"):
@@ -67,12 +80,12 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.gw.config.lmtp.max_recipients:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
             return "452 4.5.3 too many recipients"
         # Refuse unknown users, missing mailboxes and mailboxes that take no posting at RCPT,
         # so the MTA bounces them at once (RFC 2033 section 4.2); DATA checks again.
         try:
-            refused = await self.gw.read(self.gw.deliverer.check, address)
+            refused = await self.check(address)
         except Exception:
             self._log(session).exception("recipient check failed")
             return TEMPORARY_FAILURE
@@ -83,13 +96,11 @@ class _Handler:
         return "250 2.1.5 recipient ok"
 
     async def handle_DATA(self, server: LMTP, session: SmtpSession, envelope: Envelope) -> str:
-        content = envelope.original_content or b""
-        if isinstance(content, str):  # pragma: no cover - decode_data is off
-            content = content.encode("utf-8", "surrogateescape")
+        content: Octets = getattr(envelope, "cgpop_message", None) or b""
         sender = envelope.mail_from or ""
         slog = self._log(session)
         try:
-            results = await self.gw.deliver(sender, envelope.rcpt_tos, content)
+            results = await self.deliver(sender, envelope.rcpt_tos, content)
         except Exception:
             # Never aiosmtpd's "500 Error: (ExceptionClass)": that would bounce the mail for
             # good and show our internals. 451 for each recipient: the MTA retries.
@@ -100,7 +111,7 @@ class _Handler:
                 "from=<%s> to=<%s> size=%d %s",
                 sender[:200],
                 r.recipient[:200],
-                len(content),
+                spool.size_of(content),
                 r.status.value,
             )
         # aiosmtpd writes the returned status and CRLF: joined lines give one reply each.
@@ -108,54 +119,138 @@ class _Handler:
 
 
 class _TrackedLMTP(LMTP):
-    """aiosmtpd's LMTP, registered with the gateway so shutdown can end open sessions."""
+    """aiosmtpd's LMTP, registered with its listeners so shutdown can end open sessions, capped
+    at `[lmtp] max_connections`, and reading DATA into a spool."""
 
-    def __init__(self, gw: Gateway, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, listeners: LmtpListeners, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._gw = gw
+        self._listeners = listeners
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self._listeners.sessions) >= self._listeners.config.max_connections:
+            # Past the cap: no session at all, so nothing of it is buffered.
+            self._refused = True
+            peer = transport.get_extra_info("peername")
+            log.warning("LMTP %s refused: too many connections", peer)
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(TOO_MANY)
+            transport.close()
+            return
         super().connection_made(transport)
-        self._gw.lmtp_sessions.add(self)
+        self._listeners.sessions.add(self)
         if self.session is not None:
             self.event_handler._log(self.session).info("connected")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._gw.lmtp_sessions.discard(self)
+        if self._refused:
+            return
+        self._listeners.sessions.discard(self)
         if self.session is not None:
             self.event_handler._log(self.session).info("disconnected")
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
 
-def end_sessions(gw: Gateway) -> None:
-    """Shutdown: tell connected MTAs (RFC 5321 section 3.8: 421) and close. A delivery in
-    progress is one transaction: committed or not; the MTA retries what got no reply, and
-    duplicate suppression catches a committed one."""
-    for proto in list(gw.lmtp_sessions):
-        transport = proto.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(b"421 4.3.2 cgpop shutting down\r\n")
-            transport.close()
+    def eof_received(self) -> bool | None:
+        return None if self._refused else super().eof_received()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's smtp_DATA (1.4), reading into a Spool instead of a list of lines."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = Spool(self._listeners.spool_dir)
+        try:
+            state = await self._read_data(data)
+            if state is not None:
+                await self.push(state)
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            message: Octets = data.getvalue() if not data.on_disk else SpooledMessage(b"", data)
+            self.envelope.cgpop_message = message  # type: ignore[attr-defined]
+            self.envelope.original_content = self.envelope.content = b""
+            status = await self._call_handler_hook("DATA")
+        finally:
+            data.close()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self, data: Spool) -> str | None:
+        """The DATA lines, unstuffed (RFC 5321 section 4.5.2), into `data`; None when all is
+        well, else the reply owed after the data (RFC 5321 section 4.2.5)."""
+        limit = self.data_size_limit
+        size = 0
+        error: str | None = None
+        fragment = False  # the last read ended mid-line
+        while self.transport is not None:
+            try:
+                # RFC 5321 section 2.3.8: lines end at CRLF only.
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:
+                error = error or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                line = await self._reader.read(exc.consumed)
+            if not fragment and line == b".\r\n":
+                return error
+            size += len(line)
+            if error is None and limit and size > limit:
+                error = "552 Error: Too much mail data"
+            if error is not None:
+                data.discard()  # keep reading to the end, hold nothing
+            else:
+                data.write(line[1:] if not fragment and line.startswith(b".") else line)
+            fragment = not line.endswith(b"\r\n")
+        raise ConnectionError("connection lost during DATA")
 
 
-async def start_lmtp(gw: Gateway, ep: Endpoint) -> asyncio.Server:
-    handler = _Handler(gw)
-    limit = gw.config.lmtp.max_message_size
-    hostname = gw.config.server.hostname
+class LmtpListeners:
+    """The LMTP listeners and their open sessions."""
 
-    def factory() -> Any:
-        return _TrackedLMTP(
-            gw,
-            handler,
-            hostname=hostname,
-            ident="cgpop LMTP",
-            data_size_limit=limit,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-        )
+    def __init__(
+        self, config: LmtpConfig, hostname: str, spool_dir: Path, check: Check, deliver: Deliver
+    ) -> None:
+        """`spool_dir`: where DATA larger than memory should hold goes (cgpop/spool.py)."""
+        self.config, self.hostname, self.spool_dir = config, hostname, spool_dir
+        self.handler = _Handler(check, deliver, config.max_recipients)
+        self.sessions: set[_TrackedLMTP] = set()
 
-    loop = asyncio.get_running_loop()
-    try:
-        return await loop.create_server(factory, ep.host, ep.port, reuse_address=True)
-    except OSError as exc:
-        raise OSError(f"cannot listen on {ep} for lmtp: {exc.strerror}") from None
+    async def start(self, ep: Endpoint) -> asyncio.Server:
+        def factory() -> _TrackedLMTP:
+            return _TrackedLMTP(
+                self,
+                self.handler,
+                hostname=self.hostname,
+                ident="cgpop LMTP",
+                data_size_limit=self.config.max_message_size,
+                enable_SMTPUTF8=True,
+                decode_data=False,
+            )
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.create_server(factory, ep.host, ep.port, reuse_address=True)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {ep} for lmtp: {exc.strerror}") from None
+
+    def end_sessions(self) -> None:
+        """Shutdown: tell connected MTAs (RFC 5321 section 3.8: 421) and close. A delivery in
+        progress is one transaction: committed or not; the MTA retries what got no reply, and
+        duplicate suppression catches a committed one."""
+        for proto in list(self.sessions):
+            # A stream transport (asyncio's or uvloop's), typed as its base class.
+            transport = cast(asyncio.Transport | None, proto.transport)
+            if transport is not None and not transport.is_closing():
+                transport.write(b"421 4.3.2 cgpop shutting down\r\n")
+                transport.close()

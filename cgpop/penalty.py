@@ -1,10 +1,26 @@
-"""Failed-login delay per peer address and per account, with bounded memory. Pure: no sleeping,
-no I/O; the clock is injected.
+"""Failed-login delay per peer address, per account and per (address, account) pair, with
+bounded memory. Pure: no sleeping, no I/O; the clock is injected (cgpop/loginturn.py waits).
 
-The engine asks `delay_for(peer, account)` before answering a login attempt and waits that long
-(the same wait for a wrong password and an unknown account, so the two look alike), then reports
-the outcome with `record_failure` or `record_success`. The delay doubles with each recent
-failure from the peer or against the account, from `base` up to `maximum`; one failure is
+Accounts are *resolved* accounts (`Authenticator.penalty_key`): `alice%example.com`,
+`INBOX#alice` and `~alice/INBOX#alice` are one account, so spellings do not multiply guesses.
+
+Two mechanisms (issue 10, defect 7: 100 connections of one address guessed 56 times faster than
+one, because the delay was per reply):
+
+* The turn, per (address, account) pair, shared by all the address's connections: password
+  checks of one pair are made one at a time (cgpop/loginturn.py), each no earlier than
+  `turn_wait` after the pair's last failure. So one address gets at most one check per
+  `delay_for` seconds on one account (one per `maximum` once it has failed a few times),
+  however many connections it opens. Only a success *by that address for that account*
+  clears the pair. Concurrent correct logins (a client opening several sessions) are only
+  serialised, never delayed: a pair without failures has no wait.
+* The reply delay: after a failure the connection waits `delay_for` (the doubling delay of the
+  larger of the address's, the account's and the pair's recent failures) before answering.
+  The address's and the account's records are never cleared by a success (somebody else's
+  success must not wipe an attacker's record); they decay. They delay failures only, so a
+  flood against an account never delays its owner's correct login.
+
+The delay doubles with each recent failure, from `base` up to `maximum`; one failure is
 forgiven per `decay` seconds without new ones. The per-session failure budget (disconnect after
 N) is the engine's, not this module's.
 
@@ -48,6 +64,8 @@ class PenaltyPolicy:
 class _Entry:
     count: int
     last: float
+    # Pair entries only: when the next check may start.
+    ready: float = 0.0
 
 
 def peer_key(peer: str) -> str:
@@ -85,18 +103,50 @@ class Penalty:
         if account:
             # Names are case-insensitive in the login grammar; count "Alice" and "alice" once.
             keys.append(("account", account.casefold()))
+            keys.append(self._pair(peer, account))
         return keys
+
+    @staticmethod
+    def _pair(peer: str, account: str) -> tuple[str, str]:
+        return ("pair", f"{peer_key(peer)} {account.casefold()}")
 
     def _count(self, key: tuple[str, str], now: float) -> int:
         entry = self._entries.get(key)
         if entry is None:
             return 0
         forgiven = int(max(0.0, now - entry.last) // self.policy.decay)
-        count = entry.count - forgiven
-        if count <= 0:
+        count = max(0, entry.count - forgiven)
+        if count == 0 and entry.ready <= now:
             del self._entries[key]
-            return 0
         return count
+
+    def _delay(self, n: int) -> float:
+        if n <= 0:
+            return 0.0
+        p = self.policy
+        # Exponent bounded, so no overflow however many failures were recorded.
+        return float(min(p.maximum, p.base * 2 ** (min(n, p.max_count) - 1)))
+
+    def _evict(self) -> None:
+        while len(self._entries) > self.policy.max_keys:
+            self._entries.popitem(last=False)
+
+    def pair_key(self, peer: str, account: str) -> tuple[str, str]:
+        """The key of the (address, account) pair: what `cgpop.loginturn` serialises on."""
+        return self._pair(peer, account)
+
+    def pair_failures(self, peer: str, account: str) -> int:
+        return self._count(self._pair(peer, account), self._clock())
+
+    def turn_wait(self, peer: str, account: str) -> float:
+        """Seconds until the pair's next password check may start: its last failure plus the
+        delay its recent failures earn (0 when it has none). The caller checks one attempt of
+        a pair at a time, so this spaces the checks of all the address's connections."""
+        now = self._clock()
+        key = self._pair(peer, account)
+        self._count(key, now)  # drops a fully decayed entry
+        entry = self._entries.get(key)
+        return 0.0 if entry is None else max(0.0, entry.ready - now)
 
     def failures(self, peer: str, account: str | None = None) -> int:
         """Recent failures that count for this attempt: the larger of the peer's and the
@@ -107,25 +157,24 @@ class Penalty:
     def delay_for(self, peer: str, account: str | None = None) -> float:
         """Seconds to wait before answering this attempt: 0 with no recent failures, then
         base, 2*base, 4*base, ... capped at maximum."""
-        n = self.failures(peer, account)
-        if n == 0:
-            return 0.0
-        p = self.policy
-        # Exponent bounded by max_count, so no overflow however many failures were recorded.
-        return float(min(p.maximum, p.base * 2 ** (n - 1)))
+        return self._delay(self.failures(peer, account))
 
     def record_failure(self, peer: str, account: str | None = None) -> None:
         now = self._clock()
         for key in self._keys(peer, account):
             count = min(self._count(key, now) + 1, self.policy.max_count)
-            self._entries.pop(key, None)
+            old = self._entries.pop(key, None)
             # Decay counts from the latest failure; re-inserting moves the key to the young end.
-            self._entries[key] = _Entry(count, now)
-        while len(self._entries) > self.policy.max_keys:
-            self._entries.popitem(last=False)
+            entry = self._entries[key] = _Entry(count, now)
+            if old is not None:
+                entry.ready = old.ready
+            if key[0] == "pair":
+                entry.ready = max(entry.ready, now + self._delay(count))
+        self._evict()
 
     def record_success(self, peer: str, account: str | None = None) -> None:
-        """A correct login clears the account's and the peer's record (Dovecot's auth_penalty
-        does the same for the address): the user behind it has proven who they are."""
-        for key in self._keys(peer, account):
-            self._entries.pop(key, None)
+        """A correct login clears the record of this address *for this account* only: the
+        user has proven who they are from there. The address's record (it may be guessing
+        other accounts) and the account's (others may be guessing it) stay, to decay."""
+        if account:
+            self._entries.pop(self._pair(peer, account), None)

@@ -46,13 +46,30 @@ class NeedMore:
 @dataclass(frozen=True, slots=True)
 class ProxyResult:
     """A complete header. `source`/`destination` are None for LOCAL (v2: a health check from the
-    proxy itself), UNKNOWN (v1), and unspecified or AF_UNIX families: keep the socket's own peer
-    address then. `consumed` bytes of the buffer were the header."""
+    proxy itself, `local` True), UNKNOWN (v1), and unspecified or AF_UNIX families.
+    `consumed` bytes of the buffer were the header. `client_of` says who the peer is then."""
 
     source: tuple[str, int] | None
     destination: tuple[str, int] | None
     consumed: int
     version: int
+    local: bool = False
+
+
+# The peer of a proxied connection whose client the proxy did not name (v1 UNKNOWN, v2 UNSPEC or
+# AF_UNIX): not an IP address, so never loopback (no plaintext login by default) and never
+# trusted; all such clients share one per-address count and one failed-login record.
+UNKNOWN_PEER = ("unknown", 0)
+
+
+def client_of(result: ProxyResult, socket_peer: tuple[str, int]) -> tuple[str, int]:
+    """The client a header names. Only a v2 LOCAL connection is the proxy's own (spec section
+    2.2: "use the real connection endpoints"); for UNKNOWN and address-less families the
+    proxy is relaying somebody it cannot name, and that somebody is not the proxy's loopback
+    address (issue 10: v1 UNKNOWN allowed a plaintext login as if from 127.0.0.1)."""
+    if result.source is not None:
+        return result.source
+    return socket_peer if result.local else UNKNOWN_PEER
 
 
 NEED_MORE = NeedMore()
@@ -124,7 +141,7 @@ def _parse_v2(buf: bytes) -> ProxyResult | NeedMore:
     # Spec section 2.2: with LOCAL the receiver must ignore the address block and use the real
     # connection endpoints.
     if command == _CMD_LOCAL:
-        return ProxyResult(None, None, consumed, 2)
+        return ProxyResult(None, None, consumed, 2, local=True)
     if family not in (_AF_UNSPEC, *_ADDR_LEN) or transport > 0x2:
         raise ProxyError("unknown PROXY v2 address family or transport")
     if family in (_AF_UNSPEC, _AF_UNIX):

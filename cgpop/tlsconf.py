@@ -60,8 +60,9 @@ def _check_readable(path: Path, what: str, which: str) -> None:
 def server_context(cert_path: StrPath, key_path: StrPath) -> ssl.SSLContext:
     """A server context for the PEM certificate chain and private key.
 
-    Raises ValueError naming the file at fault (missing, unreadable, not PEM, or a key that does
-    not match the certificate). Never asks for a pass-phrase: an encrypted key is an error.
+    Raises TlsFileError (a ValueError) naming the file at fault (missing, unreadable, not PEM,
+    or a key that does not match the certificate). Never asks for a pass-phrase: an encrypted
+    key is an error.
     """
     cert, key = Path(cert_path), Path(key_path)
     _check_readable(cert, "certificate", "cert")
@@ -88,12 +89,26 @@ def server_context(cert_path: StrPath, key_path: StrPath) -> ssl.SSLContext:
     return ctx
 
 
+def _is_private_key(path: Path) -> bool:
+    try:
+        serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (TypeError, ValueError, OSError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def _which_file(cert: Path, key: Path) -> tuple[str, str]:
     """Tell the operator which file is wrong: parse each on its own."""
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         probe.load_verify_locations(cafile=cert)
     except (ssl.SSLError, ValueError):
+        if _is_private_key(cert):
+            return (
+                f"TLS certificate file {cert}: holds a private key, not a certificate"
+                " (are cert and key swapped?)",
+                "cert",
+            )
         return f"TLS certificate file {cert}: not a PEM certificate", "cert"
     try:
         serialization.load_pem_private_key(key.read_bytes(), password=None)

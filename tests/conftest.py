@@ -18,6 +18,7 @@ from accounts.credentials import make_credentials
 from cgpop import config as configmod
 from cgpop.delivery import Deliverer
 from cgpop.server import Gateway
+from tests.pg import pg_dsn, postgres  # noqa: F401  (one PostgreSQL for the whole session)
 
 
 @dataclass
@@ -42,7 +43,7 @@ class LiveServer:
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking store call on the server's writer thread (keeps SQLite use ordered)."""
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(
-            self.gateway.write(fn, *args), self.loop
+            self.gateway.workers.write(fn, *args), self.loop
         )
         return fut.result(30)
 

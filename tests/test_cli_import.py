@@ -93,3 +93,57 @@ def test_mailbox_import_errors(domain: Path) -> None:
     assert notmd.returncode == 65 and "not a Maildir" in notmd.stderr
     nobox = cgpop(domain, "mailbox", "import", "u1@a.test", "Nope", str(domain / "plain"))
     assert nobox.returncode == 1
+
+
+def test_mailbox_import_maildir_reads_regular_files_only(domain: Path) -> None:
+    """A user's Maildir may hold links to files only the importing administrator can read: the
+    import takes regular files only and names what it skipped on stderr."""
+    cgpop(domain, "account", "import", stdin=b"u1@a.test pw\n")
+    secret = domain / "secret"
+    secret.write_bytes(b"root:SECRET-HASH:0:0\n")
+    elsewhere = domain / "elsewhere"
+    (elsewhere / "cur").mkdir(parents=True)
+    (elsewhere / "cur" / "1002.1.host:2,S").write_bytes(b"Subject: foreign\n\nSECRET too\n")
+    maildir = domain / "Maildir"
+    for sub in ("cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "cur" / "1000.1.host:2,S").write_bytes(b"Subject: one\n\nfirst\n")
+    (maildir / "cur" / "1001.1.host:2,S").symlink_to(secret)
+    (maildir / "cur" / "1003.1.host").mkdir()
+    os.mkfifo(maildir / "cur" / "1004.1.host")
+    (maildir / "new").symlink_to(elsewhere / "cur")
+    out = cgpop(domain, "mailbox", "import", "u1@a.test", "INBOX", str(maildir))
+    assert out.returncode == 0, out.stderr
+    assert "imported 1 messages" in out.stdout
+    assert "skipped 4 entries that are not regular files" in out.stderr
+    for shown in (
+        "cur/1001.1.host:2,S (symbolic link)",
+        "cur/1003.1.host (directory)",
+        "cur/1004.1.host (not a regular file)",
+        "new (symbolic link)",
+    ):
+        assert shown in out.stderr
+    shown_msgs = json.loads(cgpop(domain, "mailbox", "show", "u1@a.test", "INBOX", "--json").stdout)
+    assert [m["size"] for m in shown_msgs] == [len(b"Subject: one\r\n\r\nfirst\r\n")]
+
+
+@pytest.mark.parametrize("kind", ["maildir-link", "mbox-link", "fifo"])
+def test_mailbox_import_refuses_a_link_or_special_file(domain: Path, kind: str) -> None:
+    cgpop(domain, "account", "import", stdin=b"u1@a.test pw\n")
+    target = domain / "source"
+    if kind == "maildir-link":
+        (domain / "real" / "cur").mkdir(parents=True)
+        target.symlink_to(domain / "real")
+        why = "is a symbolic link"
+    elif kind == "mbox-link":
+        (domain / "shadow").write_bytes(b"From a@b Sat Jan  1 00:00:00 2000\n\nSECRET\n")
+        target.symlink_to(domain / "shadow")
+        why = "is a symbolic link"
+    else:
+        os.mkfifo(target)  # opening it for an mbox would block for ever
+        why = "is not a regular file"
+    out = cgpop(domain, "mailbox", "import", "u1@a.test", "INBOX", str(target))
+    assert out.returncode == 65 and why in out.stderr and str(target) in out.stderr
+    assert "Traceback" not in out.stderr
+    shown = json.loads(cgpop(domain, "mailbox", "show", "u1@a.test", "INBOX", "--json").stdout)
+    assert shown == []

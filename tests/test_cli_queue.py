@@ -16,7 +16,6 @@ import pytest
 from tests.conftest import LiveServer
 from tests.e2e.test_xtnd_live import FlakyHandler, msg, queue_empty, submit, wait_for
 from tests.xtnd.conftest import Sink, _start
-from xtnd import queue
 
 CGPOP = Path(sys.executable).parent / "cgpop"
 
@@ -65,10 +64,7 @@ def test_list_remove_flush(
     assert submit(server, msg("temp@example.org")).startswith(b"+OK")  # always 450
     # Wait (in-process, cheaply) until both had their first, failed, attempt.
     wait_for(
-        lambda: (
-            [e.recipients[0].attempts for e in server.call(queue.list_queue, server.store)]
-            == [1, 1]
-        )
+        lambda: [e.recipients[0].attempts for e in server.call(server.store.list_queue)] == [1, 1]
     )
     rows = listing(config)
     by_rcpt = {r["recipients"][0]["recipient"]: r for r in rows}

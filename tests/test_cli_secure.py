@@ -100,13 +100,12 @@ def test_alert_text_limit_is_in_octets(conf: str, capsys: pytest.CaptureFixture[
 
 
 def test_alert_list_counts_deliveries(conf: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from cgpop import alerts
     from cgpop.store.sqlite import SqliteStore
 
     assert main(["-c", conf, "alert", "add", "--server", "one"]) == 0
     data = Path(conf).parent / "data"
     store = SqliteStore(data)
-    assert alerts.take(store, "joe@example.com") is not None
+    assert store.take_alert("joe@example.com") is not None
     store.close()
     capsys.readouterr()
     assert main(["-c", conf, "alert", "list", "--json"]) == 0

@@ -23,7 +23,7 @@ def test_sample_documents_the_defaults() -> None:
     """Every key the sample sets is the built-in default (except paths and the hostname)."""
     sample = config.load(SAMPLE)
     default = config.Config()
-    for section in ("pop3", "lmtp", "delivery", "xtnd"):
+    for section in ("pop3", "lmtp", "delivery", "xtnd", "store"):
         assert getattr(sample, section) == getattr(default, section), section
     fields = {f.name for f in dataclasses.fields(config.ServerConfig)}
     for name in fields - {"hostname", "data_dir", "default_domain"}:
@@ -49,6 +49,7 @@ def test_env_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("[tls]\ncert = 'a.pem'\n", "tls.key: cert and key go together"),
         ("[pop3]\ntls_listen = ['127.0.0.1:995']\n", "pop3.tls_listen: needs [tls]"),
         ("[xtnd]\nrelay = 'smtp'\n", "xtnd.relay"),
+        ("[store]\nbackend = 'oracle'\n", "store.backend: unknown store backend 'oracle'"),
         ("this is not toml", "not valid TOML"),
     ],
 )

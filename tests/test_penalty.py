@@ -77,12 +77,35 @@ def test_decays_after_quiet_time() -> None:
     assert len(penalty) == 0  # fully decayed entries are dropped
 
 
-def test_success_clears() -> None:
-    penalty, _ = make()
+def test_success_clears_only_that_address_for_that_account() -> None:
+    penalty, _ = make(base=0.25, maximum=5.0)
     for _ in range(3):
-        penalty.record_failure("192.0.2.1", "alice")
-    penalty.record_success("192.0.2.1", "alice")
-    assert penalty.delay_for("192.0.2.1", "alice") == 0.0
+        penalty.record_failure("192.0.2.1", "alice@example.com")
+    before = penalty.delay_for("192.0.2.1", "alice@example.com")
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 1.0  # 3 failures: 1 s
+    # Somebody else's success (another address, or this address on another account) clears
+    # nothing: an attacker with an account of its own cannot wipe its record.
+    penalty.record_success("192.0.2.9", "alice@example.com")
+    penalty.record_success("192.0.2.1", "mallory@example.com")
+    assert penalty.delay_for("192.0.2.1", "alice@example.com") == before
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 1.0
+    # Alice from that address: her turn is free again at once.
+    penalty.record_success("192.0.2.1", "alice@example.com")
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 0.0
+    assert penalty.pair_failures("192.0.2.1", "alice@example.com") == 0
+
+
+def test_turn_wait_follows_the_pair_only() -> None:
+    penalty, clock = make(base=0.25, maximum=5.0)
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 0.0
+    for _ in range(10):
+        penalty.record_failure("192.0.2.1", "alice@example.com")
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 5.0
+    clock.now += 2
+    assert penalty.turn_wait("192.0.2.1", "alice@example.com") == 3.0
+    # Other addresses, and this address on other accounts, do not wait for this pair.
+    assert penalty.turn_wait("192.0.2.2", "alice@example.com") == 0.0
+    assert penalty.turn_wait("192.0.2.1", "bob@example.com") == 0.0
 
 
 def test_memory_bounded_evicts_oldest() -> None:

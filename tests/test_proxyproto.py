@@ -139,8 +139,8 @@ def test_v2_tlvs_skipped() -> None:
 
 def test_v2_local_ignores_addresses() -> None:
     header = v2(0x0, 0x11, b"\x00" * 12)
-    assert parse(header) == ProxyResult(None, None, len(header), 2)
-    assert parse(v2(0x0, 0x00, b"")) == ProxyResult(None, None, 16, 2)
+    assert parse(header) == ProxyResult(None, None, len(header), 2, local=True)
+    assert parse(v2(0x0, 0x00, b"")) == ProxyResult(None, None, 16, 2, local=True)
 
 
 def test_v2_unspec_and_unix_have_no_source() -> None:

@@ -10,9 +10,9 @@ import pytest
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights, effective_rights, parse_acl_entry
 from accounts.credentials import make_credentials
+from cgpop.access import Access, LoginResult
 from cgpop.auth import AUTH_FAILED, Authenticator
 from cgpop.delivery import Deliverer, Status
-from cgpop.pop3.events import Grant, LoginOutcome
 from cgpop.store.api import Mailbox, NotFound, StoreError
 from cgpop.store.sqlite import SqliteStore
 from router.resolve import resolve_login
@@ -128,12 +128,12 @@ def test_public_account_mailboxes_start_with_default_acl(store: SqliteStore) -> 
 
 
 # --- the rights as the Authenticator applies them at login ---
-def granted(outcome: LoginOutcome) -> Grant:
-    assert outcome.error is None and outcome.grant is not None
-    return outcome.grant
+def granted(outcome: LoginResult) -> Access:
+    assert outcome.error is None and outcome.access is not None
+    return outcome.access
 
 
-def login(store: SqliteStore, name: str, admins: tuple[str, ...] = ()) -> LoginOutcome:
+def login(store: SqliteStore, name: str, admins: tuple[str, ...] = ()) -> LoginResult:
     auth = Authenticator(store, admins=admins)
     target = resolve_login(name, default_domain=DOMAIN, directory=store)
     account = store.get_account(target.auth_domain, target.auth_account)

@@ -21,10 +21,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
 
-__all__ = ["Failure", "build_dsn"]
+__all__ = ["Failure", "build_dsn", "is_failure_status"]
 
 # RFC 3463 section 2: class.subject.detail; subject and detail 1 to 3 digits.
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
+def is_failure_status(text: str) -> bool:
+    """4.x.x or 5.x.x (RFC 3463 section 2): a status a DSN may report."""
+    return _STATUS.fullmatch(text) is not None and text[0] != "2"
+
+
 # RFC 5322 section 2.1.1: lines of at most 998 octets; leave room for the field name.
 _MAX_TEXT = 900
 # Original headers larger than this are cut (at a line end) with a note.
@@ -64,7 +71,7 @@ def build_dsn(
     if not items:
         raise ValueError("a DSN needs at least one recipient")
     for item in items:
-        if not _STATUS.fullmatch(item.status) or item.status[0] == "2":
+        if not is_failure_status(item.status):
             raise ValueError(f"not a failure status: {item.status!r}")
         if delayed and item.status[0] != "4":
             raise ValueError("a delayed DSN carries 4.x.x statuses")

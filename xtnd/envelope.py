@@ -6,10 +6,16 @@ engine turns its text into `-ERR text`; Eudora shows it, so it names the offendi
 Rules (issue 5):
 
 * The envelope sender is the authenticated account's address, never taken from the message.
-* Every originator field the message carries must name an address the account may use: exactly
-  one `From:` address (RFC 5322 section 3.6.2), and `Sender:` and the newest `Resent-From:` /
-  `Resent-Sender:` when present. This gateway is where an open relay would hide, so resending
-  someone else's message with their `From:` kept is refused too.
+* Every originator field the message carries must name an address the account may use: every
+  `From:` address, and `Sender:` and the newest `Resent-From:` / `Resent-Sender:` when present.
+  This gateway is where an open relay would hide, so resending someone else's message with their
+  `From:` kept is refused too.
+* An originator field must be one that every reader reads alike (issue 10): one parsed with a
+  defect (`alice@example.com <bob@example.com>`: Python reads alice, other parsers bob) is
+  refused, as is a group or a name or comment holding `<` or `>` (`alice@example.com
+  (<bob@example.com>)`: naive readers take the bracketed address). `Sender:` and
+  `Resent-Sender:` hold exactly one mailbox; `From:` (or `Resent-From:`) may list several only
+  when a `Sender:` (`Resent-Sender:`) says who sent it (RFC 5322 sections 3.6.2 and 3.6.6).
 * Recipients come from `To`, `Cc`, `Bcc`; when the message carries `Resent-*` fields they come from
   the newest resent block's `Resent-To`, `Resent-Cc`, `Resent-Bcc` only (RFC 5322 section 3.6.6:
   the original destination fields describe the original delivery). Each is checked for syntax with
@@ -21,7 +27,8 @@ Rules (issue 5):
   Message-ID SHOULD be present), `Resent-Date:` likewise for a resent block that lacks it (RFC 5322
   section 3.6.6); a `Received:` trace field (RFC 5321 section 4.4) is prepended.
 
-The input is the output of `xtnd.body.BodyReader`, so lines end in CRLF and the size is bounded.
+The input is the output of `cgpop.pop3.body.BodyReader` (the engine reads the body), so lines
+end in CRLF and the size is bounded.
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import policy
+from email import errors, policy
 from email._header_value_parser import get_address_list
-from email.headerregistry import Address, AddressHeader
+from email.headerregistry import Address, AddressHeader, BaseHeader
 from email.utils import format_datetime, make_msgid
 
 from email_validator import EmailNotValidError, validate_email
+
+from cgpop.spool import Octets
 
 __all__ = ["MAX_FIELD_SIZE", "Envelope", "SubmissionError", "derive_envelope"]
 
@@ -57,15 +66,20 @@ _ADDRESS_FIELDS = frozenset(
 MAX_FIELD_SIZE = 32 * 1024
 # Bounds: an error names at most this much of a hostile value.
 _MAX_SHOWN = 200
+# The parser defects that leave no doubt about an address: RFC 5322 section 4's obsolete syntax,
+# which a reader MUST accept (an unquoted "A. Smith <a@example.com>" is the common one).
+_UNAMBIGUOUS_DEFECTS = (errors.ObsoleteHeaderDefect,)
 
 
 class SubmissionError(Exception):
-    """The submission is refused; `text` is fit for `-ERR text` (no CR/LF, bounded)."""
+    """The submission is refused; `text` is fit for `-ERR text` (no CR/LF, bounded).
+    `temporary`: the client may try again later (the shell answers `-ERR [SYS/TEMP]`)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, temporary: bool = False) -> None:
         text = _printable(text)
         super().__init__(text)
         self.text = text
+        self.temporary = temporary
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +88,7 @@ class Envelope:
 
     sender: str
     recipients: tuple[str, ...]
-    message: bytes
+    message: Octets  # bytes here; the submitter may put the spooled body back behind it
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,13 +250,32 @@ def _check_originators(
     from_fields = [i for i, f in enumerate(fields) if f.name == "from"]
     if len(from_fields) != 1:
         raise SubmissionError("The message must have exactly one From field")
-    addresses = _addresses(fields[from_fields[0]], values[from_fields[0]])
-    if len(addresses) != 1:
-        raise SubmissionError("From must hold exactly one address")
-    checked = [(fields[from_fields[0]].name, addresses[0])]
-    for i, f in enumerate(fields):
-        if f.name == "sender" or (i in block and f.name in ("resent-from", "resent-sender")):
-            checked += [(f.name, a) for a in _addresses(f, values[i])]
+    sender_fields = [i for i, f in enumerate(fields) if f.name == "sender"]
+    if len(sender_fields) > 1:
+        raise SubmissionError("The message may have at most one Sender field")
+    checked: list[tuple[str, Address]] = []
+    for author, sender, indices in (
+        ("from", "sender", [from_fields[0], *sender_fields]),
+        ("resent-from", "resent-sender", block),
+    ):
+        authors = [
+            a
+            for i in indices
+            if fields[i].name == author
+            for a in _originator(fields[i], values[i])
+        ]
+        senders = [
+            a
+            for i in indices
+            if fields[i].name == sender
+            for a in _originator(fields[i], values[i])
+        ]
+        if len(authors) > 1 and not senders:
+            raise SubmissionError(
+                f"{_label(author)} lists several addresses: a {_label(sender)} field must name"
+                " the one who sends (RFC 5322 section 3.6.2)"
+            )
+        checked += [(author, a) for a in authors] + [(sender, a) for a in senders]
     for name, addr in checked:
         if addr.addr_spec.lower() not in allowed:
             shown = addr.addr_spec[:_MAX_SHOWN] or "<>"
@@ -260,6 +293,60 @@ def _parse(field: _Field, max_field_size: int) -> object:
     except (RecursionError, ValueError, IndexError) as exc:
         # Deeply nested comments exhaust the parser's recursion; treat as unparseable.
         raise SubmissionError(f"Malformed {_label(field.name)} field") from exc
+
+
+def _originator(field: _Field, value: object) -> list[Address]:
+    """The mailboxes of an originator field, refused unless every reader would read the same:
+    no parser defect but obsolete syntax, no group, at least one address, and exactly one for
+    Sender and Resent-Sender (RFC 5322 section 3.6.2: sender = "Sender:" mailbox)."""
+    label = _label(field.name)
+    # The registry maps these names to address headers (BaseHeaders, which carry the defects).
+    if not (isinstance(value, AddressHeader) and isinstance(value, BaseHeader)):
+        raise SubmissionError(f"Malformed {label} field")  # pragma: no cover
+    doubtful = [d for d in value.defects if not isinstance(d, _UNAMBIGUOUS_DEFECTS)]
+    if doubtful:
+        raise SubmissionError(
+            f"Malformed {label} field ({doubtful[0]}): refused, as mail readers would not agree"
+            " on its address"
+        )
+    names = [a.display_name for a in value.addresses]
+    if _bracket_in_text(field.raw.partition(b":")[2]) or any("<" in n or ">" in n for n in names):
+        raise SubmissionError(
+            f"{label} field has '<' or '>' in a name or comment: refused, as some mail readers"
+            " would take what it brackets for the address"
+        )
+    if any(group.display_name is not None for group in value.groups):
+        raise SubmissionError(f"{label} must list mailboxes, not a group (RFC 5322 section 3.6.2)")
+    addresses = list(value.addresses)
+    if not addresses:
+        raise SubmissionError(f"{label} holds no address")
+    if field.name in ("sender", "resent-sender") and len(addresses) != 1:
+        raise SubmissionError(f"{label} must hold exactly one address (RFC 5322 section 3.6.2)")
+    return addresses
+
+
+def _bracket_in_text(body: bytes) -> bool:
+    """Whether `<` or `>` appears inside a quoted string or a comment (RFC 5322 section 3.2.4,
+    3.2.2: comments nest, a backslash quotes the next character) of a field body."""
+    depth, quoted, escaped = 0, False, False
+    for ch in body.decode("ascii", "surrogateescape"):
+        inside = quoted or depth > 0
+        if escaped:
+            escaped = False
+        elif inside and ch == "\\":
+            escaped = True
+            continue
+        elif quoted and ch == '"':
+            quoted = False
+        elif depth and ch in "()":
+            depth += 1 if ch == "(" else -1
+        elif not inside and ch == '"':
+            quoted = True
+        elif not inside and ch == "(":
+            depth = 1
+        if inside and ch in "<>":
+            return True
+    return False
 
 
 def _addresses(field: _Field, value: object) -> list[Address]:

@@ -3,7 +3,7 @@
 The SMTP dialogue is stdlib `smtplib` run in a worker thread (`asyncio.to_thread`): it is
 blocking but correct, and its `data()` does the outgoing dot-stuffing (RFC 5321 section 4.5.2),
 so the message bytes leave unchanged apart from that. The message must already have CRLF line
-ends (it comes from `xtnd.body` and `xtnd.envelope`, which guarantee it).
+ends (it comes from `cgpop.pop3.body` and `xtnd.envelope`, which guarantee it).
 
 RCPT is sent one recipient at a time (not `sendmail`, which folds refusals into
 `SMTPRecipientsRefused` and hides the moment DATA ended), so each recipient gets its own outcome:

@@ -1,26 +1,34 @@
 """XTND XMIT as a service of the gateway: submission, local delivery, the relay queue.
 
-`start_submission(gateway)` is called by the Gateway at start when `[xtnd] enabled`: it builds the
-`Submitter` (xtnd/submit.py) and sets it as `gateway.submitter`, starts the relay worker
-(xtnd/worker.py), and returns the service, whose `stop()` the Gateway awaits at shutdown.
+`start_submission(...)` is called by the server wiring at start when `[xtnd] enabled`: it builds
+the `Submitter` (xtnd/submit.py) and starts the relay worker (xtnd/worker.py), and returns the
+service, whose `submitter` takes submissions and whose `stop()` the wiring awaits at shutdown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Protocol
 
-from cgpop.config import XtndConfig
+from cgpop.blocking import Run
+from cgpop.config import Config, XtndConfig
+from cgpop.delivery import Prepared, Result
+from cgpop.store.api import OutboundQueue
 from xtnd.ratelimit import Limits
-from xtnd.submit import Submitter
-from xtnd.worker import RelayWorker, Settings
+from xtnd.submit import LocalDelivery, SubmissionStore, Submitter
+from xtnd.worker import Deliver, RelayWorker, Settings
 
-__all__ = ["SubmissionService", "settings_from", "start_submission"]
+__all__ = ["SubmissionService", "XtndStore", "settings_from", "start_submission"]
+
+
+class XtndStore(SubmissionStore, OutboundQueue, Protocol):
+    """What XTND XMIT needs from the store (cgpop.store.api.Store has it all)."""
 
 
 class SubmissionService:
-    def __init__(self, worker: RelayWorker, grace: float) -> None:
-        self.worker, self.grace = worker, grace
+    def __init__(self, submitter: Submitter, worker: RelayWorker, grace: float) -> None:
+        self.submitter, self.worker, self.grace = submitter, worker, grace
 
     async def stop(self) -> None:
         await self.worker.stop(self.grace)
@@ -43,23 +51,33 @@ def settings_from(x: XtndConfig, hostname: str) -> Settings:
     )
 
 
-async def start_submission(gateway: Any) -> SubmissionService:
-    """Wire XTND XMIT into `gateway` (a cgpop.server.Gateway) and start the relay worker."""
-    config = gateway.config
+def start_submission(
+    config: Config,
+    *,
+    store: XtndStore,
+    deliverer: LocalDelivery,
+    deliver_prepared: Callable[[Prepared], Awaitable[list[Result]]],
+    deliver: Deliver,
+    read: Run,
+    write: Run,
+) -> SubmissionService:
+    """Build the submitter and start the relay worker (in the running event loop).
+    `deliver_prepared` is the group commit for prepared local deliveries, `deliver` local
+    delivery from resolution on (for DSNs); `read` and `write` the store's worker runners."""
     x: XtndConfig = config.xtnd
     worker = RelayWorker(
-        store=gateway.store,
-        deliver=gateway.deliver,
-        read=gateway.read,
-        write=gateway.write,
+        store=store,
+        deliver=deliver,
+        read=read,
+        write=write,
         settings=settings_from(x, config.server.hostname),
     )
-    gateway.submitter = Submitter(
-        store=gateway.store,
-        deliverer=gateway.deliverer,
-        deliver=gateway.delivery.submit,
-        read=gateway.read,
-        write=gateway.write,
+    submitter = Submitter(
+        store=store,
+        deliverer=deliverer,
+        deliver=deliver_prepared,
+        read=read,
+        write=write,
         hostname=config.server.hostname,
         allowed_from=x.allowed_from,
         max_recipients=x.max_recipients,
@@ -67,4 +85,4 @@ async def start_submission(gateway: Any) -> SubmissionService:
         on_queued=worker.wake,
     )
     worker.start()
-    return SubmissionService(worker, config.server.shutdown_grace)
+    return SubmissionService(submitter, worker, config.server.shutdown_grace)

@@ -3,9 +3,9 @@
 `Submitter.submit` is what the asyncio shell awaits after the engine read the body. It returns
 None only once every recipient is durably delivered (local, through the same `Deliverer` and
 group commit as LMTP, so X-Real-To and duplicate suppression apply) or durably queued for the
-relay worker; otherwise a `Pop3Error` whose text names the reason, and the offending recipient
-when there is one (Eudora shows it and marks the message unsendable). A store failure at any step
-is `-ERR [SYS/TEMP]` and the session goes on.
+relay worker; otherwise it raises `SubmissionError`, whose text names the reason, and the offending
+recipient when there is one (Eudora shows it and marks the message unsendable); the shell makes
+it the `-ERR` reply. A store failure at any step is a temporary refusal, and the session goes on.
 
 The steps, and the threads they run on:
 
@@ -17,9 +17,10 @@ The steps, and the threads they run on:
    account (its domain is hosted here) or that a routing record claims is refused; anything
    else is remote. The rate limit (messages and recipients per hour) is checked here too, so a
    submission over it delivers nothing.
-3. On the writer, in one transaction, the rate limit is taken: checked again and the submission
-   recorded, before anything is stored or queued, so parallel sessions of one account cannot
-   deliver more copies than the limit allows (issue 10, defect 3).
+3. On the writer, in one store transaction (`take_submission_slot`), the rate limit is taken:
+   checked again and the submission recorded, before anything is stored or queued, so
+   parallel sessions of one account cannot deliver more copies than the limit allows (issue
+   10, defect 3).
 4. Local copies are delivered through the gateway's group commit (writer, shared transaction).
 5. On the writer, in one transaction: the remote recipients queued.
 
@@ -31,63 +32,66 @@ whose submission was refused.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
+from cgpop import spool
+from cgpop.blocking import Run
 from cgpop.delivery import Prepared, Result, Status
 from cgpop.dircache import DirectoryCache
-from cgpop.errors import Pop3Error
-from cgpop.store.api import SqlAccess, StoreError
-from router.loginname import parse_name
-from router.route import Route, RouteError
-from router.table import wildcard_candidates
-from xtnd import queue, ratelimit
+from cgpop.spool import Octets
+from cgpop.store.api import Outbound, SubmissionCounts, Verdict
+from router.resolve import is_claimed
+from router.route import Route
+from xtnd import ratelimit
 from xtnd.envelope import Envelope, SubmissionError, derive_envelope
 
-__all__ = ["Submitter"]
+__all__ = ["SubmissionError", "SubmissionStore", "Submitter"]
 
 log = logging.getLogger("cgpop.xtnd")
-Run = Callable[..., Awaitable[Any]]
 
 _ACCEPTED = (Status.DELIVERED, Status.DUPLICATE)
-# What a failing store raises: the backend's own error, SQLite's, or the file system's.
-_STORE_ERRORS = (StoreError, sqlite3.Error, OSError)
 _TRY_LATER = "temporary failure, message not sent; try again later"
 
 
-class Directory(SqlAccess, Protocol):
+class SubmissionStore(Protocol):
+    """What a submission needs from the store (cgpop.store.api.Store has it all)."""
+
     def directory_version(self) -> int: ...
-
     def canonical_domain(self, name: str) -> str | None: ...
-
+    def account_exists(self, domain: str, account: str) -> bool: ...
     def route_target(self, pattern: str) -> str | None: ...
-
     def list_routes(self) -> list[tuple[str, str]]: ...
-
     def list_domain_aliases(self) -> list[tuple[str, str]]: ...
+    def submission_counts(self, account: str, since: float) -> SubmissionCounts: ...
+    def take_submission_slot(
+        self, account: str, recipients: int, now: float, since: float, verdict: Verdict
+    ) -> int | str: ...
+    def release_submission_slot(self, slot: int) -> None: ...
+    def enqueue(self, outbound: Outbound, now: float) -> int: ...
 
 
 class LocalDelivery(Protocol):
     def resolve(self, recipient: str) -> Route | None: ...
 
-    def prepare(self, sender: str, recipients: Sequence[str], message: bytes) -> Prepared: ...
+    def prepare(self, sender: str, recipients: Sequence[str], message: Octets) -> Prepared: ...
 
 
 class Submitter:
-    """The `Submitter` of cgpop.server: XTND XMIT behind the engine.
+    """XTND XMIT behind the engine: `submit` accepts one message or raises SubmissionError.
 
-    `read` and `write` run blocking work on the gateway's reader pool and its single writer
-    thread; `deliver` is its group commit for prepared local deliveries.
+    `read` and `write` run blocking work on the store's reader pool and its single writer
+    thread; `deliver` is the group commit for prepared local deliveries.
     """
 
     def __init__(
         self,
         *,
-        store: Directory,
+        store: SubmissionStore,
         deliverer: LocalDelivery,
         deliver: Callable[[Prepared], Awaitable[list[Result]]],
         read: Run,
@@ -110,36 +114,43 @@ class Submitter:
         )
 
     async def submit(
-        self, account: str, peer: str, message: bytes, login_address: str = ""
-    ) -> Pop3Error | None:
-        """`login_address`: the address part of the name the session logged in with; it
-        routes to `account`, so it is an allowed From even through a wildcard (issue 13)."""
+        self, account: str, peer: str, message: Octets, login_address: str = ""
+    ) -> None:
+        """Deliver or queue `message` for every recipient, or raise SubmissionError.
+        `login_address`: the address part of the name the session logged in with; it routes
+        to `account`, so it is an allowed From even through a wildcard (issue 13)."""
         try:
-            error, queued, count = await self._submit(account, peer, message, login_address)
+            queued, count = await self._submit(account, peer, message, login_address)
         except SubmissionError as exc:
-            error = Pop3Error(exc.text)
-        except _STORE_ERRORS:
+            log.info("XTND XMIT from %s refused: %s", account, exc.text)
+            raise
+        except Exception as exc:
+            # A failing store (its own errors, the file system's) or anything unexpected: the
+            # client may retry; the traceback is for the operator only.
             log.exception("XTND XMIT from %s: store failure", account)
-            return Pop3Error(_TRY_LATER, "SYS/TEMP")
-        if error is not None:
-            log.info("XTND XMIT from %s refused: %s", account, error.text)
-            return error
+            raise SubmissionError(_TRY_LATER, temporary=True) from exc
+        finally:
+            spool.close(message)  # a spooled message's file, once stored and queued
         log.info("XTND XMIT from %s: %d recipients, %d queued", account, count, queued)
         if queued:
             self.on_queued()
-        return None
 
     async def _submit(
-        self, account: str, peer: str, message: bytes, login_address: str
-    ) -> tuple[Pop3Error | None, int, int]:
-        """The steps of the module docstring: (error or None, number queued, recipients)."""
+        self, account: str, peer: str, message: Octets, login_address: str
+    ) -> tuple[int, int]:
+        """The steps of the module docstring: (number queued, recipients)."""
         allowed = await self.read(self.addresses_of, account)
         if login_address:
             allowed = allowed | {login_address.lower()}
+        # A spooled message: the envelope is derived from its header block, and the body
+        # stays in the spool (cgpop/spool.py).
+        head, body = await self.read(spool.split_head, message)
+        if head is None:
+            raise SubmissionError(f"message header too large (over {spool.HEADER_MAX} octets)")
         envelope: Envelope = await self.read(
             functools.partial(
                 derive_envelope,
-                message,
+                head,
                 account=account,
                 allowed_from=allowed,
                 hostname=self.hostname,
@@ -147,39 +158,35 @@ class Submitter:
                 max_recipients=self.max_recipients,
             )
         )
+        envelope = dataclasses.replace(envelope, message=spool.join(envelope.message, body))
         now = time.time()
-        classified = await self.read(self.classify, account, envelope, now)
-        if isinstance(classified, Pop3Error):
-            return classified, 0, 0
-        prepared, remote = classified
+        prepared, remote = await self.read(self.classify, account, envelope, now)
         slot = await self.write(self.take_slot, account, len(envelope.recipients), now)
-        if isinstance(slot, Pop3Error):
-            return slot, 0, 0
         sent = False
         try:
-            error = await self._deliver_local(prepared)
-            if error is None:
-                await self.write(self.enqueue, account, envelope, remote, now)
-                sent = True
-            return error, len(remote), len(envelope.recipients)
+            await self._deliver_local(prepared)
+            if remote:
+                outbound = Outbound(envelope.sender, account, envelope.message, tuple(remote))
+                await self.write(self.store.enqueue, outbound, now)
+            sent = True
+            return len(remote), len(envelope.recipients)
         finally:
             if not sent:
-                await self.write(self.release_slot, slot)
+                await self.write(self.store.release_submission_slot, slot)
 
-    async def _deliver_local(self, prepared: Prepared) -> Pop3Error | None:
-        """Step 4: the local copies, or the reason one could not be stored."""
+    async def _deliver_local(self, prepared: Prepared) -> None:
+        """Step 4: the local copies, or SubmissionError naming one that could not be stored."""
         if not prepared.copies:
-            return None
+            return
         results = await self.deliver(prepared)
         for before, r in zip(prepared.results, results, strict=True):
             if before is not None:
                 continue  # a remote recipient, no copy here
             if r.status is Status.TEMPORARY:
                 text = f"could not deliver to {r.recipient}; try again later"
-                return Pop3Error(text, "SYS/TEMP")
+                raise SubmissionError(text, temporary=True)
             if r.status not in _ACCEPTED:
-                return Pop3Error(f"unknown recipient {r.recipient}")
-        return None
+                raise SubmissionError(f"unknown recipient {r.recipient}")
 
     # --- blocking parts, on the store's threads ---
     def addresses_of(self, account: str) -> frozenset[str]:
@@ -206,9 +213,7 @@ class Submitter:
                 allowed.add(pattern.lower())
         return frozenset(allowed)
 
-    def classify(
-        self, account: str, envelope: Envelope, now: float
-    ) -> tuple[Prepared, list[str]] | Pop3Error:
+    def classify(self, account: str, envelope: Envelope, now: float) -> tuple[Prepared, list[str]]:
         """Step 2 (reads only): the prepared local delivery and the remote recipients."""
         prepared = self.deliverer.prepare(envelope.sender, envelope.recipients, envelope.message)
         remote: list[str] = []
@@ -216,59 +221,29 @@ class Submitter:
             if result is None:
                 continue  # a local copy
             if result.status is Status.REFUSED:
-                return Pop3Error(f"recipient {rcpt} does not accept mail")
-            if self.is_local(rcpt):
-                return Pop3Error(f"unknown recipient {rcpt}")
+                raise SubmissionError(f"recipient {rcpt} does not accept mail")
+            if is_claimed(rcpt, directory=self.store):
+                raise SubmissionError(f"unknown recipient {rcpt}")
             remote.append(rcpt)
         count = len(envelope.recipients)
-        reason = ratelimit.check(self.store.connection(), account, count, now, self.limits)
+        counts = self.store.submission_counts(account, now - ratelimit.WINDOW)
+        reason = ratelimit.judge(counts, count, self.limits)
         if reason is not None:
-            return Pop3Error(reason, "SYS/TEMP")
+            raise SubmissionError(reason, temporary=True)
         return prepared, remote
 
-    def take_slot(self, account: str, recipients: int, now: float) -> int | Pop3Error:
-        """Step 3, on the writer: check and record the submission in one transaction."""
-        with self.store.transaction() as conn:
-            reason = ratelimit.check(conn, account, recipients, now, self.limits)
-            if reason is not None:
-                return Pop3Error(reason, "SYS/TEMP")
-            return ratelimit.record(conn, account, recipients, now)
-
-    def release_slot(self, slot: int) -> None:
-        with self.store.transaction() as conn:
-            ratelimit.release(conn, slot)
-
-    def enqueue(self, account: str, envelope: Envelope, remote: list[str], now: float) -> None:
-        """Step 5, on the writer: the remote recipients queued in one transaction."""
-        if not remote:
-            return
-        with self.store.transaction() as conn:
-            queue.enqueue(
-                conn,
-                sender=envelope.sender,
-                account=account,
-                message=envelope.message,
-                recipients=remote,
-                now=now,
-            )
-
-    def is_local(self, recipient: str) -> bool:
-        """For a recipient that resolves to no mailbox: True when it is ours to refuse rather
-        than relay. That is when the router calls it an unknown account (its domain is hosted
-        here, or an alias of such a domain), or when a routing record claims the address,
-        exactly or by wildcard (its target leads nowhere). The same indexed lookups as the
-        router's own walk (router/resolve.py), no table scan."""
-        try:
-            parsed = parse_name(recipient)
-        except RouteError:
-            parsed = None
-        if parsed is None or parsed.domain is None:
-            return self.store.canonical_domain(recipient.rpartition("@")[2].lower()) is not None
-        local, domain = parsed.account, parsed.domain
-        if self.store.canonical_domain(domain) is not None:
-            return True
-        patterns = [f"{local}@{domain}", *(p for p, _ in wildcard_candidates(local, domain))]
-        return any(self.store.route_target(p) is not None for p in patterns)
+    def take_slot(self, account: str, recipients: int, now: float) -> int:
+        """Step 3, on the writer: check and record the submission in one store transaction."""
+        slot = self.store.take_submission_slot(
+            account,
+            recipients,
+            now,
+            now - ratelimit.WINDOW,
+            functools.partial(ratelimit.judge, recipients=recipients, limits=self.limits),
+        )
+        if isinstance(slot, str):
+            raise SubmissionError(slot, temporary=True)
+        return slot
 
 
 def _peer_ip(peer: str) -> str:

@@ -15,9 +15,9 @@ failure was the host's (`RelayResult.host_failure`), at most `MAX_ADDRESSES` add
 Per recipient: ACCEPTED -> `sent`; PERMANENT -> `failed` and a DSN; TEMPORARY and UNCERTAIN ->
 retried after the `retry_schedule` wait, until the message is `max_queue_age` old, then `failed`
 with status 4.4.7 and a DSN (RFC 3463 section 3.5). UNCERTAIN is retried (at-least-once), see
-`xtnd.relay` and `xtnd.queue`. Recipients are marked `sending` before `send()`; rows still
-`sending` at start are requeued for the same reason, and so are the recipients of an attempt
-whose outcome could not be stored.
+`xtnd.relay` and `cgpop.store.api.OutboundQueue`. Recipients are marked `sending` before
+`send()`; rows still `sending` at start are requeued for the same reason, and so are the
+recipients of an attempt whose outcome could not be stored.
 
 DSNs (RFC 3464, `xtnd.dsn`) go into the INBOX of the submitting account through the gateway's
 local delivery (reader-thread resolution, then the group commit), with a null Return-Path. A DSN
@@ -33,22 +33,19 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from cgpop.blocking import Run
 from cgpop.delivery import Result, Status
-from cgpop.store.api import SqlAccess
-from xtnd import queue
-from xtnd.dsn import _STATUS, Failure, build_dsn
+from cgpop.store.api import BOUNCE_BATCH, Bounce, Job, OutboundQueue, State, Update
+from xtnd.dsn import Failure, build_dsn, is_failure_status
 from xtnd.mx import MxError, make_resolver, resolve_mx
-from xtnd.queue import State, Update
 from xtnd.relay import Outcome, RecipientResult, RelayResult, StartTLS, send
 from xtnd.retry import expired, next_attempt
 
 __all__ = ["CONCURRENCY", "MAX_ADDRESSES", "RelayWorker", "Settings"]
 
 log = logging.getLogger("cgpop.xtnd")
-Run = Callable[..., Awaitable[Any]]
-# Local delivery (cgpop.server.Gateway.deliver): sender, recipients, message -> results.
+# Local delivery (resolution, then the group commit): sender, recipients, message -> results.
 Deliver = Callable[[str, Sequence[str], bytes], Awaitable[list[Result]]]
 
 MAX_ADDRESSES = 5
@@ -78,7 +75,7 @@ class Settings:
 
 class RelayWorker:
     def __init__(
-        self, *, store: SqlAccess, deliver: Deliver, read: Run, write: Run, settings: Settings
+        self, *, store: OutboundQueue, deliver: Deliver, read: Run, write: Run, settings: Settings
     ) -> None:
         self.store, self.deliver = store, deliver
         self.read, self.write = read, write
@@ -113,7 +110,7 @@ class RelayWorker:
 
     async def run(self) -> None:
         try:
-            requeued = await self.write(queue.recover, self.store, time.time())
+            requeued = await self.write(self.store.recover_queue, time.time())
         except Exception:
             log.exception("could not requeue interrupted recipients")
         else:
@@ -136,18 +133,18 @@ class RelayWorker:
         """One pass: send what is due, then bounce what failed. Returns when a recipient is
         next due (now when the batch was full), None when none is queued."""
         now = time.time()
-        due: float | None = await self.read(queue.next_due, self.store)
+        due: float | None = await self.read(self.store.next_due)
         if due is not None and due <= now:
-            jobs = await self.write(queue.claim_due, self.store, now, BATCH)
+            jobs = await self.write(self.store.claim_due, now, BATCH)
             outcomes = await asyncio.gather(*(self._job(j) for j in jobs), return_exceptions=True)
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     log.error("queue message %d: attempt failed", job.message_id, exc_info=outcome)
-            due = now if len(jobs) >= BATCH else await self.read(queue.next_due, self.store)
+            due = now if len(jobs) >= BATCH else await self.read(self.store.next_due)
         await self._bounce()
         return due
 
-    async def _job(self, job: queue.Job) -> None:
+    async def _job(self, job: Job) -> None:
         try:
             results = await self._send(job)
         except Exception:
@@ -160,13 +157,13 @@ class RelayWorker:
         attempts = dict(zip(job.recipients, job.attempts, strict=True))
         updates = [self._update(job, r, attempts.get(r.recipient, 0), now) for r in results]
         try:
-            await self.write(queue.record, self.store, job.message_id, updates)
+            await self.write(self.store.record_attempt, job.message_id, updates)
         except Exception:
             # Database busy, disk full: whatever happened on the wire, try again later
             # (at-least-once, see the module docstring).
             log.exception("queue message %d: could not record the attempt", job.message_id)
             when = next_attempt(1, now, self.settings.retry_schedule).timestamp()
-            await self.write(queue.requeue, self.store, job.message_id, job.recipients, when)
+            await self.write(self.store.requeue, job.message_id, job.recipients, when)
             log.warning("queue message %d: recipients requeued", job.message_id)
         for r in results:
             log.info(
@@ -177,9 +174,7 @@ class RelayWorker:
                 r.diagnostic,
             )
 
-    def _update(
-        self, job: queue.Job, result: RecipientResult, attempts: int, now: datetime
-    ) -> Update:
+    def _update(self, job: Job, result: RecipientResult, attempts: int, now: datetime) -> Update:
         if result.outcome is Outcome.ACCEPTED:
             return Update(result.recipient, State.SENT)
         status = _status(result)
@@ -198,7 +193,7 @@ class RelayWorker:
             last_error=f"{status} {diagnostic}",
         )
 
-    async def _send(self, job: queue.Job) -> list[RecipientResult]:
+    async def _send(self, job: Job) -> list[RecipientResult]:
         s = self.settings
         if s.relay is not None:
             starttls: StartTLS = True if s.relay_starttls else "opportunistic"
@@ -213,7 +208,7 @@ class RelayWorker:
         return [r for results in found for r in results]
 
     async def _to_domain(
-        self, job: queue.Job, domain: str, recipients: list[str]
+        self, job: Job, domain: str, recipients: list[str]
     ) -> list[RecipientResult]:
         try:
             hosts = await resolve_mx(domain, self.resolver)
@@ -247,7 +242,7 @@ class RelayWorker:
         self,
         host: str,
         port: int,
-        job: queue.Job,
+        job: Job,
         recipients: Sequence[str],
         *,
         starttls: StartTLS,
@@ -271,7 +266,7 @@ class RelayWorker:
 
     async def _bounce(self) -> None:
         """DSNs for the failed recipients whose DSN is due; one failing does not stop the rest."""
-        for bounce in await self.read(queue.pending_bounces, self.store, time.time()):
+        for bounce in await self.read(self.store.pending_bounces, time.time(), BOUNCE_BATCH):
             try:
                 delivered = await self._deliver_dsn(bounce)
             except Exception:
@@ -280,7 +275,7 @@ class RelayWorker:
             if not delivered:
                 await self._defer(bounce)
 
-    async def _deliver_dsn(self, bounce: queue.Bounce) -> bool:
+    async def _deliver_dsn(self, bounce: Bounce) -> bool:
         """The DSN into the account's INBOX, then forget the rows. False: try again later."""
         dsn = await self.read(self._build_dsn, bounce)
         # RFC 3464 section 2 / RFC 5321 section 4.5.5: a bounce has a null reverse-path.
@@ -293,12 +288,12 @@ class RelayWorker:
                 "queue message %d: no INBOX for %s, DSN dropped", bounce.message_id, bounce.account
             )
         recipients = [r for r, _, _ in bounce.failures]
-        await self.write(queue.finish_bounce, self.store, bounce.message_id, recipients)
+        await self.write(self.store.finish_bounce, bounce.message_id, recipients)
         return True
 
-    def _build_dsn(self, bounce: queue.Bounce) -> bytes:
+    def _build_dsn(self, bounce: Bounce) -> bytes:
         failures = [
-            Failure(r, status if _is_failure_status(status) else "5.0.0", text)
+            Failure(r, status if is_failure_status(status) else "5.0.0", text)
             for r, status, text in bounce.failures
         ]
         return build_dsn(
@@ -309,12 +304,12 @@ class RelayWorker:
             arrival_date=datetime.fromtimestamp(bounce.created, UTC),
         )
 
-    async def _defer(self, bounce: queue.Bounce) -> None:
+    async def _defer(self, bounce: Bounce) -> None:
         now = datetime.now(UTC)
         when = next_attempt(bounce.attempts + 1, now, self.settings.retry_schedule).timestamp()
         recipients = [r for r, _, _ in bounce.failures]
         try:
-            await self.write(queue.defer_bounce, self.store, bounce.message_id, recipients, when)
+            await self.write(self.store.defer_bounce, bounce.message_id, recipients, when)
         except Exception:
             log.exception("queue message %d: could not defer the DSN", bounce.message_id)
 
@@ -322,9 +317,4 @@ class RelayWorker:
 def _status(result: RecipientResult) -> str:
     """RFC 3463 status: one our own text starts with (MX trouble), else the relay's."""
     first = result.text.partition(" ")[0]
-    return first if result.code is None and _is_failure_status(first) else result.status
-
-
-def _is_failure_status(text: str) -> bool:
-    """4.x.x or 5.x.x by the rule `build_dsn` applies (xtnd.dsn._STATUS, RFC 3463 section 2)."""
-    return _STATUS.fullmatch(text) is not None and text[0] != "2"
+    return first if result.code is None and is_failure_status(first) else result.status

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cgpop.errors import Pop3Error
+from cgpop.spool import Octets
 from cgpop.store.api import Snapshot
 
 
@@ -91,7 +92,7 @@ class Submit:
     """XTND XMIT: a complete, unstuffed message (CRLF) to submit for the logged-in account.
     Result: `Session.submit_result`."""
 
-    message: bytes = field(repr=False)
+    message: Octets = field(repr=False)
     # The address part of the login name: always an allowed From (issue 13).
     login_address: str = ""
 
@@ -105,8 +106,6 @@ class Grant:
     may_seen: bool = True  # `s`
     may_delete: bool = True  # `t`
     may_expunge: bool = True  # `e`
-    # A CommuniGate alert waits for this account: the shell shows it instead of logging in.
-    alert_pending: bool = False
     # Issue 13: the address part of the login name (routes to `account`), and whether the
     # account's XTND XMIT service is enabled.
     login_address: str = ""

@@ -29,6 +29,9 @@ class LineBuffer:
         self._buf = bytearray()
         self._pos = 0
         self._skipping = False
+        # Lines (and body fragments, and overlong lines) handed out so far: the shell's line
+        # deadline (cgpop/linedeadline.py) restarts when this moves.
+        self.taken = 0
 
     def push(self, data: bytes) -> None:
         if self._pos:
@@ -44,12 +47,14 @@ class LineBuffer:
             avail = len(buf) - pos
             if self.body_mode and avail > self.body_limit and not self._skipping:
                 self._pos = len(buf)
+                self.taken += 1
                 return bytes(buf[pos:])
             if not self.body_mode and avail > self.limit:
                 self._skipping = True
                 self._pos = len(buf)
             return NEED_MORE
         self._pos = nl + 1
+        self.taken += 1
         if self._skipping:
             self._skipping = False
             return OVERLONG
@@ -70,6 +75,11 @@ class LineBuffer:
         self._buf.clear()
         self._pos = 0
         self._skipping = False
+
+    @property
+    def partial(self) -> bool:
+        """True while part of a line has arrived (or an overlong one is being skipped)."""
+        return self._skipping or len(self._buf) > self._pos
 
     @property
     def pending(self) -> int:

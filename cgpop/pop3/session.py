@@ -10,10 +10,12 @@ import base64
 import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from accounts.credentials import Credentials
 from cgpop import sasl
 from cgpop.errors import Pop3Error, Pop3Fatal
+from cgpop.pop3.body import BodyReader
 from cgpop.pop3.events import (
     Close,
     Commit,
@@ -32,7 +34,6 @@ from cgpop.pop3.events import (
 from cgpop.pop3.grammar import Value, parse_args
 from cgpop.pop3.states import LEGAL, State
 from cgpop.store.api import Snapshot
-from xtnd.body import BodyReader
 
 IMPLEMENTATION = "cgpop"
 
@@ -50,6 +51,8 @@ class Policy:
     sasl_mechanisms: tuple[str, ...] = ()
     xtnd_enabled: bool = False
     xtnd_max_size: int = 25 * 1024 * 1024
+    # Where an XTND XMIT body past the spool threshold goes (cgpop/spool.py); None: memory.
+    spool_dir: Path | None = None
     max_bad_commands: int = 20
     max_auth_failures: int = 3
     # One per server, so the fake SCRAM salt of an unknown name is the same on every
@@ -431,7 +434,7 @@ class Session:
         if not self.grant.may_submit:
             # Issue 13: refused before the body is read, so nothing of it is kept.
             raise Pop3Error("XTND XMIT is disabled for this account", "SYS/PERM")
-        self.body = BodyReader(self.policy.xtnd_max_size)
+        self.body = BodyReader(self.policy.xtnd_max_size, self.policy.spool_dir)
         return [Send(b"+OK Start sending message.\r\n")]
 
     def _body_line(self, raw: bytes) -> list[Event]:

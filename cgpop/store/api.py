@@ -7,20 +7,25 @@ Contract (Cyrus-style snapshot semantics, issue 2):
 - A body stays readable through `read_message` by every session whose snapshot holds it until
   that session calls `close_maildrop`, even after another session expunged the message.
 - Nothing is removed unless `expunge` is called (a session that ends without QUIT commits nothing).
+
+Backends (cgpop/store/factory.py picks one by `[store] backend`) implement `Store`; nothing here
+names one, and no connection, cursor or file path crosses this boundary: bodies are streamed by
+the backend (`StoredMessage.reader`), and a backend's own errors become `Unavailable`. Methods
+block and run on the shell's worker threads (cgpop/blocking.py), except `close_maildrop`, which
+is called on the event loop and must not wait. tests/store/ is the contract every backend passes.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from array import array
-from collections.abc import Generator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from enum import Enum
 from typing import Protocol
 
 from accounts.acl import AclEntry
 from accounts.credentials import Credentials
+from cgpop.spool import Octets
 
 SEEN = 1
 ANSWERED = 2
@@ -57,6 +62,11 @@ class NotFound(StoreError):
 
 class TemporaryFailure(StoreError):
     """Try again later (locked database, disk full): LMTP 451, `deliver` exit 75."""
+
+
+class Unavailable(TemporaryFailure):
+    """The backend cannot be used at all now (unreadable, locked, full): what a backend's own
+    errors become at this boundary, so no caller needs to know the backend's exceptions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +128,21 @@ class MessageInfo:
         return tuple(self.x_real_to.split(REAL_TO_SEPARATOR)) if self.x_real_to else ()
 
 
+class BodyReader(Protocol):
+    """Streams a body kept outside the copy's row (a file, database chunks...), in pieces of
+    at most `chunk_size` octets. Closing the generator releases what it holds."""
+
+    def __call__(self, chunk_size: int) -> Generator[bytes, None, None]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A copy's octets as stored: CRLF, dot-stuffed, ending in CRLF. The body is inline
-    (`data`) when small, else in the file at `path`, read in bounded chunks."""
+    (`data`) when small, else streamed by the backend's `reader` in bounded chunks."""
 
     prefix: bytes
     data: bytes | None
-    path: Path | None
+    reader: BodyReader | None
     size: int  # unstuffed size of prefix + body, as LIST reports it
 
     def chunks(self, chunk_size: int = 256 * 1024) -> Generator[bytes, None, None]:
@@ -135,11 +152,15 @@ class StoredMessage:
             yield self.prefix
             yield self.data
             return
-        assert self.path is not None
-        with open(self.path, "rb") as fh:
-            yield self.prefix
-            while chunk := fh.read(chunk_size):
-                yield chunk
+        assert self.reader is not None
+        # The body is opened (its first chunk read) before the prefix goes out, so a missing
+        # body raises before a single octet was sent.
+        body = self.reader(chunk_size)
+        first = next(body, None)
+        yield self.prefix
+        if first is not None:
+            yield first
+            yield from body
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,18 +177,122 @@ class Copy:
     more_individuals: tuple[str, ...] = ()
 
 
-class SqlAccess(Protocol):
-    """For modules that keep their own tables in the store (alerts, the XTND queue)."""
-
-    def connection(self) -> sqlite3.Connection: ...
-
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+# --- alerts (CommuniGate): cgpop/alerts.py has the text rules ---
+ALERT_SCOPES = ("account", "domain", "server")
 
 
-class Store(SqlAccess, Protocol):
-    """What the engine, the delivery path and the CLI need from a backend."""
+@dataclass(frozen=True, slots=True)
+class Alert:
+    id: int
+    scope: str  # "account" | "domain" | "server"
+    target: str  # "name@domain", "domain", or "" for the server
+    text: str
+    created: float
+    delivered: int = 0  # accounts it was shown to (filled by list_alerts)
 
-    # --- domains, accounts, mailboxes ---
+
+# --- the XTND XMIT outbound queue (states and their rules: OutboundQueue below) ---
+# The start of a failed message that `pending_bounces` loads: a DSN carries only the original
+# header block (RFC 6522 section 4), which `xtnd.dsn.build_dsn` bounds to 64 KiB; twice that is
+# more than its cut ever looks at, so the (up to 25 MiB) body stays where it is.
+BOUNCE_HEAD = 128 * 1024
+# Messages bounced per pass of the worker: bounds the memory one pass holds (BOUNCE_HEAD each).
+BOUNCE_BATCH = 20
+
+
+class State(Enum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A message to queue: as relayed (Bcc already removed), for its remote recipients."""
+
+    sender: str
+    account: str  # the submitting account, for DSNs
+    message: Octets = field(repr=False)  # a spooled one is streamed into the queue
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One message and the recipients of it claimed for one delivery attempt."""
+
+    message_id: int
+    sender: str
+    message: bytes
+    created: float
+    recipients: tuple[str, ...]
+    attempts: tuple[int, ...]  # failed attempts so far, per recipient
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The outcome of an attempt for one recipient: its new state and bookkeeping."""
+
+    recipient: str
+    state: State
+    next_attempt: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """Failed recipients of one message that still need a DSN: (recipient, status, text).
+
+    `head` is the start of the message (`BOUNCE_HEAD` octets, enough for its header block);
+    `attempts` the most any of these rows has had, relay and DSN attempts together.
+    """
+
+    message_id: int
+    sender: str
+    account: str
+    head: bytes
+    created: float
+    failures: tuple[tuple[str, str, str], ...]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientState:
+    recipient: str
+    state: str
+    attempts: int
+    next_attempt: float
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One queued message as `cgpop queue list` shows it."""
+
+    id: int
+    sender: str
+    account: str
+    size: int
+    created: float
+    recipients: tuple[RecipientState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionCounts:
+    """An account's accepted submissions in a window: messages and their recipients."""
+
+    messages: int
+    recipients: int
+
+
+# Judges a submission against the counts so far: None to accept it, else the reason.
+Verdict = Callable[[SubmissionCounts], str | None]
+
+
+class Directory(Protocol):
+    """Domains, aliases, accounts, mailboxes, routes, ACLs and groups: what routing and rights
+    are derived from. Every change moves `directory_version`, from any process."""
+
     def add_domain(self, name: str) -> None: ...
     def remove_domain(self, name: str) -> None: ...
     def list_domains(self) -> list[str]: ...
@@ -177,7 +302,17 @@ class Store(SqlAccess, Protocol):
     def canonical_domain(self, name: str) -> str | None: ...
     def account_exists(self, domain: str, account: str) -> bool: ...
     def route_target(self, pattern: str) -> str | None: ...
+    def add_route(self, pattern: str, target: str) -> None: ...
+    def remove_route(self, pattern: str) -> None: ...
+    def list_routes(self) -> list[tuple[str, str]]: ...
+    def add_domain_alias(self, alias: str, domain: str) -> None: ...
+    def remove_domain_alias(self, alias: str, domain: str) -> None: ...
+    def list_domain_aliases(self) -> list[tuple[str, str]]: ...
     def add_account(self, domain: str, name: str, creds: Credentials) -> None: ...
+    def add_accounts(self, entries: Sequence[tuple[str, str, Credentials]]) -> None:
+        """Create accounts, each with its INBOX, all or none: (domain, name, creds)."""
+        ...
+
     def set_credentials(self, domain: str, name: str, creds: Credentials) -> None: ...
     def remove_account(self, domain: str, name: str) -> None: ...
     def list_accounts(self, domain: str | None = None) -> list[str]: ...
@@ -196,7 +331,6 @@ class Store(SqlAccess, Protocol):
     def remove_mailbox(self, domain: str, account: str, mailbox: str) -> None: ...
     def list_mailboxes(self, domain: str, account: str) -> list[str]: ...
     def get_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox | None: ...
-    def list_messages(self, mailbox: Mailbox) -> list[MessageInfo]: ...
 
     # --- access control (Cyrus semantics; identifiers canonical, see accounts/acl.py) ---
     def acl_entries(self, mailbox: Mailbox) -> list[AclEntry]: ...
@@ -218,24 +352,192 @@ class Store(SqlAccess, Protocol):
         """The names (without `group:`) of the groups `address` belongs to."""
         ...
 
-    # --- delivery ---
-    def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
+
+class Mailstore(Protocol):
+    """Messages: delivery, import, and the POP sessions' snapshots (module docstring)."""
+
+    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
         """Store `message` once for all copies; durable before it returns. Returns per copy
-        whether it was stored (False: suppressed as a duplicate)."""
+        whether it was stored (False: suppressed as a duplicate, Copy.dedup_key). A spooled
+        message (cgpop/spool.py) should be streamed, not read whole."""
         ...
 
-    def deliver_many(self, items: Sequence[tuple[bytes, Sequence[Copy]]]) -> list[list[bool]]:
-        """`deliver` for several messages at once, durable together (group commit)."""
+    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
+        """`deliver` for several messages at once, durable together, all or none (group
+        commit)."""
         ...
 
-    # --- POP sessions ---
+    def import_messages(
+        self,
+        mailbox: Mailbox,
+        messages: Iterable[tuple[bytes, int]],
+        batch: int = 500,
+        real_to: Callable[[bytes], tuple[str | None, tuple[str, ...]]] | None = None,
+    ) -> int:
+        """Bulk import: (octets, flag bits) per message, stored as-is. `real_to(octets)`
+        gives what to record from the message's own X-Real-To field: the addresses (joined
+        by REAL_TO_SEPARATOR) and the individual names. Returns the count."""
+        ...
+
+    def prune_duplicates(self) -> None:
+        """Forget duplicate-suppression records older than the window."""
+        ...
+
+    def list_messages(self, mailbox: Mailbox) -> list[MessageInfo]: ...
+    def message_flags(self, mailbox_id: int, uid: int) -> int | None:
+        """The flag bits of a copy that still has a row (expunged or not), else None."""
+        ...
+
+    # --- POP sessions (the live-session registry: open_maildrop .. close_maildrop) ---
     def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot: ...
     def read_message(self, snapshot: Snapshot, index: int) -> StoredMessage:
-        """Where the copy's stored octets are. Works for every message of the snapshot until
+        """The copy's stored octets. Works for every message of the snapshot until
         `close_maildrop`, even after another session expunged it."""
         ...
 
-    def mark_seen(self, items: Sequence[tuple[int, int]]) -> None: ...
-    def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int: ...
-    def close_maildrop(self, snapshot: Snapshot) -> None: ...
+    def read_messages(self, snapshot: Snapshot, indexes: Sequence[int]) -> dict[int, StoredMessage]:
+        """`read_message` for several at once; an index whose copy is gone is left out."""
+        ...
+
+    def mark_seen(self, items: Sequence[tuple[int, int]]) -> None:
+        """Set \\Seen on (mailbox_id, uid) pairs (advisory state)."""
+        ...
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
+        """Remove these UIDs (others untouched; ones already gone are no error). Returns how
+        many were removed now."""
+        ...
+
+    def close_maildrop(self, snapshot: Snapshot) -> None:
+        """The session holding `snapshot` ended: what only it could still read may go. Called
+        on the event loop: it must not wait (a backend that records sessions elsewhere defers
+        that write)."""
+        ...
+
+    # --- the collector (the safety mechanism) ---
+    def collect(self) -> int:
+        """Remove expunged copies and bodies no open session can still read. Returns how many
+        bodies went."""
+        ...
+
+    def remove_orphan_files(self) -> int:
+        """At start: remove bodies a crash left half-written (none where the backend keeps
+        every body in its transactions)."""
+        ...
+
+
+class Alerts(Protocol):
+    def add_alert(self, scope: str, target: str, text: str) -> int:
+        """Post an alert (scope in ALERT_SCOPES, text already checked); returns its id."""
+        ...
+
+    def list_alerts(self) -> list[Alert]:
+        """Every alert with the number of accounts it was shown to."""
+        ...
+
+    def remove_alert(self, alert_id: int) -> bool:
+        """Delete an alert and its delivery records; False when there was no such alert."""
+        ...
+
+    def pending_alert(self, account: str) -> Alert | None:
+        """The oldest alert not yet shown to `account` ("name@domain"): its own, its domain's
+        or the server's. Does not mark it."""
+        ...
+
+    def take_alert(self, account: str) -> Alert | None:
+        """`pending_alert`, marked shown in the same transaction: two sessions logging in at
+        once get different alerts, never the same one twice."""
+        ...
+
+
+class OutboundQueue(Protocol):
+    """The durable queue of XTND XMIT: one message, one row per remote recipient in a State.
+
+    * `queued`: waiting for `next_attempt` (Unix time; 0 after `flush_queue`).
+    * `sending`: claimed for an attempt, an SMTP transaction may be in flight. Left over at
+      start-up (`recover_queue`) it means whether the remote server took the message is
+      unknown: it is queued again (at-least-once, RFC 5321 section 6.1), a possible duplicate
+      rather than a message lost after the sender was told it was sent.
+    * `sent`: accepted by the next hop; kept until the whole message is done.
+    * `failed`: needs a bounce. `last_error` is "STATUS DIAGNOSTIC" (RFC 3463 status first); the
+      row goes once the DSN is delivered (`finish_bounce`), so a crash in between bounces twice,
+      never zero times. `next_attempt` is when the DSN is due (0 when the row fails).
+
+    A message goes when none of its recipients is queued, sending or failed.
+    """
+
+    def enqueue(self, outbound: Outbound, now: float) -> int:
+        """Queue a message for its recipients, due at once; returns its id."""
+        ...
+
+    def recover_queue(self, now: float) -> int:
+        """Start-up: recipients left `sending` are queued again, due now. Returns how many."""
+        ...
+
+    def claim_due(self, now: float, limit: int) -> list[Job]:
+        """Mark up to `limit` messages' due recipients `sending` and return them as jobs."""
+        ...
+
+    def record_attempt(self, message_id: int, updates: Iterable[Update]) -> None:
+        """Store the outcome of an attempt; drop the message when nothing is left to do."""
+        ...
+
+    def requeue(self, message_id: int, recipients: Sequence[str], when: float) -> None:
+        """The outcome of an attempt could not be stored: its recipients still `sending` are
+        queued again for `when`, counted as a failed attempt."""
+        ...
+
+    def pending_bounces(self, now: float, limit: int = BOUNCE_BATCH) -> list[Bounce]:
+        """Up to `limit` messages with failed recipients whose DSN is due. Reads only."""
+        ...
+
+    def defer_bounce(self, message_id: int, recipients: Sequence[str], when: float) -> None:
+        """The DSN for these failed recipients could not be delivered: try again at `when`."""
+        ...
+
+    def finish_bounce(self, message_id: int, recipients: Sequence[str]) -> None:
+        """The DSN for these failed recipients is delivered: forget them."""
+        ...
+
+    def next_due(self) -> float | None:
+        """The earliest `next_attempt` of a queued recipient."""
+        ...
+
+    def flush_queue(self) -> int:
+        """Every queued recipient is due now. Returns how many."""
+        ...
+
+    def remove_queued(self, message_id: int) -> bool:
+        """Drop a message without a bounce; False when there is none. A recipient being sent
+        at this moment may still be delivered; its bookkeeping then changes nothing."""
+        ...
+
+    def list_queue(self) -> list[Entry]: ...
+
+
+class Submissions(Protocol):
+    """The per-account record of accepted submissions, for the XTND rate limit."""
+
+    def submission_counts(self, account: str, since: float) -> SubmissionCounts:
+        """Submissions of `account` after `since`. Reads only."""
+        ...
+
+    def take_submission_slot(
+        self, account: str, recipients: int, now: float, since: float, verdict: Verdict
+    ) -> int | str:
+        """In one transaction: the counts after `since` judged by `verdict`; if it accepts,
+        the submission recorded (records before `since` may be dropped). Returns the slot
+        (for `release_submission_slot`) or the verdict's refusal. Parallel submissions of one
+        account cannot together pass a limit."""
+        ...
+
+    def release_submission_slot(self, slot: int) -> None:
+        """Give back a slot taken for a submission that was not sent."""
+        ...
+
+
+class Store(Directory, Mailstore, Alerts, OutboundQueue, Submissions, Protocol):
+    """Everything a backend provides. Methods block; the asyncio shell runs them on its
+    worker threads (cgpop/blocking.py)."""
+
     def close(self) -> None: ...

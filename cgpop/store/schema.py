@@ -261,3 +261,25 @@ MIGRATIONS.append(
     """
 )
 # ---- end of issue 13, item 5 ----------------------------------------------------------------
+
+
+MIGRATIONS.append(
+    # 9: uidvalidity from a persistent counter, never the clock, so it never repeats for a
+    # mailbox name across removal, re-creation and restart, and neither does a UIDL (RFC 1939
+    # section 7: a re-created mailbox's first message must not reuse an old unique-id).
+    # The seed lies above every value the earlier rule, max(now, max(existing) + 1), can have
+    # given out, removed mailboxes included: each such value was at most its creation time
+    # plus the number of mailboxes created so far, which AUTOINCREMENT keeps in sqlite_sequence.
+    # Existing mailboxes keep their uidvalidity.
+    """
+    CREATE TABLE uidvalidity_counter (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        last INTEGER NOT NULL
+    );
+    INSERT INTO uidvalidity_counter VALUES (1, max(
+        coalesce((SELECT max(uidvalidity) FROM mailboxes), 0),
+        CAST(strftime('%s', 'now') AS INTEGER)
+            + coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'mailboxes'), 0)
+    ));
+    """
+)

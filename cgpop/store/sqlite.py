@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
 from accounts.credentials import Credentials
+from cgpop.spool import Octets, SpooledMessage, StreamStuffer
 from cgpop.store import schema
 from cgpop.store.api import (
     SEEN,
@@ -41,9 +42,11 @@ from cgpop.store.api import (
     Snapshot,
     StoredMessage,
     StoreError,
-    TemporaryFailure,
     flag_names,
 )
+from cgpop.store.sqlite_alerts import SqliteAlerts
+from cgpop.store.sqlite_base import translate_errors
+from cgpop.store.sqlite_queue import SqliteQueue
 from cgpop.wire import dot_stuff, normalize_crlf
 
 # Bodies up to this size are kept inline in the database: one fsync per delivery, no file
@@ -51,7 +54,6 @@ from cgpop.wire import dot_stuff, normalize_crlf
 INLINE_MAX = 128 * 1024
 # SQLite's default SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32; stay far below it.
 _CHUNK = 500
-_BUSY_TIMEOUT_MS = 30_000
 # The account whose new mailboxes start with DEFAULT_PUBLIC_ACL (CommuniGate/Cyrus "public").
 PUBLIC_ACCOUNT = "public"
 
@@ -60,68 +62,26 @@ def _now() -> float:
     return time.time()
 
 
-class SqliteStore:
+def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
+    """A body kept in a file, in bounded chunks (StoredMessage.reader)."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            yield chunk
+
+
+@translate_errors
+class SqliteStore(SqliteQueue, SqliteAlerts):
     def __init__(self, data_dir: Path, *, duplicate_window: float | None = None) -> None:
         self.data_dir = Path(data_dir)
+        super().__init__(self.data_dir / "cgpop.sqlite3")
         self.bodies_dir = self.data_dir / "bodies"
-        self.db_path = self.data_dir / "cgpop.sqlite3"
         self.duplicate_window = duplicate_window
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
         # Open sessions by the time their snapshot was taken: the collector keeps every
         # expunged copy that one of them may still read.
         self._open: Counter[float] = Counter()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.bodies_dir / "tmp").mkdir(parents=True, exist_ok=True)
         schema.migrate(self._conn())
-
-    # --- connections ---
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.db_path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
-        return conn
-
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection, for modules that keep their own tables (xtnd queue)."""
-        return self._conn()
-
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (rollback on error), durable (synchronous=FULL)."""
-        return self._tx()
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise TemporaryFailure(f"database busy: {exc}") from exc
-        try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        else:
-            conn.commit()
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._conns:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._conns.clear()
-        self._local = threading.local()
 
     # --- domains ---
     def _domain_id(self, conn: sqlite3.Connection, name: str) -> int:
@@ -343,9 +303,11 @@ class SqliteStore:
 
     # --- mailboxes ---
     def _insert_mailbox(self, conn: sqlite3.Connection, account_id: int, name: str) -> int:
-        # uidvalidity grows strictly, so a re-created mailbox never repeats a UIDL.
-        (last,) = conn.execute("SELECT max(uidvalidity) FROM mailboxes").fetchone()
-        uidvalidity = max(int(_now()), (last or 0) + 1)
+        # uidvalidity comes from a persistent counter (schema migration 9), never the clock:
+        # it never repeats, even for a mailbox removed and re-created in the same second or
+        # after a restart, so a re-created mailbox never repeats a UIDL.
+        conn.execute("UPDATE uidvalidity_counter SET last = last + 1")
+        (uidvalidity,) = conn.execute("SELECT last FROM uidvalidity_counter").fetchone()
         try:
             cur = conn.execute(
                 "INSERT INTO mailboxes(account_id, name, uidvalidity) VALUES (?, ?, ?)",
@@ -568,10 +530,10 @@ class SqliteStore:
         return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
-    def _write_body_file(self, stuffed: bytes, pins: list[int]) -> str:
-        """Write and fsync a body file; its descriptor, holding a shared flock, is appended to
-        `pins` and must stay open until the transaction naming the file has ended (see the
-        module docstring), then be released with `_release`."""
+    def _write_body_file(self, chunks: Iterable[bytes], pins: list[int]) -> str:
+        """Write and fsync a body file from stuffed `chunks`. Its descriptor, holding a shared
+        flock, is appended to `pins` and must stay open until the transaction naming the file
+        has ended (see the module docstring), then be released with `_release`."""
         while True:
             name = secrets.token_hex(16)
             tmp = self.bodies_dir / "tmp" / name
@@ -584,11 +546,16 @@ class SqliteStore:
         rel = f"{name[:2]}/{name}"
         final = self.bodies_dir / rel
         final.parent.mkdir(exist_ok=True)
-        with open(fd, "wb", closefd=False) as fh:
-            fh.write(stuffed)
-            fh.flush()
-            os.fsync(fd)
-        os.replace(tmp, final)
+        try:
+            with open(fd, "wb", closefd=False) as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         dirfd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(dirfd)
@@ -596,19 +563,36 @@ class SqliteStore:
             os.close(dirfd)
         return rel
 
+    def _write_stuffed_stream(self, message: SpooledMessage, pins: list[int]) -> tuple[str, int]:
+        """A spooled message's body file, normalised and stuffed chunk by chunk (never whole
+        in memory): its name and the normalised size. Pinned as by `_write_body_file`."""
+        stuffer = StreamStuffer()
+
+        def stuffed() -> Iterator[bytes]:
+            for chunk in message.chunks():
+                yield stuffer.feed(chunk)
+            yield stuffer.finish()
+
+        return self._write_body_file(stuffed(), pins), stuffer.size
+
     @staticmethod
     def _release(pins: list[int]) -> None:
         for fd in pins:
             os.close(fd)
         pins.clear()
 
-    def _stored_body(self, raw: bytes, pins: list[int]) -> tuple[int, bytes, str | None]:
+    def _stored_body(self, raw: Octets, pins: list[int]) -> tuple[int, bytes, str | None]:
         """(size as POP reports it, stuffed octets, body file or None when kept inline). The
         file, if any, is written and fsynced before the caller's transaction commits, and
         pinned (see `_write_body_file`) until the caller releases `pins` after it."""
+        if isinstance(raw, SpooledMessage):
+            if raw.size > INLINE_MAX:
+                name, size = self._write_stuffed_stream(raw, pins)
+                return size, b"", name
+            raw = b"".join(raw.chunks())
         normalized = normalize_crlf(raw)
         stuffed = dot_stuff(normalized)
-        file = self._write_body_file(stuffed, pins) if len(stuffed) > INLINE_MAX else None
+        file = self._write_body_file((stuffed,), pins) if len(stuffed) > INLINE_MAX else None
         return len(normalized), stuffed, file
 
     def _insert_body(
@@ -630,10 +614,10 @@ class SqliteStore:
             raise NotFound("the mailbox was removed during delivery")
         return int(row[0])
 
-    def deliver(self, message: bytes, copies: Sequence[Copy]) -> list[bool]:
+    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
         return self.deliver_many([(message, copies)])[0]
 
-    def deliver_many(self, items: Sequence[tuple[bytes, Sequence[Copy]]]) -> list[list[bool]]:
+    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
         """Several deliveries in one transaction, so concurrent deliveries share one fsync
         (group commit). Per item and copy: stored, or False when suppressed as a duplicate.
         All or nothing: on an exception no item is stored."""
@@ -848,9 +832,11 @@ class SqliteStore:
         )
         found: dict[int, StoredMessage] = {}
         for uid, prefix, data, file, size in rows:
-            path = None if file is None else self.bodies_dir / file
+            reader = (
+                None if file is None else functools.partial(_file_chunks, self.bodies_dir / file)
+            )
             found[uids[uid]] = StoredMessage(
-                bytes(prefix), None if data is None else bytes(data), path, size
+                bytes(prefix), None if data is None else bytes(data), reader, size
             )
         return found
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 import pytest
 
 from accounts.acl import parse_acl_entry
-from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.store.api import SEEN, Mailbox
 from tests.conftest import LiveServer, message
 from tests.e2e.helpers import TIMEOUT, login_error, wait_sessions_closed
@@ -51,8 +50,10 @@ def seen_bit(srv: LiveServer, box: Mailbox, uid: int) -> bool:
 
 @pytest.fixture
 def office(server_factory: Callable[..., LiveServer]) -> LiveServer:
-    srv = server_factory(server={"admins": ["admin@example.com"]})
-    srv.gateway.penalty = Penalty(PenaltyPolicy(base=0.0, maximum=0.0))
+    srv = server_factory(
+        server={"admins": ["admin@example.com"]},
+        pop3={"listen": ["127.0.0.1:0"], "auth_delay": 0.0, "auth_delay_max": 0.0},
+    )
     for name in ("boss", "jsmith", "admin", "public"):
         srv.add_account(f"{name}@example.com", "pw")
     for n in (1, 2):

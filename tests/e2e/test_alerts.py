@@ -21,7 +21,7 @@ from .secure import (  # noqa: F401 (close_clients is an autouse fixture)
 
 
 def post(server: LiveServer, scope: str, target: str, text: str) -> int:
-    return int(server.call(alerts.add, server.store, scope, target, text))
+    return int(server.call(server.store.add_alert, scope, target, alerts.check_text(text)))
 
 
 def test_two_alerts_then_login(server: LiveServer) -> None:
@@ -82,5 +82,5 @@ def test_alert_over_sasl_and_snapshot_released(server: LiveServer) -> None:
 
 def test_removed_alert_is_not_shown(server: LiveServer) -> None:
     alert_id = post(server, "account", USER, "gone")
-    assert server.call(alerts.remove, server.store, alert_id)
+    assert server.call(server.store.remove_alert, alert_id)
     assert login(Client(server.port())).startswith("+OK")

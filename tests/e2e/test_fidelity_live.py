@@ -18,12 +18,10 @@ from typing import Any
 import pytest
 
 from accounts.acl import parse_acl_entry
-from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.store.api import Copy
 from router.table import validate_route
 from tests.conftest import LiveServer
 from tests.e2e.helpers import TIMEOUT, Raw, login_error
-from xtnd import queue
 
 CGPOP = [sys.executable, "-m", "cgpop"]
 AUTH_FAILED = b"-ERR [AUTH] authentication failed"
@@ -127,9 +125,8 @@ def xmit(srv: LiveServer, user: str, password: str, data: bytes) -> bytes:
 
 @pytest.fixture
 def world(server_factory: Callable[..., LiveServer]) -> LiveServer:
-    srv = server_factory()
     # Deliberate failed logins follow; the growing delay is tested elsewhere.
-    srv.gateway.penalty = Penalty(PenaltyPolicy(base=0.0, maximum=0.0))
+    srv = server_factory(pop3={"listen": ["127.0.0.1:0"], "auth_delay": 0.0, "auth_delay_max": 0.0})
     for address, password in PASSWORDS.items():
         srv.add_account(address, password)
     srv.call(srv.store.add_route, *validate_route("*@client1.com", "cl1@client1.com"))
@@ -379,7 +376,7 @@ def test_disabled_xtnd_refuses_the_submission_and_stores_nothing(
         assert refused == b"-ERR [SYS/PERM] XTND XMIT is disabled for this account\r\n"
         assert raw.cmd("NOOP").startswith(b"+OK")  # the session goes on
     assert subjects(world, "ann@client2.com", "pw-ann") == []
-    assert world.call(queue.list_queue, world.store) == []
+    assert world.call(world.store.list_queue) == []
     cli.ok("account", "enable", "cl1@client1.com", "--service", "xtnd")
     local_only = data.replace(b", far@remote.test", b"")
     assert (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cgpop import server as server_mod
+from cgpop import sweeper
 from cgpop.config import Config
 from tests.conftest import LiveServer, message
 
@@ -124,7 +124,7 @@ def test_messages_survive_a_sigterm_restart(
 def test_idle_session_is_closed_silently(
     server_factory: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_mod, "SWEEP_INTERVAL", 0.1)
+    monkeypatch.setattr(sweeper, "SWEEP_INTERVAL", 0.1)
 
     def short_idle(cfg: Config) -> Config:
         return dataclasses.replace(cfg, pop3=dataclasses.replace(cfg.pop3, idle_timeout=0.5))

@@ -56,6 +56,66 @@ def test_records_are_tagged_and_secrets_never_logged(
     assert any(r.getMessage().startswith("LMTP [") for r in caplog.records)
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"PASS\t{SECRET}",
+        f"PASS  {SECRET}",
+        f"pass \t {SECRET}",
+        f"  PASS {SECRET}",
+        f"APOP\tjoe@example.com {SECRET}",
+        f"AUTH\tPLAIN {SECRET}",
+        f"PASS{SECRET}",
+    ],
+    ids=["tab", "two-spaces", "lower-mixed", "leading-space", "apop-tab", "auth-tab", "glued"],
+)
+def test_secret_redacted_whatever_the_separator(
+    server_factory: Callable[..., LiveServer], caplog: pytest.LogCaptureFixture, line: str
+) -> None:
+    """At DEBUG the command trace never shows a PASS/APOP/AUTH argument, even when the client
+    separates it with a tab or several spaces (the engine refuses some of these lines, but the
+    secret was still sent)."""
+    srv = server_factory()
+    srv.add_account("joe@example.com", SECRET)
+    caplog.set_level(logging.DEBUG)
+    with socket.create_connection((srv.host, srv.port()), timeout=5) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"USER joe@example.com\r\n" + line.encode() + b"\r\nQUIT\r\n")
+        assert f.readline().startswith(b"+OK")  # USER
+        f.readline()  # the reply to the secret line, whatever it is
+        assert f.readline().startswith(b"+OK")  # QUIT: every line was traced by then
+        f.close()
+    assert SECRET not in caplog.text
+    assert "<redacted>" in caplog.text
+
+
+def test_sasl_continuation_lines_never_logged(
+    server_factory: Callable[..., LiveServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SASL response sent on its own line (after `+ `) is a secret too, whatever it looks like:
+    even one that reads as a command is traced only as "<SASL response>"."""
+    srv = server_factory(pop3={"plaintext_auth": "always"})
+    srv.add_account("joe@example.com", SECRET)
+    caplog.set_level(logging.DEBUG)
+    plain = base64.b64encode(f"\0joe@example.com\0{SECRET}".encode()).decode()
+    with socket.create_connection((srv.host, srv.port()), timeout=5) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"AUTH PLAIN\r\n")
+        assert f.readline().startswith(b"+ ")
+        sock.sendall(f"NOOP {SECRET}\r\n".encode())  # not base64: the exchange fails
+        assert f.readline().startswith(b"-ERR")
+        sock.sendall(b"AUTH PLAIN\r\n")
+        assert f.readline().startswith(b"+ ")
+        sock.sendall(plain.encode() + b"\r\nQUIT\r\n")
+        assert f.readline().startswith(b"+OK")
+        assert f.readline().startswith(b"+OK")
+        f.close()
+    assert SECRET not in caplog.text and plain not in caplog.text
+    assert caplog.text.count("C: <SASL response>") == 2
+
+
 def test_syslog(tmp_path: Path) -> None:
     """`[server] syslog = true` sends the records to the syslog socket, facility mail."""
     path = str(tmp_path / "log.sock")

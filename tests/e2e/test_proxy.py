@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cgpop.proxyproto import V2_SIGNATURE
 from tests.conftest import LiveServer
 
 from .secure import (  # noqa: F401 (close_clients is an autouse fixture)
@@ -120,3 +121,37 @@ def test_proxy_before_implicit_tls(
         except ssl.SSLWantReadError:
             incoming.write(c.sock.recv(65536))
     assert text.startswith(b"+OK")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"PROXY UNKNOWN\r\n",
+        b"PROXY UNKNOWN ffff:f::1 ffff:f::2 1 2\r\n",
+        V2_SIGNATURE + b"\x21\x00\x00\x00",
+    ],
+    ids=["v1-unknown", "v1-unknown-addresses", "v2-unspec"],
+)
+def test_unknown_client_is_not_the_proxys_loopback(
+    server_factory: Callable[..., LiveServer], header: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10: a proxy that cannot name its client (v1 UNKNOWN, v2 UNSPEC) relays somebody
+    who is not on loopback: plaintext login stays refused as for any remote client, and the
+    log does not show the proxy's address as the client's."""
+    caplog.set_level(logging.INFO, logger="cgpop")
+    srv = server_factory(pop3={"proxy_from": ["127.0.0.0/8"]})  # plaintext_auth = "tls"
+    srv.add_account(USER, PASSWORD)
+    c = Client(srv.port(), prefix=header)
+    assert c.greeting.startswith("+OK")
+    assert c.cmd(f"USER {USER}").startswith("-ERR")
+    capa = c.multi("CAPA")
+    assert "USER" not in capa
+    assert "proxied for unknown" in caplog.text
+
+
+def test_v2_local_is_the_proxy_itself(server_factory: Callable[..., LiveServer]) -> None:
+    """A v2 LOCAL header is the proxy's own health check: the socket's peer (loopback) stays."""
+    srv = server_factory(pop3={"proxy_from": ["127.0.0.0/8"]})
+    srv.add_account(USER, PASSWORD)
+    c = Client(srv.port(), prefix=V2_SIGNATURE + b"\x20\x00\x00\x00")
+    assert login(c).startswith("+OK")

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from accounts.acl import parse_acl_entry
-from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.store.api import Copy
 from router.table import validate_route
 from tests.conftest import LiveServer
@@ -70,9 +69,8 @@ def subjects(srv: LiveServer, user: str, password: str) -> list[str]:
 
 @pytest.fixture
 def world(server_factory: Callable[..., LiveServer]) -> LiveServer:
-    srv = server_factory()
     # Many deliberate failures from 127.0.0.1 follow; the growing delay is tested elsewhere.
-    srv.gateway.penalty = Penalty(PenaltyPolicy(base=0.0, maximum=0.0))
+    srv = server_factory(pop3={"listen": ["127.0.0.1:0"], "auth_delay": 0.0, "auth_delay_max": 0.0})
     for address, password in PASSWORDS.items():
         srv.add_account(address, password)
     st = srv.store

@@ -124,6 +124,10 @@ class Service:
 
     def ready(self) -> dict[str, int]:
         assert self.message() == "READY=1"
+        # The listeners' log lines were written before READY=1, but the pipe and the notify
+        # socket are not ordered with each other: wait for the reader thread to have them.
+        while not {"POP3", "LMTP"} <= set(self.ports()):
+            self.wait_log(r"listening on")
         ports = self.ports()
         assert {"POP3", "LMTP"} <= set(ports)
         return ports

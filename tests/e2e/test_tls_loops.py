@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cgpop import server as server_mod
+from cgpop import streams
 from tests.conftest import LiveServer
 from tests.e2e.secure import client_context, make_cert
 
@@ -28,14 +28,14 @@ def test_implicit_tls_with_an_early_client_hello(
     monkeypatch: pytest.MonkeyPatch,
     loop_name: str,
 ) -> None:
-    real = server_mod.start_tls
+    real = streams.start_tls
 
     async def late_start_tls(*args: Any, **kwargs: Any) -> None:
         # Let the client's ClientHello arrive in the stream buffer first.
         await asyncio.sleep(0.2)
         await real(*args, **kwargs)
 
-    monkeypatch.setattr(server_mod, "start_tls", late_start_tls)
+    monkeypatch.setattr(streams, "start_tls", late_start_tls)
     cert, key = make_cert(tmp_path / "tls")
     srv = server_factory(
         loop_factory=LOOPS[loop_name],

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import socket
 import ssl
 import threading
@@ -20,10 +18,8 @@ import dns.rrset
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from cgpop.certgen import write_self_signed
 
 # ---------------------------------------------------------------- SMTP sink
 
@@ -60,12 +56,36 @@ class SinkHandler:
 
 
 class _PortZeroController(Controller):
-    """aiosmtpd's Controller, bound to port 0: the real port is read back before the trigger."""
+    """aiosmtpd's Controller, bound to port 0: the real port is read back before the trigger.
+
+    Its stop also closes the connections still open (asyncio's Server.close() leaves them, before
+    Python 3.13): a relay connection open when the sink stops would otherwise leak its socket, and
+    the ResourceWarning would fail whichever later test the garbage collector happens to run in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sessions: list[Any] = []
+
+    def factory(self) -> Any:
+        smtp = super().factory()  # type: ignore[no-untyped-call]
+        self.sessions.append(smtp)
+        return smtp
 
     def _trigger_server(self) -> None:
         assert isinstance(self.server, asyncio.Server)
         self.port = self.server.sockets[0].getsockname()[1]
         super()._trigger_server()  # type: ignore[no-untyped-call]
+
+    def stop(self, no_assert: bool = False) -> None:
+        async def close_all() -> None:
+            for smtp in self.sessions:
+                if smtp.transport is not None:
+                    smtp.transport.close()
+            await asyncio.sleep(0)  # connection_lost, which closes the socket, runs next
+
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(10)
+        super().stop(no_assert)
 
 
 @dataclass
@@ -84,39 +104,9 @@ def _authenticator(
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for "localhost" / 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+    return write_self_signed(
+        "localhost", tmp_path_factory.mktemp("tls"), days=1, also=("127.0.0.1",)
     )
-    directory = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def _start(handler: SinkHandler, **smtp_kwargs: Any) -> Iterator[Sink]:

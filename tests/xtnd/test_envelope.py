@@ -84,14 +84,94 @@ def test_allowed_from_case_insensitive_and_aliases() -> None:
     [
         (("To: b@example.org",), "exactly one From field"),
         (("From: a@x.org", "From: alice@example.com", "To: b@example.org"), "exactly one From"),
-        (("From: alice@example.com, alias@example.com", "To: b@example.org"), "exactly one addr"),
-        (("From: undisclosed:;", "To: b@example.org"), "exactly one address"),
+        (("From: alice@example.com, alias@example.com", "To: b@example.org"), "a Sender field"),
+        (("From: undisclosed:;", "To: b@example.org"), "not a group"),
         (("From: alice@example.com", "Sender: x@evil.org", "To: b@example.org"), "Sender address"),
     ],
 )
 def test_originator_rules(headers: tuple[str, ...], text: str) -> None:
     with pytest.raises(SubmissionError, match=text):
         derive(msg(*headers))
+
+
+@pytest.mark.parametrize(
+    ("headers", "text"),
+    [
+        # Python's parser reads alice in these (with a defect); other parsers read bob.
+        (("From: alice@example.com <bob@example.org>",), "^Malformed From field \\(invalid"),
+        (("From: alice@example.com", " <bob@example.org>"), "^Malformed From field"),
+        (("From: alice@example.com\t<bob@example.org>",), "^Malformed From field"),
+        (("From: alice@example.com)<bob@example.org>",), "^Malformed From field"),
+        (("From: alice@example.com bob@example.org",), "^Malformed From field"),
+        (("From: alice@example.com;",), "^Malformed From field"),
+        (("From: alice",), "^Malformed From field"),
+        (("From: Friends: alice@example.com;",), "^From must list mailboxes, not a group"),
+        # Naive readers take the bracketed address in a comment or a name.
+        (("From: alice@example.com (<bob@example.org>)",), "^From field has '<' or '>' in a"),
+        (("From: alice@example.com (x (y) \\( <bob@example.org>)",), "^From field has '<'"),
+        (('From: "Bob <bob@example.org>" <alice@example.com>',), "^From field has '<'"),
+        (('From: "Bob \\" <bob@example.org>" <alice@example.com>',), "^From field has '<'"),
+        (("From: =?utf-8?q?=3Cbob@example.org=3E?= <alice@example.com>",), "^From field has"),
+        (
+            ("From: alice@example.com", "Sender: alice@example.com <bob@example.org>"),
+            "^Malformed Sender field",
+        ),
+        (
+            ("From: alice@example.com", "Sender: alice@example.com, alias@example.com"),
+            "^Sender must hold exactly one address",
+        ),
+        (
+            ("From: alice@example.com", "Sender: alice@example.com", "Sender: alias@example.com"),
+            "^The message may have at most one Sender field",
+        ),
+        (("From: alice@example.com, alias@example.com",), "a Sender field must name"),
+        (
+            ("From: alice@example.com, bob@example.org", "Sender: alice@example.com"),
+            "^From address bob@example.org is not yours$",
+        ),
+        (
+            ("Resent-From: alice@example.com <bob@example.org>", "From: alice@example.com"),
+            "^Malformed Resent-From field",
+        ),
+        (
+            ("Resent-From: alice@example.com, alias@example.com", "From: alice@example.com"),
+            "a Resent-Sender field must name",
+        ),
+        (
+            (
+                "Resent-From: alice@example.com",
+                "Resent-Sender: alice@example.com, alias@example.com",
+                "From: alice@example.com",
+            ),
+            "^Resent-Sender must hold exactly one address",
+        ),
+    ],
+)
+def test_ambiguous_originator_refused(headers: tuple[str, ...], text: str) -> None:
+    """Issue 10 defect 2: an originator field parsers read differently, or that lists more than
+    RFC 5322 section 3.6.2 allows, is refused with a reason, whoever it seems to name."""
+    with pytest.raises(SubmissionError, match=text):
+        derive(msg(*headers, "To: b@example.org"))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        ("From: A. Smith <alice@example.com>",),  # obsolete phrase syntax: read alike by all
+        ('From: "bob@example.org" <alice@example.com>',),  # a quoted name is only a name
+        ("From: alice@example.com (Alice)",),
+        ('From: "Alice (home) \\"A\\"" <alice@example.com> (work: \\) "x")',),
+        ("From: Alice <alice@example.com>, alias@example.com", "Sender: alice@example.com"),
+        (
+            "Resent-From: alice@example.com, Alias <alias@example.com>",
+            "Resent-Sender: alias@example.com",
+            "Resent-To: c@example.org",
+            "From: alice@example.com",
+        ),
+    ],
+)
+def test_unambiguous_originators_accepted(headers: tuple[str, ...]) -> None:
+    assert derive(msg(*headers, "To: b@example.org")).sender == ACCOUNT
 
 
 def test_bcc_stripped_and_recipients_gathered() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +15,10 @@ import pytest
 from accounts.credentials import make_credentials
 from cgpop.config import Endpoint, XtndConfig
 from cgpop.delivery import Deliverer, Result, Status
+from cgpop.store.api import Outbound, State, TemporaryFailure, Update
 from cgpop.store.sqlite import SqliteStore
 from tests.xtnd.conftest import Sink, SinkHandler, _start, start_dns
-from xtnd import queue, worker
-from xtnd.queue import State, Update
+from xtnd import worker
 from xtnd.service import settings_from
 from xtnd.worker import RelayWorker
 
@@ -69,15 +68,8 @@ class World:
         )
 
     def put(self, *recipients: str, now: float | None = None) -> int:
-        with self.store.transaction() as conn:
-            return queue.enqueue(
-                conn,
-                sender="joe@example.com",
-                account="joe@example.com",
-                message=MESSAGE,
-                recipients=recipients,
-                now=time.time() if now is None else now,
-            )
+        outbound = Outbound("joe@example.com", "joe@example.com", MESSAGE, recipients)
+        return self.store.enqueue(outbound, time.time() if now is None else now)
 
     def inbox(self) -> list[bytes]:
         box = self.store.get_mailbox("example.com", "joe", "INBOX")
@@ -118,7 +110,7 @@ def run(coro: Awaitable[T]) -> T:
 def test_rows_left_sending_are_sent_again_at_start(world: World, sink: Sink) -> None:
     """A crash between send() and the bookkeeping: at-least-once, the row is requeued."""
     world.put("x@example.org")
-    queue.claim_due(world.store, time.time(), 10)  # "sending", then the process died
+    world.store.claim_due(time.time(), 10)  # "sending", then the process died
 
     async def main() -> None:
         worker = world.worker(sink.port)
@@ -128,7 +120,7 @@ def test_rows_left_sending_are_sent_again_at_start(world: World, sink: Sink) -> 
 
     run(main())
     assert sink.handler.messages[0].rcpt_tos == ["x@example.org"]
-    assert queue.list_queue(world.store) == []
+    assert world.store.list_queue() == []
 
 
 def test_wake_delivers_without_waiting_for_the_poll(world: World, sink: Sink) -> None:
@@ -177,24 +169,24 @@ def test_failed_bookkeeping_requeues_and_the_pass_goes_on(
     """Database busy while recording one job: its recipient is queued again (at-least-once),
     the other job is recorded, and the pass still delivers the DSN that was due."""
     failed = world.put("perm@example.org", now=time.time() - 10)
-    queue.claim_due(world.store, time.time(), 10)
-    queue.record(world.store, failed, [Update("perm@example.org", State.FAILED, 0, "5.1.1 no")])
+    world.store.claim_due(time.time(), 10)
+    world.store.record_attempt(failed, [Update("perm@example.org", State.FAILED, 0, "5.1.1 no")])
     busy = world.put("busy@example.org")
     world.put("fine@example.org")
-    real_record = queue.record
+    real_record = world.store.record_attempt
 
-    def record(store: Any, message_id: int, updates: Any) -> None:
+    def record(message_id: int, updates: Any) -> None:
         if message_id == busy:
-            raise sqlite3.OperationalError("database is locked")
-        real_record(store, message_id, updates)
+            raise TemporaryFailure("database busy: database is locked")
+        real_record(message_id, updates)
 
-    monkeypatch.setattr(queue, "record", record)
+    monkeypatch.setattr(world.store, "record_attempt", record)
 
     async def main() -> None:
         await world.worker(sink.port, retry_schedule=(3600.0,)).run_once()
 
     run(main())
-    rows = {e.id: e.recipients[0] for e in queue.list_queue(world.store)}
+    rows = {e.id: e.recipients[0] for e in world.store.list_queue()}
     assert set(rows) == {busy}  # `fine` is done, `failed` bounced
     assert (rows[busy].state, rows[busy].attempts) == ("queued", 1)
     assert rows[busy].next_attempt > time.time() + 3000
@@ -208,9 +200,9 @@ def test_failed_bookkeeping_requeues_and_the_pass_goes_on(
 
 def _fail(store: SqliteStore, *recipients: str, world: World) -> list[int]:
     ids = [world.put(r, now=time.time() - 10) for r in recipients]
-    queue.claim_due(store, time.time(), 10)
+    store.claim_due(time.time(), 10)
     for mid, r in zip(ids, recipients, strict=True):
-        queue.record(store, mid, [Update(r, State.FAILED, 0, "5.1.1 no such user")])
+        store.record_attempt(mid, [Update(r, State.FAILED, 0, "5.1.1 no such user")])
     return ids
 
 
@@ -230,7 +222,7 @@ def test_one_failing_bounce_does_not_stop_the_others(world: World, sink: Sink) -
     run(main())
     [dsn] = world.inbox()
     assert b"Final-Recipient: rfc822; b@example.org" in dsn
-    [entry] = queue.list_queue(world.store)  # the first waits for its retry
+    [entry] = world.store.list_queue()  # the first waits for its retry
     assert entry.id == first and entry.recipients[0].state == "failed"
     assert entry.recipients[0].next_attempt > time.time() + 3000
 
@@ -254,7 +246,7 @@ def test_temporarily_failing_dsn_is_not_retried_every_pass(world: World, sink: S
 
     run(main())
     assert len(tries) == 2
-    [entry] = queue.list_queue(world.store)
+    [entry] = world.store.list_queue()
     assert entry.recipients[0].state == "failed"
     assert entry.recipients[0].next_attempt > time.time() + 3000  # the backoff grew
 
@@ -311,7 +303,7 @@ def test_uncertain_outcome_is_retried_not_bounced(
         await world.worker(port, retry_schedule=(3600.0,)).run_once()
 
     run(main())
-    [entry] = queue.list_queue(world.store)
+    [entry] = world.store.list_queue()
     [r] = entry.recipients
     assert (entry.id, r.state, r.attempts) == (mid, "queued", 1)
     assert r.next_attempt > time.time() + 3000
@@ -329,7 +321,7 @@ def test_too_old_message_bounces_with_4_4_7(world: World, sink: Sink) -> None:
     assert b"Return-Path: <>" in dsn
     assert b"Action: failed" in dsn and b"Status: 4.4.7" in dsn
     assert b"Final-Recipient: rfc822; temp@example.org" in dsn
-    assert queue.list_queue(world.store) == []
+    assert world.store.list_queue() == []
 
 
 def test_smarthost_with_starttls_and_auth(world: World, tls_sink: Sink) -> None:
@@ -343,7 +335,7 @@ def test_smarthost_with_starttls_and_auth(world: World, tls_sink: Sink) -> None:
     run(main())
     [got] = tls_sink.handler.messages
     assert got.rcpt_tos == ["x@example.org"]
-    assert queue.list_queue(world.store) == []
+    assert world.store.list_queue() == []
 
 
 def test_wrong_smarthost_password_is_retried(world: World, tls_sink: Sink) -> None:
@@ -355,7 +347,7 @@ def test_wrong_smarthost_password_is_retried(world: World, tls_sink: Sink) -> No
         ).run_once()
 
     run(main())
-    [entry] = queue.list_queue(world.store)
+    [entry] = world.store.list_queue()
     assert entry.recipients[0].state == "queued"
     assert "AUTH failed" in (entry.recipients[0].last_error or "")
     assert tls_sink.handler.messages == [] and world.inbox() == []

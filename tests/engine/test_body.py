@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from xtnd.body import Body, BodyReader
+from cgpop.pop3.body import Body, BodyReader
 
 AFTER = b"QUIT\r\n"  # what the client sends once the body is over
 
@@ -137,7 +137,7 @@ def test_dot_lf_at_line_start_is_data() -> None:
     assert rest == AFTER
 
 
-# cap >= 3: an engine never cuts the three-octet terminator line (see xtnd.body).
+# cap >= 3: an engine never cuts the three-octet terminator line (see cgpop.pop3.body).
 @pytest.mark.parametrize("cap", [None, 3, 4, 5, 64])
 def test_byte_at_a_time_matches_whole_lines(cap: int | None) -> None:
     stream = b"H: v\r\n\r\n..x\r\n.\n\r\nmid\rdle\r\n\n.\r\n..\r\nend\r\n.\r\n" + AFTER

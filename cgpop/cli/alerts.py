@@ -1,40 +1,26 @@
-"""`cgpop cert` and `cgpop alert`: TLS certificates for testing, and account alerts."""
+"""`cgpop alert ...`: CommuniGate alerts, shown once to each account at login."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from cgpop import alerts, certgen
+from cgpop import alerts
 from cgpop import config as configmod
-from cgpop.cli import (
+from cgpop.cli.base import (
     EX_OK,
     EX_USAGE,
-    EXTENSIONS,
     CliError,
-    _domain,
+    Parsers,
     command,
+    domain_name,
     open_store,
     out,
     row_id,
     split_address,
     when,
 )
-
-
-@command("cert")
-def cmd_cert(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    try:
-        cert, key = certgen.write_self_signed(args.host, Path(args.out), days=args.days)
-    except ValueError as exc:
-        raise CliError(str(exc), EX_USAGE) from None
-    except OSError as exc:
-        raise CliError(f"{args.out}: {exc.strerror or exc}") from None
-    print(f"certificate: {cert}")
-    print(f"key:         {key}")
-    return EX_OK
 
 
 @command("alert", "add")
@@ -54,7 +40,7 @@ def cmd_alert_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
     if args.server:
         scope, target = "server", ""
     elif args.domain is not None:
-        domain = store.canonical_domain(_domain(args.domain))
+        domain = store.canonical_domain(domain_name(args.domain))
         if domain is None:
             raise CliError(f"no such domain: {args.domain}")
         scope, target = "domain", domain
@@ -64,14 +50,14 @@ def cmd_alert_add(args: argparse.Namespace, cfg: configmod.Config) -> int:
         if canonical is None or not store.account_exists(canonical, name):
             raise CliError(f"no such account: {words[0]}")
         scope, target = "account", f"{name}@{canonical}"
-    alert_id = alerts.add(store, scope, target, text)
+    alert_id = store.add_alert(scope, target, text)
     print(alert_id)
     return EX_OK
 
 
 @command("alert", "list")
 def cmd_alert_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    rows: list[dict[str, Any]] = [asdict(a) for a in alerts.list_alerts(open_store(cfg))]
+    rows: list[dict[str, Any]] = [asdict(a) for a in open_store(cfg).list_alerts()]
 
     def text() -> list[str]:
         return [
@@ -85,30 +71,23 @@ def cmd_alert_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 @command("alert", "remove")
 def cmd_alert_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    if not alerts.remove(open_store(cfg), args.id):
+    if not open_store(cfg).remove_alert(args.id):
         raise CliError(f"no such alert: {args.id}")
     return EX_OK
 
 
-def _extend(sub: Any, common: argparse.ArgumentParser, listing: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "cert", parents=[common], help="write a self-signed certificate and key (for testing)"
-    )
-    p.add_argument("--host", required=True, help="host name or IP address it is for")
-    p.add_argument("--out", required=True, metavar="DIR", help="directory for cert.pem, key.pem")
-    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
-
-    a = sub.add_parser("alert", parents=[common], help="alerts shown at login (CommuniGate)")
+def add_parsers(ps: Parsers) -> None:
+    """The `alert` subcommands."""
+    a = ps.sub.add_parser("alert", parents=[ps.common], help="alerts shown at login (CommuniGate)")
     acts = a.add_subparsers(dest="sub", required=True, metavar="ACTION")
     p = acts.add_parser(
-        "add", parents=[common], usage="cgpop alert add (NAME@DOMAIN | --domain D | --server) TEXT"
+        "add",
+        parents=[ps.common],
+        usage="cgpop alert add (NAME@DOMAIN | --domain D | --server) TEXT",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--domain", metavar="D", help="for every account of domain D")
     where.add_argument("--server", action="store_true", help="for every account")
     p.add_argument("words", nargs="+", metavar="[NAME@DOMAIN] TEXT")
-    acts.add_parser("list", parents=[common, listing])
-    acts.add_parser("remove", parents=[common]).add_argument("id", type=row_id)
-
-
-EXTENSIONS.append(_extend)
+    acts.add_parser("list", parents=[ps.common, ps.listing])
+    acts.add_parser("remove", parents=[ps.common]).add_argument("id", type=row_id)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-from typing import Any
 
 from cgpop import config as configmod
-from cgpop.cli import EX_OK, EXTENSIONS, CliError, command, open_store, out, row_id, when
-from xtnd import queue
+from cgpop.cli.base import EX_OK, CliError, Parsers, command, open_store, out, row_id, when
 
 
 def _when(moment: float) -> str:
@@ -22,7 +20,7 @@ def _when(moment: float) -> str:
 
 @command("queue", "list")
 def cmd_queue_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    entries = queue.list_queue(open_store(cfg))
+    entries = open_store(cfg).list_queue()
     rows = [asdict(e) for e in entries]
 
     def text() -> list[str]:
@@ -42,25 +40,23 @@ def cmd_queue_list(args: argparse.Namespace, cfg: configmod.Config) -> int:
 
 @command("queue", "flush")
 def cmd_queue_flush(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    count = queue.flush(open_store(cfg))
+    count = open_store(cfg).flush_queue()
     print(f"{count} recipients due now")
     return EX_OK
 
 
 @command("queue", "remove")
 def cmd_queue_remove(args: argparse.Namespace, cfg: configmod.Config) -> int:
-    if not queue.remove(open_store(cfg), args.id):
+    if not open_store(cfg).remove_queued(args.id):
         raise CliError(f"no queued message {args.id}")
     return EX_OK
 
 
-def _parser(sub: Any, common: argparse.ArgumentParser, listing: argparse.ArgumentParser) -> None:
-    q = sub.add_parser("queue", parents=[common], help="the XTND XMIT outbound queue")
+def add_parsers(ps: Parsers) -> None:
+    """The `queue` subcommands."""
+    q = ps.sub.add_parser("queue", parents=[ps.common], help="the XTND XMIT outbound queue")
     qs = q.add_subparsers(dest="sub", required=True, metavar="ACTION")
-    qs.add_parser("list", parents=[common, listing], help="queued messages and recipients")
-    qs.add_parser("flush", parents=[common], help="make every queued recipient due now")
-    p = qs.add_parser("remove", parents=[common], help="drop a message (no bounce)")
+    qs.add_parser("list", parents=[ps.common, ps.listing], help="queued messages and recipients")
+    qs.add_parser("flush", parents=[ps.common], help="make every queued recipient due now")
+    p = qs.add_parser("remove", parents=[ps.common], help="drop a message (no bounce)")
     p.add_argument("id", type=row_id, metavar="ID")
-
-
-EXTENSIONS.append(_parser)

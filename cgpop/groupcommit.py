@@ -1,0 +1,54 @@
+"""Group commit: items submitted while one batch is being written join the next one, so many
+sessions' writes share one transaction (and, for deliveries, one fsync)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[Item, R]):
+    """`write` stores one batch (off the event loop) and returns one result per item; each
+    submitter's future gets its own result, or the batch's exception."""
+
+    def __init__(
+        self, write: Callable[[list[Item]], Awaitable[list[R]]], max_batch: int = 256
+    ) -> None:
+        self.write = write
+        self.max_batch = max_batch
+        self.pending: list[tuple[Item, asyncio.Future[R]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def submit(self, item: Item) -> asyncio.Future[R]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self.pending.append((item, future))
+        if self.task is None:
+            self.task = loop.create_task(self._run())
+        return future
+
+    async def _run(self) -> None:
+        try:
+            while self.pending:
+                batch = self.pending[: self.max_batch]
+                del self.pending[: self.max_batch]
+                try:
+                    results = await self.write([i for i, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():  # its submitter was cancelled (client gone)
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self.task = None
+
+    async def drain(self) -> None:
+        while self.task is not None:
+            await asyncio.shield(self.task)

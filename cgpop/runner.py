@@ -1,0 +1,298 @@
+"""One POP3 session's runner: carries out the events of the sans-IO engine (cgpop/pop3/), in
+order, with the services it is given, and writes the replies in batches.
+
+Replies to pipelined commands are collected and written once per chunk of input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from cgpop import streams
+from cgpop.access import Access, LoginResult
+from cgpop.blocking import Run
+from cgpop.errors import Pop3Error
+from cgpop.login import LoginPolicy
+from cgpop.logs import SessionLog
+from cgpop.pop3.events import (
+    Close,
+    Commit,
+    Event,
+    FailedLogin,
+    Grant,
+    LoginOutcome,
+    PasswordLogin,
+    SaslCredentials,
+    SaslLogin,
+    Send,
+    SendMessage,
+    StartTls,
+    Submit,
+)
+from cgpop.pop3.lines import LineBuffer
+from cgpop.pop3.session import Policy, Session
+from cgpop.spool import Octets
+from cgpop.store.api import Snapshot, StoredMessage
+from cgpop.tlsconf import ReloadableContext
+from cgpop.wire import TERMINATOR, top_lines
+
+# Flush collected replies once they pass this, so a pipelined burst cannot grow memory.
+FLUSH_AT = 256 * 1024
+# Read-ahead window for RETR/TOP: messages per worker-thread hop, and a byte bound so a
+# session never holds more than this much message data in memory.
+READ_AHEAD = 32
+READ_AHEAD_BYTES = 256 * 1024
+
+# XTND XMIT (account, peer, message, login address): None when accepted for every recipient,
+# else the reply.
+SubmitFn = Callable[[str, str, Octets, str], Awaitable[Pop3Error | None]]
+BODY_MISSING = Pop3Error("message body unavailable, the error is logged", "SYS/TEMP").reply()
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a session's runner may use, and nothing else."""
+
+    login: LoginPolicy
+    read: Run  # blocking store reads, off the event loop (cgpop/blocking.py)
+    write: Run  # blocking store writes, on the single writer
+    read_messages: Callable[[Snapshot, Sequence[int]], dict[int, StoredMessage]]
+    expunge: Callable[[int, Sequence[int]], int]
+    mark_seen: Callable[[tuple[int, int]], object]  # the \Seen group commit
+    submit: SubmitFn | None  # XTND XMIT, when enabled
+    collect_soon: Callable[[], None]  # expunged messages may be collectable now
+    tls: ReloadableContext | None
+    policy: Callable[[bool, str], Policy]  # (TLS active, peer address) -> the session's Policy
+
+
+@dataclass(eq=False)
+class Peer:
+    """Who the session talks to, and as whom once logged in."""
+
+    ip: str
+    address: str  # "ip:port", as logged
+    domain: str  # the listener's default domain
+    account: str | None = None
+
+
+def outcome_of(result: LoginResult) -> LoginOutcome:
+    """The login policy's result as the engine takes it."""
+    access = result.access
+    if access is None:
+        return LoginOutcome(error=result.error, counts_as_failure=result.counts_as_failure)
+    grant = Grant(
+        access.account,
+        access.snapshot,
+        may_seen=access.may_seen,
+        may_delete=access.may_delete,
+        may_expunge=access.may_expunge,
+        login_address=access.login_address,
+        may_submit=access.may_submit,
+    )
+    return LoginOutcome(grant=grant)
+
+
+class SessionRunner:
+    """Carries out one session's events, in order, with batched writes."""
+
+    def __init__(
+        self,
+        services: Services,
+        session: Session,
+        peer: Peer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        lines: LineBuffer,
+        slog: SessionLog,
+    ) -> None:
+        self.services, self.session, self.peer = services, session, peer
+        self.reader, self.writer, self.lines, self.slog = reader, writer, lines, slog
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.window: dict[int, StoredMessage] = {}
+        self.logins = services.login.session(peer.ip, slog)
+        self.access: Access | None = None  # the admitted login, for logout
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_size += len(data)
+
+    async def flush(self) -> None:
+        if self.out:
+            self.writer.write(b"".join(self.out))
+            self.out.clear()
+            self.out_size = 0
+        await self.writer.drain()
+
+    async def run_events(self, events: Iterable[Event]) -> None:
+        peer = self.peer
+        for event in events:
+            if isinstance(event, Send):
+                self.send(event.data)
+                if self.out_size >= FLUSH_AT:
+                    await self.flush()
+            elif isinstance(event, Close):
+                await self.flush()
+                self.writer.close()
+            elif isinstance(event, PasswordLogin):
+                result = await self.logins.password(
+                    event.login,
+                    peer.domain,
+                    password=event.password,
+                    apop_digest=event.apop_digest,
+                    apop_banner=self.session.policy.apop_banner,
+                )
+                await self.run_events(self.session.login_result(self.admitted(result)))
+            elif isinstance(event, SendMessage):
+                await self.send_message(event)
+            elif isinstance(event, Commit):
+                await self.run_events(await self.commit(event))
+            elif isinstance(event, StartTls):
+                await self.start_tls(event)
+            elif isinstance(event, SaslCredentials):
+                creds, good = await self.logins.sasl_credentials(
+                    event.authcid, peer.domain, event.password
+                )
+                await self.run_events(self.session.sasl_credentials(creds, good))
+            elif isinstance(event, FailedLogin):
+                failed = LoginResult(
+                    error=event.outcome.error, counts_as_failure=event.outcome.counts_as_failure
+                )
+                await self.logins.decide(failed, event.login, peer.domain)
+                await self.run_events(self.session.login_result(event.outcome))
+            elif isinstance(event, SaslLogin):
+                result = await self.logins.sasl(event.login, event.proven_by, peer.domain)
+                await self.run_events(self.session.login_result(self.admitted(result)))
+            elif isinstance(event, Submit):
+                await self.run_events(self.session.submit_result(await self.submit(event)))
+
+    def admitted(self, result: LoginResult) -> LoginOutcome:
+        if result.access is not None:
+            self.access = result.access
+            self.peer.account = result.access.account
+        return outcome_of(result)
+
+    def logout(self) -> None:
+        """The connection is gone: an admitted login's maildrop closes and its slot frees."""
+        if self.access is not None:
+            self.services.login.logout(self.access)
+            self.services.collect_soon()
+            self.access = None
+
+    async def start_tls(self, event: StartTls) -> None:
+        """RFC 2595 section 4: reply, drop everything the client pipelined after STLS (no
+        plaintext command injection), handshake, and restart the session's view."""
+        self.send(event.reply)
+        await self.flush()
+        # Lines already read behind STLS, and bytes still in the stream's buffer, were sent in
+        # cleartext: they must not be read as if they came through TLS.
+        self.lines.discard()
+        assert self.services.tls is not None
+        await streams.start_tls(self.reader, self.writer, self.services.tls.context, carry=False)
+        # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        self.peer.domain = self.services.tls.session_domain(ssl_object, self.peer.domain)
+        self.session.tls_started(self.services.policy(True, self.peer.ip))
+        self.slog.info("TLS started")
+
+    async def submit(self, event: Submit) -> Pop3Error | None:
+        submit = self.services.submit
+        if submit is None or self.peer.account is None:
+            return Pop3Error("submission is not available", "SYS/TEMP")
+        return await submit(
+            self.peer.account, self.peer.address, event.message, event.login_address
+        )
+
+    async def fetch(self, index: int) -> StoredMessage | None:
+        """The stored message `index`, reading ahead: one worker-thread hop loads the next
+        READ_AHEAD messages (bounded by READ_AHEAD_BYTES of small bodies) into a per-session
+        window that is emptied as they are sent."""
+        stored = self.window.pop(index, None)
+        if stored is not None:
+            return stored
+        snap = self.session.snapshot
+        deleted = self.session.deleted
+        indexes: list[int] = []
+        total = 0
+        for i in range(index, min(len(snap), index + READ_AHEAD)):
+            if i in deleted:
+                continue
+            total += snap.sizes[i]
+            if indexes and total > READ_AHEAD_BYTES:
+                break
+            indexes.append(i)
+        self.window = await self.services.read(self.services.read_messages, snap, indexes)
+        return self.window.pop(index, None)
+
+    async def send_message(self, event: SendMessage) -> None:
+        snap = self.session.snapshot
+        stored = await self.fetch(event.index)
+        if stored is None:
+            self.send(Pop3Error("message is no longer available", "SYS/TEMP").reply())
+            return
+        if stored.data is not None:
+            self.send(event.status)
+            if event.lines is None:
+                self.send(stored.prefix)
+                self.send(stored.data)
+            else:
+                for part in top_lines((stored.prefix, stored.data), event.lines):
+                    self.send(part)
+        elif not await self.stream_body(stored, event):
+            return
+        self.send(TERMINATOR)
+        if event.mark_seen:
+            self.services.mark_seen((snap.mailbox.id, snap.uids[event.index]))
+
+    async def stream_body(self, stored: StoredMessage, event: SendMessage) -> bool:
+        """Send the status line and a large body in bounded chunks read off the event loop.
+        The body is opened (first chunk) before the status line, so a missing body is a
+        clean -ERR and the session goes on (False)."""
+        snap = self.session.snapshot
+        read = self.services.read
+        source = stored.chunks()
+        try:
+            try:
+                first = await read(next, source, None)
+            except OSError as exc:
+                self.slog.error(
+                    "body of message uid %d in mailbox %d unreadable: %s",
+                    snap.uids[event.index],
+                    snap.mailbox.id,
+                    exc,
+                )
+                self.send(BODY_MISSING)
+                return False
+            self.send(event.status)
+            await self.flush()
+            rest = itertools.chain(() if first is None else (first,), source)
+            chunks = rest if event.lines is None else top_lines(rest, event.lines)
+            while True:
+                try:
+                    part = await read(next, chunks, None)
+                except OSError as exc:
+                    # Inside a multi-line reply only its octets may follow: end the
+                    # connection rather than put an -ERR in the middle of the message.
+                    self.slog.error("body read failed mid-message: %s", exc)
+                    self.writer.transport.abort()
+                    raise ConnectionResetError("body read failed") from exc
+                if part is None:
+                    return True
+                self.writer.write(part)
+                await self.writer.drain()
+        finally:
+            source.close()  # the body, also when the client went away mid-message
+
+    async def commit(self, event: Commit) -> list[Event]:
+        snap = self.session.snapshot
+        try:
+            removed = await self.services.write(self.services.expunge, snap.mailbox.id, event.uids)
+        except Exception:
+            self.slog.exception("expunge failed")
+            return self.session.commit_result(False, 0)
+        self.slog.info("expunged %d of %d messages", removed, len(event.uids))
+        self.services.collect_soon()
+        return self.session.commit_result(True, len(snap) - len(event.uids))

@@ -1,0 +1,23 @@
+"""The one place that picks the store backend, by `[store] backend` (cgpop.config)."""
+
+from __future__ import annotations
+
+from cgpop.config import Config, ConfigError
+from cgpop.store.api import Store
+
+
+def open_store(config: Config) -> Store:
+    """Open the configured backend. The configuration was validated at load, so the backend
+    is one of cgpop.config.STORE_BACKENDS."""
+    delivery = config.delivery
+    window = delivery.duplicate_window if delivery.duplicate_suppression else None
+    backend = config.store.backend
+    if backend == "sqlite":
+        from cgpop.store.sqlite import SqliteStore
+
+        return SqliteStore(config.server.data_dir, duplicate_window=window)
+    if backend == "postgresql":
+        from cgpop.store.postgres import PostgresStore
+
+        return PostgresStore.from_config(config)
+    raise ConfigError(f"{config.source}: store.backend: unknown store backend {backend!r}")

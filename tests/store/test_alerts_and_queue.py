@@ -1,0 +1,72 @@
+"""Alerts, the XTND outbound queue and the submission record of cgpop.store.api, for every
+backend."""
+
+from __future__ import annotations
+
+from cgpop.store.api import Outbound, State, Store, SubmissionCounts, Update
+
+
+def test_alerts_are_taken_once_each_oldest_first(store: Store) -> None:
+    first = store.add_alert("account", "joe@example.com", "first")
+    second = store.add_alert("domain", "example.com", "second")
+    third = store.add_alert("server", "", "third")
+    store.add_alert("account", "ann@example.com", "not joe's")
+    pending = store.pending_alert("JOE@example.com")
+    assert pending is not None and pending.id == first
+    assert store.pending_alert("joe@example.com") == pending  # pending does not mark it
+    taken = [store.take_alert("joe@example.com") for _ in range(4)]
+    assert [a.id if a else None for a in taken] == [first, second, third, None]
+    assert [a.text for a in taken if a] == ["first", "second", "third"]
+    counts = {a.text: a.delivered for a in store.list_alerts()}
+    assert counts == {"first": 1, "second": 1, "third": 1, "not joe's": 0}
+    assert store.remove_alert(third) is True
+    assert store.remove_alert(third) is False
+
+
+def _outbound(*recipients: str) -> Outbound:
+    return Outbound("joe@example.com", "joe@example.com", b"Subject: q\r\n\r\nx\r\n", recipients)
+
+
+def test_queue_claim_ack_and_retry(store: Store) -> None:
+    mid = store.enqueue(_outbound("a@x.org", "b@x.org"), 100.0)
+    later = store.enqueue(_outbound("c@x.org"), 500.0)
+    assert store.next_due() == 100.0
+    [job] = store.claim_due(200.0, 10)
+    assert (job.message_id, job.recipients, job.attempts) == (mid, ("a@x.org", "b@x.org"), (0, 0))
+    assert store.claim_due(200.0, 10) == []  # claimed once
+    store.record_attempt(
+        mid, [Update("a@x.org", State.SENT), Update("b@x.org", State.QUEUED, 900.0, "4.2.1 busy")]
+    )
+    assert store.next_due() == 500.0
+    [retry, other] = store.claim_due(900.0, 10)
+    assert (retry.recipients, retry.attempts) == (("b@x.org",), (1,))
+    assert other.message_id == later
+    assert store.recover_queue(950.0) == 2  # both left `sending`: back in the queue
+    store.claim_due(950.0, 10)
+    store.requeue(later, ["c@x.org"], 2000.0)
+    store.record_attempt(mid, [Update("b@x.org", State.FAILED, 0.0, "5.1.1 no such user")])
+    [bounce] = store.pending_bounces(1000.0, 10)
+    assert bounce.failures == (("b@x.org", "5.1.1", "no such user"),)
+    store.defer_bounce(mid, ["b@x.org"], 3000.0)
+    assert store.pending_bounces(1000.0, 10) == []
+    store.finish_bounce(mid, ["b@x.org"])
+    assert [e.id for e in store.list_queue()] == [later]
+    assert store.flush_queue() == 1 and store.next_due() == 0.0
+    assert store.remove_queued(later) is True and store.remove_queued(later) is False
+    assert store.list_queue() == [] and store.next_due() is None
+
+
+def test_submission_slots_are_taken_judged_and_given_back(store: Store) -> None:
+    def at_most_one(counts: SubmissionCounts) -> str | None:
+        return "over" if counts.messages >= 1 else None
+
+    slot = store.take_submission_slot("joe@x", 2, 10.0, 0.0, at_most_one)
+    assert isinstance(slot, int)
+    assert store.submission_counts("joe@x", 0.0) == SubmissionCounts(1, 2)
+    assert store.take_submission_slot("joe@x", 1, 20.0, 0.0, at_most_one) == "over"
+    assert store.submission_counts("joe@x", 0.0) == SubmissionCounts(1, 2)
+    assert store.submission_counts("joe@x", 10.0) == SubmissionCounts(0, 0)  # outside the window
+    assert store.submission_counts("ann@x", 0.0) == SubmissionCounts(0, 0)  # per account
+    store.release_submission_slot(slot)
+    assert store.submission_counts("joe@x", 0.0) == SubmissionCounts(0, 0)
+    assert isinstance(store.take_submission_slot("joe@x", 1, 30.0, 0.0, at_most_one), int)
