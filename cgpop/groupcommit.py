@@ -40,10 +40,12 @@ class GroupCommit(Generic[Item, R]):
                     results = await self.write([i for i, _ in batch])
                 except Exception as exc:
                     for _, future in batch:
-                        future.set_exception(exc)
+                        if not future.done():  # its submitter was cancelled (client gone)
+                            future.set_exception(exc)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
+                    if not future.done():
+                        future.set_result(result)
         finally:
             self.task = None
 

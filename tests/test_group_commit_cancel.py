@@ -1,0 +1,47 @@
+"""Group commit when a submitter is gone: the others in its batch still get their results.
+
+aiosmtpd cancels an LMTP session's handler when its client disconnects, and shutdown cancels
+sessions: the future that session awaited is then cancelled while its batch is being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cgpop.groupcommit import GroupCommit
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_cancelled_submitter_does_not_strand_its_batch(fails: bool) -> None:
+    def write(items: list[int]) -> list[int]:
+        if fails:
+            raise OSError("disk full")
+        return [i * 10 for i in items]
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def held_write(items: list[int]) -> list[int]:
+            await release.wait()  # the writer thread is busy with this batch
+            return write(items)
+
+        commit: GroupCommit[int, int] = GroupCommit(held_write)
+        first, second = commit.submit(1), commit.submit(2)
+        first.cancel()  # its LMTP client went away while the batch was being written
+        release.set()
+        if fails:
+            with pytest.raises(OSError, match="disk full"):
+                await asyncio.wait_for(second, 10)
+        else:
+            assert await asyncio.wait_for(second, 10) == 20
+        # The batch loop survived: a later item is written too.
+        third = commit.submit(3)
+        if not fails:
+            assert await asyncio.wait_for(third, 10) == 30
+        else:
+            with pytest.raises(OSError):
+                await asyncio.wait_for(third, 10)
+
+    asyncio.run(scenario())
