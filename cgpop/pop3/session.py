@@ -80,6 +80,14 @@ def _b64(text: str) -> bytes | None:
 Handler = Callable[["Session", tuple[Value, ...]], list[Event]]
 
 
+
+def keyword(word: str) -> str:
+    """A keyword (verb, SASL mechanism, XTND subcommand) in upper case. Keywords are ASCII
+    (RFC 1939 section 3, RFC 4422 section 3.1); Unicode case mapping would otherwise turn
+    `uſer` or `ﬆls` into USER and STLS, which a filtering proxy in front would not expect.
+    A non-ASCII word maps to "", which no table holds."""
+    return word.upper() if word.isascii() else ""
+
 class Session:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -137,7 +145,7 @@ class Session:
         except UnicodeDecodeError:
             return self._bad(Pop3Error("command is not valid UTF-8"))
         verb, _, rest = text.partition(" ")
-        verb = verb.upper()
+        verb = keyword(verb)
         states = LEGAL.get(verb)
         if states is None:
             return self._bad(Pop3Error("unknown command"))
@@ -264,7 +272,7 @@ class Session:
         if not args:
             # The bare AUTH listing (CommuniGate, Dovecot; draft-myers-sasl-pop3).
             return [Send(multiline("available mechanisms", list(mechs)))]
-        name = str(args[0]).upper()
+        name = keyword(str(args[0]))
         mech = sasl.create(name, self.sasl_config) if name in mechs else None
         if mech is None:
             if name in sasl.PLAINTEXT_MECHANISMS:
@@ -427,7 +435,7 @@ class Session:
         return [Send(ok(f"message {i + 1} deleted"))]
 
     def _xtnd(self, args: tuple[Value, ...]) -> list[Event]:
-        sub = str(args[0]).strip().upper()
+        sub = keyword(str(args[0]).strip())
         if sub != "XMIT" or not self.policy.xtnd_enabled:
             raise Pop3Error("unknown XTND command")
         assert self.grant is not None

@@ -205,3 +205,16 @@ def test_xtnd_refused_before_the_body_when_the_service_is_disabled() -> None:
     enabled = Driver(xtnd_enabled=True)
     enabled.login()
     assert enabled("XTND XMIT") == "+OK Start sending message.\r\n"
+
+
+@pytest.mark.parametrize("line", ["uſer joe", "ſtat", "ﬆls", "capa\u0131"])
+def test_keywords_are_ascii_only(line: str) -> None:
+    """Unicode case mapping must not turn `uſer` (long s) or `ﬆls` (ligature) into a verb."""
+    d = Driver()
+    assert d(line) == "-ERR unknown command\r\n"
+
+
+def test_sasl_mechanism_name_is_ascii_only() -> None:
+    d = Driver()
+    assert d("AUTH PLAıN").startswith("-ERR")
+    assert d("AUTH ſcram-sha-256").startswith("-ERR")
