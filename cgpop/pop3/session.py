@@ -80,13 +80,14 @@ def _b64(text: str) -> bytes | None:
 Handler = Callable[["Session", tuple[Value, ...]], list[Event]]
 
 
-
 def keyword(word: str) -> str:
     """A keyword (verb, SASL mechanism, XTND subcommand) in upper case. Keywords are ASCII
-    (RFC 1939 section 3, RFC 4422 section 3.1); Unicode case mapping would otherwise turn
-    `uſer` or `ﬆls` into USER and STLS, which a filtering proxy in front would not expect.
-    A non-ASCII word maps to "", which no table holds."""
+    (RFC 1939 section 3, RFC 4422 section 3.1); Unicode case mapping would otherwise turn "user"
+    spelt with a long s (U+017F) into USER, or the "st" ligature (U+FB06) + "ls" into STLS,
+    which a filtering proxy in front would not expect. A non-ASCII word maps to "", which no
+    table holds."""
     return word.upper() if word.isascii() else ""
+
 
 class Session:
     def __init__(self, policy: Policy) -> None:

@@ -207,14 +207,14 @@ def test_xtnd_refused_before_the_body_when_the_service_is_disabled() -> None:
     assert enabled("XTND XMIT") == "+OK Start sending message.\r\n"
 
 
-@pytest.mark.parametrize("line", ["uſer joe", "ſtat", "ﬆls", "capa\u0131"])
+@pytest.mark.parametrize("line", ["u\u017fer joe", "\u017ftat", "\ufb06ls", "capa\u0131"])
 def test_keywords_are_ascii_only(line: str) -> None:
-    """Unicode case mapping must not turn `uſer` (long s) or `ﬆls` (ligature) into a verb."""
+    """Unicode case mapping must not turn a long s or the st ligature into a verb's letters."""
     d = Driver()
     assert d(line) == "-ERR unknown command\r\n"
 
 
 def test_sasl_mechanism_name_is_ascii_only() -> None:
     d = Driver()
-    assert d("AUTH PLAıN").startswith("-ERR")
-    assert d("AUTH ſcram-sha-256").startswith("-ERR")
+    assert d("AUTH PLA\u0131N").startswith("-ERR")
+    assert d("AUTH \u017fcram-sha-256").startswith("-ERR")
