@@ -156,9 +156,11 @@ class _TrackedLMTP(LMTP):
         peer = transport.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         log.warning("LMTP %s refused: %s", where, why)
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(reply)
-        transport.close()
+        # A stream transport, typed as its base class; not an asyncio.WriteTransport instance
+        # on uvloop, so no isinstance check (it failed there, and the refusal was never sent).
+        stream = cast(asyncio.Transport, transport)
+        stream.write(reply)
+        stream.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:

@@ -168,7 +168,8 @@ class UnixSocketFile:
 
     def remove(self) -> None:
         """Remove the file at stop, unless it is no longer ours (another process bound a new
-        socket there since)."""
+        socket there since). Identity is (device, inode): a file that replaced ours after ours
+        was deleted may reuse its inode number, and is then removed too."""
         with contextlib.suppress(OSError):
             st = self.path.lstat()
             if (st.st_dev, st.st_ino) == self._identity:

@@ -164,12 +164,17 @@ async def refuse_all(*args: object) -> Any:
     raise AssertionError("no delivery expected")
 
 
+@pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_tcp_peer_outside_allow_from_gets_421(
-    server_factory: Callable[..., LiveServer], sockdir: Path, caplog: pytest.LogCaptureFixture
+    server_factory: Callable[..., LiveServer],
+    sockdir: Path,
+    caplog: pytest.LogCaptureFixture,
+    loop: str,
 ) -> None:
     path = sockdir / "lmtp.sock"
     srv = server_factory(
-        lmtp={"listen": ["127.0.0.1:0", f"unix:{path}"], "allow_from": ["192.0.2.0/24"]}
+        loop_factory=LOOPS[loop],
+        lmtp={"listen": ["127.0.0.1:0", f"unix:{path}"], "allow_from": ["192.0.2.0/24"]},
     )
     srv.add_account("joe@example.com", "secret")
     caplog.set_level(logging.WARNING, "cgpop")
@@ -200,3 +205,22 @@ def test_ipv6_loopback_is_allowed_by_default(server_factory: Callable[..., LiveS
     finally:
         client.quit()
     assert [m["Subject"] for m in retr_all(srv)] == ["v6"]
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_connection_cap_refusal_is_sent_on_every_loop(
+    server_factory: Callable[..., LiveServer], loop: str
+) -> None:
+    """Past `[lmtp] max_connections` the MTA gets 421 4.3.2 (on uvloop, what `cgpop serve`
+    runs on, the refusal used to fail an isinstance check and send nothing)."""
+    srv = server_factory(loop_factory=LOOPS[loop], lmtp={"max_connections": 1})
+    first = smtplib.LMTP(srv.host, srv.port("lmtp"), timeout=TIMEOUT)
+    try:
+        with socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as second:
+            f = second.makefile("rb")
+            assert f.readline() == b"421 4.3.2 too many connections, try later\r\n"
+            assert f.read() == b""
+            f.close()
+        assert first.noop()[0] == 250
+    finally:
+        first.quit()
