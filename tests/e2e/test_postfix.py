@@ -21,19 +21,21 @@ JOE, ANN = "joe@example.com", "ann@example.com"
 
 
 @pytest.fixture
-def postfix() -> Iterator[Postfix]:
+def sink() -> Iterator[Sink]:
+    """The SMTP server behind Postfix (its relayhost): mail Postfix sends on lands here."""
+    yield from _start(SinkHandler())
+
+
+@pytest.fixture
+def postfix(sink: Sink, server_factory: Callable[..., LiveServer]) -> Iterator[Postfix]:
+    """Depends on the sink and on cgpop's factory so that it stops first: Postfix never
+    connects to a peer that is shutting down."""
     skip_unless_possible()
     instance = Postfix()
     try:
         yield instance
     finally:
         instance.stop()  # even when the test failed
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    """The SMTP server behind Postfix (its relayhost): mail Postfix sends on lands here."""
-    yield from _start(SinkHandler())
 
 
 def start_pair(
