@@ -11,6 +11,7 @@ import math
 import os
 import re
 import socket
+import stat
 import tomllib  # Python >= 3.11 (pyproject): tomli is never needed
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,24 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnixSocket:
+    """A listening unix-domain socket (`unix:/path` in `[lmtp] listen`), as Postfix's
+    `lmtp:unix:` delivers to."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+# The prefix of a unix-socket entry in `[lmtp] listen` (Postfix writes `lmtp:unix:/path`).
+UNIX_PREFIX = "unix:"
+# sun_path holds 108 bytes on Linux, the terminating NUL included (unix(7)); a longer path
+# cannot be bound at all.
+MAX_UNIX_PATH = 107
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +115,17 @@ class Pop3Config:
 
 @dataclass(frozen=True, slots=True)
 class LmtpConfig:
-    listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 2400),)
+    listen: tuple[Endpoint | UnixSocket, ...] = (Endpoint("127.0.0.1", 2400),)
     max_message_size: int = 50 * 1024 * 1024
     max_recipients: int = 1000
     # Concurrent LMTP sessions; past it 421 4.3.2 and close (as max_channels for POP). An MTA
     # opens a few (Postfix: 20 per destination by default); each holds at most the spool
     # threshold (1 MiB) of a message in memory.
     max_connections: int = 100
+    # TCP peers allowed to deliver; others get 421 and a log line. LMTP has no authentication,
+    # so an LMTP port anyone can reach lets anyone inject mail. Unix sockets are guarded by
+    # their file mode (0660) instead.
+    allow_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +337,62 @@ def _relay(x: _Section) -> Endpoint | None:
         return parse_endpoint(text)
     except ValueError as exc:
         raise x.fail("relay", str(exc)) from None
+
+
+def _lmtp_listen(m: _Section, base: Path) -> tuple[Endpoint | UnixSocket, ...]:
+    """`[lmtp] listen`: `host:port`, `[v6]:port` or `unix:/path` (a relative path is taken
+    from the configuration file's directory, as other paths are)."""
+    out: list[Endpoint | UnixSocket] = []
+    for text in m.strings("listen", ()):
+        if not text.startswith(UNIX_PREFIX):
+            try:
+                out.append(parse_endpoint(text))
+            except ValueError as exc:
+                raise m.fail("listen", f"{exc} or unix:/path") from None
+            continue
+        raw = text[len(UNIX_PREFIX) :]
+        if not raw:
+            raise m.fail("listen", f"{text!r}: expected unix:/path/to/socket")
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else base / path
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise m.fail(
+                "listen",
+                f"{text!r}: a unix socket path holds at most {MAX_UNIX_PATH} bytes (sun_path)",
+            )
+        why = unix_socket_path_problem(path)
+        if why is not None:
+            raise m.fail("listen", f"{text!r}: {why}")
+        if UnixSocket(path) in out:
+            raise m.fail("listen", f"{text!r} is listed twice")
+        out.append(UnixSocket(path))
+    return tuple(out)
+
+
+def unix_socket_path_problem(path: Path) -> str | None:
+    """Why a unix socket cannot be created at `path`, or None. An existing socket is fine
+    (a stale one from a crash is replaced at start); anything else there is refused rather
+    than deleted."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot inspect: {exc.strerror}"
+    if stat.S_ISSOCK(mode):
+        return None
+    return "exists and is not a socket (refusing to replace it)"
+
+
+def _allow_from(m: _Section, default: tuple[str, ...]) -> tuple[str, ...]:
+    """`[lmtp] allow_from`: addresses or CIDR networks, in canonical form."""
+    out: list[str] = []
+    for text in m.strings("allow_from", default):
+        try:
+            out.append(str(ipaddress.ip_network(text, strict=True)))
+        except ValueError as exc:
+            raise m.fail("allow_from", f"not an address or CIDR network: {exc}") from None
+    return tuple(out)
 
 
 def server_name_pattern(text: str) -> str:
@@ -555,11 +634,18 @@ def from_dict(
     m = sec["lmtp"]
     dm = LmtpConfig()
     lmtp = LmtpConfig(
-        listen=m.endpoints("listen", dm.listen) if "listen" in m.data else dm.listen,
+        listen=_lmtp_listen(m, base) if "listen" in m.data else dm.listen,
         max_message_size=m.positive("max_message_size", int, dm.max_message_size),
         max_recipients=m.positive("max_recipients", int, dm.max_recipients),
         max_connections=m.positive("max_connections", int, dm.max_connections),
+        allow_from=_allow_from(m, dm.allow_from),
     )
+    if not lmtp.allow_from and any(isinstance(ep, Endpoint) for ep in lmtp.listen):
+        raise m.fail(
+            "allow_from",
+            "empty, so every TCP peer would be refused; list the MTA's address "
+            "or listen only on unix:/path",
+        )
     m.done()
 
     v = sec["delivery"]

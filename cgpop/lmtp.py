@@ -7,11 +7,16 @@ the whole message in memory, twice at its end, so four 50 MB messages took 590 M
 The reader keeps aiosmtpd's rules: the end is an exact CRLF "." CRLF (SMTP smuggling), a line
 over `line_length_limit` is 500 after the data, more than `data_size_limit` octets 552.
 `[lmtp] max_connections` bounds the sessions as `max_channels` does for POP.
+
+LMTP has no authentication: a TCP peer outside `[lmtp] allow_from` (loopback by default) gets
+421 and is closed before any command. A `unix:/path` listener is guarded by its file mode, 0660,
+instead: the MTA's delivery agent needs the socket's group (Postfix's lmtp runs as `postfix`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import os
@@ -24,10 +29,11 @@ from aiosmtpd.smtp import MISSING, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
 from cgpop import spool
-from cgpop.config import Endpoint, LmtpConfig
+from cgpop.config import Endpoint, LmtpConfig, UnixSocket
 from cgpop.delivery import Result, Status
 from cgpop.logs import SessionLog
 from cgpop.spool import Octets, Spool, SpooledMessage
+from cgpop.streams import UnixSocketFile, peer_address
 
 log = logging.getLogger("cgpop")
 _ids = itertools.count(1)
@@ -42,6 +48,10 @@ Deliver = Callable[[str, Sequence[str], Octets], Awaitable[list[Result]]]
 # RFC 5321 section 3.8 / RFC 3463 4.3.2 "system not accepting network messages": the MTA
 # retries later, as it does for a busy server.
 TOO_MANY = b"421 4.3.2 too many connections, try later\r\n"
+# A TCP peer outside `[lmtp] allow_from` (RFC 3463 4.7.1: delivery not authorized).
+NOT_ALLOWED = b"421 4.7.1 access denied: not an allowed LMTP client\r\n"
+# The file mode of a unix-socket listener: owner and group may deliver, nobody else.
+SOCKET_MODE = 0o660
 
 
 class _Handler:
@@ -52,7 +62,7 @@ class _Handler:
         if not hasattr(session, "cgpop_id"):
             session.cgpop_id = f"{os.getpid():x}-l{next(_ids)}"  # type: ignore[attr-defined]
         if isinstance(session.peer, str):
-            peer = session.peer
+            peer = session.peer or "unix"  # a unix socket's peer has no address
         else:
             peer = f"{session.peer[0]}:{session.peer[1]}" if session.peer else "?"
         return SessionLog(log, "LMTP", session.cgpop_id, peer)  # type: ignore[attr-defined]
@@ -128,19 +138,29 @@ class _TrackedLMTP(LMTP):
         self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and not self._listeners.allowed(str(peer[0])):
+            self._refuse(transport, NOT_ALLOWED, f"{peer[0]} is not in [lmtp] allow_from")
+            return
         if len(self._listeners.sessions) >= self._listeners.config.max_connections:
-            # Past the cap: no session at all, so nothing of it is buffered.
-            self._refused = True
-            peer = transport.get_extra_info("peername")
-            log.warning("LMTP %s refused: too many connections", peer)
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(TOO_MANY)
-            transport.close()
+            self._refuse(transport, TOO_MANY, "too many connections")
             return
         super().connection_made(transport)
         self._listeners.sessions.add(self)
         if self.session is not None:
             self.event_handler._log(self.session).info("connected")
+
+    def _refuse(self, transport: asyncio.BaseTransport, reply: bytes, why: str) -> None:
+        """No session at all, so nothing of it is buffered: one reply and close."""
+        self._refused = True
+        peer = transport.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        log.warning("LMTP %s refused: %s", where, why)
+        # A stream transport, typed as its base class; not an asyncio.WriteTransport instance
+        # on uvloop, so no isinstance check (it failed there, and the refusal was never sent).
+        stream = cast(asyncio.Transport, transport)
+        stream.write(reply)
+        stream.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
@@ -225,8 +245,15 @@ class LmtpListeners:
         self.config, self.hostname, self.spool_dir = config, hostname, spool_dir
         self.handler = _Handler(check, deliver, config.max_recipients)
         self.sessions: set[_TrackedLMTP] = set()
+        self.allow_from = [ipaddress.ip_network(net) for net in config.allow_from]
+        self.socket_files: list[UnixSocketFile] = []
 
-    async def start(self, ep: Endpoint) -> asyncio.Server:
+    def allowed(self, peer_ip: str) -> bool:
+        """Is this TCP peer in `[lmtp] allow_from`? (IPv4-mapped IPv6 counts as IPv4.)"""
+        ip = peer_address(peer_ip)
+        return ip is not None and any(ip in net for net in self.allow_from)
+
+    async def start(self, ep: Endpoint | UnixSocket) -> asyncio.Server:
         def factory() -> _TrackedLMTP:
             return _TrackedLMTP(
                 self,
@@ -240,9 +267,27 @@ class LmtpListeners:
 
         loop = asyncio.get_running_loop()
         try:
+            if isinstance(ep, UnixSocket):
+                # Created at start, removed at stop (remove_sockets); a crash's leftover is
+                # replaced (cgpop/streams.py).
+                file = UnixSocketFile(ep.path, SOCKET_MODE)
+                try:
+                    server = await loop.create_unix_server(factory, sock=file.sock)
+                except BaseException:
+                    file.sock.close()
+                    file.remove()
+                    raise
+                self.socket_files.append(file)
+                return server
             return await loop.create_server(factory, ep.host, ep.port, reuse_address=True)
         except OSError as exc:
             raise OSError(f"cannot listen on {ep} for lmtp: {exc.strerror}") from None
+
+    def remove_sockets(self) -> None:
+        """Stop: remove the unix socket files this server created."""
+        for file in self.socket_files:
+            file.remove()
+        self.socket_files.clear()
 
     def end_sessions(self) -> None:
         """Shutdown: tell connected MTAs (RFC 5321 section 3.8: 421) and close. A delivery in

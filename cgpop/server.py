@@ -169,8 +169,8 @@ class Gateway:
             for ep in endpoints:
                 domain = domains.get(str(ep), self.config.server.default_domain)
                 await self._listen(kind, ep, pop3.handler(domain, tls=kind == "pop3s"))
-        for ep in self.config.lmtp.listen:
-            self._register("lmtp", await self.lmtp.start(ep))
+        for where in self.config.lmtp.listen:
+            self._register("lmtp", await self.lmtp.start(where))
         # Kept referenced: the loop holds tasks only weakly.
         self._sweeper_task = asyncio.get_running_loop().create_task(
             self.sweeper.run(self._stopping)
@@ -180,6 +180,9 @@ class Gateway:
         self.servers.append(server)
         for sock in server.sockets:
             addr = sock.getsockname()
+            if isinstance(addr, str):  # a unix socket: its path
+                log.info("%s listening on unix:%s", kind.upper(), addr)
+                continue
             self.bound[kind].append((addr[0], addr[1]))
             log.info("%s listening on %s:%d", kind.upper(), addr[0], addr[1])
 
@@ -197,6 +200,7 @@ class Gateway:
         self._stopping.set()
         for server in self.servers:
             server.close()
+        self.lmtp.remove_sockets()
         self.lmtp.end_sessions()
         # Sessions waiting for input are closed now (without QUIT nothing is expunged); busy
         # ones get `shutdown_grace` seconds to finish their command, then their connection is

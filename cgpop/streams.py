@@ -1,12 +1,18 @@
 """Stream helpers of the asyncio shell: the peer's address, the PROXY header a trusted proxy
-sends first, the switch to TLS, and the one-line refusal of a connection over a limit."""
+sends first, the switch to TLS, the one-line refusal of a connection over a limit, and the file
+of a listening unix socket."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
+import os
+import socket
 import ssl
+import stat
+from pathlib import Path
 from typing import Any
 
 from cgpop import proxyproto
@@ -135,3 +141,60 @@ async def refuse(
         await writer.drain()
     with contextlib.suppress(Exception):
         writer.close()
+
+
+class UnixSocketFile:
+    """A unix stream socket bound at `path` with file mode `mode`, not yet listening (the event
+    loop's create_unix_server listens). The mode is set between bind and listen, so no client
+    can connect while the file still has the umask's mode: before listen a connect is refused.
+
+    A stale socket left by a crash (nothing accepts on it) is replaced; a live one, or anything
+    that is not a socket, is refused with an OSError (nothing else is ever deleted)."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.path = path
+        _clear_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(os.fspath(path))
+            os.chmod(path, mode)
+            st = path.lstat()
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self.sock = sock
+        self._identity = (st.st_dev, st.st_ino)
+
+    def remove(self) -> None:
+        """Remove the file at stop, unless it is no longer ours (another process bound a new
+        socket there since). Identity is (device, inode): a file that replaced ours after ours
+        was deleted may reuse its inode number, and is then removed too."""
+        with contextlib.suppress(OSError):
+            st = self.path.lstat()
+            if (st.st_dev, st.st_ino) == self._identity:
+                self.path.unlink()
+
+
+def _clear_stale_socket(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, "exists and is not a socket (refusing to replace it)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Non-blocking: a live server whose backlog is full answers EAGAIN instead of blocking.
+    probe.setblocking(False)
+    try:
+        probe.connect(os.fspath(path))
+    except ConnectionRefusedError:  # nobody accepts: left over from a crash
+        path.unlink()
+        return
+    except FileNotFoundError:
+        return
+    except BlockingIOError:
+        pass
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "in use: another process listens on this socket")
