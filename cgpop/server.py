@@ -45,6 +45,9 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = open_store(config)
+        # Node-local files (fake-salt key, spooled bodies): the embedded store makes data_dir,
+        # a database backend does not, and no other node needs what is kept there.
+        config.server.data_dir.mkdir(parents=True, exist_ok=True)
         self.workers = StoreWorkers()
         self.auth = Authenticator(
             self.store, admins=config.server.admins, login_cache_ttl=config.server.login_cache_ttl

@@ -16,9 +16,7 @@ def nodes(server_factory: Factory, tmp_path_dsn: tuple[object, str]) -> list[Liv
     tmp_path, dsn = tmp_path_dsn
     out = []
     for name in ("pop-a", "pop-b"):
-        # The node-local data_dir (fake-salt key, TLS files): with the embedded store the store
-        # made it; with PostgreSQL nothing does yet (serve must, when it is wired).
-        (tmp_path / name).mkdir()  # type: ignore[operator]
+        # The node-local data_dir (fake-salt key, spool) is made by the Gateway itself.
         out.append(
             server_factory(
                 tmp_path / name,  # type: ignore[operator]
