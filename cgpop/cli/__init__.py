@@ -25,6 +25,7 @@ from cgpop.cli import (
     queue,
     routes,
     serve,
+    store,
 )
 from cgpop.cli.base import (
     COMMANDS,
@@ -40,6 +41,7 @@ __all__ = ["build_parser", "main"]
 
 # One module per command group, in the order `cgpop --help` lists them.
 GROUPS = (serve, domains, accounts, mailboxes, routes, acl, groups, deliver, queue, cert, alerts)
+GROUPS_STORE = (store,)  # issue 11: `store copy`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     parsers = Parsers(sub, common, listing)
-    for group in GROUPS:
+    for group in (*GROUPS, *GROUPS_STORE):
         group.add_parsers(parsers)
     return parser
 
