@@ -27,7 +27,7 @@ from cgpop.reload import reload_config
 from cgpop.runner import Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
 from cgpop.spool import Octets
-from cgpop.store.factory import open_store
+from cgpop.store.factory import open_store, other_sessions
 from cgpop.sweeper import Sweeper
 from cgpop.tlsconf import ReloadableContext
 
@@ -79,6 +79,7 @@ class Gateway:
             close_maildrop=self.store.close_maildrop,
             penalty=penalty,
             caps=self.caps,
+            other_sessions=other_sessions(config, self.store),
         )
         self.sasl_config = sasl.SaslConfig(
             hostname=config.server.hostname, fake_salt_key=fake_salt_key(config)

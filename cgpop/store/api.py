@@ -415,6 +415,13 @@ class Mailstore(Protocol):
         ...
 
     # --- the collector (the safety mechanism) ---
+    def other_sessions(self, snapshot: Snapshot) -> int:
+        """Issue 11: live sessions that other processes sharing this store (other gateway
+        nodes) hold on mailboxes of `snapshot`'s owner, counted from the session registry;
+        the caller counts its own. A session counts from its login until shortly after it
+        ends. 0 for a store only one process serves."""
+        ...
+
     def collect(self) -> int:
         """Remove expunged copies and bodies no open session can still read. Returns how many
         bodies went."""

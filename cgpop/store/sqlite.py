@@ -877,6 +877,11 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy):
                 del self._open[snapshot.opened_at]
 
     # --- the collector (the safety mechanism) ---
+    def other_sessions(self, snapshot: Snapshot) -> int:
+        """The embedded store has no session registry: the process that serves it counts its
+        own sessions (cgpop/login.py SessionCaps)."""
+        return 0
+
     def collect(self) -> int:
         """Remove expunged copies and unreferenced bodies that no open session can still read.
         Only the serving process calls this: it alone knows which sessions are open."""

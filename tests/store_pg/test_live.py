@@ -3,11 +3,14 @@ talked to with real clients: the store boundary is all a backend needs to serve 
 
 from __future__ import annotations
 
+import poplib
 import smtplib
 from collections.abc import Callable
 
+import pytest
+
 from tests.conftest import LiveServer, message
-from tests.e2e.helpers import USER, pop
+from tests.e2e.helpers import USER, pop, wait_sessions_closed
 
 Factory = Callable[..., LiveServer]
 
@@ -52,3 +55,32 @@ def test_two_nodes_serve_one_maildrop_with_the_snapshot_rules(
         assert b"Subject: number 2" in b"\n".join(again.retr(1)[1])
     finally:
         again.quit()
+
+
+def test_max_per_account_counts_sessions_on_every_node(
+    pg_dsn: str, server_factory: Factory, tmp_path: object
+) -> None:
+    tmp = tmp_path
+    a, b = (
+        server_factory(
+            tmp / name,  # type: ignore[operator]
+            store={"backend": "postgresql", "dsn": pg_dsn, "node": name, "pool_size": 4},
+            pop3={"max_per_account": 2},
+        )
+        for name in ("pop-a", "pop-b")
+    )
+    a.add_account(USER, "secret")
+    first, second = pop(a), pop(b)  # one on each node: within the cap of 2
+    third = poplib.POP3(b.host, b.port("pop3"), timeout=20)
+    third.user(USER)
+    with pytest.raises(poplib.error_proto) as refused:
+        third.pass_("secret")
+    assert refused.value.args[0] == b"-ERR [SYS/TEMP] too many sessions for this account, try later"
+    third.quit()
+    assert first.quit().startswith(b"+OK")
+    wait_sessions_closed(a)
+    a.call(a.store.flush_released)  # what A's registry thread does right after a close
+    again = pop(b)  # A's session gone: room again, on B
+    assert again.stat() == (0, 0)
+    again.quit()
+    second.quit()
