@@ -11,6 +11,10 @@ import pytest
 
 from tests.conftest import LiveServer, message
 from tests.e2e.helpers import USER, pop, wait_sessions_closed
+from tests.e2e.test_xtnd_live import msg, queue_empty, relay_to, sink, submit, wait_for
+from tests.xtnd.conftest import Sink
+
+__all__ = ["sink"]  # the relay sink fixture
 
 Factory = Callable[..., LiveServer]
 
@@ -84,3 +88,25 @@ def test_max_per_account_counts_sessions_on_every_node(
     assert again.stat() == (0, 0)
     again.quit()
     second.quit()
+
+
+def test_xtnd_queue_is_relayed_once_across_nodes(
+    pg_dsn: str, server_factory: Factory, tmp_path: object, sink: Sink
+) -> None:
+    # Both nodes run the relay worker on the one queue; each message reaches the relay once.
+    a, b = (
+        server_factory(
+            tmp_path / name,  # type: ignore[operator]
+            store={"backend": "postgresql", "dsn": pg_dsn, "node": name, "pool_size": 4},
+            xtnd=relay_to(sink),
+        )
+        for name in ("pop-a", "pop-b")
+    )
+    a.add_account(USER, "secret")
+    for n in range(6):
+        node = (a, b)[n % 2]
+        reply = submit(node, msg(f"r{n}@remote.example"))
+        assert reply.startswith(b"+OK"), reply
+    wait_for(lambda: queue_empty(a), timeout=60)
+    relayed = sorted(r for m in sink.handler.messages for r in m.rcpt_tos)
+    assert relayed == [f"r{n}@remote.example" for n in range(6)]
