@@ -89,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except (Unavailable, OSError) as exc:
         # A locked or unreadable database, a full disk: say so, never with a traceback.
-        print(f"cgpop: cannot use the data directory {cfg.server.data_dir}: {exc}", file=sys.stderr)
+        where = f"the data directory {cfg.server.data_dir}"
+        if isinstance(exc, Unavailable) and cfg.store.backend != "sqlite":
+            where = "the database"  # issue 11: the store is a database server, not data_dir
+        print(f"cgpop: cannot use {where}: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     except StoreError as exc:
         print(f"cgpop: {exc}", file=sys.stderr)
