@@ -35,8 +35,8 @@ _EXPORT: dict[str, str] = {
     "routes": "SELECT pattern, target FROM routes",
     "acl": "SELECT mailbox_id, identifier, negative, rights FROM acl",
     "group_members": "SELECT group_name, member FROM group_members",
-    "bodies": "SELECT b.id, b.size, b.data, b.file FROM bodies b WHERE EXISTS "
-    f"(SELECT 1 FROM messages m WHERE m.body_id = b.id AND {_LIVE}) ORDER BY b.id",
+    "bodies": "SELECT b.id, b.size, b.data, b.file FROM bodies b WHERE b.id IN "
+    f"(SELECT m.body_id FROM messages m WHERE {_LIVE}) ORDER BY b.id",
     "messages": "SELECT m.mailbox_id, m.uid, m.body_id, m.size, m.flags, m.internal_date, "
     f"m.x_real_to, m.individual, m.prefix FROM messages m WHERE {_LIVE} "
     "ORDER BY m.mailbox_id, m.uid",
