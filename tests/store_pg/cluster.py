@@ -12,6 +12,7 @@ from __future__ import annotations
 import poplib
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -169,7 +170,7 @@ class HaProxy:
         cfg = directory / "haproxy.cfg"
         cfg.write_text(HAPROXY_CFG.format(fd=self.sock.fileno(), servers=servers))
         self.proc = subprocess.Popen(
-            ["haproxy", "-db", "-f", str(cfg)],
+            [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(cfg)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=[self.sock.fileno()],
