@@ -111,10 +111,13 @@ class LoginPolicy:
         close_maildrop: Callable[[Snapshot], None],
         penalty: Penalty,
         caps: SessionCaps,
+        other_sessions: Callable[[Snapshot], int] | None = None,
     ) -> None:
         self.checks, self.read, self.write = checks, read, write
         self.take_alert, self.close_maildrop = take_alert, close_maildrop
         self.penalty, self.caps = penalty, caps
+        # Issue 11: the account's sessions on other nodes (the store's registry), if any.
+        self.other_sessions = other_sessions
 
     def session(self, peer_ip: str, slog: SessionLog) -> LoginSession:
         return LoginSession(self, peer_ip, slog)
@@ -197,6 +200,20 @@ class LoginSession:
             checked = await p.read(p.checks.open_login, login, domain)
         return await self.decide(checked, proven_by or login, domain)
 
+    async def _under_cluster_cap(self, access: Access) -> bool:
+        """With sessions on other nodes counted in, is the account still within
+        `max_per_account`? Called once this session holds its slot here and its registry row
+        (written when its maildrop opened), so of two logins racing on two nodes at least one
+        sees the other: the cap is never exceeded (both may be refused; the client retries)."""
+        p = self.policy
+        if p.other_sessions is None:
+            return True
+        others = await p.read(p.other_sessions, access.snapshot)
+        if p.caps.per_account.get(access.account, 0) + others <= p.caps.max_per_account:
+            return True
+        p.caps.leave_account(access.account)
+        return False
+
     async def decide(self, checked: LoginResult, login: str, domain: str) -> LoginResult:
         """Steps 2 to 4 for the outcome of step 1 (also for a SASL exchange that failed)."""
         p, slog = self.policy, self.slog
@@ -220,8 +237,8 @@ class LoginSession:
                 p.close_maildrop(access.snapshot)
                 slog.info("login %s: alert %d delivered", account, alert.id)
                 return LoginResult(error=Pop3Error(alert.text, "SYS/TEMP"), counts_as_failure=False)
-        # 4. The per-account cap.
-        if not p.caps.enter_account(account):
+        # 4. The per-account cap: this process's sessions, then those of other nodes.
+        if not p.caps.enter_account(account) or not await self._under_cluster_cap(access):
             p.close_maildrop(access.snapshot)
             slog.warning("login %s refused: per-account session limit", account)
             return LoginResult(error=TOO_MANY_SESSIONS, counts_as_failure=False)

@@ -27,7 +27,7 @@ from cgpop.reload import reload_config
 from cgpop.runner import Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
 from cgpop.spool import Octets
-from cgpop.store.factory import open_store
+from cgpop.store.factory import open_store, other_sessions
 from cgpop.sweeper import Sweeper
 from cgpop.tlsconf import ReloadableContext
 
@@ -45,6 +45,9 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = open_store(config)
+        # Node-local files (fake-salt key, spooled bodies): the embedded store makes data_dir,
+        # a database backend does not, and no other node needs what is kept there.
+        config.server.data_dir.mkdir(parents=True, exist_ok=True)
         self.workers = StoreWorkers()
         self.auth = Authenticator(
             self.store, admins=config.server.admins, login_cache_ttl=config.server.login_cache_ttl
@@ -76,6 +79,7 @@ class Gateway:
             close_maildrop=self.store.close_maildrop,
             penalty=penalty,
             caps=self.caps,
+            other_sessions=other_sessions(config, self.store),
         )
         self.sasl_config = sasl.SaslConfig(
             hostname=config.server.hostname, fake_salt_key=fake_salt_key(config)

@@ -25,6 +25,7 @@ from cgpop.cli import (
     queue,
     routes,
     serve,
+    store,
 )
 from cgpop.cli.base import (
     COMMANDS,
@@ -40,6 +41,7 @@ __all__ = ["build_parser", "main"]
 
 # One module per command group, in the order `cgpop --help` lists them.
 GROUPS = (serve, domains, accounts, mailboxes, routes, acl, groups, deliver, queue, cert, alerts)
+GROUPS_STORE = (store,)  # issue 11: `store copy`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     parsers = Parsers(sub, common, listing)
-    for group in GROUPS:
+    for group in (*GROUPS, *GROUPS_STORE):
         group.add_parsers(parsers)
     return parser
 
@@ -87,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except (Unavailable, OSError) as exc:
         # A locked or unreadable database, a full disk: say so, never with a traceback.
-        print(f"cgpop: cannot use the data directory {cfg.server.data_dir}: {exc}", file=sys.stderr)
+        where = f"the data directory {cfg.server.data_dir}"
+        if isinstance(exc, Unavailable) and cfg.store.backend != "sqlite":
+            where = "the database"  # issue 11: the store is a database server, not data_dir
+        print(f"cgpop: cannot use {where}: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     except StoreError as exc:
         print(f"cgpop: {exc}", file=sys.stderr)

@@ -18,10 +18,10 @@ is called on the event loop and must not wait. tests/store/ is the contract ever
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from accounts.acl import AclEntry
 from accounts.credentials import Credentials
@@ -421,6 +421,13 @@ class Mailstore(Protocol):
         ...
 
     # --- the collector (the safety mechanism) ---
+    def other_sessions(self, snapshot: Snapshot) -> int:
+        """Issue 11: live sessions that other processes sharing this store (other gateway
+        nodes) hold on mailboxes of `snapshot`'s owner, counted from the session registry;
+        the caller counts its own. A session counts from its login until shortly after it
+        ends. 0 for a store only one process serves."""
+        ...
+
     def collect(self) -> int:
         """Remove expunged copies and bodies no open session can still read. Returns how many
         bodies went."""
@@ -542,7 +549,112 @@ class Submissions(Protocol):
         ...
 
 
-class Store(Directory, Mailstore, Alerts, OutboundQueue, Submissions, Protocol):
+# ---- issue 11: `cgpop store copy` ------------------------------------------------------------
+# What a store copy carries, table by table in the order they are loaded (a row only names rows
+# of tables before it), with the columns of each. Backend-neutral: values are int, float, str,
+# bytes, bool or None; ids, UIDs, uidvalidity and times are kept as they are, so every UIDL
+# stays the same. `bodies.data` is the whole CRLF-normalised, dot-stuffed body (one at a time in
+# memory, bounded by the message size limit). Expunged copies and the bodies only they named
+# are left out; a recipient left `sending` comes out `queued` (as `recover_queue` would make it).
+# `counters.uidvalidity` is the last uidvalidity handed out, so a mailbox created on the copy
+# never repeats a UIDL.
+COPY_TABLES: dict[str, tuple[str, ...]] = {
+    "counters": ("name", "value"),
+    "domains": ("id", "name"),
+    "domain_aliases": ("alias", "domain_id"),
+    "accounts": (
+        "id",
+        "domain_id",
+        "name",
+        "salt",
+        "iterations",
+        "stored_key",
+        "server_key",
+        "shared_secret",
+        "pop_enabled",
+        "xtnd_enabled",
+    ),
+    "mailboxes": ("id", "account_id", "name", "uidvalidity", "next_uid"),
+    "routes": ("pattern", "target"),
+    "acl": ("mailbox_id", "identifier", "negative", "rights"),
+    "group_members": ("group_name", "member"),
+    "bodies": ("id", "size", "data"),
+    "messages": (
+        "mailbox_id",
+        "uid",
+        "body_id",
+        "size",
+        "flags",
+        "internal_date",
+        "x_real_to",
+        "individual",
+        "prefix",
+    ),
+    "message_individuals": ("mailbox_id", "individual", "uid"),
+    "duplicates": ("message_id", "rcpt", "seen_at"),
+    "alerts": ("id", "scope", "target", "text", "created"),
+    "alerts_delivered": ("alert_id", "account", "delivered_at"),
+    "queue_messages": ("id", "sender", "account", "message", "created"),
+    "queue_recipients": (
+        "message_id",
+        "recipient",
+        "state",
+        "attempts",
+        "next_attempt",
+        "last_error",
+    ),
+    "submissions": ("account", "at", "recipients"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One table of a store copy: `rows` (tuples in COPY_TABLES[name] order) are streamed."""
+
+    name: str
+    rows: Iterable[tuple[Any, ...]]
+
+
+# Called after every `COPY_PROGRESS_EVERY` rows of a table, and at its end: (table, rows so far).
+Progress = Callable[[str, int], None]
+COPY_PROGRESS_EVERY = 10_000
+
+
+class Transfer(Protocol):
+    """Moving a whole store to another backend (`cgpop store copy --to DSN`)."""
+
+    def export_tables(self) -> Iterator[Table]:
+        """Everything COPY_TABLES names, in its order, as one consistent snapshot."""
+        ...
+
+    def nonempty_tables(self) -> list[str]:
+        """The COPY_TABLES this store holds rows in (counters aside): a copy's target must
+        have none."""
+        ...
+
+    def import_tables(self, tables: Iterable[Table], progress: Progress | None = None) -> int:
+        """Load an export into this store in one transaction, keeping every id, UID, flag,
+        time and uidvalidity. StoreError when the store is not empty. Returns the rows loaded."""
+        ...
+
+
+def copy_rows(
+    table: str, rows: Iterable[tuple[Any, ...]], progress: Progress | None
+) -> Iterator[tuple[Any, ...]]:
+    """`rows`, reporting progress every COPY_PROGRESS_EVERY rows and at the end."""
+    n = 0
+    for n, row in enumerate(rows, 1):
+        if progress is not None and n % COPY_PROGRESS_EVERY == 0:
+            progress(table, n)
+        yield row
+    if progress is not None:
+        progress(table, n)
+
+
+# ---- end of issue 11: `cgpop store copy` ------------------------------------------------------
+
+
+class Store(Directory, Mailstore, Alerts, OutboundQueue, Submissions, Transfer, Protocol):
     """Everything a backend provides. Methods block; the asyncio shell runs them on its
     worker threads (cgpop/blocking.py)."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cgpop.config import Config, ConfigError
-from cgpop.store.api import Store
+from cgpop.store.api import Snapshot, Store
 
 
 def open_store(config: Config) -> Store:
@@ -21,3 +23,9 @@ def open_store(config: Config) -> Store:
 
         return PostgresStore.from_config(config)
     raise ConfigError(f"{config.source}: store.backend: unknown store backend {backend!r}")
+
+
+def other_sessions(config: Config, store: Store) -> Callable[[Snapshot], int] | None:
+    """What counts an account's sessions on other nodes (`max_per_account` across nodes),
+    or None for a backend only one process serves (no registry to ask, no round trip)."""
+    return store.other_sessions if config.store.backend == "postgresql" else None

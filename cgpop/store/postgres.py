@@ -51,6 +51,7 @@ from cgpop.store.api import (
 )
 from cgpop.store.naming import rename_plan
 from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
+from cgpop.store.pg_copy import PgCopy
 from cgpop.store.pg_queue import PgQueue
 from cgpop.wire import dot_stuff, normalize_crlf
 
@@ -65,7 +66,7 @@ PUBLIC_ACCOUNT = "public"
 _COLLECT_LOCK = 0x6367706F70434F4C
 
 
-class PostgresStore(PgQueue):
+class PostgresStore(PgQueue, PgCopy):
     def __init__(
         self,
         dsn: str,
@@ -972,6 +973,19 @@ class PostgresStore(PgQueue):
             entry = self._sessions.pop(id(snapshot), None)
         if entry is not None:
             self.release_session(entry[1])
+
+    def other_sessions(self, snapshot: Snapshot) -> int:
+        """Sessions of other store instances (nodes, processes) on mailboxes of the owner of
+        `snapshot`, from the registry (live sessions only: a small table): one count, no lock."""
+        row = self._one(
+            "SELECT count(*) FROM store_sessions s "
+            "JOIN store_instances i ON i.id = s.instance_id "
+            "JOIN mailboxes m ON m.id = s.mailbox_id "
+            "WHERE m.account_id = %s AND s.instance_id IS DISTINCT FROM %s "
+            "AND i.heartbeat >= now() - i.timeout * interval '1 second'",
+            (snapshot.mailbox.account_id, self._instance),
+        )
+        return 0 if row is None else int(row[0])
 
     def live_sessions(self) -> list[tuple[int, str, int, float]]:
         """(session id, node, mailbox id, opened at) of every live session on every node."""

@@ -47,6 +47,7 @@ from cgpop.store.api import (
 from cgpop.store.naming import rename_plan
 from cgpop.store.sqlite_alerts import SqliteAlerts
 from cgpop.store.sqlite_base import translate_errors
+from cgpop.store.sqlite_copy import SqliteCopy
 from cgpop.store.sqlite_queue import SqliteQueue
 from cgpop.wire import dot_stuff, normalize_crlf
 
@@ -71,7 +72,7 @@ def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
 
 
 @translate_errors
-class SqliteStore(SqliteQueue, SqliteAlerts):
+class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy):
     def __init__(self, data_dir: Path, *, duplicate_window: float | None = None) -> None:
         self.data_dir = Path(data_dir)
         super().__init__(self.data_dir / "cgpop.sqlite3")
@@ -887,6 +888,11 @@ class SqliteStore(SqliteQueue, SqliteAlerts):
                 del self._open[snapshot.opened_at]
 
     # --- the collector (the safety mechanism) ---
+    def other_sessions(self, snapshot: Snapshot) -> int:
+        """The embedded store has no session registry: the process that serves it counts its
+        own sessions (cgpop/login.py SessionCaps)."""
+        return 0
+
     def collect(self) -> int:
         """Remove expunged copies and unreferenced bodies that no open session can still read.
         Only the serving process calls this: it alone knows which sessions are open."""

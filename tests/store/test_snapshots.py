@@ -142,3 +142,15 @@ def test_seen_flags_and_import(store: Store) -> None:
     # Imported octets are stored CRLF and as POP reports them (no prefix added).
     assert b"".join(store.read_message(snap, 0).chunks()) == b"Subject: old\r\n\r\nread\r\n"
     store.close_maildrop(snap)
+
+
+def test_a_stores_own_sessions_are_not_other_sessions(store: Store) -> None:
+    # Issue 11: other_sessions counts what other processes (nodes) hold; the caller counts
+    # its own sessions itself, so one store alone never sees any.
+    joe = store.get_mailbox("example.com", "joe", "INBOX")
+    assert joe is not None
+    snap = store.open_maildrop(joe, None)
+    second = store.open_maildrop(joe, None)
+    assert store.other_sessions(snap) == 0
+    store.close_maildrop(second)
+    store.close_maildrop(snap)

@@ -3,11 +3,18 @@ talked to with real clients: the store boundary is all a backend needs to serve 
 
 from __future__ import annotations
 
+import poplib
 import smtplib
 from collections.abc import Callable
 
+import pytest
+
 from tests.conftest import LiveServer, message
-from tests.e2e.helpers import USER, pop
+from tests.e2e.helpers import USER, pop, wait_sessions_closed
+from tests.e2e.test_xtnd_live import msg, queue_empty, relay_to, sink, submit, wait_for
+from tests.xtnd.conftest import Sink
+
+__all__ = ["sink"]  # the relay sink fixture
 
 Factory = Callable[..., LiveServer]
 
@@ -16,9 +23,7 @@ def nodes(server_factory: Factory, tmp_path_dsn: tuple[object, str]) -> list[Liv
     tmp_path, dsn = tmp_path_dsn
     out = []
     for name in ("pop-a", "pop-b"):
-        # The node-local data_dir (fake-salt key, TLS files): with the embedded store the store
-        # made it; with PostgreSQL nothing does yet (serve must, when it is wired).
-        (tmp_path / name).mkdir()  # type: ignore[operator]
+        # The node-local data_dir (fake-salt key, spool) is made by the Gateway itself.
         out.append(
             server_factory(
                 tmp_path / name,  # type: ignore[operator]
@@ -54,3 +59,54 @@ def test_two_nodes_serve_one_maildrop_with_the_snapshot_rules(
         assert b"Subject: number 2" in b"\n".join(again.retr(1)[1])
     finally:
         again.quit()
+
+
+def test_max_per_account_counts_sessions_on_every_node(
+    pg_dsn: str, server_factory: Factory, tmp_path: object
+) -> None:
+    tmp = tmp_path
+    a, b = (
+        server_factory(
+            tmp / name,  # type: ignore[operator]
+            store={"backend": "postgresql", "dsn": pg_dsn, "node": name, "pool_size": 4},
+            pop3={"max_per_account": 2},
+        )
+        for name in ("pop-a", "pop-b")
+    )
+    a.add_account(USER, "secret")
+    first, second = pop(a), pop(b)  # one on each node: within the cap of 2
+    third = poplib.POP3(b.host, b.port("pop3"), timeout=20)
+    third.user(USER)
+    with pytest.raises(poplib.error_proto) as refused:
+        third.pass_("secret")
+    assert refused.value.args[0] == b"-ERR [SYS/TEMP] too many sessions for this account, try later"
+    third.quit()
+    assert first.quit().startswith(b"+OK")
+    wait_sessions_closed(a)
+    a.call(a.store.flush_released)  # what A's registry thread does right after a close
+    again = pop(b)  # A's session gone: room again, on B
+    assert again.stat() == (0, 0)
+    again.quit()
+    second.quit()
+
+
+def test_xtnd_queue_is_relayed_once_across_nodes(
+    pg_dsn: str, server_factory: Factory, tmp_path: object, sink: Sink
+) -> None:
+    # Both nodes run the relay worker on the one queue; each message reaches the relay once.
+    a, b = (
+        server_factory(
+            tmp_path / name,  # type: ignore[operator]
+            store={"backend": "postgresql", "dsn": pg_dsn, "node": name, "pool_size": 4},
+            xtnd=relay_to(sink),
+        )
+        for name in ("pop-a", "pop-b")
+    )
+    a.add_account(USER, "secret")
+    for n in range(6):
+        node = (a, b)[n % 2]
+        reply = submit(node, msg(f"r{n}@remote.example"))
+        assert reply.startswith(b"+OK"), reply
+    wait_for(lambda: queue_empty(a), timeout=60)
+    relayed = sorted(r for m in sink.handler.messages for r in m.rcpt_tos)
+    assert relayed == [f"r{n}@remote.example" for n in range(6)]

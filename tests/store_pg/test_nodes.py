@@ -254,3 +254,19 @@ def test_close_maildrop_does_not_touch_the_database(
         m.setattr(store, "_conn", no_database)
         store.close_maildrop(snap)
     assert store.collect() == 1  # the release was written (before collecting at the latest)
+
+
+def test_other_sessions_counts_the_accounts_sessions_on_other_nodes(open_store: Open) -> None:
+    a, b = open_store("pop-a", node_timeout=30.0), open_store("pop-b", node_timeout=30.0)
+    box = joe_inbox(a)
+    mine = a.open_maildrop(box, None)
+    assert a.other_sessions(mine) == 0
+    on_b = [b.open_maildrop(box, None), b.open_maildrop(box, None)]
+    assert a.other_sessions(mine) == 2
+    assert b.other_sessions(on_b[0]) == 1  # a's one session
+    b.close_maildrop(on_b.pop())
+    b.flush_released()
+    assert a.other_sessions(mine) == 1
+    silence(b, 31)  # b died: its sessions no longer count
+    assert a.other_sessions(mine) == 0
+    a.close_maildrop(mine)
