@@ -50,6 +50,7 @@ from cgpop.store.api import (
     flag_names,
 )
 from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
+from cgpop.store.pg_live import PgLive
 from cgpop.store.pg_queue import PgQueue
 from cgpop.wire import dot_stuff, normalize_crlf
 
@@ -64,7 +65,7 @@ PUBLIC_ACCOUNT = "public"
 _COLLECT_LOCK = 0x6367706F70434F4C
 
 
-class PostgresStore(PgQueue):
+class PostgresStore(PgQueue, PgLive):
     def __init__(
         self,
         dsn: str,

@@ -46,6 +46,7 @@ from cgpop.store.api import (
 )
 from cgpop.store.sqlite_alerts import SqliteAlerts
 from cgpop.store.sqlite_base import translate_errors
+from cgpop.store.sqlite_live import SqliteLive
 from cgpop.store.sqlite_queue import SqliteQueue
 from cgpop.wire import dot_stuff, normalize_crlf
 
@@ -70,7 +71,7 @@ def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
 
 
 @translate_errors
-class SqliteStore(SqliteQueue, SqliteAlerts):
+class SqliteStore(SqliteQueue, SqliteAlerts, SqliteLive):
     def __init__(self, data_dir: Path, *, duplicate_window: float | None = None) -> None:
         self.data_dir = Path(data_dir)
         super().__init__(self.data_dir / "cgpop.sqlite3")
