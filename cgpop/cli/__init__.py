@@ -25,6 +25,7 @@ from cgpop.cli import (
     queue,
     routes,
     serve,
+    sessions,
 )
 from cgpop.cli.base import (
     COMMANDS,
@@ -39,7 +40,20 @@ from cgpop.store.api import StoreError, Unavailable
 __all__ = ["build_parser", "main"]
 
 # One module per command group, in the order `cgpop --help` lists them.
-GROUPS = (serve, domains, accounts, mailboxes, routes, acl, groups, deliver, queue, cert, alerts)
+GROUPS = (
+    serve,
+    domains,
+    accounts,
+    mailboxes,
+    routes,
+    acl,
+    groups,
+    deliver,
+    queue,
+    cert,
+    alerts,
+    sessions,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
