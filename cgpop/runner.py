@@ -18,7 +18,7 @@ from cgpop import streams
 from cgpop.access import Access, LoginResult
 from cgpop.blocking import Run
 from cgpop.errors import Pop3Error
-from cgpop.livesessions import Local, LiveRegistry
+from cgpop.livesessions import LiveRegistry, Local
 from cgpop.login import LoginPolicy
 from cgpop.logs import SessionLog
 from cgpop.pop3.events import (
