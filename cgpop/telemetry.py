@@ -65,6 +65,10 @@ class TelemetryWriter:
     def append(self, path: Path, text: str) -> None:
         self._thread.submit(_append, path, text)
 
+    def drain(self) -> None:
+        """Wait until everything appended so far is written."""
+        self._thread.submit(lambda: None).result()
+
     def shutdown(self) -> None:
         self._thread.shutdown(wait=True)
 
