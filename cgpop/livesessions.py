@@ -41,6 +41,7 @@ class Local:
     row: LiveSession
     progress: Callable[[], tuple[str, int]]
     kill: Callable[[], None]
+    written: tuple[str, int] = ("", -1)  # (state, sent_bytes) as last written
 
 
 class LiveRegistry:
@@ -84,18 +85,25 @@ class LiveRegistry:
         opened = list(self._opened.values())
         closed = self._closed
         self._opened, self._closed = {}, []
+        for row in opened:
+            self.local[row.id].written = (row.state, row.sent_bytes)
         updates = []
+        changed = []
         if progress:
             for sid, local in self.local.items():
-                state, sent = local.progress()
-                if (state, sent) != (local.row.state, local.row.sent_bytes):
-                    updates.append((sid, state, sent))
+                now = local.progress()
+                if now != local.written:
+                    updates.append((sid, *now))
+                    changed.append((local, now))
         if not (opened or closed or updates):
             return
         try:
             await self.write(self.store.record_sessions, opened, updates, closed)
         except Exception as exc:
             log.warning("live-session registry not updated: %s", exc)
+            return
+        for local, now in changed:
+            local.written = now
 
     async def sweep(self) -> None:
         """At the housekeeping sweep: progress of every session, and rows of dead

@@ -85,6 +85,22 @@ class SqliteLive(SqliteDatabase):
         closed: Sequence[str],
     ) -> None:
         owner = self._owner()
+        # The registry is advisory and rebuilt by the living processes: its commits need not
+        # wait for fsync (WAL with synchronous=NORMAL stays consistent after a crash; the next
+        # durable commit on this connection syncs these frames too).
+        self._conn().execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._record(owner, opened, progress, closed)
+        finally:
+            self._conn().execute("PRAGMA synchronous=FULL")
+
+    def _record(
+        self,
+        owner: str,
+        opened: Sequence[LiveSession],
+        progress: Sequence[tuple[str, str, int]],
+        closed: Sequence[str],
+    ) -> None:
         with self._tx() as conn:
             conn.executemany(
                 f"INSERT OR REPLACE INTO live_sessions(owner, {_COLUMNS}) "
