@@ -8,14 +8,17 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import LiveServer, message
 from tests.e2e.helpers import TIMEOUT, USER, Raw, pop, uids, wait_sessions_closed
+from tests.e2e.test_lifecycle import serve, setup_joe
 
 CGPOP = [sys.executable, "-m", "cgpop"]
 FIELDS = {"id", "node", "peer", "login", "account", "mailbox", "state", "since", "sent_bytes"}
@@ -203,3 +206,59 @@ def test_sessions_of_every_node_on_postgresql(
     flushed(b)
     assert [r["node"] for r in cli_json(config, "sessions")] == ["pop-a"]
     on_a.quit()
+
+
+def until(check: Callable[[], Any], seconds: float = 30.0) -> Any:
+    """Re-run `check` (a CLI listing: each run takes a process start) until it is truthy."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+
+
+def test_separate_serving_processes_share_one_sqlite_registry(tmp_path: Path) -> None:
+    """As `[server] workers` runs them: two `cgpop serve` processes on one data directory.
+    Each lists the other's sessions, a kill reaches the process that serves the session, and
+    the rows of a process killed with SIGKILL are not listed."""
+    conf = tmp_path / "cgpop.toml"
+    conf.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\ndefault_domain = "example.com"\n'
+        'shutdown_grace = 3\n[pop3]\nlisten = ["127.0.0.1:0"]\n[lmtp]\nlisten = []\n'
+    )
+    env = {**os.environ, "CGPOP_CONFIG": str(conf)}
+    setup_joe(env, "one")
+    procs = [serve(env) for _ in range(2)]
+    try:
+        clients = []
+        for _, ports in procs:
+            raw = Raw.__new__(Raw)
+            raw.sock = socket.create_connection(("127.0.0.1", ports["POP3"]), TIMEOUT)
+            raw.file = raw.sock.makefile("rb")
+            raw.greeting = raw.line()
+            assert raw.login().startswith(b"+OK")
+            clients.append(raw)
+        rows = until(lambda: len(ok := cli_json(conf, "sessions")) == 2 and ok)
+        assert rows and len({r["id"] for r in rows}) == 2
+        # Session ids carry the serving process's pid (hex) first.
+        by_pid = {int(r["id"].split("-")[0][:-8], 16): r["id"] for r in rows}
+        first, second = procs[0][0], procs[1][0]
+        assert set(by_pid) == {first.pid, second.pid}
+        assert clients[1].cmd("DELE 1").startswith(b"+OK")
+        assert cli(conf, "sessions", "kill", by_pid[second.pid]).returncode == 0
+        assert clients[1].line() == KILLED
+        assert clients[0].cmd("NOOP").startswith(b"+OK")  # the other process's session stays
+        first.kill()
+        first.wait(10)
+        assert until(lambda: cli_json(conf, "sessions") == [])
+        listed = cli(conf, "mailbox", "show", USER, "INBOX", "--json")
+        assert len(json.loads(listed.stdout)) == 1  # the killed session's DELE not committed
+        for raw in clients:
+            raw.close()
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            assert proc.stderr is not None
+            proc.stderr.close()
