@@ -63,7 +63,10 @@ class TelemetryWriter:
         return self.root / _SAFE.sub("_", account) / name
 
     def append(self, path: Path, text: str) -> None:
-        self._thread.submit(_append, path, text)
+        try:
+            self._thread.submit(_append, path, text)
+        except RuntimeError:  # shut down: the server is past its sessions
+            log.warning("telemetry: %s not written after shutdown", path)
 
     def drain(self) -> None:
         """Wait until everything appended so far is written."""
