@@ -163,6 +163,10 @@ def test_telemetry_transcript_with_redaction_and_cut(server: LiveServer, tmp_pat
     assert all(line[:2] == "20" and line[23] == "Z" for line in password.splitlines())
     assert cli(config, "telemetry", "off", USER).returncode == 0
     assert cli_json(config, "telemetry", "list") == []
+    unknown = cli(config, "telemetry", "on", "nobody@example.com")
+    assert unknown.returncode == 1 and "no such account: nobody@example.com" in unknown.stderr
+    again = cli(config, "telemetry", "off", USER)
+    assert again.returncode == 1 and f"telemetry is not on for {USER}" in again.stderr
 
 
 def pg_nodes(server_factory: Factory, tmp_path: Path, dsn: str) -> list[LiveServer]:
