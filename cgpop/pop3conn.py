@@ -10,10 +10,12 @@ import ipaddress
 import itertools
 import logging
 import os
+import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from cgpop import sasl, streams
 from cgpop.config import Config
@@ -25,6 +27,7 @@ from cgpop.pop3.lines import NEED_MORE, LineBuffer
 from cgpop.pop3.session import Policy, Session
 from cgpop.runner import Peer, Services, SessionRunner
 from cgpop.sasl.apop import make_apop_banner
+from cgpop.telemetry import Transcript
 
 log = logging.getLogger("cgpop")
 
@@ -108,6 +111,9 @@ class Pop3Connections:
             ipaddress.ip_network(n, strict=False) for n in config.pop3.proxy_from
         )
         self._ids = itertools.count(1)
+        # Session ids are unique across processes and nodes (the live-session registry, issue
+        # 12): the pid and a random token of this process, then a counter.
+        self._id_prefix = f"{os.getpid():x}{secrets.token_hex(4)}"
 
     def reconfigure(self, config: Config) -> None:
         """A reload: new connections see `config` (its limits); open sessions stay."""
@@ -143,7 +149,7 @@ class Pop3Connections:
     ) -> None:
         peername = writer.get_extra_info("peername") or ("?", 0)
         peer_ip, peer_port = str(peername[0]), int(peername[1])
-        conn = Connection(f"{os.getpid():x}-{next(self._ids)}", f"{peer_ip}:{peer_port}", writer)
+        conn = Connection(f"{self._id_prefix}-{next(self._ids)}", f"{peer_ip}:{peer_port}", writer)
         slog = SessionLog(log, "POP", conn.id, conn.peer)
         st = self.state
         cfg = self.config.pop3
@@ -176,8 +182,14 @@ class Pop3Connections:
             session = Session(self.services.policy(tls, peer_ip))
             lines = LineBuffer(cfg.max_line)
             deadline = LineDeadline(cfg.line_timeout)
-            peer = Peer(peer_ip, conn.peer, domain)
+            peer = Peer(peer_ip, conn.peer, domain, session_id=conn.id)
             runner = SessionRunner(self.services, session, peer, reader, writer, lines, slog)
+            runner.idle = lambda: conn.idle
+            live = self.services.live
+            if live is not None and live.telemetry:
+                # Some account is traced: keep this session's lines until its login shows
+                # whether it is one of them (cgpop/telemetry.py).
+                runner.transcript = Transcript(datetime.fromtimestamp(peer.since, UTC))
             context = self._tls_context(tls)
             if context is not None:
                 # Implicit TLS (RFC 8314): handshake first, with the current certificate. Bytes
@@ -199,7 +211,7 @@ class Pop3Connections:
                 conn.idle = True
                 data = await deadline.read(reader, READ_SIZE)
                 conn.idle = False
-                if not data or self.stopping.is_set():
+                if not data or self.stopping.is_set() or runner.killed:
                     break
                 conn.last_active = time.monotonic()
                 lines.push(data)
@@ -214,9 +226,16 @@ class Pop3Connections:
                     else:
                         if tracing:
                             trace_command(slog, session, line)
+                        if runner.transcript is not None and not session.in_body:
+                            runner.transcript.client(line, session.in_sasl)
                         events = session.handle_line(line)
                     await runner.run_events(events)
+                    if runner.killed:
+                        break
                 await runner.flush()
+                if runner.killed:
+                    runner.send_killed()
+                    break
                 deadline.after_input(lines)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError) as exc:
             slog.info("connection lost: %s", type(exc).__name__)

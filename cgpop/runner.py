@@ -7,14 +7,18 @@ Replies to pipelined commands are collected and written once per chunk of input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from cgpop import streams
 from cgpop.access import Access, LoginResult
 from cgpop.blocking import Run
 from cgpop.errors import Pop3Error
+from cgpop.livesessions import LiveRegistry, Local
 from cgpop.login import LoginPolicy
 from cgpop.logs import SessionLog
 from cgpop.pop3.events import (
@@ -35,7 +39,8 @@ from cgpop.pop3.events import (
 from cgpop.pop3.lines import LineBuffer
 from cgpop.pop3.session import Policy, Session
 from cgpop.spool import Octets
-from cgpop.store.api import Snapshot, StoredMessage
+from cgpop.store.api import LiveSession, Snapshot, StoredMessage
+from cgpop.telemetry import TelemetryWriter, Transcript
 from cgpop.tlsconf import ReloadableContext
 from cgpop.wire import TERMINATOR, top_lines
 
@@ -50,6 +55,8 @@ READ_AHEAD_BYTES = 256 * 1024
 # else the reply.
 SubmitFn = Callable[[str, str, Octets, str], Awaitable[Pop3Error | None]]
 BODY_MISSING = Pop3Error("message body unavailable, the error is logged", "SYS/TEMP").reply()
+# `cgpop sessions kill ID` (issue 12, section 3).
+KILLED = Pop3Error("session closed by the administrator", "SYS/TEMP").reply()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,9 @@ class Services:
     collect_soon: Callable[[], None]  # expunged messages may be collectable now
     tls: ReloadableContext | None
     policy: Callable[[bool, str], Policy]  # (TLS active, peer address) -> the session's Policy
+    # Issue 12, section 3: the live-session registry and the telemetry transcripts' writer.
+    live: LiveRegistry | None = None
+    telemetry: TelemetryWriter | None = None
 
 
 @dataclass(eq=False)
@@ -76,6 +86,8 @@ class Peer:
     address: str  # "ip:port", as logged
     domain: str  # the listener's default domain
     account: str | None = None
+    session_id: str = ""  # the connection's id, in the logs and the live-session registry
+    since: float = field(default_factory=time.time)
 
 
 def outcome_of(result: LoginResult) -> LoginOutcome:
@@ -115,6 +127,14 @@ class SessionRunner:
         self.window: dict[int, StoredMessage] = {}
         self.logins = services.login.session(peer.ip, slog)
         self.access: Access | None = None  # the admitted login, for logout
+        # Octets written to the client (the registry's sent_bytes), this session's telemetry
+        # transcript when its account is traced, and an administrator's kill
+        # (`idle` is set by the connection: True while waiting for input).
+        self.sent = 0
+        self.transcript: Transcript | None = None
+        self.killed = False
+        self.kill_sent = False
+        self.idle: Callable[[], bool] = lambda: False
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
@@ -123,8 +143,11 @@ class SessionRunner:
     async def flush(self) -> None:
         if self.out:
             self.writer.write(b"".join(self.out))
+            self.sent += self.out_size
             self.out.clear()
             self.out_size = 0
+        if self.transcript is not None:
+            self.transcript.flush()
         await self.writer.drain()
 
     async def run_events(self, events: Iterable[Event]) -> None:
@@ -132,6 +155,8 @@ class SessionRunner:
         for event in events:
             if isinstance(event, Send):
                 self.send(event.data)
+                if self.transcript is not None:
+                    self.transcript.reply(event.data)
                 if self.out_size >= FLUSH_AT:
                     await self.flush()
             elif isinstance(event, Close):
@@ -145,7 +170,8 @@ class SessionRunner:
                     apop_digest=event.apop_digest,
                     apop_banner=self.session.policy.apop_banner,
                 )
-                await self.run_events(self.session.login_result(self.admitted(result)))
+                outcome = self.admitted(result, event.login)
+                await self.run_events(self.session.login_result(outcome))
             elif isinstance(event, SendMessage):
                 await self.send_message(event)
             elif isinstance(event, Commit):
@@ -165,18 +191,82 @@ class SessionRunner:
                 await self.run_events(self.session.login_result(event.outcome))
             elif isinstance(event, SaslLogin):
                 result = await self.logins.sasl(event.login, event.proven_by, peer.domain)
-                await self.run_events(self.session.login_result(self.admitted(result)))
+                outcome = self.admitted(result, event.login)
+                await self.run_events(self.session.login_result(outcome))
             elif isinstance(event, Submit):
                 await self.run_events(self.session.submit_result(await self.submit(event)))
 
-    def admitted(self, result: LoginResult) -> LoginOutcome:
+    def admitted(self, result: LoginResult, login: str) -> LoginOutcome:
         if result.access is not None:
             self.access = result.access
             self.peer.account = result.access.account
+            self.register(result.access, login)
         return outcome_of(result)
+
+    def register(self, access: Access, login: str) -> None:
+        """Issue 12, section 3: the login's row in the live-session registry, and its
+        transcript when telemetry is on for the account (lines since connect included)."""
+        live, peer = self.services.live, self.peer
+        if live is None or not peer.session_id:
+            return
+        mailbox = access.snapshot.mailbox
+        name = (
+            mailbox.name if mailbox.owner == access.account else f"{mailbox.owner}/{mailbox.name}"
+        )
+        row = LiveSession(
+            peer.session_id,
+            live.node,
+            peer.address,
+            login[:200],
+            access.account,
+            name,
+            "TRANSACTION",
+            peer.since,
+            self.sent,
+            self.session.policy.tls_active,
+        )
+        live.opened(Local(row, self.progress, self.kill))
+        writer = self.services.telemetry
+        if writer is None or access.account.lower() not in live.telemetry:
+            self.transcript = None
+            return
+        if self.transcript is None:
+            self.transcript = Transcript(datetime.fromtimestamp(peer.since, UTC))
+        self.transcript.start(
+            writer,
+            writer.path_for(access.account.lower(), self.transcript.started, peer.session_id),
+        )
+
+    def progress(self) -> tuple[str, int]:
+        return self.session.state.value, self.sent + self.out_size
+
+    def kill(self) -> None:
+        """An administrator closes this session (`cgpop sessions kill`): at once when it waits
+        for input, else after the command under way (the connection's loop checks `killed`).
+        Without QUIT nothing is expunged."""
+        self.killed = True
+        if self.idle():
+            self.send_killed()
+
+    def send_killed(self) -> None:
+        if self.kill_sent:
+            return
+        self.kill_sent = True
+        if self.transcript is not None:
+            self.transcript.reply(KILLED)
+            self.transcript.flush()
+        with contextlib.suppress(Exception):
+            self.writer.write(KILLED)
+            self.sent += len(KILLED)
+            self.writer.close()
 
     def logout(self) -> None:
         """The connection is gone: an admitted login's maildrop closes and its slot frees."""
+        if self.services.live is not None:
+            self.services.live.closed(self.peer.session_id)
+        if self.transcript is not None:
+            self.transcript.close()
+            self.transcript = None
         if self.access is not None:
             self.services.login.logout(self.access)
             self.services.collect_soon()
@@ -186,6 +276,8 @@ class SessionRunner:
         """RFC 2595 section 4: reply, drop everything the client pipelined after STLS (no
         plaintext command injection), handshake, and restart the session's view."""
         self.send(event.reply)
+        if self.transcript is not None:
+            self.transcript.reply(event.reply)
         await self.flush()
         # Lines already read behind STLS, and bytes still in the stream's buffer, were sent in
         # cleartext: they must not be read as if they came through TLS.
@@ -230,19 +322,27 @@ class SessionRunner:
     async def send_message(self, event: SendMessage) -> None:
         snap = self.session.snapshot
         stored = await self.fetch(event.index)
+        transcript = self.transcript
         if stored is None:
-            self.send(Pop3Error("message is no longer available", "SYS/TEMP").reply())
+            gone = Pop3Error("message is no longer available", "SYS/TEMP").reply()
+            self.send(gone)
+            if transcript is not None:
+                transcript.reply(gone)
             return
         if stored.data is not None:
             self.send(event.status)
-            if event.lines is None:
-                self.send(stored.prefix)
-                self.send(stored.data)
-            else:
-                for part in top_lines((stored.prefix, stored.data), event.lines):
-                    self.send(part)
+            parts: Iterable[bytes] = (stored.prefix, stored.data)
+            if event.lines is not None:
+                parts = list(top_lines(parts, event.lines))
+            for part in parts:
+                self.send(part)
+            if transcript is not None:
+                transcript.reply(event.status, *parts, TERMINATOR)
         elif not await self.stream_body(stored, event):
             return
+        elif transcript is not None:
+            transcript.reply_part(TERMINATOR)
+            transcript.reply_end()
         self.send(TERMINATOR)
         if event.mark_seen:
             self.services.mark_seen((snap.mailbox.id, snap.uids[event.index]))
@@ -265,8 +365,12 @@ class SessionRunner:
                     exc,
                 )
                 self.send(BODY_MISSING)
+                if self.transcript is not None:
+                    self.transcript.reply(BODY_MISSING)
                 return False
             self.send(event.status)
+            if self.transcript is not None:
+                self.transcript.reply_part(event.status)
             await self.flush()
             rest = itertools.chain(() if first is None else (first,), source)
             chunks = rest if event.lines is None else top_lines(rest, event.lines)
@@ -282,6 +386,9 @@ class SessionRunner:
                 if part is None:
                     return True
                 self.writer.write(part)
+                self.sent += len(part)
+                if self.transcript is not None:
+                    self.transcript.reply_part(part)
                 await self.writer.drain()
         finally:
             source.close()  # the body, also when the client went away mid-message

@@ -19,6 +19,7 @@ from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer, Prepared, Result, Status
 from cgpop.errors import Pop3Error
 from cgpop.groupcommit import GroupCommit
+from cgpop.livesessions import LiveRegistry
 from cgpop.lmtp import LmtpListeners
 from cgpop.login import LoginPolicy, SessionCaps
 from cgpop.penalty import Penalty, PenaltyPolicy
@@ -29,6 +30,7 @@ from cgpop.saltkey import fake_salt_key
 from cgpop.spool import Octets
 from cgpop.store.factory import open_store, other_sessions
 from cgpop.sweeper import Sweeper
+from cgpop.telemetry import TelemetryWriter
 from cgpop.tlsconf import ReloadableContext
 
 if TYPE_CHECKING:
@@ -101,12 +103,17 @@ class Gateway:
         self.servers: list[asyncio.Server] = []
         self.bound: dict[str, list[tuple[str, int]]] = {"pop3": [], "pop3s": [], "lmtp": []}
         self._stopping = asyncio.Event()
+        # Issue 12, section 3: this process's sessions in the store's registry; transcripts.
+        node = config.store.node_name()
+        self.live = LiveRegistry(self.store, self.workers.read, self.workers.write, node)
+        self.telemetry = TelemetryWriter(config.server.data_dir / "telemetry")
         self.sweeper = Sweeper(
             self.state,
             config.pop3.idle_timeout,
             self.workers.write,
             self.store.collect,
             self.store.prune_duplicates,
+            self.live.sweep,
         )
 
     def _mark_seen(self, items: list[tuple[int, int]]) -> list[None]:
@@ -144,6 +151,8 @@ class Gateway:
             policy=session_policy(
                 self.config, self.sasl_config, stls=self.tls is not None, xtnd=submit is not None
             ),
+            live=self.live,
+            telemetry=self.telemetry,
         )
 
     # --- lifecycle ---
@@ -176,9 +185,9 @@ class Gateway:
         for where in self.config.lmtp.listen:
             self._register("lmtp", await self.lmtp.start(where))
         # Kept referenced: the loop holds tasks only weakly.
-        self._sweeper_task = asyncio.get_running_loop().create_task(
-            self.sweeper.run(self._stopping)
-        )
+        loop = asyncio.get_running_loop()
+        self._sweeper_task = loop.create_task(self.sweeper.run(self._stopping))
+        self._live_task = loop.create_task(self.live.run(self._stopping))
 
     def _register(self, kind: str, server: asyncio.Server) -> None:
         self.servers.append(server)
@@ -224,6 +233,8 @@ class Gateway:
             for task in pending:
                 task.cancel()
         await self.seen.drain()
+        await self.live.flush(progress=False)  # the rows of the sessions just closed
+        self.telemetry.shutdown()
         if self.submission is not None:
             await self.submission.stop()
         for server in self.servers:

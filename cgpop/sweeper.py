@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from cgpop.blocking import Run
 from cgpop.pop3conn import ServerState
@@ -23,9 +23,12 @@ class Sweeper:
         write: Run,
         collect: Callable[[], int],
         prune_duplicates: Callable[[], None],
+        registry_sweep: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.state, self.idle_timeout, self.write = state, idle_timeout, write
         self.collect, self.prune_duplicates = collect, prune_duplicates
+        # The live-session registry's flush of state and sent octets (cgpop/livesessions.py).
+        self.registry_sweep = registry_sweep
         self._collect_wanted = False
 
     def collect_soon(self) -> None:
@@ -44,6 +47,9 @@ class Sweeper:
             for conn in list(self.state.connections):
                 if now - conn.last_active > self.idle_timeout:
                     conn.writer.transport.abort()
+            if self.registry_sweep is not None:
+                with contextlib.suppress(Exception):
+                    await self.registry_sweep()
             if self._collect_wanted:
                 self._collect_wanted = False
                 with contextlib.suppress(Exception):

@@ -25,6 +25,7 @@ from cgpop.cli import (
     queue,
     routes,
     serve,
+    sessions,
     store,
 )
 from cgpop.cli.base import (
@@ -40,8 +41,21 @@ from cgpop.store.api import StoreError, Unavailable
 __all__ = ["build_parser", "main"]
 
 # One module per command group, in the order `cgpop --help` lists them.
-GROUPS = (serve, domains, accounts, mailboxes, routes, acl, groups, deliver, queue, cert, alerts)
-GROUPS_STORE = (store,)  # issue 11: `store copy`
+GROUPS = (
+    serve,
+    domains,
+    accounts,
+    mailboxes,
+    routes,
+    acl,
+    groups,
+    deliver,
+    queue,
+    cert,
+    alerts,
+    sessions,
+    store,  # issue 11: `store copy`
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     parsers = Parsers(sub, common, listing)
-    for group in (*GROUPS, *GROUPS_STORE):
+    for group in GROUPS:
         group.add_parsers(parsers)
     return parser
 

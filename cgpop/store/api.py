@@ -654,7 +654,70 @@ def copy_rows(
 # ---- end of issue 11: `cgpop store copy` ------------------------------------------------------
 
 
-class Store(Directory, Mailstore, Alerts, OutboundQueue, Submissions, Transfer, Protocol):
+# --- issue 12, section 3: live POP sessions and telemetry flags ----------------------------
+@dataclass(frozen=True, slots=True)
+class LiveSession:
+    """One open (logged-in) POP session as `cgpop sessions` shows it. `state` and `sent_bytes`
+    are as of the serving process's last flush (seconds old at most, cgpop/livesessions.py)."""
+
+    id: str  # unique across nodes and processes
+    node: str
+    peer: str
+    login: str
+    account: str
+    mailbox: str
+    state: str
+    since: float
+    sent_bytes: int
+    tls: bool
+
+
+class LiveSessions(Protocol):
+    """The registry of open POP sessions of every serving process (and, on PostgreSQL, every
+    node), and the telemetry flags. A row belongs to the process that wrote it; rows of a
+    process that is gone disappear (`prune_sessions`, and on PostgreSQL the node's heartbeat)."""
+
+    def record_sessions(
+        self,
+        opened: Sequence[LiveSession],
+        progress: Sequence[tuple[str, str, int]],
+        closed: Sequence[str],
+    ) -> None:
+        """In one transaction, for this process's sessions: add `opened`, set (id, state,
+        sent_bytes) of `progress`, remove the `closed` ids."""
+        ...
+
+    def list_sessions(self) -> list[LiveSession]:
+        """Every live session of every live process, oldest first."""
+        ...
+
+    def request_kill(self, session_id: str) -> bool:
+        """Ask the process serving `session_id` to close it; False when there is none."""
+        ...
+
+    def kill_requests(self) -> list[str]:
+        """The ids of this process's sessions an administrator asked to close."""
+        ...
+
+    def prune_sessions(self) -> int:
+        """Remove the rows of processes that are gone. Returns how many went."""
+        ...
+
+    def set_telemetry(self, account: str, on: bool) -> bool:
+        """Turn telemetry of `account` ("name@domain") on or off; False when unchanged.
+        Moves `telemetry_version`."""
+        ...
+
+    def telemetry_accounts(self) -> list[str]: ...
+    def telemetry_version(self) -> int: ...
+
+
+# ---- end of issue 12, section 3 -------------------------------------------------------------
+
+
+class Store(
+    Directory, Mailstore, Alerts, OutboundQueue, Submissions, Transfer, LiveSessions, Protocol
+):
     """Everything a backend provides. Methods block; the asyncio shell runs them on its
     worker threads (cgpop/blocking.py)."""
 

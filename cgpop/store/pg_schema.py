@@ -228,6 +228,36 @@ MIGRATIONS: list[str] = [
     ),
 ]
 
+
+# ---- issue 12, section 3 (sessions): live POP sessions and telemetry flags -----------------
+MIGRATIONS.append(
+    # One row per logged-in POP session, owned by its process's registry entry: the rows of
+    # a node silent past node_timeout go with it (cascade), and are not listed meanwhile.
+    # `kill_requested` is how `cgpop sessions kill` reaches a session on any node. Telemetry
+    # flags per account, with a version counter every node polls.
+    """
+    CREATE TABLE live_sessions (
+        id text PRIMARY KEY,
+        instance_id bigint NOT NULL REFERENCES store_instances(id) ON DELETE CASCADE,
+        node text NOT NULL,
+        peer text NOT NULL,
+        login text NOT NULL,
+        account text NOT NULL,
+        mailbox text NOT NULL,
+        state text NOT NULL,
+        since double precision NOT NULL,
+        sent_bytes bigint NOT NULL DEFAULT 0,
+        tls boolean NOT NULL DEFAULT false,
+        kill_requested boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX live_sessions_instance ON live_sessions(instance_id);
+    CREATE TABLE telemetry (account text PRIMARY KEY);
+    CREATE TABLE telemetry_version (id integer PRIMARY KEY CHECK (id = 1), v bigint NOT NULL);
+    INSERT INTO telemetry_version VALUES (1, 0);
+    """
+)
+# ---- end of issue 12, section 3 -------------------------------------------------------------
+
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
 
 

@@ -52,6 +52,7 @@ from cgpop.store.api import (
 from cgpop.store.naming import rename_plan
 from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
 from cgpop.store.pg_copy import PgCopy
+from cgpop.store.pg_live import PgLive
 from cgpop.store.pg_queue import PgQueue
 from cgpop.wire import dot_stuff, normalize_crlf
 
@@ -66,7 +67,7 @@ PUBLIC_ACCOUNT = "public"
 _COLLECT_LOCK = 0x6367706F70434F4C
 
 
-class PostgresStore(PgQueue, PgCopy):
+class PostgresStore(PgQueue, PgCopy, PgLive):
     def __init__(
         self,
         dsn: str,

@@ -283,3 +283,33 @@ MIGRATIONS.append(
     ));
     """
 )
+
+
+# ---- issue 12, section 3 (sessions): live POP sessions and telemetry flags -----------------
+MIGRATIONS.append(
+    # 10: one row per logged-in POP session of a serving process (`owner` is "pid:start time",
+    # so the rows of a process that is gone can be told apart from a new one with its pid);
+    # `kill_requested` is how `cgpop sessions kill` reaches it. Telemetry flags per account,
+    # with a version counter the serving processes poll.
+    """
+    CREATE TABLE live_sessions (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        node TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        login TEXT NOT NULL,
+        account TEXT NOT NULL,
+        mailbox TEXT NOT NULL,
+        state TEXT NOT NULL,
+        since REAL NOT NULL,
+        sent_bytes INTEGER NOT NULL DEFAULT 0,
+        tls INTEGER NOT NULL DEFAULT 0,
+        kill_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX live_sessions_owner ON live_sessions(owner);
+    CREATE TABLE telemetry (account TEXT PRIMARY KEY);
+    CREATE TABLE telemetry_version (id INTEGER PRIMARY KEY CHECK (id = 1), v INTEGER NOT NULL);
+    INSERT INTO telemetry_version VALUES (1, 0);
+    """
+)
+# ---- end of issue 12, section 3 -------------------------------------------------------------

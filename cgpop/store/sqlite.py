@@ -48,6 +48,7 @@ from cgpop.store.naming import rename_plan
 from cgpop.store.sqlite_alerts import SqliteAlerts
 from cgpop.store.sqlite_base import translate_errors
 from cgpop.store.sqlite_copy import SqliteCopy
+from cgpop.store.sqlite_live import SqliteLive
 from cgpop.store.sqlite_queue import SqliteQueue
 from cgpop.wire import dot_stuff, normalize_crlf
 
@@ -72,7 +73,7 @@ def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
 
 
 @translate_errors
-class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy):
+class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive):
     def __init__(self, data_dir: Path, *, duplicate_window: float | None = None) -> None:
         self.data_dir = Path(data_dir)
         super().__init__(self.data_dir / "cgpop.sqlite3")

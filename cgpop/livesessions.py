@@ -1,0 +1,139 @@
+"""This process's side of the live-session registry (issue 12, section 3; Cyrus's proc
+directory): its logged-in POP sessions recorded in the store, so `cgpop sessions` (another
+process) lists every session of every worker and node, and `cgpop sessions kill ID` reaches
+the one serving it; and the telemetry flags, seen by every process.
+
+Cost on the hot path: a login only queues its row and a close its removal; one task writes
+what is queued in one store transaction on the writer thread (as the group commit does), so
+a login never waits for the registry. `state` and `sent_bytes` are not written as they change:
+every session's current values are flushed at the housekeeping sweep (cgpop/sweeper.py, every
+SWEEP_INTERVAL seconds), and the row goes at close, so a listing is at most one sweep old for
+those two fields and exact for the rest.
+
+One task per process polls the store every POLL_INTERVAL seconds: for kill requests aimed at
+its sessions (only while it has any) and for the telemetry version, reading the flagged
+accounts again when it moved (as the directory cache does with its version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cgpop.blocking import Run
+from cgpop.store.api import LiveSession, LiveSessions
+
+log = logging.getLogger("cgpop")
+
+# How soon a kill request or a telemetry change reaches this process (the issue's bound of
+# about a second).
+POLL_INTERVAL = 1.0
+
+
+@dataclass(eq=False, slots=True)
+class Local:
+    """One of this process's registered sessions: its row, how to read its progress (state,
+    sent octets), and how to close it for an administrator."""
+
+    row: LiveSession
+    progress: Callable[[], tuple[str, int]]
+    kill: Callable[[], None]
+    written: tuple[str, int] = ("", -1)  # (state, sent_bytes) as last written
+
+
+class LiveRegistry:
+    def __init__(self, store: LiveSessions, read: Run, write: Run, node: str) -> None:
+        self.store, self.read, self.write, self.node = store, read, write, node
+        self.local: dict[str, Local] = {}
+        self._opened: dict[str, LiveSession] = {}
+        self._closed: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+        self._version: int | None = None
+        # Accounts ("name@domain") whose sessions write a transcript (cgpop/telemetry.py).
+        self.telemetry: frozenset[str] = frozenset()
+
+    # --- sessions (event loop; never waits) ---
+    def opened(self, local: Local) -> None:
+        self.local[local.row.id] = local
+        self._opened[local.row.id] = local.row
+        self._write_soon()
+
+    def closed(self, session_id: str) -> None:
+        if self.local.pop(session_id, None) is None:
+            return
+        if self._opened.pop(session_id, None) is None:
+            self._closed.append(session_id)
+            self._write_soon()
+
+    def _write_soon(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._opened or self._closed:
+                await self.flush(progress=False)
+        finally:
+            self._task = None
+
+    async def flush(self, *, progress: bool) -> None:
+        """Write what is queued (and, with `progress`, every session's state and sent
+        octets) in one transaction. The registry is advisory: a failure is logged."""
+        opened = list(self._opened.values())
+        closed = self._closed
+        self._opened, self._closed = {}, []
+        for row in opened:
+            self.local[row.id].written = (row.state, row.sent_bytes)
+        updates = []
+        changed = []
+        if progress:
+            for sid, local in self.local.items():
+                now = local.progress()
+                if now != local.written:
+                    updates.append((sid, *now))
+                    changed.append((local, now))
+        if not (opened or closed or updates):
+            return
+        try:
+            await self.write(self.store.record_sessions, opened, updates, closed)
+        except Exception as exc:
+            log.warning("live-session registry not updated: %s", exc)
+            return
+        for local, now in changed:
+            local.written = now
+
+    async def sweep(self) -> None:
+        """At the housekeeping sweep: progress of every session, and rows of dead
+        processes removed."""
+        await self.flush(progress=True)
+        with contextlib.suppress(Exception):
+            await self.write(self.store.prune_sessions)
+
+    # --- the poll task ---
+    async def run(self, stopping: asyncio.Event) -> None:
+        with contextlib.suppress(Exception):
+            await self.write(self.store.prune_sessions)
+        while not stopping.is_set():
+            try:
+                await self.poll()
+            except Exception as exc:
+                log.warning("live-session poll failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), POLL_INTERVAL)
+
+    async def poll(self) -> None:
+        version = await self.read(self.store.telemetry_version)
+        if version != self._version:
+            accounts = await self.read(self.store.telemetry_accounts)
+            self.telemetry = frozenset(a.lower() for a in accounts)
+            self._version = version
+        if not self.local:
+            return
+        for sid in await self.read(self.store.kill_requests):
+            local = self.local.get(sid)
+            if local is not None:
+                log.info("session %s closed by the administrator", sid)
+                local.kill()
