@@ -42,11 +42,21 @@ Deliver = Callable[[str, Sequence[str], Octets], Awaitable[list[Result]]]
 # RFC 5321 section 3.8 / RFC 3463 4.3.2 "system not accepting network messages": the MTA
 # retries later, as it does for a busy server.
 TOO_MANY = b"421 4.3.2 too many connections, try later\r\n"
+# Told each recipient's final fate (cgpop_lmtp_recipients_total): refused at RCPT, or the
+# result of DATA; a failure that gets 451 is Status.TEMPORARY.
+CountRecipient = Callable[[Status], None]
+
+
+def _uncounted(status: Status) -> None:
+    pass
 
 
 class _Handler:
-    def __init__(self, check: Check, deliver: Deliver, max_recipients: int) -> None:
+    def __init__(
+        self, check: Check, deliver: Deliver, max_recipients: int, count: CountRecipient
+    ) -> None:
         self.check, self.deliver, self.max_recipients = check, deliver, max_recipients
+        self.count = count
 
     def _log(self, session: SmtpSession) -> SessionLog:
         if not hasattr(session, "cgpop_id"):
@@ -81,6 +91,7 @@ class _Handler:
         rcpt_options: list[str],
     ) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
+            self.count(Status.TEMPORARY)
             return "452 4.5.3 too many recipients"
         # Refuse unknown users, missing mailboxes and mailboxes that take no posting at RCPT,
         # so the MTA bounces them at once (RFC 2033 section 4.2); DATA checks again.
@@ -88,9 +99,11 @@ class _Handler:
             refused = await self.check(address)
         except Exception:
             self._log(session).exception("recipient check failed")
+            self.count(Status.TEMPORARY)
             return TEMPORARY_FAILURE
         if refused is not None:
             self._log(session).info("recipient %s refused: %s", address[:200], refused.value)
+            self.count(refused)
             return Result(address, refused).lmtp_reply
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 recipient ok"
@@ -105,8 +118,11 @@ class _Handler:
             # Never aiosmtpd's "500 Error: (ExceptionClass)": that would bounce the mail for
             # good and show our internals. 451 for each recipient: the MTA retries.
             slog.exception("delivery failed")
+            for _ in envelope.rcpt_tos:
+                self.count(Status.TEMPORARY)
             return "\r\n".join(TEMPORARY_FAILURE for _ in envelope.rcpt_tos)
         for r in results:
+            self.count(r.status)
             slog.info(
                 "from=<%s> to=<%s> size=%d %s",
                 sender[:200],
@@ -133,6 +149,7 @@ class _TrackedLMTP(LMTP):
             self._refused = True
             peer = transport.get_extra_info("peername")
             log.warning("LMTP %s refused: too many connections", peer)
+            self._listeners.count_refused("lmtp_max_connections")
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(TOO_MANY)
             transport.close()
@@ -219,11 +236,21 @@ class LmtpListeners:
     """The LMTP listeners and their open sessions."""
 
     def __init__(
-        self, config: LmtpConfig, hostname: str, spool_dir: Path, check: Check, deliver: Deliver
+        self,
+        config: LmtpConfig,
+        hostname: str,
+        spool_dir: Path,
+        check: Check,
+        deliver: Deliver,
+        *,
+        count_recipient: CountRecipient = _uncounted,
+        count_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
-        """`spool_dir`: where DATA larger than memory should hold goes (cgpop/spool.py)."""
+        """`spool_dir`: where DATA larger than memory should hold goes (cgpop/spool.py).
+        `count_recipient` and `count_refused` feed the metrics (cgpop/metrics.py)."""
         self.config, self.hostname, self.spool_dir = config, hostname, spool_dir
-        self.handler = _Handler(check, deliver, config.max_recipients)
+        self.handler = _Handler(check, deliver, config.max_recipients, count_recipient)
+        self.count_refused = count_refused
         self.sessions: set[_TrackedLMTP] = set()
 
     async def start(self, ep: Endpoint) -> asyncio.Server:

@@ -149,6 +149,7 @@ class Pop3Connections:
         cfg = self.config.pop3
         # Checked before anything is read, so a flood costs no more than an accept.
         if len(st.connections) >= cfg.max_channels:
+            self.services.meter.refused("max_channels")
             await streams.refuse(
                 reader, writer, self._tls_context(tls), slog, "channel limit reached"
             )
@@ -160,6 +161,7 @@ class Pop3Connections:
             if self.proxied(peer_ip):
                 source = await streams.proxy_source(reader, writer, slog)
                 if source is None:
+                    self.services.meter.refused("proxy_header")
                     return
                 if source != (peer_ip, peer_port):
                     slog.info("proxied for %s:%d", source[0], source[1])
@@ -167,6 +169,7 @@ class Pop3Connections:
                     conn.peer = f"{peer_ip}:{peer_port}"
                     slog = SessionLog(log, "POP", conn.id, conn.peer)
             if not self.caps.enter_peer(peer_ip):
+                self.services.meter.refused("max_per_ip")
                 await streams.refuse(
                     reader, writer, self._tls_context(tls), slog, "per-address limit reached"
                 )
@@ -183,8 +186,10 @@ class Pop3Connections:
                 # Implicit TLS (RFC 8314): handshake first, with the current certificate. Bytes
                 # already read past a PROXY header are the start of the handshake.
                 # A handshake is bounded like a command line (slowloris, linedeadline.py).
-                await asyncio.wait_for(
-                    streams.start_tls(reader, writer, context, carry=True), cfg.line_timeout
+                await self.services.meter.handshake(
+                    asyncio.wait_for(
+                        streams.start_tls(reader, writer, context, carry=True), cfg.line_timeout
+                    )
                 )
                 assert self.services.tls is not None
                 # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
@@ -195,6 +200,8 @@ class Pop3Connections:
             await runner.flush()
             # Formatting a trace line per command costs even when DEBUG is off: decide once.
             tracing = slog.isEnabledFor(logging.DEBUG)
+            stats = self.services.meter.commands  # cgpop_pop3_command*: plain numbers, no locks
+            clock = time.perf_counter
             while not session.closed:
                 conn.idle = True
                 data = await deadline.read(reader, READ_SIZE)
@@ -208,6 +215,13 @@ class Pop3Connections:
                     line = lines.pop()
                     if line == NEED_MORE:
                         break
+                    # A command line, not a SASL response nor a line of an XTND XMIT body.
+                    verb = (
+                        -1
+                        if line is None or session.in_body or session.in_sasl
+                        else stats.verb(line)
+                    )
+                    start = clock()
                     if line is None:
                         slog.info("overlong command line")
                         events = session.handle_overlong()
@@ -216,6 +230,8 @@ class Pop3Connections:
                             trace_command(slog, session, line)
                         events = session.handle_line(line)
                     await runner.run_events(events)
+                    if verb >= 0:
+                        stats.observe(verb, clock() - start)
                 await runner.flush()
                 deadline.after_input(lines)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError) as exc:

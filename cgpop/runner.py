@@ -17,6 +17,7 @@ from cgpop.blocking import Run
 from cgpop.errors import Pop3Error
 from cgpop.login import LoginPolicy
 from cgpop.logs import SessionLog
+from cgpop.metrics import Pop3Meter
 from cgpop.pop3.events import (
     Close,
     Commit,
@@ -66,6 +67,7 @@ class Services:
     collect_soon: Callable[[], None]  # expunged messages may be collectable now
     tls: ReloadableContext | None
     policy: Callable[[bool, str], Policy]  # (TLS active, peer address) -> the session's Policy
+    meter: Pop3Meter  # commands, octets sent, TLS handshakes, refusals (cgpop/metrics.py)
 
 
 @dataclass(eq=False)
@@ -115,6 +117,7 @@ class SessionRunner:
         self.window: dict[int, StoredMessage] = {}
         self.logins = services.login.session(peer.ip, slog)
         self.access: Access | None = None  # the admitted login, for logout
+        self.stats = services.meter.commands
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
@@ -123,6 +126,7 @@ class SessionRunner:
     async def flush(self) -> None:
         if self.out:
             self.writer.write(b"".join(self.out))
+            self.stats.sent_bytes += self.out_size
             self.out.clear()
             self.out_size = 0
         await self.writer.drain()
@@ -191,7 +195,9 @@ class SessionRunner:
         # cleartext: they must not be read as if they came through TLS.
         self.lines.discard()
         assert self.services.tls is not None
-        await streams.start_tls(self.reader, self.writer, self.services.tls.context, carry=False)
+        await self.services.meter.handshake(
+            streams.start_tls(self.reader, self.writer, self.services.tls.context, carry=False)
+        )
         # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
         ssl_object = self.writer.get_extra_info("ssl_object")
         self.peer.domain = self.services.tls.session_domain(ssl_object, self.peer.domain)
@@ -282,6 +288,7 @@ class SessionRunner:
                 if part is None:
                     return True
                 self.writer.write(part)
+                self.stats.sent_bytes += len(part)
                 await self.writer.drain()
         finally:
             source.close()  # the body, also when the client went away mid-message

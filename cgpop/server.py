@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from cgpop import sasl, sdnotify, tlsconf
@@ -21,6 +21,8 @@ from cgpop.errors import Pop3Error
 from cgpop.groupcommit import GroupCommit
 from cgpop.lmtp import LmtpListeners
 from cgpop.login import LoginPolicy, SessionCaps
+from cgpop.metrics import Metrics
+from cgpop.metrics_http import MetricsEndpoint, gateway_scrape, store_health
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, session_policy
 from cgpop.reload import reload_config
@@ -45,7 +47,9 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = open_store(config)
-        self.workers = StoreWorkers()
+        self.state = ServerState()
+        self.metrics = Metrics(sessions=lambda: len(self.state.connections))
+        self.workers = StoreWorkers(observe=self.metrics.observe_store)
         self.auth = Authenticator(
             self.store, admins=config.server.admins, login_cache_ttl=config.server.login_cache_ttl
         )
@@ -54,7 +58,6 @@ class Gateway:
             default_domain=config.server.default_domain,
             real_to_header=config.pop3.real_to_header,
         )
-        self.state = ServerState()
         # RETR sets \\Seen at once; many sessions' flag updates share one transaction.
         self.seen: GroupCommit[tuple[int, int], None] = GroupCommit(
             lambda items: self.workers.write(self._mark_seen, items)
@@ -76,6 +79,7 @@ class Gateway:
             close_maildrop=self.store.close_maildrop,
             penalty=penalty,
             caps=self.caps,
+            count_login=self.metrics.count_login,
         )
         self.sasl_config = sasl.SaslConfig(
             hostname=config.server.hostname, fake_salt_key=fake_salt_key(config)
@@ -90,12 +94,15 @@ class Gateway:
             config.server.data_dir,
             self.check_recipient,
             self.deliver,
+            count_recipient=self.metrics.count_recipient,
+            count_refused=self.metrics.pop3.refused,
         )
         # The XTND XMIT service (xtnd/service.py) with its relay worker, when enabled.
         self.submission: SubmissionService | None = None
         self.pop3: Pop3Connections | None = None
         self.servers: list[asyncio.Server] = []
-        self.bound: dict[str, list[tuple[str, int]]] = {"pop3": [], "pop3s": [], "lmtp": []}
+        kinds = ("pop3", "pop3s", "lmtp", "metrics")
+        self.bound: dict[str, list[tuple[str, int]]] = {kind: [] for kind in kinds}
         self._stopping = asyncio.Event()
         self.sweeper = Sweeper(
             self.state,
@@ -126,7 +133,8 @@ class Gateway:
         return await self.delivery.submit(prepared)
 
     def services(self) -> Services:
-        submit = None if self.submission is None else _submit_fn(self.submission)
+        count = self.metrics.count_submission
+        submit = None if self.submission is None else _submit_fn(self.submission, count)
         return Services(
             login=self.login,
             read=self.workers.read,
@@ -140,6 +148,7 @@ class Gateway:
             policy=session_policy(
                 self.config, self.sasl_config, stls=self.tls is not None, xtnd=submit is not None
             ),
+            meter=self.metrics.pop3,
         )
 
     # --- lifecycle ---
@@ -171,6 +180,12 @@ class Gateway:
                 await self._listen(kind, ep, pop3.handler(domain, tls=kind == "pop3s"))
         for ep in self.config.lmtp.listen:
             self._register("lmtp", await self.lmtp.start(ep))
+        if self.config.metrics.listen is not None:
+            endpoint = MetricsEndpoint(
+                gateway_scrape(self.metrics, self.workers.read, self.store.queue_stats),
+                store_health(self.workers.read, self.store.directory_version),
+            )
+            self._register("metrics", await endpoint.start(self.config.metrics.listen))
         # Kept referenced: the loop holds tasks only weakly.
         self._sweeper_task = asyncio.get_running_loop().create_task(
             self.sweeper.run(self._stopping)
@@ -265,7 +280,7 @@ class Gateway:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
 
-def _submit_fn(service: SubmissionService) -> SubmitFn:
+def _submit_fn(service: SubmissionService, count: Callable[[str], None]) -> SubmitFn:
     """XTND XMIT for the session runner: xtnd's refusals become the engine's replies."""
     from xtnd.submit import SubmissionError
 
@@ -273,7 +288,9 @@ def _submit_fn(service: SubmissionService) -> SubmitFn:
         try:
             await service.submitter.submit(account, peer, message, login)
         except SubmissionError as exc:
+            count("tempfail" if exc.temporary else "refused")
             return Pop3Error(exc.text, "SYS/TEMP" if exc.temporary else None)
+        count("accepted")
         return None
 
     return submit
