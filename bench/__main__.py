@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "20,000 open files here: 100,000 idle sessions need at least 6 workers)",
     )
     p.add_argument(
+        "--cgpop-metrics",
+        action="store_true",
+        help="turn on cgpop's [metrics] listen (the issue 12 bound: within 3%% of it off)",
+    )
+    p.add_argument(
         "--cgpop-variants",
         default="cache,nocache",
         help="comma list of cgpop instances: cache (shipped login_cache_ttl), nocache (ttl 0)",
@@ -456,7 +461,12 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 d = root / cgpop_side.label(v)
                 conf, ports = cgpop_side.write_config(
-                    d, cert, key, login_cache_ttl=cgpop_side.VARIANTS[v], workers=args.cgpop_workers
+                    d,
+                    cert,
+                    key,
+                    login_cache_ttl=cgpop_side.VARIANTS[v],
+                    workers=args.cgpop_workers,
+                    metrics=args.cgpop_metrics,
                 )
                 cg[v] = (d, conf, ports)
                 pending.append(

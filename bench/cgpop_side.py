@@ -70,9 +70,11 @@ def write_config(
     key: Path,
     login_cache_ttl: float | None = None,
     workers: str | None = None,
+    metrics: bool = False,
 ) -> tuple[Path, Endpoints]:
     """cgpop's configuration for the bench; `workers` (--cgpop-workers) sets `[server] workers`
-    (issue 14 section 1), left out when None so a build without the key still starts."""
+    (issue 14 section 1), left out when None so a build without the key still starts; `metrics`
+    (--cgpop-metrics) turns on `[metrics] listen` (issue 12: counting within 3%)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ports = Endpoints(pop3=free_port(), pop3s=free_port(), lmtp=free_port())
     conf = run_dir / "cgpop.toml"
@@ -103,6 +105,7 @@ max_message_size = {64 * 1024 * 1024}
 
 [delivery]
 duplicate_suppression = false
+{f'[metrics]{chr(10)}listen = "127.0.0.1:{free_port()}"' if metrics else ""}
 """)
     return conf, ports
 

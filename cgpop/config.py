@@ -202,6 +202,13 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # Where GET /metrics (Prometheus text format) and GET /healthz are served; None: off.
+    # Nothing there is authenticated: keep it on loopback or a management network.
+    listen: Endpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
@@ -211,6 +218,7 @@ class Config:
     xtnd: XtndConfig = field(default_factory=XtndConfig)
     source: str = "<built-in defaults>"
     store: StoreConfig = field(default_factory=StoreConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -488,6 +496,19 @@ def _store(st: _Section) -> StoreConfig:
     return store
 
 
+def _metrics(m: _Section) -> MetricsConfig:
+    """[metrics]: `listen` is one host:port (an empty string or no key: off)."""
+    text = m.get("listen", str, "")
+    listen = None
+    if text:
+        try:
+            listen = parse_endpoint(text)
+        except ValueError as exc:
+            raise m.fail("listen", str(exc)) from None
+    m.done()
+    return MetricsConfig(listen)
+
+
 def _check_dsn(st: _Section, dsn: str) -> None:
     """The driver is an extra (pip install 'cgpop[postgresql]'); parse the DSN with it."""
     try:
@@ -503,7 +524,7 @@ def _check_dsn(st: _Section, dsn: str) -> None:
         raise st.fail("dsn", f"not a libpq URI or key=value string: {exc}") from None
 
 
-_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd", "store")
+_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd", "store", "metrics")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
@@ -701,5 +722,6 @@ def from_dict(
     x.done()
 
     store = _store(sec["store"])
+    metrics = _metrics(sec["metrics"])
 
-    return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store)
+    return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store, metrics=metrics)

@@ -52,11 +52,21 @@ TOO_MANY = b"421 4.3.2 too many connections, try later\r\n"
 NOT_ALLOWED = b"421 4.7.1 access denied: not an allowed LMTP client\r\n"
 # The file mode of a unix-socket listener: owner and group may deliver, nobody else.
 SOCKET_MODE = 0o660
+# Told each recipient's final fate (cgpop_lmtp_recipients_total): refused at RCPT, or the
+# result of DATA; a failure that gets 451 is Status.TEMPORARY.
+CountRecipient = Callable[[Status], None]
+
+
+def _uncounted(status: Status) -> None:
+    pass
 
 
 class _Handler:
-    def __init__(self, check: Check, deliver: Deliver, max_recipients: int) -> None:
+    def __init__(
+        self, check: Check, deliver: Deliver, max_recipients: int, count: CountRecipient
+    ) -> None:
         self.check, self.deliver, self.max_recipients = check, deliver, max_recipients
+        self.count = count
 
     def _log(self, session: SmtpSession) -> SessionLog:
         if not hasattr(session, "cgpop_id"):
@@ -91,6 +101,7 @@ class _Handler:
         rcpt_options: list[str],
     ) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
+            self.count(Status.TEMPORARY)
             return "452 4.5.3 too many recipients"
         # Refuse unknown users, missing mailboxes and mailboxes that take no posting at RCPT,
         # so the MTA bounces them at once (RFC 2033 section 4.2); DATA checks again.
@@ -98,9 +109,11 @@ class _Handler:
             refused = await self.check(address)
         except Exception:
             self._log(session).exception("recipient check failed")
+            self.count(Status.TEMPORARY)
             return TEMPORARY_FAILURE
         if refused is not None:
             self._log(session).info("recipient %s refused: %s", address[:200], refused.value)
+            self.count(refused)
             return Result(address, refused).lmtp_reply
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 recipient ok"
@@ -115,8 +128,11 @@ class _Handler:
             # Never aiosmtpd's "500 Error: (ExceptionClass)": that would bounce the mail for
             # good and show our internals. 451 for each recipient: the MTA retries.
             slog.exception("delivery failed")
+            for _ in envelope.rcpt_tos:
+                self.count(Status.TEMPORARY)
             return "\r\n".join(TEMPORARY_FAILURE for _ in envelope.rcpt_tos)
         for r in results:
+            self.count(r.status)
             slog.info(
                 "from=<%s> to=<%s> size=%d %s",
                 sender[:200],
@@ -143,6 +159,7 @@ class _TrackedLMTP(LMTP):
             self._refuse(transport, NOT_ALLOWED, f"{peer[0]} is not in [lmtp] allow_from")
             return
         if len(self._listeners.sessions) >= self._listeners.config.max_connections:
+            self._listeners.count_refused("lmtp_max_connections")
             self._refuse(transport, TOO_MANY, "too many connections")
             return
         super().connection_made(transport)
@@ -239,11 +256,21 @@ class LmtpListeners:
     """The LMTP listeners and their open sessions."""
 
     def __init__(
-        self, config: LmtpConfig, hostname: str, spool_dir: Path, check: Check, deliver: Deliver
+        self,
+        config: LmtpConfig,
+        hostname: str,
+        spool_dir: Path,
+        check: Check,
+        deliver: Deliver,
+        *,
+        count_recipient: CountRecipient = _uncounted,
+        count_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
-        """`spool_dir`: where DATA larger than memory should hold goes (cgpop/spool.py)."""
+        """`spool_dir`: where DATA larger than memory should hold goes (cgpop/spool.py).
+        `count_recipient` and `count_refused` feed the metrics (cgpop/metrics.py)."""
         self.config, self.hostname, self.spool_dir = config, hostname, spool_dir
-        self.handler = _Handler(check, deliver, config.max_recipients)
+        self.handler = _Handler(check, deliver, config.max_recipients, count_recipient)
+        self.count_refused = count_refused
         self.sessions: set[_TrackedLMTP] = set()
         self.allow_from = [ipaddress.ip_network(net) for net in config.allow_from]
         self.socket_files: list[UnixSocketFile] = []

@@ -112,12 +112,17 @@ class LoginPolicy:
         penalty: Penalty,
         caps: SessionCaps,
         other_sessions: Callable[[Snapshot], int] | None = None,
+        count_login: Callable[[str], None] = lambda result: None,
     ) -> None:
+        """`count_login` is told each decided login's outcome: "ok", "auth_failed" (bad
+        credentials), "refused" (admitted credentials, no session: a cap, a disabled service)
+        or "alert" (cgpop_pop3_logins_total, cgpop/metrics.py)."""
         self.checks, self.read, self.write = checks, read, write
         self.take_alert, self.close_maildrop = take_alert, close_maildrop
         self.penalty, self.caps = penalty, caps
         # Issue 11: the account's sessions on other nodes (the store's registry), if any.
         self.other_sessions = other_sessions
+        self.count_login = count_login
 
     def session(self, peer_ip: str, slog: SessionLog) -> LoginSession:
         return LoginSession(self, peer_ip, slog)
@@ -222,6 +227,7 @@ class LoginSession:
         # 2. The failed-login delay.
         if access is None:
             slog.info("login failed for %r", login[:100])
+            p.count_login("auth_failed" if checked.counts_as_failure else "refused")
             if checked.counts_as_failure:
                 p.penalty.record_failure(self.peer_ip, key)
                 # A growing delay per peer and per account slows guessing; the reply is the
@@ -236,12 +242,15 @@ class LoginSession:
             if alert is not None:
                 p.close_maildrop(access.snapshot)
                 slog.info("login %s: alert %d delivered", account, alert.id)
+                p.count_login("alert")
                 return LoginResult(error=Pop3Error(alert.text, "SYS/TEMP"), counts_as_failure=False)
         # 4. The per-account cap: this process's sessions, then those of other nodes.
         if not p.caps.enter_account(account) or not await self._under_cluster_cap(access):
             p.close_maildrop(access.snapshot)
             slog.warning("login %s refused: per-account session limit", account)
+            p.count_login("refused")
             return LoginResult(error=TOO_MANY_SESSIONS, counts_as_failure=False)
         snap = access.snapshot
+        p.count_login("ok")
         slog.info("login %s mailbox %s (%d messages)", account, snap.mailbox.name, len(snap))
         return checked

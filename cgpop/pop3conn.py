@@ -35,6 +35,8 @@ READ_SIZE = 64 * 1024
 INTERNAL_ERROR = Pop3Error("internal server error", "SYS/TEMP").reply()
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
+SHUTTING_DOWN = Pop3Error("server shutting down", "SYS/TEMP").reply()
+
 
 @dataclass(eq=False)
 class Connection:
@@ -52,6 +54,27 @@ class ServerState:
     def __init__(self) -> None:
         self.connections: set[Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: sessions waiting for input are closed now (without QUIT nothing is
+        expunged); busy ones get `grace` seconds to finish their command, then their
+        connection is aborted. Tasks are not cancelled: asyncio 3.11 streams log a traceback
+        for that."""
+        for conn in list(self.connections):
+            if conn.idle:
+                with contextlib.suppress(Exception):
+                    conn.writer.write(SHUTTING_DOWN)
+                    conn.writer.close()
+        tasks = set(self.tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for conn in list(self.connections):
+            conn.writer.transport.abort()
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=5)
+        for task in pending:
+            task.cancel()
 
 
 def session_policy(
@@ -155,6 +178,7 @@ class Pop3Connections:
         cfg = self.config.pop3
         # Checked before anything is read, so a flood costs no more than an accept.
         if len(st.connections) >= cfg.max_channels:
+            self.services.meter.refused("max_channels")
             await streams.refuse(
                 reader, writer, self._tls_context(tls), slog, "channel limit reached"
             )
@@ -166,6 +190,7 @@ class Pop3Connections:
             if self.proxied(peer_ip):
                 source = await streams.proxy_source(reader, writer, slog)
                 if source is None:
+                    self.services.meter.refused("proxy_header")
                     return
                 if source != (peer_ip, peer_port):
                     slog.info("proxied for %s:%d", source[0], source[1])
@@ -173,6 +198,7 @@ class Pop3Connections:
                     conn.peer = f"{peer_ip}:{peer_port}"
                     slog = SessionLog(log, "POP", conn.id, conn.peer)
             if not self.caps.enter_peer(peer_ip):
+                self.services.meter.refused("max_per_ip")
                 await streams.refuse(
                     reader, writer, self._tls_context(tls), slog, "per-address limit reached"
                 )
@@ -195,8 +221,10 @@ class Pop3Connections:
                 # Implicit TLS (RFC 8314): handshake first, with the current certificate. Bytes
                 # already read past a PROXY header are the start of the handshake.
                 # A handshake is bounded like a command line (slowloris, linedeadline.py).
-                await asyncio.wait_for(
-                    streams.start_tls(reader, writer, context, carry=True), cfg.line_timeout
+                await self.services.meter.handshake(
+                    asyncio.wait_for(
+                        streams.start_tls(reader, writer, context, carry=True), cfg.line_timeout
+                    )
                 )
                 assert self.services.tls is not None
                 # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
@@ -207,6 +235,8 @@ class Pop3Connections:
             await runner.flush()
             # Formatting a trace line per command costs even when DEBUG is off: decide once.
             tracing = slog.isEnabledFor(logging.DEBUG)
+            stats = self.services.meter.commands  # cgpop_pop3_command*: plain numbers, no locks
+            clock = time.perf_counter
             while not session.closed:
                 conn.idle = True
                 data = await deadline.read(reader, READ_SIZE)
@@ -220,6 +250,13 @@ class Pop3Connections:
                     line = lines.pop()
                     if line == NEED_MORE:
                         break
+                    # A command line, not a SASL response nor a line of an XTND XMIT body.
+                    verb = (
+                        -1
+                        if line is None or session.in_body or session.in_sasl
+                        else stats.verb(line)
+                    )
+                    start = clock()
                     if line is None:
                         slog.info("overlong command line")
                         events = session.handle_overlong()
@@ -230,6 +267,8 @@ class Pop3Connections:
                             runner.transcript.client(line, session.in_sasl)
                         events = session.handle_line(line)
                     await runner.run_events(events)
+                    if verb >= 0:
+                        stats.observe(verb, clock() - start)
                     if runner.killed:
                         break
                 await runner.flush()

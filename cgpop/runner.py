@@ -21,6 +21,7 @@ from cgpop.errors import Pop3Error
 from cgpop.livesessions import LiveRegistry, Local
 from cgpop.login import LoginPolicy
 from cgpop.logs import SessionLog
+from cgpop.metrics import Pop3Meter
 from cgpop.pop3.events import (
     Close,
     Commit,
@@ -73,6 +74,7 @@ class Services:
     collect_soon: Callable[[], None]  # expunged messages may be collectable now
     tls: ReloadableContext | None
     policy: Callable[[bool, str], Policy]  # (TLS active, peer address) -> the session's Policy
+    meter: Pop3Meter  # commands, octets sent, TLS handshakes, refusals (cgpop/metrics.py)
     # Issue 12, section 3: the live-session registry and the telemetry transcripts' writer.
     live: LiveRegistry | None = None
     telemetry: TelemetryWriter | None = None
@@ -127,6 +129,7 @@ class SessionRunner:
         self.window: dict[int, StoredMessage] = {}
         self.logins = services.login.session(peer.ip, slog)
         self.access: Access | None = None  # the admitted login, for logout
+        self.stats = services.meter.commands
         # Octets written to the client (the registry's sent_bytes), this session's telemetry
         # transcript when its account is traced, and an administrator's kill
         # (`idle` is set by the connection: True while waiting for input).
@@ -143,6 +146,7 @@ class SessionRunner:
     async def flush(self) -> None:
         if self.out:
             self.writer.write(b"".join(self.out))
+            self.stats.sent_bytes += self.out_size
             self.sent += self.out_size
             self.out.clear()
             self.out_size = 0
@@ -283,7 +287,9 @@ class SessionRunner:
         # cleartext: they must not be read as if they came through TLS.
         self.lines.discard()
         assert self.services.tls is not None
-        await streams.start_tls(self.reader, self.writer, self.services.tls.context, carry=False)
+        await self.services.meter.handshake(
+            streams.start_tls(self.reader, self.writer, self.services.tls.context, carry=False)
+        )
         # SNI: a matching [[tls.certificates]] entry's domain for bare login names.
         ssl_object = self.writer.get_extra_info("ssl_object")
         self.peer.domain = self.services.tls.session_domain(ssl_object, self.peer.domain)
@@ -386,6 +392,7 @@ class SessionRunner:
                 if part is None:
                     return True
                 self.writer.write(part)
+                self.stats.sent_bytes += len(part)
                 self.sent += len(part)
                 if self.transcript is not None:
                     self.transcript.reply_part(part)

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from cgpop import sasl, sdnotify, tlsconf
@@ -22,6 +22,8 @@ from cgpop.groupcommit import GroupCommit
 from cgpop.livesessions import LiveRegistry
 from cgpop.lmtp import LmtpListeners
 from cgpop.login import LoginPolicy, SessionCaps
+from cgpop.metrics import Metrics
+from cgpop.metrics_http import MetricsEndpoint, gateway_scrape, store_health
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, session_policy
 from cgpop.reload import reload_config
@@ -38,8 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cgpop")
 
-SHUTTING_DOWN = Pop3Error("server shutting down", "SYS/TEMP").reply()
-
 
 class Gateway:
     """Everything `cgpop serve` runs: the store, the POP3 and LMTP listeners, XTND XMIT."""
@@ -50,7 +50,9 @@ class Gateway:
         # Node-local files (fake-salt key, spooled bodies): the embedded store makes data_dir,
         # a database backend does not, and no other node needs what is kept there.
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
-        self.workers = StoreWorkers()
+        self.state = ServerState()
+        self.metrics = Metrics(sessions=lambda: len(self.state.connections))
+        self.workers = StoreWorkers(observe=self.metrics.observe_store)
         self.auth = Authenticator(
             self.store, admins=config.server.admins, login_cache_ttl=config.server.login_cache_ttl
         )
@@ -59,7 +61,6 @@ class Gateway:
             default_domain=config.server.default_domain,
             real_to_header=config.pop3.real_to_header,
         )
-        self.state = ServerState()
         # RETR sets \\Seen at once; many sessions' flag updates share one transaction.
         self.seen: GroupCommit[tuple[int, int], None] = GroupCommit(
             lambda items: self.workers.write(self._mark_seen, items)
@@ -82,6 +83,7 @@ class Gateway:
             penalty=penalty,
             caps=self.caps,
             other_sessions=other_sessions(config, self.store),
+            count_login=self.metrics.count_login,
         )
         self.sasl_config = sasl.SaslConfig(
             hostname=config.server.hostname, fake_salt_key=fake_salt_key(config)
@@ -96,12 +98,15 @@ class Gateway:
             config.server.data_dir,
             self.check_recipient,
             self.deliver,
+            count_recipient=self.metrics.count_recipient,
+            count_refused=self.metrics.pop3.refused,
         )
         # The XTND XMIT service (xtnd/service.py) with its relay worker, when enabled.
         self.submission: SubmissionService | None = None
         self.pop3: Pop3Connections | None = None
         self.servers: list[asyncio.Server] = []
-        self.bound: dict[str, list[tuple[str, int]]] = {"pop3": [], "pop3s": [], "lmtp": []}
+        kinds = ("pop3", "pop3s", "lmtp", "metrics")
+        self.bound: dict[str, list[tuple[str, int]]] = {kind: [] for kind in kinds}
         self._stopping = asyncio.Event()
         # Issue 12, section 3: this process's sessions in the store's registry; transcripts.
         node = config.store.node_name()
@@ -137,7 +142,8 @@ class Gateway:
         return await self.delivery.submit(prepared)
 
     def services(self) -> Services:
-        submit = None if self.submission is None else _submit_fn(self.submission)
+        count = self.metrics.count_submission
+        submit = None if self.submission is None else _submit_fn(self.submission, count)
         return Services(
             login=self.login,
             read=self.workers.read,
@@ -153,6 +159,7 @@ class Gateway:
             ),
             live=self.live,
             telemetry=self.telemetry,
+            meter=self.metrics.pop3,
         )
 
     # --- lifecycle ---
@@ -184,6 +191,12 @@ class Gateway:
                 await self._listen(kind, ep, pop3.handler(domain, tls=kind == "pop3s"))
         for where in self.config.lmtp.listen:
             self._register("lmtp", await self.lmtp.start(where))
+        if self.config.metrics.listen is not None:
+            endpoint = MetricsEndpoint(
+                gateway_scrape(self.metrics, self.workers.read, self.store.queue_stats),
+                store_health(self.workers.read, self.store.directory_version),
+            )
+            self._register("metrics", await endpoint.start(self.config.metrics.listen))
         # Kept referenced: the loop holds tasks only weakly.
         loop = asyncio.get_running_loop()
         self._sweeper_task = loop.create_task(self.sweeper.run(self._stopping))
@@ -215,23 +228,7 @@ class Gateway:
             server.close()
         self.lmtp.remove_sockets()
         self.lmtp.end_sessions()
-        # Sessions waiting for input are closed now (without QUIT nothing is expunged); busy
-        # ones get `shutdown_grace` seconds to finish their command, then their connection is
-        # aborted. Tasks are not cancelled: asyncio 3.11 streams log a traceback for that.
-        for conn in list(self.state.connections):
-            if conn.idle:
-                with contextlib.suppress(Exception):
-                    conn.writer.write(SHUTTING_DOWN)
-                    conn.writer.close()
-        tasks = set(self.state.tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.config.server.shutdown_grace)
-            for conn in list(self.state.connections):
-                conn.writer.transport.abort()
-            if pending:
-                _, pending = await asyncio.wait(pending, timeout=5)
-            for task in pending:
-                task.cancel()
+        await self.state.drain(self.config.server.shutdown_grace)
         await self.seen.drain()
         await self.live.flush(progress=False)  # the rows of the sessions just closed
         self.telemetry.shutdown()
@@ -284,7 +281,7 @@ class Gateway:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
 
-def _submit_fn(service: SubmissionService) -> SubmitFn:
+def _submit_fn(service: SubmissionService, count: Callable[[str], None]) -> SubmitFn:
     """XTND XMIT for the session runner: xtnd's refusals become the engine's replies."""
     from xtnd.submit import SubmissionError
 
@@ -292,7 +289,9 @@ def _submit_fn(service: SubmissionService) -> SubmitFn:
         try:
             await service.submitter.submit(account, peer, message, login)
         except SubmissionError as exc:
+            count("tempfail" if exc.temporary else "refused")
             return Pop3Error(exc.text, "SYS/TEMP" if exc.temporary else None)
+        count("accepted")
         return None
 
     return submit

@@ -23,7 +23,7 @@ def test_sample_documents_the_defaults() -> None:
     """Every key the sample sets is the built-in default (except paths and the hostname)."""
     sample = config.load(SAMPLE)
     default = config.Config()
-    for section in ("pop3", "lmtp", "delivery", "xtnd", "store"):
+    for section in ("pop3", "lmtp", "delivery", "xtnd", "store", "metrics"):
         assert getattr(sample, section) == getattr(default, section), section
     fields = {f.name for f in dataclasses.fields(config.ServerConfig)}
     for name in fields - {"hostname", "data_dir", "default_domain"}:
@@ -50,6 +50,9 @@ def test_env_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("[pop3]\ntls_listen = ['127.0.0.1:995']\n", "pop3.tls_listen: needs [tls]"),
         ("[xtnd]\nrelay = 'smtp'\n", "xtnd.relay"),
         ("[store]\nbackend = 'oracle'\n", "store.backend: unknown store backend 'oracle'"),
+        ("[metrics]\nlisten = 'localhost'\n", "metrics.listen: expected host:port"),
+        ("[metrics]\nlisten = 9110\n", "metrics.listen: expected str"),
+        ("[metrics]\nport = 9110\n", "metrics.port: unknown key"),
         ("this is not toml", "not valid TOML"),
     ],
 )
@@ -69,3 +72,10 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_ipv6_endpoint() -> None:
     assert config.parse_endpoint("[::1]:110") == config.Endpoint("::1", 110)
+
+
+def test_metrics_listen() -> None:
+    assert config.Config().metrics.listen is None  # off by default
+    cfg = config.from_dict({"metrics": {"listen": "127.0.0.1:9110"}})
+    assert cfg.metrics.listen == config.Endpoint("127.0.0.1", 9110)
+    assert config.from_dict({"metrics": {"listen": ""}}).metrics.listen is None

@@ -278,6 +278,14 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The outbound queue at a glance (`cgpop_queue_messages`, `cgpop_queue_oldest_seconds`)."""
+
+    messages: int
+    oldest_created: float | None  # Unix time the oldest queued message came in; None: empty
+
+
+@dataclass(frozen=True, slots=True)
 class SubmissionCounts:
     """An account's accepted submissions in a window: messages and their recipients."""
 
@@ -526,6 +534,10 @@ class OutboundQueue(Protocol):
         ...
 
     def list_queue(self) -> list[Entry]: ...
+
+    def queue_stats(self) -> QueueStats:
+        """How many messages the queue holds and when the oldest came in. Reads only."""
+        ...
 
 
 class Submissions(Protocol):

@@ -26,6 +26,7 @@ from cgpop.store.api import (
     Entry,
     Job,
     Outbound,
+    QueueStats,
     RecipientState,
     SubmissionCounts,
     Update,
@@ -256,6 +257,11 @@ class PgQueue(PgDatabase):
             )
             for id_, sender, account, size, created in messages
         ]
+
+    def queue_stats(self) -> QueueStats:
+        row = self._one("SELECT count(*), min(created) FROM queue_messages")
+        assert row is not None
+        return QueueStats(int(row[0]), None if row[1] is None else float(row[1]))
 
     # --- api.Submissions ---
     def submission_counts(self, account: str, since: float) -> SubmissionCounts:

@@ -16,6 +16,7 @@ from cgpop.store.api import (
     Entry,
     Job,
     Outbound,
+    QueueStats,
     RecipientState,
     SubmissionCounts,
     Update,
@@ -233,6 +234,10 @@ class SqliteQueue(SqliteDatabase):
                 " ORDER BY id"
             )
         ]
+
+    def queue_stats(self) -> QueueStats:
+        row = self._conn().execute("SELECT COUNT(*), MIN(created) FROM queue_messages").fetchone()
+        return QueueStats(int(row[0]), None if row[1] is None else float(row[1]))
 
     # --- api.Submissions ---
     def submission_counts(self, account: str, since: float) -> SubmissionCounts:

@@ -3,7 +3,7 @@ backend."""
 
 from __future__ import annotations
 
-from cgpop.store.api import Outbound, State, Store, SubmissionCounts, Update
+from cgpop.store.api import Outbound, QueueStats, State, Store, SubmissionCounts, Update
 
 
 def test_alerts_are_taken_once_each_oldest_first(store: Store) -> None:
@@ -70,3 +70,14 @@ def test_submission_slots_are_taken_judged_and_given_back(store: Store) -> None:
     store.release_submission_slot(slot)
     assert store.submission_counts("joe@x", 0.0) == SubmissionCounts(0, 0)
     assert isinstance(store.take_submission_slot("joe@x", 1, 30.0, 0.0, at_most_one), int)
+
+
+def test_queue_stats_count_messages_and_the_oldest(store: Store) -> None:
+    assert store.queue_stats() == QueueStats(0, None)
+    first = store.enqueue(_outbound("a@x.org", "b@x.org"), 100.0)
+    store.enqueue(_outbound("c@x.org"), 500.0)
+    # Messages, not recipients; the oldest is the first one in.
+    assert store.queue_stats() == QueueStats(2, 100.0)
+    store.claim_due(600.0, 10)
+    store.record_attempt(first, [Update("a@x.org", State.SENT), Update("b@x.org", State.SENT)])
+    assert store.queue_stats() == QueueStats(1, 500.0)
