@@ -112,6 +112,19 @@ class DeliveryConfig:
     duplicate_window: float = 3 * 24 * 3600.0
 
 
+# What `[quota] over_quota` may say a delivery over quota gets (issue 12).
+OVER_QUOTA_ACTIONS = ("tempfail", "reject")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaConfig:
+    # "tempfail": LMTP 452 4.2.2 and `deliver` exit 75, the MTA keeps the message and retries
+    # (Cyrus's default: the user may make room); "reject": 552 5.2.2, exit 73, it bounces.
+    over_quota: str = "tempfail"
+    # An account alert is queued when a delivery takes usage of a limit across this share.
+    warn_percent: int = 90
+
+
 @dataclass(frozen=True, slots=True)
 class TlsCertificate:
     """One `[[tls.certificates]]` entry: the certificate for clients whose SNI server name
@@ -188,6 +201,7 @@ class Config:
     xtnd: XtndConfig = field(default_factory=XtndConfig)
     source: str = "<built-in defaults>"
     store: StoreConfig = field(default_factory=StoreConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -424,7 +438,7 @@ def _check_dsn(st: _Section, dsn: str) -> None:
         raise st.fail("dsn", f"not a libpq URI or key=value string: {exc}") from None
 
 
-_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd", "store")
+_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd", "store", "quota")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
@@ -615,5 +629,18 @@ def from_dict(
     x.done()
 
     store = _store(sec["store"])
+    quota = _quota(sec["quota"])
 
-    return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store)
+    return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store, quota=quota)
+
+
+def _quota(q: _Section) -> QuotaConfig:
+    dq = QuotaConfig()
+    over = q.get("over_quota", str, dq.over_quota)
+    if over not in OVER_QUOTA_ACTIONS:
+        raise q.fail("over_quota", f"must be one of {', '.join(OVER_QUOTA_ACTIONS)}")
+    warn = q.get("warn_percent", int, dq.warn_percent)
+    if not 1 <= warn <= 100:
+        raise q.fail("warn_percent", "must be a percentage from 1 to 100")
+    q.done()
+    return QuotaConfig(over_quota=over, warn_percent=warn)

@@ -148,7 +148,7 @@ def test_set_show_and_list(store: Store) -> None:
     assert store.get_quota("example.com", "joe") == Quota(0, None, 0, 100)
     store.set_quota("example.com", None, 1 << 30, None)
     assert store.get_quota("example.com", None) == Quota(0, 1 << 30, 0, None)
-    with pytest.raises(NotFound, match="nobody@example.com"):
+    with pytest.raises(NotFound, match=r"nobody@example\.com"):
         store.get_quota("example.com", "nobody")
 
 
