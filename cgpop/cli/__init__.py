@@ -23,6 +23,7 @@ from cgpop.cli import (
     groups,
     mailboxes,
     queue,
+    quota,
     routes,
     serve,
 )
@@ -39,7 +40,20 @@ from cgpop.store.api import StoreError, Unavailable
 __all__ = ["build_parser", "main"]
 
 # One module per command group, in the order `cgpop --help` lists them.
-GROUPS = (serve, domains, accounts, mailboxes, routes, acl, groups, deliver, queue, cert, alerts)
+GROUPS = (
+    serve,
+    domains,
+    accounts,
+    mailboxes,
+    routes,
+    acl,
+    groups,
+    deliver,
+    queue,
+    cert,
+    alerts,
+    quota,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
