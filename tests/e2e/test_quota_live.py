@@ -104,7 +104,7 @@ def test_warning_alert_shown_at_next_login(two: LiveServer) -> None:
     one = two.call(two.store.get_quota, "example.com", "joe").storage_used
     # 10 such messages fill the limit; the 9th delivery crosses 90 %.
     two.call(two.store.set_quota, "example.com", "joe", 10 * one, None)
-    for n in range(7):
+    for _ in range(7):
         lmtp_send(two, ["joe@example.com"], message("sizer"))
     assert pop(two).quit().startswith(b"+OK")  # 80 %: no alert
     lmtp_send(two, ["joe@example.com"], message("sizer"))
