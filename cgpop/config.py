@@ -135,6 +135,19 @@ class DeliveryConfig:
     duplicate_window: float = 3 * 24 * 3600.0
 
 
+# What `[quota] over_quota` may say a delivery over quota gets (issue 12).
+OVER_QUOTA_ACTIONS = ("tempfail", "reject")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaConfig:
+    # "tempfail": LMTP 452 4.2.2 and `deliver` exit 75, the MTA keeps the message and retries
+    # (Cyrus's default: the user may make room); "reject": 552 5.2.2, exit 73, it bounces.
+    over_quota: str = "tempfail"
+    # An account alert is queued when a delivery takes usage of a limit across this share.
+    warn_percent: int = 90
+
+
 @dataclass(frozen=True, slots=True)
 class TlsCertificate:
     """One `[[tls.certificates]]` entry: the certificate for clients whose SNI server name
@@ -219,6 +232,7 @@ class Config:
     source: str = "<built-in defaults>"
     store: StoreConfig = field(default_factory=StoreConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -524,7 +538,7 @@ def _check_dsn(st: _Section, dsn: str) -> None:
         raise st.fail("dsn", f"not a libpq URI or key=value string: {exc}") from None
 
 
-_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd", "store", "metrics")
+_SECTIONS = ("server", "pop3", "lmtp", "delivery", "tls", "xtnd", "store", "metrics", "quota")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
@@ -723,5 +737,20 @@ def from_dict(
 
     store = _store(sec["store"])
     metrics = _metrics(sec["metrics"])
+    quota = _quota(sec["quota"])
 
-    return Config(server, pop3, lmtp, delivery, tls, xtnd, source, store, metrics=metrics)
+    return Config(
+        server, pop3, lmtp, delivery, tls, xtnd, source, store, metrics=metrics, quota=quota
+    )
+
+
+def _quota(q: _Section) -> QuotaConfig:
+    dq = QuotaConfig()
+    over = q.get("over_quota", str, dq.over_quota)
+    if over not in OVER_QUOTA_ACTIONS:
+        raise q.fail("over_quota", f"must be one of {', '.join(OVER_QUOTA_ACTIONS)}")
+    warn = q.get("warn_percent", int, dq.warn_percent)
+    if not 1 <= warn <= 100:
+        raise q.fail("warn_percent", "must be a percentage from 1 to 100")
+    q.done()
+    return QuotaConfig(over_quota=over, warn_percent=warn)

@@ -15,10 +15,11 @@ from enum import Enum
 
 from accounts.acl import effective_rights
 from accounts.names import INBOX
+from cgpop.config import QuotaConfig
 from cgpop.dircache import DirectoryCache
 from cgpop.realto import HeaderRealTo
 from cgpop.spool import Octets, head_of
-from cgpop.store.api import Copy, Mailbox, Store, StoreError
+from cgpop.store.api import Copy, Mailbox, OverQuota, Store, Stored, StoreError
 from router.resolve import resolve_recipient
 from router.route import Route, RouteError
 
@@ -34,16 +35,25 @@ class Status(Enum):
     UNKNOWN = "unknown"  # LMTP 550, deliver exit 67
     REFUSED = "refused"  # the mailbox does not accept posting: LMTP 550, exit 67
     TEMPORARY = "temporary"  # LMTP 451, deliver exit 75
+    # Issue 12: the copy would pass a limit of the recipient's account or domain. `[quota]
+    # over_quota` decides: LMTP 452 and exit 75 ("tempfail"), or 552 and exit 73 ("reject").
+    OVER_QUOTA = "over_quota"
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
     recipient: str
     status: Status
-    detail: str = ""
+    detail: str = ""  # OVER_QUOTA: the quota root ("name@domain" or "domain") it would pass
+    permanent: bool = False  # OVER_QUOTA with `over_quota = "reject"`
 
     @property
     def lmtp_reply(self) -> str:
+        if self.status is Status.OVER_QUOTA:
+            # RFC 3463 section 3.3: X.2.2 "mailbox full"; 452/552 as RFC 5321 section 4.2.3.
+            if self.permanent:
+                return f"552 5.2.2 <{self.recipient}> mailbox full"
+            return f"452 4.2.2 <{self.recipient}> mailbox full"
         if self.status is Status.DELIVERED:
             return f"250 2.0.0 <{self.recipient}> delivered"
         if self.status is Status.DUPLICATE:
@@ -87,9 +97,16 @@ class Prepared:
 
 class Deliverer:
     def __init__(
-        self, store: Store, *, default_domain: str, real_to_header: str = "X-Real-To"
+        self,
+        store: Store,
+        *,
+        default_domain: str,
+        real_to_header: str = "X-Real-To",
+        quota: QuotaConfig | None = None,
     ) -> None:
         self.store = store
+        # `[quota]`, read at every commit: a SIGHUP replaces it (cgpop/reload.py).
+        self.quota = quota or QuotaConfig()
         self.default_domain = default_domain
         self.real_to_header = real_to_header
         self._targets: DirectoryCache[tuple[Route, Mailbox] | Status] = DirectoryCache(
@@ -188,30 +205,40 @@ class Deliverer:
         """Store prepared deliveries in one transaction when possible; if the joint commit
         fails, each is tried alone so one bad message cannot fail the others."""
         items = [(p.message, p.copies) for p in batch]
-        stored: list[list[bool] | None]
+        stored: list[list[Stored] | None]
+        quota = self.quota
         try:
-            stored = list(self.store.deliver_many(items))
+            stored = list(self.store.deliver_many(items, quota.warn_percent))
         except (StoreError, OSError) as exc:
             if len(items) == 1:
                 log.warning("delivery failed: %s", exc)
                 stored = [None]
             else:
-                stored = [self._deliver_alone(message, copies) for message, copies in items]
+                stored = [
+                    self._deliver_alone(message, copies, quota.warn_percent)
+                    for message, copies in items
+                ]
+        reject = quota.over_quota == "reject"
         return [
-            self._fill(p.recipients, p.results, outcome)
+            self._fill(p.recipients, p.results, outcome, reject)
             for p, outcome in zip(batch, stored, strict=True)
         ]
 
-    def _deliver_alone(self, message: Octets, copies: Sequence[Copy]) -> list[bool] | None:
+    def _deliver_alone(
+        self, message: Octets, copies: Sequence[Copy], warn_percent: int
+    ) -> list[Stored] | None:
         try:
-            return self.store.deliver(message, copies)
+            return self.store.deliver(message, copies, warn_percent)
         except (StoreError, OSError) as exc:
             log.warning("delivery failed: %s", exc)
             return None
 
     @staticmethod
     def _fill(
-        recipients: Sequence[str], results: list[Result | None], stored: list[bool] | None
+        recipients: Sequence[str],
+        results: list[Result | None],
+        stored: list[Stored] | None,
+        reject: bool,
     ) -> list[Result]:
         out: list[Result] = []
         n = 0
@@ -219,6 +246,9 @@ class Deliverer:
             if result is None:
                 if stored is None:
                     result = Result(rcpt, Status.TEMPORARY)
+                elif isinstance(verdict := stored[n], OverQuota):
+                    log.info("recipient %s over quota (%s)", rcpt[:200], verdict.root)
+                    result = Result(rcpt, Status.OVER_QUOTA, verdict.root, reject)
                 else:
                     result = Result(rcpt, Status.DELIVERED if stored[n] else Status.DUPLICATE)
                 n += 1

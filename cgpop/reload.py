@@ -1,8 +1,8 @@
 """SIGHUP: re-read the configuration file and apply what can change under running sessions.
 
 The limits (`max_channels`, `max_per_ip`, `max_per_account`, `auth_delay`, `auth_delay_max`),
-the log level and the TLS certificates (`[tls]` and `[[tls.certificates]]`) take effect at
-once: sessions already open stay, and each new connection, login or handshake sees the new
+the log level, `[quota]` and the TLS certificates (`[tls]` and `[[tls.certificates]]`) take
+effect at once: sessions already open stay, and each new connection, login or handshake sees the new
 values. Any other key that changed (listen addresses, `data_dir`, the store, ...) keeps its old
 value until a restart, and the log line names it. A file that no longer loads changes nothing.
 
@@ -35,6 +35,7 @@ RELOADABLE = frozenset(
         "tls.cert",
         "tls.key",
         "tls.certificates",
+        "quota",  # read by every delivery (Deliverer.quota), so the next one sees it
     }
 )
 _TLS_KEYS = ("tls.cert", "tls.key", "tls.certificates")

@@ -60,6 +60,7 @@ class Gateway:
             self.store,
             default_domain=config.server.default_domain,
             real_to_header=config.pop3.real_to_header,
+            quota=config.quota,
         )
         # RETR sets \\Seen at once; many sessions' flag updates share one transaction.
         self.seen: GroupCommit[tuple[int, int], None] = GroupCommit(
@@ -263,6 +264,7 @@ class Gateway:
         try:
             self.config = reload_config(self.config, tls=self.tls, penalty=self.login.penalty)
             self.caps.set_limits(self.config.pop3.max_per_ip, self.config.pop3.max_per_account)
+            self.deliverer.quota = self.config.quota
             if self.pop3 is not None:
                 self.pop3.reconfigure(self.config)
         except Exception:

@@ -12,7 +12,7 @@ import pytest
 
 from accounts.credentials import make_credentials
 from cgpop.delivery import Deliverer, Status
-from cgpop.store.api import Copy, StoreError
+from cgpop.store.api import Copy, Stored, StoreError
 from cgpop.store.sqlite import SqliteStore
 from tests.conftest import LiveServer, message
 
@@ -55,10 +55,12 @@ def test_a_failing_message_does_not_fail_the_others(
     deliverer = Deliverer(store, default_domain="example.com")
     real = store.deliver_many
 
-    def fail_on_poison(items: list[tuple[bytes, list[Copy]]]) -> list[list[bool]]:
+    def fail_on_poison(
+        items: list[tuple[bytes, list[Copy]]], warn_percent: int | None = None
+    ) -> list[list[Stored]]:
         if any(b"poison" in m for m, _ in items):
             raise StoreError("disk trouble")
-        return real(items)
+        return real(items, warn_percent)
 
     monkeypatch.setattr(store, "deliver_many", fail_on_poison)
     results = deliverer.deliver_many(

@@ -185,6 +185,10 @@ class Submitter:
             if r.status is Status.TEMPORARY:
                 text = f"could not deliver to {r.recipient}; try again later"
                 raise SubmissionError(text, temporary=True)
+            if r.status is Status.OVER_QUOTA:
+                # Issue 12: the -ERR names the recipient whose mailbox is full.
+                text = f"mailbox of {r.recipient} is full"
+                raise SubmissionError(text, temporary=not r.permanent)
             if r.status not in _ACCEPTED:
                 raise SubmissionError(f"unknown recipient {r.recipient}")
 

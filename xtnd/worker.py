@@ -280,7 +280,11 @@ class RelayWorker:
         dsn = await self.read(self._build_dsn, bounce)
         # RFC 3464 section 2 / RFC 5321 section 4.5.5: a bounce has a null reverse-path.
         results = await self.deliver("", [bounce.account], dsn)
-        if any(r.status is Status.TEMPORARY for r in results):
+        # A full mailbox with `over_quota = "tempfail"` may make room: retry as for a failure.
+        if any(
+            r.status is Status.TEMPORARY or (r.status is Status.OVER_QUOTA and not r.permanent)
+            for r in results
+        ):
             log.warning("queue message %d: DSN delivery failed, will retry", bounce.message_id)
             return False
         if any(r.status not in (Status.DELIVERED, Status.DUPLICATE) for r in results):

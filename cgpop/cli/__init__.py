@@ -23,6 +23,7 @@ from cgpop.cli import (
     groups,
     mailboxes,
     queue,
+    quota,
     routes,
     serve,
     sessions,
@@ -55,6 +56,7 @@ GROUPS = (
     alerts,
     sessions,
     store,  # issue 11: `store copy`
+    quota,
 )
 
 

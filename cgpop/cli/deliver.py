@@ -17,6 +17,10 @@ from cgpop.cli.base import (
     open_store,
 )
 
+# sysexits.h EX_CANTCREAT: what Cyrus's `deliver` and Postfix's local(8) treat as "mailbox
+# full, permanently" (issue 12, `[quota] over_quota = "reject"`).
+EX_CANTCREAT = 73
+
 
 # --- delivery ---
 @command("deliver")
@@ -31,7 +35,10 @@ def cmd_deliver(args: argparse.Namespace, cfg: configmod.Config) -> int:
         raise CliError("empty message on standard input", EX_DATAERR)
     store = open_store(cfg)
     deliverer = Deliverer(
-        store, default_domain=cfg.server.default_domain, real_to_header=cfg.pop3.real_to_header
+        store,
+        default_domain=cfg.server.default_domain,
+        real_to_header=cfg.pop3.real_to_header,
+        quota=cfg.quota,
     )
     results = deliverer.deliver(args.sender, args.recipients, data)
     code = EX_OK
@@ -39,8 +46,12 @@ def cmd_deliver(args: argparse.Namespace, cfg: configmod.Config) -> int:
         if r.status in (Status.DELIVERED, Status.DUPLICATE):
             continue
         print(f"cgpop deliver: {r.lmtp_reply}", file=sys.stderr)
-        if r.status is Status.TEMPORARY:
+        # A temporary failure wins: the MTA then retries (duplicate suppression catches the
+        # copies already stored). Over quota is temporary unless `over_quota = "reject"`.
+        if r.status is Status.TEMPORARY or (r.status is Status.OVER_QUOTA and not r.permanent):
             code = EX_TEMPFAIL
+        elif r.status is Status.OVER_QUOTA and code != EX_TEMPFAIL:
+            code = EX_CANTCREAT
         elif code == EX_OK:
             code = EX_NOUSER
     return code

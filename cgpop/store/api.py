@@ -297,6 +297,59 @@ class SubmissionCounts:
 Verdict = Callable[[SubmissionCounts], str | None]
 
 
+# --- quotas (issue 12; Cyrus semantics, the account is the quota root) ---
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A quota root's usage and limits: octets as POP reports them (every copy counted once)
+    and messages; a limit of None is no limit."""
+
+    storage_used: int
+    storage_limit: int | None
+    messages_used: int
+    messages_limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OverQuota:
+    """A copy not stored because it would take `root` ("name@domain" or "domain") past one
+    of its limits. False as a truth value: like a duplicate, nothing was stored."""
+
+    root: str
+
+    def __bool__(self) -> bool:
+        return False
+
+
+# Per copy of a delivery: True stored, False suppressed as a duplicate, or OverQuota.
+Stored = bool | OverQuota
+
+
+class Quotas(Protocol):
+    """Limits and the usage kept with every delivery, import and expunge (never scanned)."""
+
+    def set_quota(
+        self, domain: str, account: str | None, storage: int | None, messages: int | None
+    ) -> None:
+        """Set both limits of an account (`account` given) or a domain; None removes one."""
+        ...
+
+    def get_quota(self, domain: str, account: str | None) -> Quota:
+        """An account's usage and limits, or a domain's (usage summed over its accounts).
+        NotFound when there is no such account or domain."""
+        ...
+
+    def list_quotas(self, domain: str | None = None) -> list[tuple[str, Quota]]:
+        """("name@domain", Quota) for every account (in `domain`) that has a limit."""
+        ...
+
+    def recalc_quota(
+        self, domain: str | None = None, account: str | None = None
+    ) -> list[tuple[str, Quota, Quota]]:
+        """Rebuild usage from the stored copies (Cyrus `quota -f`): of one account, of a
+        domain's, or of all; (address, before, after) for each account it corrected."""
+        ...
+
+
 class Directory(Protocol):
     """Domains, aliases, accounts, mailboxes, routes, ACLs and groups: what routing and rights
     are derived from. Every change moves `directory_version`, from any process."""
@@ -370,13 +423,21 @@ class Directory(Protocol):
 class Mailstore(Protocol):
     """Messages: delivery, import, and the POP sessions' snapshots (module docstring)."""
 
-    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
+    def deliver(
+        self, message: Octets, copies: Sequence[Copy], warn_percent: int | None = None
+    ) -> list[Stored]:
         """Store `message` once for all copies; durable before it returns. Returns per copy
-        whether it was stored (False: suppressed as a duplicate, Copy.dedup_key). A spooled
-        message (cgpop/spool.py) should be streamed, not read whole."""
+        whether it was stored (False: suppressed as a duplicate, Copy.dedup_key; OverQuota:
+        it would pass a limit of its account or domain, and it claimed no duplicate record).
+        A copy that fits is stored even if it brings usage to exactly the limit; usage moves
+        in the same transaction. When a stored copy takes its account's usage of a limit
+        from below `warn_percent` % to at or above it, an account alert is queued in that
+        transaction. A spooled message (cgpop/spool.py) should be streamed, not read whole."""
         ...
 
-    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
+    def deliver_many(
+        self, items: Sequence[tuple[Octets, Sequence[Copy]]], warn_percent: int | None = None
+    ) -> list[list[Stored]]:
         """`deliver` for several messages at once, durable together, all or none (group
         commit)."""
         ...
@@ -390,7 +451,8 @@ class Mailstore(Protocol):
     ) -> int:
         """Bulk import: (octets, flag bits) per message, stored as-is. `real_to(octets)`
         gives what to record from the message's own X-Real-To field: the addresses (joined
-        by REAL_TO_SEPARATOR) and the individual names. Returns the count."""
+        by REAL_TO_SEPARATOR) and the individual names. Returns the count. Counted in the
+        account's usage but never refused for quota (a migration must not stop half way)."""
         ...
 
     def prune_duplicates(self) -> None:
@@ -419,7 +481,8 @@ class Mailstore(Protocol):
 
     def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
         """Remove these UIDs (others untouched; ones already gone are no error). Returns how
-        many were removed now."""
+        many were removed now. Their octets and count leave the account's usage here, in
+        the same transaction (the user sees them gone), not when the collector runs."""
         ...
 
     def close_maildrop(self, snapshot: Snapshot) -> None:
@@ -616,6 +679,15 @@ COPY_TABLES: dict[str, tuple[str, ...]] = {
         "last_error",
     ),
     "submissions": ("account", "at", "recipients"),
+    # Issue 12: limits, and usage as the source kept it (exact, never rescanned).
+    "account_quotas": (
+        "account_id",
+        "storage_used",
+        "messages_used",
+        "storage_limit",
+        "messages_limit",
+    ),
+    "domain_quotas": ("domain_id", "storage_limit", "messages_limit"),
 }
 
 
@@ -728,7 +800,15 @@ class LiveSessions(Protocol):
 
 
 class Store(
-    Directory, Mailstore, Alerts, OutboundQueue, Submissions, Transfer, LiveSessions, Protocol
+    Directory,
+    Mailstore,
+    Alerts,
+    OutboundQueue,
+    Submissions,
+    Transfer,
+    LiveSessions,
+    Quotas,
+    Protocol,
 ):
     """Everything a backend provides. Methods block; the asyncio shell runs them on its
     worker threads (cgpop/blocking.py)."""

@@ -48,6 +48,9 @@ _EXPORT: dict[str, str] = {
     "CASE state WHEN 'sending' THEN 'queued' ELSE state END, attempts, next_attempt, "
     "last_error FROM queue_recipients",
     "submissions": "SELECT account, at, recipients FROM submissions",
+    "account_quotas": "SELECT account_id, storage_used, messages_used, storage_limit, "
+    "messages_limit FROM account_quotas",
+    "domain_quotas": "SELECT domain_id, storage_limit, messages_limit FROM domain_quotas",
 }
 # Tables whose `id` is an identity column: its sequence moves past the copied ids.
 _IDENTITIES = ("domains", "accounts", "mailboxes", "bodies", "alerts", "queue_messages")

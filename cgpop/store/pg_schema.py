@@ -257,6 +257,33 @@ MIGRATIONS.append(
     """
 )
 # ---- end of issue 12, section 3 -------------------------------------------------------------
+# ---- issue 12, item 1 (quota): usage and limits --------------------------------------------
+MIGRATIONS.append(
+    # Usage per account (the quota root: all its mailboxes), moved in the same transaction as
+    # every delivery, import and expunge; limits per account and per domain (a domain's usage
+    # is the sum over its accounts, its row exists only while it has a limit). This step
+    # counts the copies already stored, once.
+    """
+    CREATE TABLE account_quotas (
+        account_id bigint PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+        storage_used bigint NOT NULL DEFAULT 0,
+        messages_used bigint NOT NULL DEFAULT 0,
+        storage_limit bigint,
+        messages_limit bigint
+    );
+    CREATE TABLE domain_quotas (
+        domain_id bigint PRIMARY KEY REFERENCES domains(id) ON DELETE CASCADE,
+        storage_limit bigint,
+        messages_limit bigint
+    );
+    INSERT INTO account_quotas(account_id, storage_used, messages_used)
+        SELECT a.id, coalesce(sum(m.size), 0), count(m.uid) FROM accounts a
+        LEFT JOIN mailboxes b ON b.account_id = a.id
+        LEFT JOIN messages m ON m.mailbox_id = b.id AND m.expunged_xid IS NULL
+        GROUP BY a.id;
+    """
+)
+# ---- end of issue 12, item 1 ----------------------------------------------------------------
 
 _VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
 

@@ -45,6 +45,7 @@ from cgpop.store.api import (
     MessageInfo,
     NotFound,
     Snapshot,
+    Stored,
     StoredMessage,
     StoreError,
     flag_names,
@@ -54,6 +55,8 @@ from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
 from cgpop.store.pg_copy import PgCopy
 from cgpop.store.pg_live import PgLive
 from cgpop.store.pg_queue import PgQueue
+from cgpop.store.pg_quota import PgQuotas
+from cgpop.store.quota_rules import Root, merge
 from cgpop.wire import dot_stuff, normalize_crlf
 
 # Bodies up to this size stay in the body row (one row read per RETR, and PostgreSQL's TOAST
@@ -67,7 +70,7 @@ PUBLIC_ACCOUNT = "public"
 _COLLECT_LOCK = 0x6367706F70434F4C
 
 
-class PostgresStore(PgQueue, PgCopy, PgLive):
+class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
     def __init__(
         self,
         dsn: str,
@@ -368,11 +371,13 @@ class PostgresStore(PgQueue, PgCopy, PgLive):
 
     def _drop_mailbox(self, conn: Conn, mailbox_id: int) -> None:
         # Copies are expunged, not deleted: open sessions may still read them.
-        conn.execute(
+        self._quota_lock_box(conn, mailbox_id)
+        gone = conn.execute(
             f"UPDATE messages SET expunged_at = {NOW}, expunged_xid = {XID} "
-            "WHERE mailbox_id = %s AND expunged_xid IS NULL",
+            "WHERE mailbox_id = %s AND expunged_xid IS NULL RETURNING size",
             (mailbox_id,),
-        )
+        ).fetchall()
+        self._quota_move(conn, mailbox_id, -sum(int(r[0]) for r in gone), -len(gone))
         conn.execute("DELETE FROM mailboxes WHERE id = %s", (mailbox_id,))
 
     def add_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox:
@@ -570,10 +575,14 @@ class PostgresStore(PgQueue, PgCopy, PgLive):
         return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
-    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
-        return self.deliver_many([(message, copies)])[0]
+    def deliver(
+        self, message: Octets, copies: Sequence[Copy], warn_percent: int | None = None
+    ) -> list[Stored]:
+        return self.deliver_many([(message, copies)], warn_percent)[0]
 
-    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
+    def deliver_many(
+        self, items: Sequence[tuple[Octets, Sequence[Copy]]], warn_percent: int | None = None
+    ) -> list[list[Stored]]:
         """Several deliveries in one transaction (group commit), durable when it returns
         (synchronous commit). Per item and copy: stored, or False when suppressed as a
         duplicate, also when the first copy went through another node. All or nothing. A
@@ -581,15 +590,20 @@ class PostgresStore(PgQueue, PgCopy, PgLive):
         prepared = [
             (_prepare(message) if copies else _Body(0, b""), copies) for message, copies in items
         ]
-        return self._retrying(lambda: self._deliver_once(prepared))
+        return self._retrying(lambda: self._deliver_once(prepared, warn_percent))
 
-    def _deliver_once(self, prepared: Sequence[tuple[_Body, Sequence[Copy]]]) -> list[list[bool]]:
+    def _deliver_once(
+        self, prepared: Sequence[tuple[_Body, Sequence[Copy]]], warn_percent: int | None
+    ) -> list[list[Stored]]:
         with self._tx() as conn:
-            fresh = self._claim_duplicates(conn, [c for _, copies in prepared for c in copies])
-            outcome: list[list[bool]] = []
+            every = [c for _, copies in prepared for c in copies]
+            # Quota rows first: the lock order of every transaction (cgpop/store/pg_quota.py).
+            roots = self._quota_lock(conn, [c.mailbox_id for c in every]) if every else {}
+            fresh = self._claim_duplicates(conn, every)
+            outcome: list[list[Stored]] = []
             keep: list[tuple[_Body, Sequence[Copy], int]] = []
             for body, copies in prepared:
-                stored = [fresh.get(id(c), True) for c in copies]
+                stored = self._admit(conn, roots, body, copies, fresh, warn_percent)
                 outcome.append(stored)
                 kept = [c for c, ok in zip(copies, stored, strict=True) if ok]
                 if kept:
@@ -597,6 +611,32 @@ class PostgresStore(PgQueue, PgCopy, PgLive):
             if keep:
                 self._store_bodies(conn, keep)
         return outcome
+
+    def _admit(
+        self,
+        conn: Conn,
+        roots: dict[int, tuple[Root, Root | None]],
+        body: _Body,
+        copies: Sequence[Copy],
+        fresh: dict[int, bool],
+        warn_percent: int | None,
+    ) -> list[Stored]:
+        """Per copy: the duplicate verdict, then the quota verdict for the fresh ones (which
+        moves usage). A copy refused for quota gives its duplicate record back, so the MTA's
+        retry is not suppressed as a duplicate of a copy that was never stored."""
+        stored = [fresh.get(id(c), True) for c in copies]
+        wanted = [
+            (c.mailbox_id, body.size + len(_stored_prefix(c))) if ok else None
+            for c, ok in zip(copies, stored, strict=True)
+        ]
+        refused = self._quota_admit(conn, roots, wanted, warn_percent)
+        for c, r in zip(copies, refused, strict=True):
+            if r is not None and fresh.get(id(c)):
+                conn.execute(
+                    "DELETE FROM duplicates WHERE message_id = %s AND rcpt = %s",
+                    (c.message_id, c.dedup_key),
+                )
+        return merge(stored, refused)
 
     def _claim_duplicates(self, conn: Conn, copies: Sequence[Copy]) -> dict[int, bool]:
         """Cyrus-style duplicate suppression: {id(copy): False} for copies whose Message-ID
@@ -659,7 +699,7 @@ class PostgresStore(PgQueue, PgCopy, PgLive):
             else:
                 body_rows.append((body_id, size, stuffed, 0))
             for copy in copies:
-                prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
+                prefix = _stored_prefix(copy)
                 uid = uids[copy.mailbox_id].pop(0)
                 individual_rows += [(copy.mailbox_id, n, uid) for n in copy.more_individuals]
                 message_rows.append(
@@ -753,7 +793,10 @@ class PostgresStore(PgQueue, PgCopy, PgLive):
 
         def flush() -> None:
             with self._tx() as conn:
+                self._quota_lock_box(conn, mailbox.id)
                 self._store_bodies(conn, pending)
+                # Counted, never refused: a migration must not stop half way.
+                self._quota_move(conn, mailbox.id, sum(b.size for b, _, _ in pending), len(pending))
             pending.clear()
 
         for raw, flags in messages:
@@ -960,13 +1003,18 @@ class PostgresStore(PgQueue, PgCopy, PgLive):
         self._retrying(once)
 
     def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
-        with self._conn() as conn:
-            cur = conn.execute(
+        with self._tx() as conn:
+            # Usage drops here, with the expunge the user sees (issue 12), not later when
+            # the collector removes the rows; the quota row is locked first (lock order).
+            self._quota_lock_box(conn, mailbox_id)
+            gone = conn.execute(
                 f"UPDATE messages SET expunged_at = {NOW}, expunged_xid = {XID} "
-                "WHERE mailbox_id = %s AND expunged_xid IS NULL AND uid = ANY(%s)",
+                "WHERE mailbox_id = %s AND expunged_xid IS NULL AND uid = ANY(%s) "
+                "RETURNING size",
                 (mailbox_id, list(uids)),
-            )
-            return cur.rowcount
+            ).fetchall()
+            self._quota_move(conn, mailbox_id, -sum(int(r[0]) for r in gone), -len(gone))
+            return len(gone)
 
     def close_maildrop(self, snapshot: Snapshot) -> None:
         """Never waits: the registry row is removed by the registry thread (pg_base)."""
@@ -1065,10 +1113,25 @@ class _Body:
     spooled: SpooledMessage | None = None
 
 
+def _stored_prefix(copy: Copy) -> bytes:
+    """A copy's header lines as stored (their octets count in its size, as POP reports it)."""
+    return dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
+
+
+def _measured(message: SpooledMessage) -> int:
+    """The size POP will report for a spooled message, known before its transaction (the
+    quota check needs it): one read of the spool, nothing held."""
+    stuffer = StreamStuffer()
+    for chunk in message.chunks():
+        stuffer.feed(chunk)
+    stuffer.finish()
+    return stuffer.size
+
+
 def _prepare(raw: Octets) -> _Body:
     if isinstance(raw, SpooledMessage):
         if raw.size > INLINE_MAX:
-            return _Body(0, b"", raw)
+            return _Body(_measured(raw), b"", raw)
         raw = to_bytes(raw)
     normalized = normalize_crlf(raw)
     return _Body(len(normalized), dot_stuff(normalized))

@@ -313,3 +313,30 @@ MIGRATIONS.append(
     """
 )
 # ---- end of issue 12, section 3 -------------------------------------------------------------
+# ---- issue 12, item 1 (quota): usage and limits --------------------------------------------
+MIGRATIONS.append(
+    # Usage per account (the quota root: all its mailboxes), moved in the same transaction as
+    # every delivery, import and expunge; limits per account and per domain (a domain's usage
+    # is the sum over its accounts). A row appears with an account's first copy; this step
+    # counts the copies already stored, once.
+    """
+    CREATE TABLE account_quotas (
+        account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+        storage_used INTEGER NOT NULL DEFAULT 0,
+        messages_used INTEGER NOT NULL DEFAULT 0,
+        storage_limit INTEGER,
+        messages_limit INTEGER
+    );
+    CREATE TABLE domain_quotas (
+        domain_id INTEGER PRIMARY KEY REFERENCES domains(id) ON DELETE CASCADE,
+        storage_limit INTEGER,
+        messages_limit INTEGER
+    );
+    INSERT INTO account_quotas(account_id, storage_used, messages_used)
+        SELECT a.id, coalesce(sum(m.size), 0), count(m.uid) FROM accounts a
+        LEFT JOIN mailboxes b ON b.account_id = a.id
+        LEFT JOIN messages m ON m.mailbox_id = b.id AND m.expunged_at IS NULL
+        GROUP BY a.id;
+    """
+)
+# ---- end of issue 12, item 1 ----------------------------------------------------------------

@@ -40,16 +40,19 @@ from cgpop.store.api import (
     MessageInfo,
     NotFound,
     Snapshot,
+    Stored,
     StoredMessage,
     StoreError,
     flag_names,
 )
 from cgpop.store.naming import rename_plan
+from cgpop.store.quota_rules import merge
 from cgpop.store.sqlite_alerts import SqliteAlerts
 from cgpop.store.sqlite_base import translate_errors
 from cgpop.store.sqlite_copy import SqliteCopy
 from cgpop.store.sqlite_live import SqliteLive
 from cgpop.store.sqlite_queue import SqliteQueue
+from cgpop.store.sqlite_quota import SqliteQuotas
 from cgpop.wire import dot_stuff, normalize_crlf
 
 # Bodies up to this size are kept inline in the database: one fsync per delivery, no file
@@ -65,6 +68,11 @@ def _now() -> float:
     return time.time()
 
 
+def _stored_prefix(copy: Copy) -> bytes:
+    """A copy's header lines as stored (their octets count in its size, as POP reports it)."""
+    return dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
+
+
 def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
     """A body kept in a file, in bounded chunks (StoredMessage.reader)."""
     with open(path, "rb") as fh:
@@ -73,7 +81,7 @@ def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
 
 
 @translate_errors
-class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive):
+class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuotas):
     def __init__(self, data_dir: Path, *, duplicate_window: float | None = None) -> None:
         self.data_dir = Path(data_dir)
         super().__init__(self.data_dir / "cgpop.sqlite3")
@@ -323,10 +331,12 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive):
 
     def _drop_mailbox(self, conn: sqlite3.Connection, mailbox_id: int) -> None:
         # Copies are expunged, not deleted: open sessions may still read them.
-        conn.execute(
-            "UPDATE messages SET expunged_at = ? WHERE mailbox_id = ? AND expunged_at IS NULL",
+        gone = conn.execute(
+            "UPDATE messages SET expunged_at = ? WHERE mailbox_id = ? AND expunged_at IS NULL "
+            "RETURNING size",
             (_now(), mailbox_id),
-        )
+        ).fetchall()
+        self._quota_move(conn, mailbox_id, [-int(r[0]) for r in gone])
         conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
 
     def add_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox:
@@ -627,10 +637,14 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive):
             raise NotFound("the mailbox was removed during delivery")
         return int(row[0])
 
-    def deliver(self, message: Octets, copies: Sequence[Copy]) -> list[bool]:
-        return self.deliver_many([(message, copies)])[0]
+    def deliver(
+        self, message: Octets, copies: Sequence[Copy], warn_percent: int | None = None
+    ) -> list[Stored]:
+        return self.deliver_many([(message, copies)], warn_percent)[0]
 
-    def deliver_many(self, items: Sequence[tuple[Octets, Sequence[Copy]]]) -> list[list[bool]]:
+    def deliver_many(
+        self, items: Sequence[tuple[Octets, Sequence[Copy]]], warn_percent: int | None = None
+    ) -> list[list[Stored]]:
         """Several deliveries in one transaction, so concurrent deliveries share one fsync
         (group commit). Per item and copy: stored, or False when suppressed as a duplicate.
         All or nothing: on an exception no item is stored."""
@@ -643,10 +657,10 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive):
                     continue
                 prepared.append((*self._stored_body(message, pins), copies))
             now = _now()
-            outcome: list[list[bool]] = []
+            outcome: list[list[Stored]] = []
             with self._tx() as conn:
                 for size, stuffed, file, copies in prepared:
-                    stored = [self._claim_duplicate_slot(conn, c, now) for c in copies]
+                    stored = self._admit(conn, size, copies, now, warn_percent)
                     outcome.append(stored)
                     keep = [c for c, fresh in zip(copies, stored, strict=True) if fresh]
                     if keep:
@@ -666,6 +680,34 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive):
         )
         return outcome
 
+    def _admit(
+        self,
+        conn: sqlite3.Connection,
+        size: int,
+        copies: Sequence[Copy],
+        now: float,
+        warn_percent: int | None,
+    ) -> list[Stored]:
+        """Per copy: the duplicate verdict, then the quota verdict for the fresh ones (which
+        moves usage). A copy refused for quota gives its duplicate record back, so the MTA's
+        retry is not suppressed as a duplicate of a copy that was never stored."""
+        fresh = [self._claim_duplicate_slot(conn, c, now) for c in copies]
+        refused = self._quota_admit(
+            conn,
+            [
+                (c.mailbox_id, size + len(_stored_prefix(c))) if ok else None
+                for c, ok in zip(copies, fresh, strict=True)
+            ],
+            warn_percent,
+        )
+        for c, r in zip(copies, refused, strict=True):
+            if r is not None and self.duplicate_window is not None and c.message_id:
+                conn.execute(
+                    "DELETE FROM duplicates WHERE message_id = ? AND rcpt = ?",
+                    (c.message_id, c.dedup_key),
+                )
+        return merge(fresh, refused)
+
     def _insert_copy(
         self,
         conn: sqlite3.Connection,
@@ -675,7 +717,7 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive):
         now: float,
         flags: int = 0,
     ) -> None:
-        prefix = dot_stuff(normalize_crlf(copy.prefix)) if copy.prefix else b""
+        prefix = _stored_prefix(copy)
         uid = self._next_uid(conn, copy.mailbox_id)
         conn.execute(
             "INSERT INTO messages(mailbox_id, uid, body_id, size, flags, internal_date, "
@@ -766,6 +808,8 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive):
                             more_individuals=names[1:],
                         )
                         self._insert_copy(conn, copy, body_id, size, now, flags)
+                        # Counted, never refused: a migration must not stop half way.
+                        self._quota_move(conn, mailbox.id, [size])
             except BaseException:
                 self._unlink_files(files)
                 raise
@@ -874,12 +918,16 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive):
         with self._tx() as conn:
             for i in range(0, len(uids), _CHUNK):
                 part = uids[i : i + _CHUNK]
-                cur = conn.execute(
+                gone = conn.execute(
                     "UPDATE messages SET expunged_at = ? WHERE mailbox_id = ? "
-                    f"AND expunged_at IS NULL AND uid IN ({','.join('?' * len(part))})",
+                    f"AND expunged_at IS NULL AND uid IN ({','.join('?' * len(part))}) "
+                    "RETURNING size",
                     (now, mailbox_id, *part),
-                )
-                count += cur.rowcount
+                ).fetchall()
+                # Usage drops here, with the expunge the user sees (issue 12), not later
+                # when the collector removes the rows.
+                self._quota_move(conn, mailbox_id, [-int(r[0]) for r in gone])
+                count += len(gone)
         return count
 
     def close_maildrop(self, snapshot: Snapshot) -> None:

@@ -51,6 +51,9 @@ _EXPORT: dict[str, str] = {
     "CASE state WHEN 'sending' THEN 'queued' ELSE state END, attempts, next_attempt, "
     "last_error FROM queue_recipients",
     "submissions": "SELECT account, at, recipients FROM submissions",
+    "account_quotas": "SELECT account_id, storage_used, messages_used, storage_limit, "
+    "messages_limit FROM account_quotas",
+    "domain_quotas": "SELECT domain_id, storage_limit, messages_limit FROM domain_quotas",
 }
 # Columns SQLite keeps as 0/1 that the copy carries as booleans.
 _BOOLEANS = {"accounts": (8, 9), "acl": (2,)}

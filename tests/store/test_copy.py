@@ -72,6 +72,8 @@ def fill(store: Store) -> None:
         50.0,
     )
     assert len(store.claim_due(60.0, 1)) == 1  # b@x.org is `sending` when the copy is taken
+    store.set_quota("example.com", "joe", 10 * 1024 * 1024, None)
+    store.set_quota("example.com", None, None, 1000)
 
 
 def view(store: Store) -> dict[str, object]:
@@ -101,6 +103,11 @@ def view(store: Store) -> dict[str, object]:
         "bodies": bodies,
         "alerts": store.list_alerts(),
         "queue": store.list_queue(),
+        "quotas": [
+            store.get_quota("example.com", "joe"),
+            store.get_quota("example.com", "ann"),
+            store.get_quota("example.com", None),
+        ],
     }
 
 

@@ -110,3 +110,38 @@ def test_xtnd_queue_is_relayed_once_across_nodes(
     wait_for(lambda: queue_empty(a), timeout=60)
     relayed = sorted(r for m in sink.handler.messages for r in m.rcpt_tos)
     assert relayed == [f"r{n}@remote.example" for n in range(6)]
+
+
+def test_two_nodes_share_one_quota(pg_dsn: str, server_factory: Factory, tmp_path: object) -> None:
+    """Issue 12: deliveries through both nodes at once never pass the account's limit; the
+    ones over it get 452 4.2.2 on either node, and an expunge on one makes room on the other."""
+    import concurrent.futures
+
+    a, b = nodes(server_factory, (tmp_path, pg_dsn))
+    a.call(a.store.set_quota, "example.com", "joe", None, 4)
+
+    def send(node: LiveServer, n: int) -> int:
+        with smtplib.LMTP(node.host, node.port("lmtp"), timeout=20) as lmtp:
+            try:
+                lmtp.sendmail("s@remote.test", [USER], message(f"number {n}"))
+            except smtplib.SMTPDataError as exc:
+                assert exc.smtp_error == f"4.2.2 <{USER}> mailbox full".encode()
+                return exc.smtp_code
+            return 250
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(send, [a, b] * 5, range(10)))
+    assert sorted(codes) == [250] * 4 + [452] * 6
+    assert b.call(b.store.get_quota, "example.com", "joe").messages_used == 4
+    # The delivery that crossed 90 % (3 -> 4 of 4) queued one warning, shown once.
+    client = poplib.POP3(b.host, b.port(), timeout=20)
+    client.user(USER)
+    with pytest.raises(poplib.error_proto, match=r"Mailbox is 100% full: 4 of 4 messages"):
+        client.pass_("secret")
+    client.close()
+    on_a = pop(a)
+    assert on_a.stat()[0] == 4
+    on_a.dele(1)
+    assert on_a.quit().startswith(b"+OK")
+    assert send(b, 99) == 250
+    assert send(a, 100) == 452
