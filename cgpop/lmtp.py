@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -226,7 +227,9 @@ class LmtpListeners:
         self.handler = _Handler(check, deliver, config.max_recipients)
         self.sessions: set[_TrackedLMTP] = set()
 
-    async def start(self, ep: Endpoint) -> asyncio.Server:
+    async def start(self, ep: Endpoint, sock: socket.socket | None = None) -> asyncio.Server:
+        """Listen on `ep`, or on `sock` when the parent process opened it (`[server] workers`)."""
+
         def factory() -> _TrackedLMTP:
             return _TrackedLMTP(
                 self,
@@ -239,6 +242,8 @@ class LmtpListeners:
             )
 
         loop = asyncio.get_running_loop()
+        if sock is not None:
+            return await loop.create_server(factory, sock=sock)
         try:
             return await loop.create_server(factory, ep.host, ep.port, reuse_address=True)
         except OSError as exc:

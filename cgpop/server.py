@@ -23,6 +23,7 @@ from cgpop.lmtp import LmtpListeners
 from cgpop.login import LoginPolicy, SessionCaps
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, session_policy
+from cgpop.prefork import Role, listen_key
 from cgpop.reload import reload_config
 from cgpop.runner import Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
@@ -42,9 +43,11 @@ SHUTTING_DOWN = Pop3Error("server shutting down", "SYS/TEMP").reply()
 class Gateway:
     """Everything `cgpop serve` runs: the store, the POP3 and LMTP listeners, XTND XMIT."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, role: Role | None = None) -> None:
         self.config = config
-        self.store = open_store(config)
+        # One process, or one worker of several (cgpop/prefork.py: shared counts and holds).
+        self.role = role = Role() if role is None else role
+        self.store = open_store(config, holds=role.holds)
         self.workers = StoreWorkers()
         self.auth = Authenticator(
             self.store, admins=config.server.admins, login_cache_ttl=config.server.login_cache_ttl
@@ -64,7 +67,9 @@ class Gateway:
         self.delivery: GroupCommit[Prepared, list[Result]] = GroupCommit(
             lambda batch: self.workers.write(self.deliverer.commit, batch), max_batch=64
         )
-        self.caps = SessionCaps(config.pop3.max_per_ip, config.pop3.max_per_account)
+        self.caps = SessionCaps(
+            config.pop3.max_per_ip, config.pop3.max_per_account, counts=role.counts
+        )
         penalty = Penalty(
             PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max)
         )
@@ -157,6 +162,7 @@ class Gateway:
                 deliver=self.deliver,
                 read=self.workers.read,
                 write=self.workers.write,
+                relay=self.role.relay,
             )
         self.pop3 = pop3 = Pop3Connections(
             self.config, self.services(), self.state, self.caps, self._stopping
@@ -170,7 +176,8 @@ class Gateway:
                 domain = domains.get(str(ep), self.config.server.default_domain)
                 await self._listen(kind, ep, pop3.handler(domain, tls=kind == "pop3s"))
         for ep in self.config.lmtp.listen:
-            self._register("lmtp", await self.lmtp.start(ep))
+            for sock in self.role.sockets.get(listen_key("lmtp", ep), [None]):
+                self._register("lmtp", await self.lmtp.start(ep, sock))
         # Kept referenced: the loop holds tasks only weakly.
         self._sweeper_task = asyncio.get_running_loop().create_task(
             self.sweeper.run(self._stopping)
@@ -184,6 +191,10 @@ class Gateway:
             log.info("%s listening on %s:%d", kind.upper(), addr[0], addr[1])
 
     async def _listen(self, kind: str, ep: Endpoint, handler: Handler) -> None:
+        for sock in self.role.sockets.get(listen_key(kind, ep), []):  # opened by the parent
+            self._register(kind, await asyncio.start_server(handler, sock=sock, limit=READ_SIZE))
+        if self.role.sockets:
+            return
         try:
             server = await asyncio.start_server(
                 handler, ep.host, ep.port, reuse_address=True, limit=READ_SIZE, backlog=1024
@@ -233,6 +244,7 @@ class Gateway:
         await self.start()
         # systemd: every listener is open (READY=1); the watchdog pings while the loop runs.
         self.notifier.ready()
+        self.role.ready()
         self.notifier.start_watchdog()
         await self._stopping.wait()
         log.info("shutting down")
