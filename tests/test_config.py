@@ -69,3 +69,25 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_ipv6_endpoint() -> None:
     assert config.parse_endpoint("[::1]:110") == config.Endpoint("::1", 110)
+
+
+def test_workers_is_a_count_or_auto() -> None:
+    assert config.from_dict({}).server.workers == 1  # one process unless asked
+    assert config.from_dict({"server": {"workers": 4}}).server.workers == 4
+    assert config.from_dict({"server": {"workers": "auto"}}).server.workers == "auto"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (0, 'expected a positive number or "auto"'),
+        ("all", 'expected a positive number or "auto"'),
+        (True, 'expected a positive number or "auto"'),
+        (2.0, 'expected a positive number or "auto"'),
+        (10_000, "at most 256"),
+    ],
+)
+def test_workers_refuses_anything_else(value: object, reason: str) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"server": {"workers": value}})
+    assert str(err.value) == f"<dict>: server.workers: {reason}"
