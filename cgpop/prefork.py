@@ -140,6 +140,8 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
         )
         return serve(role)
 
+    if notifier.watchdog is not None:
+        log.warning("systemd WatchdogSec= is not pinged with [server] workers > 1: unset it")
     supervisor = Supervisor(count, work, grace=config.server.shutdown_grace, notify=notifier)
     log.info("starting %d workers", count)
     try:

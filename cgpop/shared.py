@@ -198,8 +198,8 @@ class SnapshotHolds:
     worker keeps every expunged copy a session in another worker may still read. Each worker
     publishes its own slot (a float: the time its oldest open snapshot was taken, +inf when it
     has none); `oldest()` is the minimum over all. One aligned 8-byte store per update, read
-    without a lock: a reader sees the old or the new value, and both are safe (see
-    SqliteStore.collect). A replacement worker overwrites its dead predecessor's slot at start.
+    without a lock: a reader sees the old or the new value, and both are safe (see the SQLite
+    store's collect). A replacement worker overwrites its dead predecessor's slot at start.
     Create it in the parent before forking."""
 
     def __init__(self, workers: int) -> None:
