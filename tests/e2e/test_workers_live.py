@@ -314,3 +314,16 @@ def test_sigterm_drains_every_worker(make_service: Callable[..., Workers]) -> No
         assert pop.file.readline() == b"-ERR [SYS/TEMP] server shutting down\r\n"
     assert svc.proc.wait(TIMEOUT) == 0
     assert re.search(r"all workers stopped", "".join(svc.log))
+
+
+def test_sighup_reaches_every_worker(make_service: Callable[..., Workers]) -> None:
+    svc = make_service(max_channels=1000)
+    port = svc.ready()["POP3"]
+    svc.conf.write_text(BASE.format(max_channels=2, max_per_ip=1000, max_per_account=50))
+    assert svc.reload()[0] == "RELOADING=1"  # then READY=1, from the parent alone
+    reloaded = {int(svc.wait_log(r"\[(\d+)\] INFO reload done").group(1)) for _ in range(2)}
+    assert reloaded == set(svc.workers())
+    # The new cap, for the whole server.
+    greetings = [svc.pop(port).greeting.rstrip("\r\n") for _ in range(3)]
+    assert greetings[:2] == ["+OK localhost cgpop POP3 ready"] * 2
+    assert greetings[2] == TOO_MANY
