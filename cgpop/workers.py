@@ -198,11 +198,12 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         slot.restart_at = None
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
             try:
-                _end_with_parent()
+                _end_with_parent(parent)
                 for signo in _SIGNALS:
                     signal.signal(signo, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
@@ -242,7 +243,7 @@ class Supervisor:
         return 0
 
 
-def _end_with_parent() -> None:
+def _end_with_parent(parent: int) -> None:
     """Linux: this worker gets SIGTERM (and drains) if the parent dies, e.g. of SIGKILL, so no
     worker is left serving the shared sockets without a supervisor (prctl(2) PR_SET_PDEATHSIG)."""
     import ctypes
@@ -251,7 +252,7 @@ def _end_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before the prctl took effect
+    if os.getppid() != parent:  # the parent died before the prctl took effect
         os._exit(1)
 
 
