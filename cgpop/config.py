@@ -34,6 +34,11 @@ class Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# `[server] workers`: each worker is a process with its own store connections; more than this
+# is a typo, not a machine.
+MAX_WORKERS = 256
+
+
 @dataclass(frozen=True, slots=True)
 class UnixSocket:
     """A listening unix-domain socket (`unix:/path` in `[lmtp] listen`), as Postfix's
@@ -68,6 +73,9 @@ class ServerConfig:
     login_cache_ttl: float = 60.0
     # "auto": uvloop when installed, else the standard asyncio loop.
     event_loop: str = "auto"
+    # Worker processes sharing the listeners (cgpop/workers.py, issue 14): a count, or "auto"
+    # for one per CPU the process may use. 1: one process, no supervisor.
+    workers: int | str = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +349,19 @@ def _retry_schedule(s: _Section, default: tuple[float, ...]) -> tuple[float, ...
     return tuple(float(v) for v in value)
 
 
+def _workers_setting(s: _Section) -> int | str:
+    """`[server] workers`: a positive count or "auto" (one per CPU this process may use)."""
+    value = s.data.pop("workers", 1)
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise s.fail("workers", 'expected a positive number or "auto"')
+    # A bound on forks per start: far above any core count, below an accidental 10**6.
+    if value > MAX_WORKERS:
+        raise s.fail("workers", f"at most {MAX_WORKERS}")
+    return value
+
+
 def _dns_servers(x: _Section, default: tuple[str, ...]) -> tuple[str, ...]:
     servers = x.strings("dns_servers", default)
     for server in servers:
@@ -594,6 +615,7 @@ def from_dict(
         syslog_socket=s.get("syslog_socket", str, d.syslog_socket),
         login_cache_ttl=s.get("login_cache_ttl", float, d.login_cache_ttl),
         event_loop=s.get("event_loop", str, d.event_loop),
+        workers=_workers_setting(s),
     )
     if not _HOSTNAME.fullmatch(server.hostname) or len(server.hostname) > 253:
         raise s.fail("hostname", f"not a host name: {server.hostname!r}")
@@ -738,6 +760,10 @@ def from_dict(
     store = _store(sec["store"])
     metrics = _metrics(sec["metrics"])
     quota = _quota(sec["quota"])
+    if metrics.listen is not None and server.workers != 1:
+        # Each worker counts its own sessions; one summed /metrics is not built yet, and a
+        # page showing one worker's share would mislead.
+        raise sec["metrics"].fail("listen", "not available with [server] workers > 1 yet")
 
     return Config(
         server, pop3, lmtp, delivery, tls, xtnd, source, store, metrics=metrics, quota=quota

@@ -4,6 +4,7 @@ sessions' writes share one transaction (and, for deliveries, one fsync)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -52,3 +53,21 @@ class GroupCommit(Generic[Item, R]):
     async def drain(self) -> None:
         while self.task is not None:
             await asyncio.shield(self.task)
+
+
+def advisory(
+    write: Callable[[list[Item]], object], what: str
+) -> Callable[[list[Item]], list[None]]:
+    """A batch write whose failure is logged, never an error for the waiters (\\Seen is
+    advisory: a RETR succeeded whether or not its flag was stored)."""
+
+    def run(items: list[Item]) -> list[None]:
+        try:
+            write(items)
+        except Exception:
+            logging.getLogger("cgpop").exception(
+                "could not set %s on %d messages", what, len(items)
+            )
+        return [None] * len(items)
+
+    return run

@@ -20,6 +20,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -280,7 +281,12 @@ class LmtpListeners:
         ip = peer_address(peer_ip)
         return ip is not None and any(ip in net for net in self.allow_from)
 
-    async def start(self, ep: Endpoint | UnixSocket) -> asyncio.Server:
+    async def start(
+        self, ep: Endpoint | UnixSocket, sock: socket.socket | None = None
+    ) -> asyncio.Server:
+        """Listen on `ep`, or on `sock` when the parent process opened it (`[server] workers`;
+        the parent then also owns a unix socket's file)."""
+
         def factory() -> _TrackedLMTP:
             return _TrackedLMTP(
                 self,
@@ -293,6 +299,10 @@ class LmtpListeners:
             )
 
         loop = asyncio.get_running_loop()
+        if sock is not None:
+            if sock.family == socket.AF_UNIX:
+                return await loop.create_unix_server(factory, sock=sock)
+            return await loop.create_server(factory, sock=sock)
         try:
             if isinstance(ep, UnixSocket):
                 # Created at start, removed at stop (remove_sockets); a crash's leftover is

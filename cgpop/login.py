@@ -59,42 +59,68 @@ class Checks(Protocol):
     ) -> tuple[Credentials | None, bool | None]: ...
 
 
-class SessionCaps:
-    """Open sessions per peer address and per account, against their caps."""
+class Counts(Protocol):
+    """Counts per key against a limit: in this process (LocalCounts), or over every worker of
+    the server (cgpop.shared.WorkerCounts, `[server] workers`)."""
 
-    def __init__(self, max_per_ip: int, max_per_account: int) -> None:
+    def try_add(self, key: str, limit: int | None) -> bool: ...
+    def remove(self, key: str) -> None: ...
+    def get(self, key: str) -> int: ...
+
+
+class LocalCounts:
+    """Counts of one process."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def try_add(self, key: str, limit: int | None) -> bool:
+        if limit is not None and self.counts.get(key, 0) >= limit:
+            return False
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return True
+
+    def remove(self, key: str) -> None:
+        self.counts[key] -= 1
+        if not self.counts[key]:
+            del self.counts[key]
+
+    def get(self, key: str) -> int:
+        return self.counts.get(key, 0)
+
+
+class SessionCaps:
+    """Open connections in all, per peer address and per account, against their caps; with
+    `[server] workers`, `counts` is shared by every worker, so the caps hold for the server."""
+
+    def __init__(self, max_per_ip: int, max_per_account: int, counts: Counts | None = None) -> None:
         self.max_per_ip, self.max_per_account = max_per_ip, max_per_account
-        self.per_ip: dict[str, int] = {}
-        self.per_account: dict[str, int] = {}
+        self.counts: Counts = LocalCounts() if counts is None else counts
 
     def set_limits(self, max_per_ip: int, max_per_account: int) -> None:
         """New caps (a reload): sessions already open stay, the next ones see them."""
         self.max_per_ip, self.max_per_account = max_per_ip, max_per_account
 
+    def enter_channel(self, max_channels: int) -> bool:
+        return self.counts.try_add("channels", max_channels)
+
+    def leave_channel(self) -> None:
+        self.counts.remove("channels")
+
     def enter_peer(self, ip: str) -> bool:
-        return _enter(self.per_ip, ip, self.max_per_ip)
+        return self.counts.try_add(f"ip {ip}", self.max_per_ip)
 
     def leave_peer(self, ip: str) -> None:
-        _leave(self.per_ip, ip)
+        self.counts.remove(f"ip {ip}")
 
     def enter_account(self, account: str) -> bool:
-        return _enter(self.per_account, account, self.max_per_account)
+        return self.counts.try_add(f"account {account}", self.max_per_account)
 
     def leave_account(self, account: str) -> None:
-        _leave(self.per_account, account)
+        self.counts.remove(f"account {account}")
 
-
-def _enter(counts: dict[str, int], key: str, cap: int) -> bool:
-    if counts.get(key, 0) >= cap:
-        return False
-    counts[key] = counts.get(key, 0) + 1
-    return True
-
-
-def _leave(counts: dict[str, int], key: str) -> None:
-    counts[key] -= 1
-    if not counts[key]:
-        del counts[key]
+    def account_sessions(self, account: str) -> int:
+        return self.counts.get(f"account {account}")
 
 
 class LoginPolicy:
@@ -214,7 +240,7 @@ class LoginSession:
         if p.other_sessions is None:
             return True
         others = await p.read(p.other_sessions, access.snapshot)
-        if p.caps.per_account.get(access.account, 0) + others <= p.caps.max_per_account:
+        if p.caps.account_sessions(access.account) + others <= p.caps.max_per_account:
             return True
         p.caps.leave_account(access.account)
         return False

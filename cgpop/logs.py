@@ -73,7 +73,15 @@ class _SyslogHandler(logging.handlers.SysLogHandler):
             print(f"cgpop: syslog {self.address}: cannot send records: {exc}", file=sys.stderr)
 
 
-def setup(level: str = "INFO", syslog: bool = False, syslog_socket: str = "/dev/log") -> None:
+def setup(
+    level: str = "INFO",
+    syslog: bool = False,
+    syslog_socket: str = "/dev/log",
+    *,
+    with_pid: bool = False,
+) -> None:
+    """`with_pid`: stderr lines carry the process id (`[server] workers`: one log, several
+    processes; syslog lines always do)."""
     root = logging.getLogger()
     root.handlers.clear()
     if syslog:
@@ -83,7 +91,8 @@ def setup(level: str = "INFO", syslog: bool = False, syslog_socket: str = "/dev/
         handler.setFormatter(logging.Formatter("cgpop[%(process)d]: %(levelname)s %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        pid = " [%(process)d]" if with_pid else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s{pid} %(levelname)s %(message)s"))
     root.addHandler(handler)
     set_level(level)
 

@@ -177,7 +177,7 @@ class Pop3Connections:
         st = self.state
         cfg = self.config.pop3
         # Checked before anything is read, so a flood costs no more than an accept.
-        if len(st.connections) >= cfg.max_channels:
+        if not self.caps.enter_channel(cfg.max_channels):
             self.services.meter.refused("max_channels")
             await streams.refuse(
                 reader, writer, self._tls_context(tls), slog, "channel limit reached"
@@ -286,6 +286,7 @@ class Pop3Connections:
                 writer.write(INTERNAL_ERROR)
         finally:
             st.connections.discard(conn)
+            self.caps.leave_channel()
             if counted_ip is not None:
                 self.caps.leave_peer(counted_ip)
             if runner is not None:

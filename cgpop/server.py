@@ -18,7 +18,7 @@ from cgpop.blocking import StoreWorkers
 from cgpop.config import Config, Endpoint
 from cgpop.delivery import Deliverer, Prepared, Result, Status
 from cgpop.errors import Pop3Error
-from cgpop.groupcommit import GroupCommit
+from cgpop.groupcommit import GroupCommit, advisory
 from cgpop.livesessions import LiveRegistry
 from cgpop.lmtp import LmtpListeners
 from cgpop.login import LoginPolicy, SessionCaps
@@ -26,6 +26,7 @@ from cgpop.metrics import Metrics
 from cgpop.metrics_http import MetricsEndpoint, gateway_scrape, store_health
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, session_policy
+from cgpop.prefork import Role, listen_key
 from cgpop.reload import reload_config
 from cgpop.runner import Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
@@ -44,9 +45,11 @@ log = logging.getLogger("cgpop")
 class Gateway:
     """Everything `cgpop serve` runs: the store, the POP3 and LMTP listeners, XTND XMIT."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, role: Role | None = None) -> None:
         self.config = config
-        self.store = open_store(config)
+        # One process, or one worker of several (cgpop/prefork.py: shared counts and holds).
+        self.role = role = Role() if role is None else role
+        self.store = open_store(config, holds=role.holds)
         # Node-local files (fake-salt key, spooled bodies): the embedded store makes data_dir,
         # a database backend does not, and no other node needs what is kept there.
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
@@ -64,14 +67,16 @@ class Gateway:
         )
         # RETR sets \\Seen at once; many sessions' flag updates share one transaction.
         self.seen: GroupCommit[tuple[int, int], None] = GroupCommit(
-            lambda items: self.workers.write(self._mark_seen, items)
+            lambda items: self.workers.write(advisory(self.store.mark_seen, r"\Seen"), items)
         )
         # LMTP group commit: concurrent deliveries share one transaction and fsync; each
         # sender still gets its reply only once its message is durable.
         self.delivery: GroupCommit[Prepared, list[Result]] = GroupCommit(
             lambda batch: self.workers.write(self.deliverer.commit, batch), max_batch=64
         )
-        self.caps = SessionCaps(config.pop3.max_per_ip, config.pop3.max_per_account)
+        self.caps = SessionCaps(
+            config.pop3.max_per_ip, config.pop3.max_per_account, counts=role.counts
+        )
         penalty = Penalty(
             PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max)
         )
@@ -122,14 +127,6 @@ class Gateway:
             self.live.sweep,
         )
 
-    def _mark_seen(self, items: list[tuple[int, int]]) -> list[None]:
-        """\\Seen is advisory: a failed batch is logged, never an error for the RETR."""
-        try:
-            self.store.mark_seen(items)
-        except Exception:
-            log.exception("could not set \\Seen on %d messages", len(items))
-        return [None] * len(items)
-
     async def check_recipient(self, recipient: str) -> Status | None:
         return await self.workers.read(self.deliverer.check, recipient)
 
@@ -178,6 +175,7 @@ class Gateway:
                 deliver=self.deliver,
                 read=self.workers.read,
                 write=self.workers.write,
+                relay=self.role.relay,
             )
         self.pop3 = pop3 = Pop3Connections(
             self.config, self.services(), self.state, self.caps, self._stopping
@@ -191,7 +189,8 @@ class Gateway:
                 domain = domains.get(str(ep), self.config.server.default_domain)
                 await self._listen(kind, ep, pop3.handler(domain, tls=kind == "pop3s"))
         for where in self.config.lmtp.listen:
-            self._register("lmtp", await self.lmtp.start(where))
+            for sock in self.role.sockets.get(listen_key("lmtp", where), [None]):
+                self._register("lmtp", await self.lmtp.start(where, sock))
         if self.config.metrics.listen is not None:
             endpoint = MetricsEndpoint(
                 gateway_scrape(self.metrics, self.workers.read, self.store.queue_stats),
@@ -214,6 +213,10 @@ class Gateway:
             log.info("%s listening on %s:%d", kind.upper(), addr[0], addr[1])
 
     async def _listen(self, kind: str, ep: Endpoint, handler: Handler) -> None:
+        for sock in self.role.sockets.get(listen_key(kind, ep), []):  # opened by the parent
+            self._register(kind, await asyncio.start_server(handler, sock=sock, limit=READ_SIZE))
+        if self.role.sockets:
+            return
         try:
             server = await asyncio.start_server(
                 handler, ep.host, ep.port, reuse_address=True, limit=READ_SIZE, backlog=1024
@@ -250,6 +253,7 @@ class Gateway:
         await self.start()
         # systemd: every listener is open (READY=1); the watchdog pings while the loop runs.
         self.notifier.ready()
+        self.role.ready()
         self.notifier.start_watchdog()
         await self._stopping.wait()
         log.info("shutting down")
@@ -270,17 +274,6 @@ class Gateway:
         except Exception:
             log.exception("reload failed; the running configuration stays")
         self.notifier.reloaded()
-
-    def reload_tls(self) -> None:
-        """Re-read the certificate files only (SIGHUP does this and more: `reload`);
-        sessions already in TLS keep theirs."""
-        if self.tls is None:
-            return
-        try:
-            self.tls.reload()
-            log.info("TLS certificate reloaded")
-        except ValueError as exc:
-            log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
 
 def _submit_fn(service: SubmissionService, count: Callable[[str], None]) -> SubmitFn:

@@ -17,11 +17,13 @@ hold keys, the table is rebuilt in place with only the keys still counting.
 from __future__ import annotations
 
 import hashlib
+import math
 import mmap
 import multiprocessing
 import struct
+from multiprocessing.synchronize import Lock
 
-__all__ = ["SharedCounters"]
+__all__ = ["ServerCounters", "SharedCounters", "SnapshotHolds", "WorkerCounts"]
 
 _ENTRY = struct.Struct("=Qq")
 _EMPTY = 0  # digest 0 marks an empty slot; a real key's digest is never 0 (see _digest)
@@ -37,12 +39,12 @@ class TableFull(Exception):
 
 
 class SharedCounters:
-    def __init__(self, slots: int = 1 << 16) -> None:
+    def __init__(self, slots: int = 1 << 16, lock: Lock | None = None) -> None:
         if slots < 2 or slots & (slots - 1):
             raise ValueError("slots must be a power of two")
         self.slots = slots
         self._mem = mmap.mmap(-1, slots * _ENTRY.size + 8)  # +8: count of keys in use
-        self._lock = multiprocessing.get_context("fork").Lock()
+        self._lock = multiprocessing.get_context("fork").Lock() if lock is None else lock
 
     # --- the operations ---
     def try_add(self, key: str, limit: int | None) -> bool:
@@ -124,3 +126,104 @@ class SharedCounters:
                 slot = (slot + 1) & mask
             self._write(slot, digest, count)
         self._set_used(len(live))
+
+
+class ServerCounters:
+    """The counts of a whole server of `workers` processes: one SharedCounters table per worker
+    under one lock, so a limit holds for the sum while each worker's share stays its own. A
+    worker that dies takes its connections with it; its replacement starts by zeroing its
+    table (`for_worker(i).reset()`), so the dead worker's counts do not hold slots forever.
+    Create it in the parent before forking."""
+
+    def __init__(self, workers: int, slots: int = 1 << 16) -> None:
+        self._lock = multiprocessing.get_context("fork").Lock()
+        self.tables = [SharedCounters(slots, self._lock) for _ in range(workers)]
+
+    def for_worker(self, index: int) -> WorkerCounts:
+        return WorkerCounts(self, index)
+
+    def total(self, key: str) -> int:
+        with self._lock:
+            return self._total(_digest(key))
+
+    def _total(self, digest: int) -> int:
+        found = 0
+        for table in self.tables:
+            slot = table._find(digest, insert=False)
+            if slot is not None:
+                found += table._count(slot)
+        return found
+
+
+class WorkerCounts:
+    """One worker's side of ServerCounters: what it adds and removes counts in its own table,
+    and limits are checked against the whole server's sum."""
+
+    def __init__(self, counters: ServerCounters, index: int) -> None:
+        self.counters, self.table = counters, counters.tables[index]
+
+    def try_add(self, key: str, limit: int | None) -> bool:
+        digest = _digest(key)
+        with self.counters._lock:
+            if limit is not None and self.counters._total(digest) >= limit:
+                return False
+            slot = self.table._find(digest, insert=True)
+            assert slot is not None
+            self.table._write(slot, digest, self.table._count(slot) + 1)
+            return True
+
+    def remove(self, key: str) -> None:
+        digest = _digest(key)
+        with self.counters._lock:
+            slot = self.table._find(digest, insert=False)
+            if slot is not None:
+                self.table._write(slot, digest, max(0, self.table._count(slot) - 1))
+
+    def get(self, key: str) -> int:
+        """The whole server's count for `key`."""
+        return self.counters.total(key)
+
+    def reset(self) -> None:
+        """A new worker in this slot: what its predecessor counted went with its process."""
+        with self.counters._lock:
+            mem = self.table._mem
+            mem[:] = bytes(len(mem))
+
+
+_HOLD = struct.Struct("=d")
+
+
+class SnapshotHolds:
+    """The oldest open snapshot of each worker (issue 14), so the store's collector in one
+    worker keeps every expunged copy a session in another worker may still read. Each worker
+    publishes its own slot (a float: the time its oldest open snapshot was taken, +inf when it
+    has none); `oldest()` is the minimum over all. One aligned 8-byte store per update, read
+    without a lock: a reader sees the old or the new value, and both are safe (see the SQLite
+    store's collect). A replacement worker overwrites its dead predecessor's slot at start.
+    Create it in the parent before forking."""
+
+    def __init__(self, workers: int) -> None:
+        self._mem = mmap.mmap(-1, workers * _HOLD.size)
+        self.workers = workers
+        for i in range(workers):
+            _HOLD.pack_into(self._mem, i * _HOLD.size, math.inf)
+
+    def slot(self, index: int) -> HoldSlot:
+        return HoldSlot(self, index)
+
+    def oldest(self) -> float | None:
+        found = min(_HOLD.unpack_from(self._mem, i * _HOLD.size)[0] for i in range(self.workers))
+        return None if found == math.inf else float(found)
+
+
+class HoldSlot:
+    """One worker's slot of SnapshotHolds: the store.api.HoldBoard the SQLite store is given."""
+
+    def __init__(self, holds: SnapshotHolds, index: int) -> None:
+        self.holds, self.offset = holds, index * _HOLD.size
+
+    def publish(self, oldest: float | None) -> None:
+        _HOLD.pack_into(self.holds._mem, self.offset, math.inf if oldest is None else oldest)
+
+    def oldest(self) -> float | None:
+        return self.holds.oldest()

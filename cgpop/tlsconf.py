@@ -18,6 +18,7 @@ recorded per TLS object, so after the handshake the session learns the entry's l
 
 from __future__ import annotations
 
+import logging
 import ssl
 import weakref
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from cgpop.config import Config, ConfigError, TlsCertificate
+
+_log = logging.getLogger("cgpop")
 
 StrPath = str | Path
 
@@ -211,6 +214,15 @@ class ReloadableContext:
         """The context for the next handshake (use it for each STLS `start_tls`): the fallback
         certificate, whose SNI callback moves the handshake to a matching entry's."""
         return self._certs.default
+
+    def reload_logged(self) -> None:
+        """Re-read the certificate files only (SIGHUP does this and more, cgpop/reload.py);
+        sessions already in TLS keep theirs. A failure is logged; the old ones stay."""
+        try:
+            self.reload()
+            _log.info("TLS certificate reloaded")
+        except ValueError as exc:
+            _log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
     def reload(self) -> ssl.SSLContext:
         """Re-read the files into new contexts and make them current. On error the old ones stay

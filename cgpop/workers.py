@@ -9,8 +9,13 @@ new connection to one of the workers blocked in accept() on the shared socket, s
 takes fewer: no SO_REUSEPORT hashing that would strand a dead worker's backlog.
 
 The parent waits on signals with `sigtimedwait` (no handlers, no polling): SIGCHLD, SIGHUP,
-SIGTERM and SIGINT are blocked in the parent and restored to their defaults in each worker
-before it runs.
+SIGTERM, SIGINT and SIGUSR1 are blocked in the parent and restored to their defaults in each
+worker before it runs.
+
+Readiness: a worker calls `worker_ready(index)` once it serves; that writes its index to a pipe
+and sends the parent SIGUSR1 (signals coalesce, so the parent reads every index the pipe holds
+at each wake-up). Once every worker has reported, the parent tells its `notify` (systemd's
+READY=1, cgpop/sdnotify.py): only the parent talks to the service manager.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["Supervisor", "worker_count"]
+__all__ = ["Notify", "Supervisor", "worker_count"]
 
 log = logging.getLogger("cgpop.workers")
 
-_SIGNALS = frozenset({signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+_SIGNALS = frozenset({signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
+_INDEX = 2  # bytes per index on the readiness pipe (a write this short is atomic, PIPE_BUF)
 # A worker that dies sooner than this after its start is failing at start (bad certificate,
 # store unreachable): restart it with a growing delay rather than fork in a tight loop.
 _QUICK_DEATH = 1.0
@@ -42,6 +49,15 @@ def worker_count(setting: int | str) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     assert isinstance(setting, int) and setting >= 1
     return setting
+
+
+class Notify(Protocol):
+    """What the parent tells the service manager (cgpop.sdnotify.Notifier)."""
+
+    def ready(self, status: str = "") -> bool: ...
+    def reloading(self) -> bool: ...
+    def reloaded(self, status: str = "") -> bool: ...
+    def stopping(self) -> bool: ...
 
 
 @dataclass
@@ -61,13 +77,31 @@ class Supervisor:
     SIGHUP as "reload". The parent returns 0 after a clean drain, 1 if a worker had to be
     killed."""
 
-    def __init__(self, count: int, work: Callable[[int], int], *, grace: float) -> None:
+    def __init__(
+        self,
+        count: int,
+        work: Callable[[int], int],
+        *,
+        grace: float,
+        notify: Notify | None = None,
+    ) -> None:
         if count < 1:
             raise ValueError("at least one worker")
         self.work = work
         self.grace = grace
+        self.notify = notify
         self.slots = [_Slot(i) for i in range(count)]
         self.stopping = False
+        self.announced = False  # every worker has reported ready once
+        self._reported: set[int] = set()
+        self._ready_r, self._ready_w = os.pipe()
+        os.set_blocking(self._ready_r, False)
+
+    # --- a worker ---
+    def worker_ready(self, index: int) -> None:
+        """In worker `index`: it serves now (its listeners accept)."""
+        os.write(self._ready_w, index.to_bytes(_INDEX, "little"))
+        os.kill(os.getppid(), signal.SIGUSR1)
 
     # --- the parent ---
     def run(self) -> int:
@@ -79,6 +113,7 @@ class Supervisor:
                 info = signal.sigtimedwait(_SIGNALS, self._next_timeout())
                 if info is not None:
                     self._on_signal(info.si_signo)
+                self._read_ready()
                 self._reap()
                 self._restart_due()
             return self._drain()
@@ -91,10 +126,33 @@ class Supervisor:
     def _on_signal(self, signo: int) -> None:
         if signo == signal.SIGHUP:
             log.info("SIGHUP: passed to %d workers", len(self.pids()))
+            if self.notify is not None:
+                self.notify.reloading()
             self._send_all(signal.SIGHUP)
+            if self.notify is not None:
+                self.notify.reloaded()
         elif signo in (signal.SIGTERM, signal.SIGINT):
             log.info("%s: draining %d workers", signal.Signals(signo).name, len(self.pids()))
             self.stopping = True
+            if self.notify is not None:
+                self.notify.stopping()
+
+    def _read_ready(self) -> None:
+        """Take the indexes of workers that reported ready; the first time all have, notify."""
+        while True:
+            try:
+                data = os.read(self._ready_r, 4096)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            for i in range(0, len(data) - _INDEX + 1, _INDEX):
+                self._reported.add(int.from_bytes(data[i : i + _INDEX], "little"))
+        if not self.announced and len(self._reported) >= len(self.slots):
+            self.announced = True
+            log.info("all %d workers serving", len(self.slots))
+            if self.notify is not None:
+                self.notify.ready()
 
     def _next_timeout(self) -> float:
         due = [s.restart_at for s in self.slots if s.restart_at is not None]
@@ -140,10 +198,12 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         slot.restart_at = None
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
             try:
+                _end_with_parent(parent)
                 for signo in _SIGNALS:
                     signal.signal(signo, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
@@ -181,6 +241,19 @@ class Supervisor:
             signal.sigtimedwait({signal.SIGCHLD}, left)
         log.info("all workers stopped")
         return 0
+
+
+def _end_with_parent(parent: int) -> None:
+    """Linux: this worker gets SIGTERM (and drains) if the parent dies, e.g. of SIGKILL, so no
+    worker is left serving the shared sockets without a supervisor (prctl(2) PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
 
 
 def _describe(status: int) -> str:

@@ -79,3 +79,31 @@ def test_metrics_listen() -> None:
     cfg = config.from_dict({"metrics": {"listen": "127.0.0.1:9110"}})
     assert cfg.metrics.listen == config.Endpoint("127.0.0.1", 9110)
     assert config.from_dict({"metrics": {"listen": ""}}).metrics.listen is None
+
+
+def test_workers_is_a_count_or_auto() -> None:
+    assert config.from_dict({}).server.workers == 1  # one process unless asked
+    assert config.from_dict({"server": {"workers": 4}}).server.workers == 4
+    assert config.from_dict({"server": {"workers": "auto"}}).server.workers == "auto"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (0, 'expected a positive number or "auto"'),
+        ("all", 'expected a positive number or "auto"'),
+        (True, 'expected a positive number or "auto"'),
+        (2.0, 'expected a positive number or "auto"'),
+        (10_000, "at most 256"),
+    ],
+)
+def test_workers_refuses_anything_else(value: object, reason: str) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"server": {"workers": value}})
+    assert str(err.value) == f"<dict>: server.workers: {reason}"
+
+
+def test_metrics_with_several_workers_is_refused_until_summed() -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"server": {"workers": 2}, "metrics": {"listen": "127.0.0.1:9110"}})
+    assert str(err.value) == "<dict>: metrics.listen: not available with [server] workers > 1 yet"

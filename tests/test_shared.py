@@ -63,3 +63,30 @@ def test_limit_holds_across_forked_processes() -> None:
         [sys.executable, "-c", RACE], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["50", "50", "2000"]
+
+
+def test_server_counters_limit_the_sum_and_forget_a_reset_worker() -> None:
+    from cgpop.shared import ServerCounters
+
+    counters = ServerCounters(2, slots=8)
+    first, second = counters.for_worker(0), counters.for_worker(1)
+    assert first.try_add("ip 10.0.0.1", 3)
+    assert second.try_add("ip 10.0.0.1", 3)
+    assert first.try_add("ip 10.0.0.1", 3)
+    assert not second.try_add("ip 10.0.0.1", 3)  # three in all, whichever worker asks
+    assert second.get("ip 10.0.0.1") == 3
+    first.reset()  # worker 0 died: its two went with it
+    assert counters.total("ip 10.0.0.1") == 1
+    assert second.try_add("ip 10.0.0.1", 3)
+
+
+def test_snapshot_holds_give_the_oldest_of_all_workers() -> None:
+    from cgpop.shared import SnapshotHolds
+
+    holds = SnapshotHolds(3)
+    assert holds.oldest() is None
+    holds.slot(0).publish(200.0)
+    holds.slot(2).publish(100.0)
+    assert holds.slot(1).oldest() == 100.0
+    holds.slot(2).publish(None)  # its sessions ended
+    assert holds.oldest() == 200.0

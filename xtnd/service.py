@@ -60,10 +60,12 @@ def start_submission(
     deliver: Deliver,
     read: Run,
     write: Run,
+    relay: bool = True,
 ) -> SubmissionService:
     """Build the submitter and start the relay worker (in the running event loop).
     `deliver_prepared` is the group commit for prepared local deliveries, `deliver` local
-    delivery from resolution on (for DSNs); `read` and `write` the store's worker runners."""
+    delivery from resolution on (for DSNs); `read` and `write` the store's worker runners.
+    Without `relay` the queue is only filled here, another process relays it."""
     x: XtndConfig = config.xtnd
     worker = RelayWorker(
         store=store,
@@ -84,5 +86,6 @@ def start_submission(
         limits=Limits(x.rate_messages_per_hour, x.rate_recipients_per_hour),
         on_queued=worker.wake,
     )
-    worker.start()
+    if relay:  # `[server] workers`: one worker runs the queue (cgpop/prefork.py)
+        worker.start()
     return SubmissionService(submitter, worker, config.server.shutdown_grace)

@@ -30,21 +30,34 @@ def cmd_serve(args: argparse.Namespace, cfg: configmod.Config) -> int:
             raise CliError(
                 f"configuration error: {cfg.source}: server.syslog_socket: {why}", EX_USAGE
             )
-    logs.setup(cfg.server.log_level, cfg.server.syslog, cfg.server.syslog_socket)
-    raise_open_files_limit()
+    from cgpop.prefork import Role, run_workers
+    from cgpop.workers import worker_count
 
-    async def main() -> None:
-        gw = Gateway(cfg)
-        await gw.serve_forever()
+    workers = worker_count(cfg.server.workers)
+    logs.setup(
+        cfg.server.log_level, cfg.server.syslog, cfg.server.syslog_socket, with_pid=workers > 1
+    )
+    raise_open_files_limit()
+    loop_factory = event_loop_factory(cfg.server.event_loop)
+
+    def serve(role: Role | None) -> int:
+        async def main() -> None:
+            gw = Gateway(cfg, role)
+            await gw.serve_forever()
+
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
+        return EX_OK
 
     try:
-        with asyncio.Runner(loop_factory=event_loop_factory(cfg.server.event_loop)) as runner:
-            runner.run(main())
+        if workers == 1:
+            return serve(None)
+        # The parent opens the listeners and forks; each worker runs serve(role).
+        return run_workers(cfg, serve)
     except configmod.ConfigError as exc:  # a certificate file named in [tls], found unusable
         raise CliError(f"configuration error: {exc}", EX_USAGE) from None
     except OSError as exc:
         raise CliError(str(exc)) from None
-    return EX_OK
 
 
 def raise_open_files_limit() -> None:

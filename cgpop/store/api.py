@@ -420,6 +420,16 @@ class Directory(Protocol):
         ...
 
 
+class HoldBoard(Protocol):
+    """The oldest open snapshot of every process serving one embedded store (issue 14,
+    `[server] workers`): a backend whose collector horizon lives in the process (SQLite)
+    publishes its own oldest open snapshot time and reads the oldest of all. A backend that
+    registers sessions in the database itself (PostgreSQL) needs none. Given by the wiring."""
+
+    def publish(self, oldest: float | None) -> None: ...
+    def oldest(self) -> float | None: ...
+
+
 class Mailstore(Protocol):
     """Messages: delivery, import, and the POP sessions' snapshots (module docstring)."""
 

@@ -36,6 +36,7 @@ from cgpop.store.api import (
     SERVICES,
     Account,
     Copy,
+    HoldBoard,
     Mailbox,
     MessageInfo,
     NotFound,
@@ -82,7 +83,13 @@ def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
 
 @translate_errors
 class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuotas):
-    def __init__(self, data_dir: Path, *, duplicate_window: float | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        duplicate_window: float | None = None,
+        holds: HoldBoard | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         super().__init__(self.data_dir / "cgpop.sqlite3")
         self.bodies_dir = self.data_dir / "bodies"
@@ -90,6 +97,11 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
         # Open sessions by the time their snapshot was taken: the collector keeps every
         # expunged copy that one of them may still read.
         self._open: Counter[float] = Counter()
+        # With `[server] workers`, the other workers' oldest open snapshots (cgpop/shared.py):
+        # this process publishes its own there, and the collector honours all of them.
+        self._holds = holds
+        if holds is not None:
+            holds.publish(None)  # a replacement worker: its predecessor's sessions are gone
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.bodies_dir / "tmp").mkdir(parents=True, exist_ok=True)
         schema.migrate(self._conn())
@@ -845,28 +857,35 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
 
     # --- POP sessions ---
     def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot:
-        conn = self._conn()
-        if individual is None:
-            rows = conn.execute(
-                "SELECT uid, size FROM messages "
-                "WHERE mailbox_id = ? AND expunged_at IS NULL ORDER BY uid",
-                (mailbox.id,),
-            ).fetchall()
-        else:
-            # Two indexed lookups: the first name of each message, then the others (schema
-            # migration 7). A name is recorded once per message, so UNION ALL repeats none.
-            rows = conn.execute(
-                "SELECT uid, size FROM messages INDEXED BY messages_individual "
-                "WHERE mailbox_id = ? AND individual = ? AND expunged_at IS NULL "
-                "UNION ALL SELECT m.uid, m.size FROM message_individuals x "
-                "JOIN messages m ON m.mailbox_id = x.mailbox_id AND m.uid = x.uid "
-                "WHERE x.mailbox_id = ? AND x.individual = ? AND m.expunged_at IS NULL "
-                "ORDER BY 1",
-                (mailbox.id, individual.lower(), mailbox.id, individual.lower()),
-            ).fetchall()
+        # The hold is registered (and published to the other workers) before the snapshot is
+        # read, so no collector can judge a copy this snapshot holds by an older horizon.
         opened = _now()
         with self._lock:
             self._open[opened] += 1
+            self._publish_hold()
+        try:
+            conn = self._conn()
+            if individual is None:
+                rows = conn.execute(
+                    "SELECT uid, size FROM messages "
+                    "WHERE mailbox_id = ? AND expunged_at IS NULL ORDER BY uid",
+                    (mailbox.id,),
+                ).fetchall()
+            else:
+                # Two indexed lookups: the first name of each message, then the others (schema
+                # migration 7). A name is recorded once per message, so UNION ALL repeats none.
+                rows = conn.execute(
+                    "SELECT uid, size FROM messages INDEXED BY messages_individual "
+                    "WHERE mailbox_id = ? AND individual = ? AND expunged_at IS NULL "
+                    "UNION ALL SELECT m.uid, m.size FROM message_individuals x "
+                    "JOIN messages m ON m.mailbox_id = x.mailbox_id AND m.uid = x.uid "
+                    "WHERE x.mailbox_id = ? AND x.individual = ? AND m.expunged_at IS NULL "
+                    "ORDER BY 1",
+                    (mailbox.id, individual.lower(), mailbox.id, individual.lower()),
+                ).fetchall()
+        except BaseException:
+            self._end_hold(opened)
+            raise
         uids, sizes = zip(*rows, strict=True) if rows else ((), ())
         size_arr = array("q", sizes)
         return Snapshot(mailbox, array("q", uids), size_arr, opened, sum(size_arr))
@@ -931,10 +950,19 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
         return count
 
     def close_maildrop(self, snapshot: Snapshot) -> None:
+        self._end_hold(snapshot.opened_at)
+
+    def _end_hold(self, opened: float) -> None:
         with self._lock:
-            self._open[snapshot.opened_at] -= 1
-            if self._open[snapshot.opened_at] <= 0:
-                del self._open[snapshot.opened_at]
+            self._open[opened] -= 1
+            if self._open[opened] <= 0:
+                del self._open[opened]
+            self._publish_hold()
+
+    def _publish_hold(self) -> None:
+        """Tell the other workers this process's oldest open snapshot (with self._lock held)."""
+        if self._holds is not None:
+            self._holds.publish(min(self._open) if self._open else None)
 
     # --- the collector (the safety mechanism) ---
     def other_sessions(self, snapshot: Snapshot) -> int:
@@ -944,10 +972,12 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
 
     def collect(self) -> int:
         """Remove expunged copies and unreferenced bodies that no open session can still read.
-        Only the serving process calls this: it alone knows which sessions are open."""
+        Only the serving processes call this: they alone know which sessions are open (each
+        worker its own, the others' through the HoldBoard)."""
         with self._lock:
             horizon = min(self._open) if self._open else float("inf")
-        horizon = min(horizon, _now())
+        others = None if self._holds is None else self._holds.oldest()
+        horizon = min(horizon, _now(), float("inf") if others is None else others)
         files: list[str] = []
         with self._tx() as conn:
             conn.execute(

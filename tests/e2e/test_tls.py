@@ -222,7 +222,7 @@ def test_reload_certificate(srv: LiveServer, tmp_path: Path) -> None:
 
     certgen.write_self_signed("127.0.0.1", cert.parent)  # same paths, new pair
     assert cert.read_bytes() != old_pem
-    asyncio.run_coroutine_threadsafe(_call(srv.gateway.reload_tls), srv.loop).result(10)
+    asyncio.run_coroutine_threadsafe(_call(srv.gateway.tls.reload_logged), srv.loop).result(10)
 
     new_der = _peer_cert(srv.port("pop3s"), cert)
     assert new_der != old_der

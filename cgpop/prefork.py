@@ -1,0 +1,169 @@
+"""`cgpop serve` with `[server] workers` above 1 (issue 14): the parent opens every listener
+(POP3, POP3S, LMTP) and the state the workers share, then forks the workers (cgpop/workers.py);
+each worker runs the same composition root (cgpop/server.py) on the inherited sockets, with its
+own event loop, store connections and threads. Nothing that holds a thread or a lock is created
+before the fork: the store is opened in each worker.
+
+What the workers share, and how:
+- `max_channels`, `max_per_ip`, `max_per_account`: counted in shared memory over all workers
+  (cgpop.shared.ServerCounters), so each cap holds for the whole server.
+- The snapshot holds of the SQLite backend: each worker publishes its oldest open snapshot in
+  shared memory (cgpop.shared.SnapshotHolds) and every collector honours the oldest of all, so a
+  body stays readable by a session in another worker. PostgreSQL registers sessions in the
+  database and needs nothing here.
+- Alerts (taken once per account in one store transaction), the login cache's invalidation (the
+  directory version in the store) and the XTND queue: in the store, as for separate processes.
+  Only worker 0 runs the XTND relay queue (its start requeues the entries a dead relay left
+  `sending`, which must not race another relay); every worker accepts XTND XMIT.
+- Only the parent talks to systemd: READY=1 once every worker serves (Supervisor.worker_ready),
+  RELOADING=1/READY=1 around SIGHUP, STOPPING=1; the workers run without $NOTIFY_SOCKET.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cgpop.config import Config, Endpoint, UnixSocket
+from cgpop.lmtp import SOCKET_MODE
+from cgpop.login import Counts
+from cgpop.saltkey import fake_salt_key
+from cgpop.sdnotify import Notifier
+from cgpop.shared import ServerCounters, SnapshotHolds
+from cgpop.store.api import HoldBoard
+from cgpop.store.factory import open_store
+from cgpop.streams import UnixSocketFile
+from cgpop.workers import Supervisor, worker_count
+
+__all__ = ["Role", "listen_key", "open_listeners", "run_workers"]
+
+log = logging.getLogger("cgpop.prefork")
+
+# Same backlog as the single-process listeners (server.py): bursts of connects wait in the
+# kernel rather than being refused.
+BACKLOG = 1024
+# Variables by which systemd addresses the service's main process only.
+_PARENT_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def listen_key(kind: str, ep: Endpoint | UnixSocket) -> str:
+    return f"{kind} {ep}"
+
+
+@dataclass(frozen=True)
+class Role:
+    """What one process of the server is given: worker `index` of a supervised server, or the
+    single process (the defaults: local counts, no shared holds, listeners opened by itself)."""
+
+    index: int = 0
+    counts: Counts | None = None
+    holds: HoldBoard | None = None
+    # listen_key(kind, endpoint) -> the sockets the parent opened for it
+    sockets: Mapping[str, list[socket.socket]] = field(default_factory=dict)
+    relay: bool = True  # runs the XTND relay queue
+    ready: Callable[[], None] = lambda: None  # it serves now (told to the parent)
+
+
+def _bind(ep: Endpoint) -> list[socket.socket]:
+    """Listening sockets for `ep`, one per address it resolves to (as asyncio.start_server)."""
+    infos = socket.getaddrinfo(
+        ep.host or None, ep.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def open_listeners(
+    config: Config, unix_files: list[UnixSocketFile]
+) -> dict[str, list[socket.socket]]:
+    """Every listener of the configuration, opened once in the parent; the unix socket files
+    made are added to `unix_files`."""
+    wanted = [
+        *(("pop3", ep) for ep in config.pop3.listen),
+        *(("pop3s", ep) for ep in config.pop3.tls_listen),
+        *(("lmtp", ep) for ep in config.lmtp.listen),
+    ]
+    opened: dict[str, list[socket.socket]] = {}
+    try:
+        for kind, ep in wanted:
+            try:
+                if isinstance(ep, UnixSocket):
+                    # The parent owns the file: made here, removed when the server stops.
+                    file = UnixSocketFile(ep.path, SOCKET_MODE)
+                    file.sock.listen(BACKLOG)
+                    unix_files.append(file)
+                    opened[listen_key(kind, ep)] = [file.sock]
+                    continue
+                opened[listen_key(kind, ep)] = _bind(ep)
+            except OSError as exc:
+                raise OSError(f"cannot listen on {ep} for {kind}: {exc.strerror}") from None
+    except OSError:
+        for sockets in opened.values():
+            for sock in sockets:
+                sock.close()
+        raise
+    return opened
+
+
+def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
+    """The parent: open the listeners and the shared state, fork `[server] workers` workers
+    that each run `serve(role)`, supervise them until SIGTERM/SIGINT. The exit status."""
+    count = worker_count(config.server.workers)
+    # Schema migrations once, before the workers open the store (several at once would contend
+    # for the schema); closed again, so no worker inherits a connection or a thread.
+    open_store(config).close()
+    fake_salt_key(config)  # made once here, not raced for by the workers' first starts
+    unix_files: list[UnixSocketFile] = []
+    sockets = open_listeners(config, unix_files)
+    counters = ServerCounters(count)
+    holds = SnapshotHolds(count)
+    notifier = Notifier()
+    supervisor: Supervisor
+
+    def work(index: int) -> int:
+        for name in _PARENT_ONLY:
+            os.environ.pop(name, None)
+        mine = counters.for_worker(index)
+        mine.reset()  # a replacement: its predecessor's connections went with it
+        role = Role(
+            index=index,
+            counts=mine,
+            holds=holds.slot(index),
+            sockets=sockets,
+            relay=index == 0,
+            ready=lambda: supervisor.worker_ready(index),
+        )
+        return serve(role)
+
+    if notifier.watchdog is not None:
+        log.warning("systemd WatchdogSec= is not pinged with [server] workers > 1: unset it")
+    supervisor = Supervisor(count, work, grace=config.server.shutdown_grace, notify=notifier)
+    log.info("starting %d workers", count)
+    try:
+        return supervisor.run()
+    finally:
+        notifier.close()
+        for group in sockets.values():
+            for sock in group:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        for file in unix_files:
+            file.remove()

@@ -1,0 +1,329 @@
+"""`cgpop serve` with `[server] workers = 2` from the outside (issue 14): connections reach both
+workers, systemd hears READY=1 once from the parent, the whole-server limits hold across
+workers, a session in one worker still reads a message that another worker expunged and
+collected, alerts and password changes are seen by both, a killed worker is replaced, and
+SIGTERM drains every worker.
+
+Which worker holds a connection is read from /proc (the server side of the TCP connection is a
+socket inode in exactly one worker's file table), never from the wire."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cgpop import alerts
+from cgpop.store.sqlite import SqliteStore
+from tests.conftest import message
+from tests.e2e.test_systemd import CGPOP, TIMEOUT, Pop, Service
+
+BASE = """[server]
+data_dir = "data"
+default_domain = "example.com"
+shutdown_grace = 3
+workers = 2
+[pop3]
+listen = ["127.0.0.1:0"]
+max_channels = {max_channels}
+max_per_ip = {max_per_ip}
+max_per_account = {max_per_account}
+[lmtp]
+listen = ["127.0.0.1:0"]
+"""
+USER, PASSWORD = "joe@example.com", "secret"
+TOO_MANY = "-ERR [SYS/TEMP] too many connections, try later"
+
+
+def until(predicate: Callable[[], bool], what: str) -> None:
+    # Process starts and exits give no other signal to a test outside them: poll, bounded.
+    deadline = time.monotonic() + TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class Workers(Service):
+    def start(self) -> None:
+        self.proc = subprocess.Popen([*CGPOP, "serve"], env=self.env, stderr=subprocess.PIPE)
+        self.reader = threading.Thread(target=self._read_log, daemon=True)
+        self.reader.start()
+
+    def close(self) -> None:
+        """SIGTERM, so the parent drains its workers; the log ends when the last one exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(TIMEOUT)
+        if self.proc is not None:
+            self.reader.join(TIMEOUT)
+        super().close()
+
+    def workers(self) -> list[int]:
+        """The worker pids: the parent's children."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return sorted(int(p) for p in text.split())
+
+    def holder(self, client: socket.socket) -> int:
+        """The worker whose file table holds the server side of `client`'s connection."""
+        server_port = client.getpeername()[1]
+        client_port = client.getsockname()[1]
+        inode = None
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if int(local.split(":")[1], 16) == server_port and (
+                int(remote.split(":")[1], 16) == client_port
+            ):
+                inode = fields[9]
+        assert inode is not None, "no server side for this connection"
+        for pid in self.workers():
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    if fd.readlink() == Path(f"socket:[{inode}]"):
+                        return pid
+                except FileNotFoundError:
+                    continue
+        raise AssertionError("no worker holds the connection")
+
+    def pop(self, port: int) -> Pop:
+        return Pop(self.connect(port))
+
+    def on_each_worker(self, port: int, make: Callable[[], Pop] | None = None) -> dict[int, Pop]:
+        """Open connections (kept open) until each worker holds one; the first of each."""
+        found: dict[int, Pop] = {}
+        for _ in range(200):
+            pop = make() if make is not None else self.pop(port)
+            found.setdefault(self.holder(pop.sock), pop)
+            if len(found) == 2:
+                return found
+        raise AssertionError("200 connections all went to one worker")
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., Workers]]:
+    made: list[Workers] = []
+
+    def make(
+        max_channels: int = 1000, max_per_ip: int = 1000, max_per_account: int = 50
+    ) -> Workers:
+        svc = Workers(tmp_path)
+        svc.conf.write_text(
+            BASE.format(
+                max_channels=max_channels, max_per_ip=max_per_ip, max_per_account=max_per_account
+            )
+        )
+        svc.add_account(USER, PASSWORD)
+        made.append(svc)
+        svc.start()
+        return svc
+
+    yield make
+    for svc in made:
+        svc.close()
+
+
+def lmtp_deliver(port: int, data: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as sock:
+        f = sock.makefile("rb")
+
+        def say(line: bytes) -> bytes:
+            sock.sendall(line + b"\r\n")
+            return f.readline()
+
+        assert f.readline().startswith(b"220")
+        say(b"LHLO test")
+        while not f.readline().startswith(b"250 "):
+            pass
+        assert say(b"MAIL FROM:<a@b.example>").startswith(b"250")
+        assert say(b"RCPT TO:<" + USER.encode() + b">").startswith(b"250")
+        assert say(b"DATA").startswith(b"354")
+        assert say(data.replace(b"\n", b"\r\n") + b".").startswith(b"250")
+
+
+def test_ready_once_and_connections_reach_both_workers(
+    make_service: Callable[..., Workers],
+) -> None:
+    svc = make_service()
+    ports = svc.ready()
+    assert len(svc.workers()) == 2
+    held = svc.on_each_worker(ports["POP3"])
+    assert set(held) == set(svc.workers())
+    for pop in held.values():
+        assert pop.login().startswith("+OK")
+        assert pop.cmd("STAT").startswith("+OK 0 ")
+    assert svc.proc is not None
+    svc.proc.send_signal(signal.SIGTERM)
+    # The next message after the one READY=1: no worker told systemd anything itself.
+    assert svc.message() == "STOPPING=1"
+    assert svc.proc.wait(TIMEOUT) == 0
+
+
+@pytest.mark.parametrize("limit", ["max_channels", "max_per_ip"])
+def test_connection_limits_hold_for_the_whole_server(
+    make_service: Callable[..., Workers], limit: str
+) -> None:
+    svc = make_service(**{limit: 6})
+    port = svc.ready()["POP3"]
+    # The kernel picks the worker: repeat until the six accepted are spread over both (a
+    # per-worker count would then have let twelve in).
+    for _ in range(10):
+        accepted: list[Pop] = []
+        refused = 0
+        for _ in range(12):
+            pop = svc.pop(port)
+            if pop.greeting.startswith("+OK"):
+                accepted.append(pop)
+            else:
+                assert pop.greeting.rstrip("\r\n") == TOO_MANY
+                refused += 1
+        assert len(accepted) == 6 and refused == 6
+        if len({svc.holder(p.sock) for p in accepted}) == 2:
+            break
+        for pop in accepted:
+            close(pop)
+        for _ in accepted:
+            svc.wait_log("disconnected")
+    else:
+        raise AssertionError("ten rounds of six connections all went to one worker")
+    # A closed one frees its slot for a connection to either worker.
+    close(accepted[0])
+    svc.wait_log("disconnected")
+    assert svc.pop(port).greeting.startswith("+OK")
+
+
+def close(pop: Pop) -> None:
+    pop.file.close()
+    pop.sock.close()
+
+
+def test_max_per_account_holds_across_workers(make_service: Callable[..., Workers]) -> None:
+    svc = make_service(max_per_account=1)
+    port = svc.ready()["POP3"]
+    held = svc.on_each_worker(port)
+    first, second = held.values()
+    assert first.login().startswith("+OK")
+    assert second.login() == "-ERR [SYS/TEMP] too many sessions for this account, try later"
+    assert first.cmd("QUIT").startswith("+OK")
+    svc.wait_log("disconnected")
+    # The slot is free again, for either worker; still one at a time.
+    logged = [p.login() for p in svc.on_each_worker(port).values()]
+    assert sorted(r.startswith("+OK") for r in logged) == [False, True]
+
+
+def test_a_session_in_one_worker_reads_what_another_expunged_and_collected(
+    make_service: Callable[..., Workers],
+) -> None:
+    svc = make_service()
+    ports = svc.ready()
+    lmtp_deliver(ports["LMTP"], message("held", ("x" * 999 + "\n") * 200))
+    held = svc.on_each_worker(ports["POP3"])
+    (_, holder), (other_pid, other) = held.items()
+    assert holder.login().startswith("+OK")  # its snapshot has message 1
+    assert other.login().startswith("+OK")
+    assert other.cmd("DELE 1").startswith("+OK")
+    assert other.cmd("QUIT").startswith("+OK")  # expunged
+    # The other worker drains: its collector runs at stop, and its replacement's at start.
+    svc.wait_log(r"disconnected")
+    os.kill(other_pid, signal.SIGTERM)
+    svc.wait_log(rf"\(pid {other_pid}\) ended")
+    svc.wait_log(r"POP3 listening on")  # the replacement collected, then serves
+    reply = holder.cmd("RETR 1")
+    assert reply.startswith("+OK"), reply
+    body = b""
+    while not body.endswith(b"\r\n.\r\n"):
+        body += holder.file.readline()
+    assert b"Subject: held" in body and body.count(b"x" * 999) == 200
+    assert holder.cmd("QUIT").startswith("+OK")
+
+
+def test_an_alert_is_shown_once_whichever_worker(make_service: Callable[..., Workers]) -> None:
+    svc = make_service()
+    port = svc.ready()["POP3"]
+    store = SqliteStore(svc.dir / "data")
+    try:
+        store.add_alert("account", USER, alerts.check_text("Maintenance at noon"))
+    finally:
+        store.close()
+    held = svc.on_each_worker(port)
+    replies = [p.login() for p in held.values()]
+    assert replies.count("-ERR [SYS/TEMP] Maintenance at noon") == 1
+    assert sum(r.startswith("+OK") for r in replies) == 1
+
+
+def test_a_password_change_reaches_both_workers_caches(
+    make_service: Callable[..., Workers],
+) -> None:
+    from accounts.credentials import make_credentials
+
+    svc = make_service()
+    port = svc.ready()["POP3"]
+    for pop in svc.on_each_worker(port).values():  # both workers remember the proof
+        assert pop.login().startswith("+OK")
+        assert pop.cmd("QUIT").startswith("+OK")
+    store = SqliteStore(svc.dir / "data")
+    try:
+        store.set_credentials("example.com", "joe", make_credentials("changed"))
+    finally:
+        store.close()
+    for pop in svc.on_each_worker(port).values():
+        assert pop.login() == "-ERR [AUTH] authentication failed"
+    for pop in svc.on_each_worker(port).values():
+        assert pop.login(password="changed").startswith("+OK")
+
+
+def test_a_killed_worker_is_replaced_and_service_goes_on(
+    make_service: Callable[..., Workers],
+) -> None:
+    svc = make_service()
+    port = svc.ready()["POP3"]
+    first = svc.workers()
+    victim = first[0]
+    os.kill(victim, signal.SIGKILL)
+    svc.wait_log(rf"\(pid {victim}\) ended: killed by SIGKILL")
+    until(lambda: len(svc.workers()) == 2 and victim not in svc.workers(), "a replacement")
+    replacement = (set(svc.workers()) - set(first)).pop()
+    svc.wait_log(rf"\[{replacement}\] INFO POP3 listening on")
+    held = svc.on_each_worker(port)
+    assert replacement in held
+    for pop in held.values():
+        assert pop.login().startswith("+OK")
+
+
+def test_sigterm_drains_every_worker(make_service: Callable[..., Workers]) -> None:
+    svc = make_service()
+    port = svc.ready()["POP3"]
+    held = svc.on_each_worker(port)
+    for pop in held.values():
+        assert pop.login().startswith("+OK")
+    assert svc.proc is not None
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.message() == "STOPPING=1"
+    for pop in held.values():  # idle sessions are told, in each worker
+        assert pop.file.readline() == b"-ERR [SYS/TEMP] server shutting down\r\n"
+    assert svc.proc.wait(TIMEOUT) == 0
+    assert re.search(r"all workers stopped", "".join(svc.log))
+
+
+def test_sighup_reaches_every_worker(make_service: Callable[..., Workers]) -> None:
+    svc = make_service(max_channels=1000)
+    port = svc.ready()["POP3"]
+    svc.conf.write_text(BASE.format(max_channels=2, max_per_ip=1000, max_per_account=50))
+    assert svc.reload()[0] == "RELOADING=1"  # then READY=1, from the parent alone
+    reloaded = {int(svc.wait_log(r"\[(\d+)\] INFO reload done").group(1)) for _ in range(2)}
+    assert reloaded == set(svc.workers())
+    # The new cap, for the whole server.
+    greetings = [svc.pop(port).greeting.rstrip("\r\n") for _ in range(3)]
+    assert greetings[:2] == ["+OK localhost cgpop POP3 ready"] * 2
+    assert greetings[2] == TOO_MANY
