@@ -78,10 +78,18 @@ class _PortZeroController(Controller):
 
     def stop(self, no_assert: bool = False) -> None:
         async def close_all() -> None:
+            # Stop accepting first: a relay connecting meanwhile would otherwise be accepted
+            # after the sweep below and leak. A connection just accepted gets its transport in
+            # connection_made, scheduled with call_soon: let those callbacks run, then close.
+            assert isinstance(self.server, asyncio.Server)
+            self.server.close()
+            for _ in range(3):
+                await asyncio.sleep(0)
             for smtp in self.sessions:
                 if smtp.transport is not None:
                     smtp.transport.close()
-            await asyncio.sleep(0)  # connection_lost, which closes the socket, runs next
+            for _ in range(3):
+                await asyncio.sleep(0)  # connection_lost, which closes the socket, runs next
 
         if self.loop.is_running():
             asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(10)
