@@ -23,7 +23,7 @@ from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cgpop.store import pg_schema
-from cgpop.store.api import TemporaryFailure, Unavailable
+from cgpop.store.api import NotFound, TemporaryFailure, Unavailable
 
 log = logging.getLogger("cgpop.store.postgres")
 
@@ -122,6 +122,12 @@ class PgDatabase:
                     raise
                 log.info("retrying after %s", type(exc.__cause__).__name__)
         raise AssertionError("unreachable")
+
+    def _domain_id(self, conn: Conn, name: str) -> int:
+        row = conn.execute("SELECT id FROM domains WHERE name = %s", (name.lower(),)).fetchone()
+        if row is None:
+            raise NotFound(f"no such domain: {name}")
+        return int(row[0])
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         with self._conn() as conn:

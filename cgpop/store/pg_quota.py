@@ -155,20 +155,17 @@ class PgQuotas(PgDatabase):
         )
 
     # --- api.Quotas ---
-    @staticmethod
-    def _ids(conn: Conn, domain: str, account: str | None) -> tuple[int, int]:
-        row = conn.execute("SELECT id FROM domains WHERE name = %s", (domain.lower(),)).fetchone()
-        if row is None:
-            raise NotFound(f"no such domain: {domain}")
+    def _ids(self, conn: Conn, domain: str, account: str | None) -> tuple[int, int]:
+        """(domain id, account id or 0 for a domain quota); NotFound names what is missing."""
+        did = self._domain_id(conn, domain)
         if account is None:
-            return int(row[0]), 0
-        arow = conn.execute(
-            "SELECT id FROM accounts WHERE domain_id = %s AND name = %s",
-            (row[0], account.lower()),
+            return did, 0
+        row = conn.execute(
+            "SELECT id FROM accounts WHERE domain_id = %s AND name = %s", (did, account.lower())
         ).fetchone()
-        if arow is None:
+        if row is None:
             raise NotFound(f"no such account: {account}@{domain}")
-        return int(row[0]), int(arow[0])
+        return did, int(row[0])
 
     def set_quota(
         self, domain: str, account: str | None, storage: int | None, messages: int | None

@@ -106,12 +106,6 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
         )
 
     # --- domains ---
-    def _domain_id(self, conn: Conn, name: str) -> int:
-        row = conn.execute("SELECT id FROM domains WHERE name = %s", (name.lower(),)).fetchone()
-        if row is None:
-            raise NotFound(f"no such domain: {name}")
-        return int(row[0])
-
     def add_domain(self, name: str) -> None:
         with self._tx() as conn:
             if conn.execute(

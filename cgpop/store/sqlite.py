@@ -107,12 +107,6 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
         schema.migrate(self._conn())
 
     # --- domains ---
-    def _domain_id(self, conn: sqlite3.Connection, name: str) -> int:
-        row = conn.execute("SELECT id FROM domains WHERE name = ?", (name.lower(),)).fetchone()
-        if row is None:
-            raise NotFound(f"no such domain: {name}")
-        return int(row[0])
-
     def add_domain(self, name: str) -> None:
         with self._tx() as conn:
             if conn.execute(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cgpop.store.api import TemporaryFailure, Unavailable
+from cgpop.store.api import NotFound, TemporaryFailure, Unavailable
 
 _BUSY_TIMEOUT_MS = 30_000
 C = TypeVar("C", bound=type)
@@ -21,6 +21,12 @@ C = TypeVar("C", bound=type)
 class SqliteDatabase:
     """Per-thread connections to one database file (the store's methods run on worker
     threads, one connection each)."""
+
+    def _domain_id(self, conn: sqlite3.Connection, name: str) -> int:
+        row = conn.execute("SELECT id FROM domains WHERE name = ?", (name.lower(),)).fetchone()
+        if row is None:
+            raise NotFound(f"no such domain: {name}")
+        return int(row[0])
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
