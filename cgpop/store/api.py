@@ -765,6 +765,14 @@ class LiveSession:
     sent_bytes: int
     tls: bool
 
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> LiveSession:
+        """From a backend's row, its columns in field order (types as each driver gives them)."""
+        return cls(
+            str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]),
+            float(r[7]), int(r[8]), bool(r[9]),
+        )  # fmt: skip
+
 
 class LiveSessions(Protocol):
     """The registry of open POP sessions of every serving process (and, on PostgreSQL, every

@@ -10,7 +10,6 @@ session behind. `cgpop sessions kill` sets `kill_requested`; the owning node pol
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from cgpop.store.api import LiveSession
 from cgpop.store.pg_base import PgDatabase
@@ -19,21 +18,6 @@ _COLUMNS = (
     "l.id, l.node, l.peer, l.login, l.account, l.mailbox, l.state, l.since, l.sent_bytes, l.tls"
 )
 _LIVE = "i.heartbeat >= now() - i.timeout * interval '1 second'"
-
-
-def _session(r: Sequence[Any]) -> LiveSession:
-    return LiveSession(
-        str(r[0]),
-        str(r[1]),
-        str(r[2]),
-        str(r[3]),
-        str(r[4]),
-        str(r[5]),
-        str(r[6]),
-        float(r[7]),
-        int(r[8]),
-        bool(r[9]),
-    )
 
 
 class PgLive(PgDatabase):
@@ -90,7 +74,7 @@ class PgLive(PgDatabase):
             f"JOIN store_instances i ON i.id = l.instance_id WHERE {_LIVE} "
             "ORDER BY l.since, l.id"
         )
-        return [_session(r) for r in rows]
+        return [LiveSession.from_row(r) for r in rows]
 
     def request_kill(self, session_id: str) -> bool:
         row = self._one(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from cgpop.store.api import LiveSession
 from cgpop.store.sqlite_base import SqliteDatabase
@@ -49,21 +48,6 @@ def owner_alive(owner: str) -> bool:
     except ValueError:
         return False
     return found is not None and found == start
-
-
-def _session(r: Sequence[Any]) -> LiveSession:
-    return LiveSession(
-        str(r[0]),
-        str(r[1]),
-        str(r[2]),
-        str(r[3]),
-        str(r[4]),
-        str(r[5]),
-        str(r[6]),
-        float(r[7]),
-        int(r[8]),
-        bool(r[9]),
-    )
 
 
 class SqliteLive(SqliteDatabase):
@@ -141,7 +125,7 @@ class SqliteLive(SqliteDatabase):
             if owner not in alive:
                 alive[owner] = owner_alive(owner)
             if alive[owner]:
-                found.append(_session(r[1:]))
+                found.append(LiveSession.from_row(r[1:]))
         return found
 
     def request_kill(self, session_id: str) -> bool:
