@@ -58,7 +58,8 @@ TIMEOUT = 20.0
 def ask(port: int) -> int:
     with socket.create_connection(("127.0.0.1", port), TIMEOUT) as conn:
         conn.settimeout(TIMEOUT)
-        return int(conn.makefile().readline())
+        with conn.makefile() as f:
+            return int(f.readline())
 
 
 def until(predicate: Callable[[], bool], what: str) -> None:

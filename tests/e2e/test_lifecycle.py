@@ -191,8 +191,10 @@ def test_shutdown_lets_a_busy_session_finish_its_command(server: LiveServer) -> 
     line = b"x" * 998 + b"\r\n"
     body = b"Subject: big\r\n\r\n" + line * 30_000  # 30 MB: more than socket buffers hold
     server.deliver("joe@example.com", body)
-    with socket.create_connection(("127.0.0.1", server.port()), timeout=20) as sock:
-        f = sock.makefile("rb")
+    with (
+        socket.create_connection(("127.0.0.1", server.port()), timeout=20) as sock,
+        sock.makefile("rb") as f,
+    ):
         f.readline()
         sock.sendall(b"USER joe@example.com\r\nPASS secret\r\nRETR 1\r\n")
         f.readline()

@@ -180,7 +180,7 @@ def test_tcp_peer_outside_allow_from_gets_421(
     caplog.set_level(logging.WARNING, "cgpop")
     with socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as sock:
         port = sock.getsockname()[1]
-        f = sock.makefile("rb")
+        f = sock.makefile("rb")  # closed below, before the socket
         assert f.readline() == b"421 4.7.1 access denied: not an allowed LMTP client\r\n"
         assert f.read() == b""  # and closed
         f.close()
@@ -216,8 +216,10 @@ def test_connection_cap_refusal_is_sent_on_every_loop(
     srv = server_factory(loop_factory=LOOPS[loop], lmtp={"max_connections": 1})
     first = smtplib.LMTP(srv.host, srv.port("lmtp"), timeout=TIMEOUT)
     try:
-        with socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as second:
-            f = second.makefile("rb")
+        with (
+            socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as second,
+            second.makefile("rb") as f,
+        ):
             assert f.readline() == b"421 4.3.2 too many connections, try later\r\n"
             assert f.read() == b""
             f.close()

@@ -33,14 +33,18 @@ def test_records_are_tagged_and_secrets_never_logged(
     pop.pass_(SECRET)
     pop.quit()
     plain = base64.b64encode(f"\0joe@example.com\0{SECRET}".encode()).decode()
-    with socket.create_connection((srv.host, srv.port()), timeout=5) as sock:
-        f = sock.makefile("rb")
+    with (
+        socket.create_connection((srv.host, srv.port()), timeout=5) as sock,
+        sock.makefile("rb") as f,
+    ):
         f.readline()
         sock.sendall(f"AUTH PLAIN {plain}\r\nQUIT\r\n".encode())
         assert f.readline().startswith(b"+OK")
         f.close()
-    with socket.create_connection((srv.host, srv.port("lmtp")), timeout=5) as sock:
-        f = sock.makefile("rb")
+    with (
+        socket.create_connection((srv.host, srv.port("lmtp")), timeout=5) as sock,
+        sock.makefile("rb") as f,
+    ):
         f.readline()
         sock.sendall(b"LHLO x\r\nQUIT\r\n")
         while f.readline().startswith(b"250-"):
@@ -78,8 +82,10 @@ def test_secret_redacted_whatever_the_separator(
     srv = server_factory()
     srv.add_account("joe@example.com", SECRET)
     caplog.set_level(logging.DEBUG)
-    with socket.create_connection((srv.host, srv.port()), timeout=5) as sock:
-        f = sock.makefile("rb")
+    with (
+        socket.create_connection((srv.host, srv.port()), timeout=5) as sock,
+        sock.makefile("rb") as f,
+    ):
         f.readline()
         sock.sendall(b"USER joe@example.com\r\n" + line.encode() + b"\r\nQUIT\r\n")
         assert f.readline().startswith(b"+OK")  # USER
@@ -99,8 +105,10 @@ def test_sasl_continuation_lines_never_logged(
     srv.add_account("joe@example.com", SECRET)
     caplog.set_level(logging.DEBUG)
     plain = base64.b64encode(f"\0joe@example.com\0{SECRET}".encode()).decode()
-    with socket.create_connection((srv.host, srv.port()), timeout=5) as sock:
-        f = sock.makefile("rb")
+    with (
+        socket.create_connection((srv.host, srv.port()), timeout=5) as sock,
+        sock.makefile("rb") as f,
+    ):
         f.readline()
         sock.sendall(b"AUTH PLAIN\r\n")
         assert f.readline().startswith(b"+ ")

@@ -90,8 +90,11 @@ def test_slow_senders_count_against_max_per_ip(
     slow = [Raw(srv), Raw(srv)]
     for c in slow:
         c.send(b"US")  # a line begun, never ended
-    with socket.create_connection((srv.host, srv.port()), TIMEOUT) as third:
-        assert third.makefile("rb").readline().startswith(b"-ERR [SYS/TEMP] too many")
+    with (
+        socket.create_connection((srv.host, srv.port()), TIMEOUT) as third,
+        third.makefile("rb") as f,
+    ):
+        assert f.readline().startswith(b"-ERR [SYS/TEMP] too many")
     for c in slow:
         c.close()
 
@@ -101,12 +104,15 @@ def test_slow_senders_count_against_max_per_ip(
 SPELLINGS = ("joe", "joe@example.com", "INBOX#joe", "joe%example.com", "~joe/INBOX#joe", "JOE")
 
 
-def _guesser(srv: LiveServer, spelling: str, until: float, replies: list[bytes]) -> None:
+def _guesser(
+    srv: LiveServer, spelling: str, until: float, replies: list[tuple[float, bytes]]
+) -> None:
     with Raw(srv) as c:
         c.sock.settimeout(30)
         while time.monotonic() < until:
             assert c.cmd(f"USER {spelling}").startswith(b"+OK")
-            replies.append(c.cmd("PASS wrong-guess").rstrip())
+            reply = c.cmd("PASS wrong-guess").rstrip()
+            replies.append((time.monotonic(), reply))
 
 
 def test_many_connections_of_one_address_get_no_more_guesses(
@@ -117,7 +123,12 @@ def test_many_connections_of_one_address_get_no_more_guesses(
     and are refused unchecked with [SYS/TEMP]. One address gets about one check per
     auth_delay_max (0.5 s here) after a short start; before the fix, every connection got
     its own delay and 24 connections checked ~24 times as many. Meanwhile joe logs in from
-    another address at once: the flood locks nobody else out."""
+    another address at once: the flood locks nobody else out.
+
+    What is bounded is the *rate* of checks, so the test counts the checked replies that
+    arrived by a point in time. On a loaded machine more connections queue for the turn before
+    the first failure is recorded; they are still checked one per turn, after the window, and
+    a total count would measure the machine's speed rather than the server's rule."""
     srv = server_factory(
         pop3={
             "auth_delay": 0.05,
@@ -128,30 +139,37 @@ def test_many_connections_of_one_address_get_no_more_guesses(
     )
     srv.add_account("joe@example.com", "secret")
     window = 3.0
-    until = time.monotonic() + window
-    replies: list[bytes] = []
+    start = time.monotonic()
+    until = start + window
+    replies: list[tuple[float, bytes]] = []
     threads = [
         threading.Thread(target=_guesser, args=(srv, SPELLINGS[i % 6], until, replies))
         for i in range(24)
     ]
     for t in threads:
         t.start()
-    with socket.create_connection(
-        (srv.host, srv.port()), TIMEOUT, source_address=("127.0.0.2", 0)
-    ) as other:
-        f = other.makefile("rb")
+    with (
+        socket.create_connection(
+            (srv.host, srv.port()), TIMEOUT, source_address=("127.0.0.2", 0)
+        ) as other,
+        other.makefile("rb") as f,
+    ):
         assert f.readline().startswith(b"+OK")
         other.sendall(b"USER joe@example.com\r\nPASS secret\r\n")
         assert f.readline().startswith(b"+OK")
         assert f.readline().startswith(b"+OK"), "joe was locked out by another address"
     for t in threads:
         t.join(60)
-    checked = [r for r in replies if r.startswith(b"-ERR [AUTH]")]
-    refused = [r for r in replies if r.startswith(b"-ERR [SYS/TEMP]")]
+    checked = [at for at, r in replies if r.startswith(b"-ERR [AUTH]")]
+    refused = [r for _, r in replies if r.startswith(b"-ERR [SYS/TEMP]")]
     assert len(checked) + len(refused) == len(replies)
-    # The start (0.05 + 0.1 + 0.2 s spacing) admits ~4 at once; then one per 0.5 s, plus the
-    # replies of guesses started before the window closed.
-    assert 1 <= len(checked) <= 4 + window / 0.5 + 3, len(checked)
+    assert checked
+    # The start (0.05 + 0.1 + 0.2 + 0.4 s spacing) admits 4 in its first 0.75 s; then one
+    # per 0.5 s. By any time t, at most 4 + (t - start) / 0.5 checked replies (+1 for the
+    # edge); late replies only lower the count.
+    for horizon in (window, window + 1.5):
+        by_then = sum(1 for at in checked if at <= start + horizon)
+        assert by_then <= 4 + horizon / 0.5 + 1, (horizon, by_then, len(checked))
 
 
 # ---- large messages go through the spool, byte for byte ----
@@ -255,8 +273,10 @@ def test_lmtp_connection_cap(server_factory: Callable[..., LiveServer]) -> None:
     srv = server_factory(lmtp={"max_connections": 2})
     first = smtplib.LMTP(srv.host, srv.port("lmtp"), timeout=TIMEOUT)
     second = smtplib.LMTP(srv.host, srv.port("lmtp"), timeout=TIMEOUT)
-    with socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as third:
-        f = third.makefile("rb")
+    with (
+        socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as third,
+        third.makefile("rb") as f,
+    ):
         assert f.readline() == b"421 4.3.2 too many connections, try later\r\n"
         assert f.read() == b""  # and closed
     first.quit()
@@ -345,8 +365,7 @@ def _lmtp_send(port: int, msg: bytes, errors: list[BaseException]) -> None:
 
 def _xtnd_send(port: int, stuffed: bytes, errors: list[BaseException]) -> None:
     try:
-        with socket.create_connection(("127.0.0.1", port), 120) as sock:
-            f = sock.makefile("rb")
+        with socket.create_connection(("127.0.0.1", port), 120) as sock, sock.makefile("rb") as f:
             assert f.readline().startswith(b"+OK")
             sock.sendall(b"USER joe@example.com\r\nPASS secret\r\nXTND XMIT\r\n")
             assert f.readline().startswith(b"+OK")
@@ -397,8 +416,10 @@ def test_server_memory_stays_bounded_under_concurrent_large_messages(
 
 def _lmtp_raw(srv: LiveServer, data: bytes) -> list[bytes]:
     """One LMTP transaction to joe with raw DATA octets (terminator included): the replies."""
-    with socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as sock:
-        f = sock.makefile("rb")
+    with (
+        socket.create_connection((srv.host, srv.port("lmtp")), TIMEOUT) as sock,
+        sock.makefile("rb") as f,
+    ):
         assert f.readline().startswith(b"220 ")
         sock.sendall(b"LHLO mta.test\r\n")
         while f.readline()[3:4] == b"-":

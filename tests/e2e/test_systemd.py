@@ -5,6 +5,7 @@ certificates change, sessions stay, and a key that needs a restart is named in t
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import re
@@ -81,6 +82,7 @@ class Service:
         self.log: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.sockets: list[socket.socket] = []
+        self.files: list[io.BufferedReader] = []
 
     def add_account(self, address: str, password: str) -> None:
         name, _, domain = address.partition("@")
@@ -137,6 +139,13 @@ class Service:
         self.sockets.append(sock)
         return sock
 
+    def pop(self, sock: socket.socket, *, greet: bool = True) -> Pop:
+        """A POP3 reader on `sock`, its file closed with the service (a socket's descriptor
+        stays open while a file made from it does)."""
+        pop = Pop(sock, greet=greet)
+        self.files.append(pop.file)
+        return pop
+
     def reload(self) -> list[str]:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGHUP)
@@ -145,6 +154,8 @@ class Service:
         return reloading
 
     def close(self) -> None:
+        for file in self.files:
+            file.close()
         for sock in self.sockets:
             sock.close()
         if self.proc is not None and self.proc.poll() is None:
@@ -166,7 +177,8 @@ def service(tmp_path: Path) -> Iterator[Service]:
 
 
 def greeting(sock: socket.socket) -> bytes:
-    return sock.makefile("rb").readline()
+    with sock.makefile("rb") as f:
+        return f.readline()
 
 
 class Pop:
@@ -215,7 +227,7 @@ def test_no_ready_when_a_listener_cannot_open(service: Service) -> None:
 def test_sighup_sends_reloading_then_ready_and_sessions_stay(service: Service) -> None:
     service.start()
     ports = service.ready()
-    pop = Pop(service.connect(ports["POP3"]))
+    pop = service.pop(service.connect(ports["POP3"]))
     assert pop.login().startswith("+OK")
     reloading = service.reload()
     assert reloading[0] == "RELOADING=1"
@@ -225,7 +237,7 @@ def test_sighup_sends_reloading_then_ready_and_sessions_stay(service: Service) -
     assert abs(usec - time.monotonic() * 1e6) < 60e6
     service.wait_log("reload done")
     assert pop.cmd("STAT").startswith("+OK")
-    assert Pop(service.connect(ports["POP3"])).login().startswith("+OK")
+    assert service.pop(service.connect(ports["POP3"])).login().startswith("+OK")
 
 
 def test_sigterm_sends_stopping(service: Service) -> None:
@@ -266,7 +278,7 @@ def test_no_watchdog_for_another_process(tmp_path: Path) -> None:
 def test_sighup_applies_limits_and_log_level_and_names_restart_keys(service: Service) -> None:
     service.start()
     ports = service.ready()
-    first = Pop(service.connect(ports["POP3"]))
+    first = service.pop(service.connect(ports["POP3"]))
     assert first.login().startswith("+OK")
     service.conf.write_text(
         config_text(
@@ -283,7 +295,7 @@ def test_sighup_applies_limits_and_log_level_and_names_restart_keys(service: Ser
     # The open session is untouched.
     assert first.cmd("STAT").startswith("+OK")
     # A second session of the same account is now one too many.
-    second = Pop(service.connect(ports["POP3"]))
+    second = service.pop(service.connect(ports["POP3"]))
     assert second.login() == "-ERR [SYS/TEMP] too many sessions for this account, try later"
     # Two connections are open: a third is past max_channels.
     third = service.connect(ports["POP3"])
@@ -302,7 +314,7 @@ def test_sighup_with_a_broken_file_changes_nothing(service: Service) -> None:
     service.reload()
     found = service.wait_log(r"reload: configuration not re-read, nothing changed: (.*)")
     assert f"{service.conf}: pop3.max_channels: expected int" in found.group(1)
-    assert Pop(service.connect(ports["POP3"])).login().startswith("+OK")
+    assert service.pop(service.connect(ports["POP3"])).login().startswith("+OK")
     assert "Traceback" not in "".join(service.log)
 
 
@@ -324,11 +336,11 @@ def test_sighup_rereads_a_replaced_domain_certificate(service: Service, tmp_path
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         sock = service.connect(ports["POP3"])
-        pop = Pop(sock)
+        pop = service.pop(sock)
         assert pop.cmd("STLS").startswith("+OK")
         tls_sock = ctx.wrap_socket(sock, server_hostname="pop.client2.com")
         service.sockets.append(tls_sock)
-        pop = Pop(tls_sock, greet=False)
+        pop = service.pop(tls_sock, greet=False)
         assert pop.login("info", "pw2").startswith("+OK")
         der = tls_sock.getpeercert(binary_form=True)
         assert der is not None

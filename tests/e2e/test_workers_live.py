@@ -135,8 +135,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Workers]]:
 
 
 def lmtp_deliver(port: int, data: bytes) -> None:
-    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as sock:
-        f = sock.makefile("rb")
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as sock, sock.makefile("rb") as f:
 
         def say(line: bytes) -> bytes:
             sock.sendall(line + b"\r\n")

@@ -147,7 +147,8 @@ def test_haproxy_spreads_passes_client_address_and_routes_around_a_dead_node(
         for _ in range(2):
             sock = socket.create_connection(("127.0.0.1", proxy.port), TIMEOUT, (CLIENT_IP, 0))
             extra.append(sock)
-            greetings.append(sock.makefile("rb").readline())
+            with sock.makefile("rb") as f:
+                greetings.append(f.readline())
         assert b"-ERR [SYS/TEMP] too many connections, try later\r\n" in greetings
         for sock in extra:
             sock.close()
