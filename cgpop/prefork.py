@@ -16,15 +16,19 @@ What the workers share, and how:
   Only worker 0 runs the XTND relay queue (its start requeues the entries a dead relay left
   `sending`, which must not race another relay); every worker accepts XTND XMIT.
 - Only the parent talks to systemd: READY=1 once every worker serves (Supervisor.worker_ready),
-  RELOADING=1/READY=1 around SIGHUP, STOPPING=1; the workers run without $NOTIFY_SOCKET.
+  RELOADING=1/READY=1 around SIGHUP, STOPPING=1, and WATCHDOG=1 while every worker's event loop
+  beats (cgpop.shared.Heartbeats; the rule is in cgpop/workers.py); the workers run without
+  $NOTIFY_SOCKET.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -33,7 +37,7 @@ from cgpop.lmtp import SOCKET_MODE
 from cgpop.login import Counts
 from cgpop.saltkey import fake_salt_key
 from cgpop.sdnotify import Notifier
-from cgpop.shared import ServerCounters, SnapshotHolds
+from cgpop.shared import Heartbeats, ServerCounters, SnapshotHolds
 from cgpop.store.api import HoldBoard
 from cgpop.store.factory import open_store
 from cgpop.streams import UnixSocketFile
@@ -123,6 +127,24 @@ def open_listeners(
     return opened
 
 
+# The heartbeat task of this worker, kept referenced (the loop holds tasks only weakly).
+_beating: set[asyncio.Task[None]] = set()
+
+
+def start_beating(beats: Heartbeats, index: int, interval: float) -> None:
+    """In a worker, on its running event loop: beat every `interval` seconds while the loop
+    runs (a loop stuck in a call stops beating; the parent then stops the watchdog pings)."""
+
+    async def beat() -> None:
+        while True:
+            beats.beat(index, time.monotonic())
+            await asyncio.sleep(interval)
+
+    task = asyncio.get_running_loop().create_task(beat(), name="cgpop-heartbeat")
+    _beating.add(task)
+    task.add_done_callback(_beating.discard)
+
+
 def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
     """The parent: open the listeners and the shared state, fork `[server] workers` workers
     that each run `serve(role)`, supervise them until SIGTERM/SIGINT. The exit status."""
@@ -136,7 +158,14 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
     counters = ServerCounters(count)
     holds = SnapshotHolds(count)
     notifier = Notifier()
+    beats = Heartbeats(count)
+    watchdog = notifier.watchdog if notifier.enabled else None
     supervisor: Supervisor
+
+    def ready(index: int) -> None:
+        supervisor.worker_ready(index)
+        if watchdog is not None:
+            start_beating(beats, index, watchdog)
 
     def work(index: int) -> int:
         for name in _PARENT_ONLY:
@@ -149,13 +178,18 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
             holds=holds.slot(index),
             sockets=sockets,
             relay=index == 0,
-            ready=lambda: supervisor.worker_ready(index),
+            ready=lambda: ready(index),
         )
         return serve(role)
 
-    if notifier.watchdog is not None:
-        log.warning("systemd WatchdogSec= is not pinged with [server] workers > 1: unset it")
-    supervisor = Supervisor(count, work, grace=config.server.shutdown_grace, notify=notifier)
+    supervisor = Supervisor(
+        count,
+        work,
+        grace=config.server.shutdown_grace,
+        notify=notifier,
+        watchdog=watchdog,
+        beats=beats,
+    )
     log.info("starting %d workers", count)
     try:
         return supervisor.run()

@@ -23,7 +23,7 @@ import multiprocessing
 import struct
 from multiprocessing.synchronize import Lock
 
-__all__ = ["ServerCounters", "SharedCounters", "SnapshotHolds", "WorkerCounts"]
+__all__ = ["Heartbeats", "ServerCounters", "SharedCounters", "SnapshotHolds", "WorkerCounts"]
 
 _ENTRY = struct.Struct("=Qq")
 _EMPTY = 0  # digest 0 marks an empty slot; a real key's digest is never 0 (see _digest)
@@ -227,3 +227,24 @@ class HoldSlot:
 
     def oldest(self) -> float | None:
         return self.holds.oldest()
+
+
+_BEAT = struct.Struct("=d")
+
+
+class Heartbeats:
+    """When each worker's event loop last ran its heartbeat (time.monotonic(), CLOCK_MONOTONIC,
+    one clock for every process of the machine), so the parent pings systemd's watchdog only
+    while every worker's loop runs (cgpop/workers.py). One aligned 8-byte store per beat, read
+    without a lock: an old or a new value, either is a time the worker really beat. A slot
+    starts at 0 (never beaten); the parent compares it with the worker's start time. Create it
+    in the parent before forking."""
+
+    def __init__(self, workers: int) -> None:
+        self._mem = mmap.mmap(-1, workers * _BEAT.size)
+
+    def beat(self, index: int, now: float) -> None:
+        _BEAT.pack_into(self._mem, index * _BEAT.size, now)
+
+    def last(self, index: int) -> float:
+        return float(_BEAT.unpack_from(self._mem, index * _BEAT.size)[0])

@@ -326,3 +326,36 @@ def test_sighup_reaches_every_worker(make_service: Callable[..., Workers]) -> No
     greetings = [svc.pop(port).greeting.rstrip("\r\n") for _ in range(3)]
     assert greetings[:2] == ["+OK localhost cgpop POP3 ready"] * 2
     assert greetings[2] == TOO_MANY
+
+
+def test_watchdog_pinged_by_the_parent_while_every_worker_loop_runs(tmp_path: Path) -> None:
+    """With WatchdogSec= (WATCHDOG_USEC) the parent pings every WATCHDOG_USEC/2 once every
+    worker serves; a worker whose event loop stops (SIGSTOP stands in for a stuck loop) stops
+    the pings, so systemd would restart the service; they resume when it runs again."""
+    svc = Workers(tmp_path, env={"WATCHDOG_USEC": "200000"})  # pings every 0.1 s
+    svc.conf.write_text(BASE.format(max_channels=1000, max_per_ip=1000, max_per_account=50))
+    stopped: int | None = None
+    try:
+        svc.start()
+        svc.ready()
+        assert [svc.message() for _ in range(3)] == ["WATCHDOG=1"] * 3
+        stopped = svc.workers()[0]
+        os.kill(stopped, signal.SIGSTOP)
+        # Its last beat goes stale within two intervals (0.2 s): a few pings may still come,
+        # then a silence far longer than the 0.1 s between pings.
+        svc.notify.settimeout(1.0)
+        for _ in range(20):
+            try:
+                assert svc.message() == "WATCHDOG=1"
+            except TimeoutError:
+                break
+        else:
+            raise AssertionError("pings went on while a worker's loop was stopped")
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        svc.notify.settimeout(TIMEOUT)
+        assert [svc.message() for _ in range(2)] == ["WATCHDOG=1"] * 2
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        svc.close()
