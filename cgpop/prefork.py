@@ -11,6 +11,10 @@ What the workers share, and how:
   shared memory (cgpop.shared.SnapshotHolds) and every collector honours the oldest of all, so a
   body stays readable by a session in another worker. PostgreSQL registers sessions in the
   database and needs nothing here.
+- The failed-login penalty: its records (failures per address, per account and per pair, and
+  each pair's next turn) in one fixed shared-memory table (cgpop.shared.SharedBook; its
+  collision rule only ever makes the penalty stricter), so the turn of an (address, account)
+  pair is one for the whole server and an address gets no more checks by reaching N workers.
 - Alerts (taken once per account in one store transaction), the login cache's invalidation (the
   directory version in the store) and the XTND queue: in the store, as for separate processes.
   Only worker 0 runs the XTND relay queue (its start requeues the entries a dead relay left
@@ -35,9 +39,10 @@ from dataclasses import dataclass, field
 from cgpop.config import Config, Endpoint, UnixSocket
 from cgpop.lmtp import SOCKET_MODE
 from cgpop.login import Counts
+from cgpop.penalty import PenaltyBook
 from cgpop.saltkey import fake_salt_key
 from cgpop.sdnotify import Notifier
-from cgpop.shared import Heartbeats, ServerCounters, SnapshotHolds
+from cgpop.shared import Heartbeats, ServerCounters, SharedBook, SnapshotHolds
 from cgpop.store.api import HoldBoard
 from cgpop.store.factory import open_store
 from cgpop.streams import UnixSocketFile
@@ -69,6 +74,7 @@ class Role:
     # listen_key(kind, endpoint) -> the sockets the parent opened for it
     sockets: Mapping[str, list[socket.socket]] = field(default_factory=dict)
     relay: bool = True  # runs the XTND relay queue
+    penalties: PenaltyBook | None = None  # the failed-login records (None: this process's)
     ready: Callable[[], None] = lambda: None  # it serves now (told to the parent)
 
 
@@ -157,6 +163,7 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
     sockets = open_listeners(config, unix_files)
     counters = ServerCounters(count)
     holds = SnapshotHolds(count)
+    penalties = SharedBook()
     notifier = Notifier()
     beats = Heartbeats(count)
     watchdog = notifier.watchdog if notifier.enabled else None
@@ -178,6 +185,7 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
             holds=holds.slot(index),
             sockets=sockets,
             relay=index == 0,
+            penalties=penalties,
             ready=lambda: ready(index),
         )
         return serve(role)

@@ -78,7 +78,8 @@ class Gateway:
             config.pop3.max_per_ip, config.pop3.max_per_account, counts=role.counts
         )
         penalty = Penalty(
-            PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max)
+            PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max),
+            book=role.penalties,
         )
         self.login = LoginPolicy(
             self.auth,

@@ -359,3 +359,63 @@ def test_watchdog_pinged_by_the_parent_while_every_worker_loop_runs(tmp_path: Pa
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)
         svc.close()
+
+
+SPELLINGS = ("joe", "joe@example.com", "INBOX#joe", "joe%example.com", "~joe/INBOX#joe", "JOE")
+
+
+def test_many_connections_over_both_workers_get_no_more_guesses(tmp_path: Path) -> None:
+    """tests/e2e/test_resources.py's guessing flood, with the 24 connections of one address
+    spread over both workers: the (address, account) pair's turn is the whole server's, so the
+    address gets no more checked guesses by time t than one process gives (with a penalty per
+    worker, each worker gave that many: about twice the bound). Counted by the time replies
+    arrive, as there: what is bounded is the rate."""
+    svc = Workers(tmp_path)
+    pops: list[Pop] = []
+    svc.conf.write_text(
+        BASE.format(max_channels=1000, max_per_ip=30, max_per_account=50).replace(
+            "[lmtp]", "auth_delay = 0.05\nauth_delay_max = 0.5\nmax_auth_failures = 1000\n[lmtp]"
+        )
+    )
+    svc.add_account(USER, PASSWORD)
+    try:
+        svc.start()
+        port = svc.ready()["POP3"]
+        pops.extend(svc.pop(port) for _ in range(24))
+        assert len({svc.holder(p.sock) for p in pops}) == 2, "24 connections on one worker"
+        window = 3.0
+        start = time.monotonic()
+        replies: list[tuple[float, str]] = []
+
+        def guess(pop: Pop, spelling: str) -> None:
+            while time.monotonic() < start + window:
+                assert pop.cmd(f"USER {spelling}").startswith("+OK")
+                reply = pop.cmd("PASS wrong-guess")
+                replies.append((time.monotonic(), reply))  # when the reply arrived
+
+        threads = [
+            threading.Thread(target=guess, args=(pop, SPELLINGS[i % 6]))
+            for i, pop in enumerate(pops)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        checked = [at for at, r in replies if r.startswith("-ERR [AUTH]")]
+        refused = [r for _, r in replies if r.startswith("-ERR [SYS/TEMP]")]
+        assert len(checked) + len(refused) == len(replies)
+        assert checked
+        # As in test_resources: at most 4 checks in the first 0.75 s (0.05, 0.1, 0.2, 0.4 s
+        # spacing), then one per 0.5 s, +1 for the edge. With both workers checking a pair
+        # before its first failure, the start admits one more, within the edge.
+        for horizon in (window, window + 1.5):
+            by_then = sum(1 for at in checked if at <= start + horizon)
+            assert by_then <= 4 + horizon / 0.5 + 1, (horizon, by_then, len(checked))
+        # The owner, from the same address, is checked at the pair's next turn and let in.
+        ok = svc.pop(port)
+        pops.append(ok)
+        assert ok.login().startswith("+OK")
+    finally:
+        for pop in pops:
+            close(pop)
+        svc.close()
