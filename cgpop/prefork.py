@@ -19,6 +19,10 @@ What the workers share, and how:
   directory version in the store) and the XTND queue: in the store, as for separate processes.
   Only worker 0 runs the XTND relay queue (its start requeues the entries a dead relay left
   `sending`, which must not race another relay); every worker accepts XTND XMIT.
+- `[metrics] listen`: the parent opens the listener; worker 0 serves /metrics and /healthz on
+  it, summing every worker's figures (cgpop/metrics_workers.py: prometheus_client's
+  multiprocess mode in a private directory the parent makes and removes, and the per-command
+  numbers in shared memory).
 - Only the parent talks to systemd: READY=1 once every worker serves (Supervisor.worker_ready),
   RELOADING=1/READY=1 around SIGHUP, STOPPING=1, and WATCHDOG=1 while every worker's event loop
   beats (cgpop.shared.Heartbeats; the rule is in cgpop/workers.py); the workers run without
@@ -39,6 +43,8 @@ from dataclasses import dataclass, field
 from cgpop.config import Config, Endpoint, UnixSocket
 from cgpop.lmtp import SOCKET_MODE
 from cgpop.login import Counts
+from cgpop.metrics import Metrics
+from cgpop.metrics_workers import MultiprocessDir, ServerCommandStats, worker_metrics
 from cgpop.penalty import PenaltyBook
 from cgpop.saltkey import fake_salt_key
 from cgpop.sdnotify import Notifier
@@ -76,6 +82,9 @@ class Role:
     relay: bool = True  # runs the XTND relay queue
     penalties: PenaltyBook | None = None  # the failed-login records (None: this process's)
     ready: Callable[[], None] = lambda: None  # it serves now (told to the parent)
+    # Its metrics, given the count of its own open sessions; and whether it serves /metrics.
+    make_metrics: Callable[[Callable[[], int]], Metrics] = Metrics
+    serves_metrics: bool = True
 
 
 def _bind(ep: Endpoint) -> list[socket.socket]:
@@ -110,6 +119,7 @@ def open_listeners(
         *(("pop3", ep) for ep in config.pop3.listen),
         *(("pop3s", ep) for ep in config.pop3.tls_listen),
         *(("lmtp", ep) for ep in config.lmtp.listen),
+        *(() if config.metrics.listen is None else [("metrics", config.metrics.listen)]),
     ]
     opened: dict[str, list[socket.socket]] = {}
     try:
@@ -166,6 +176,9 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
     penalties = SharedBook()
     notifier = Notifier()
     beats = Heartbeats(count)
+    # One /metrics for the server: set up before any worker makes a metric.
+    metrics_dir = None if config.metrics.listen is None else MultiprocessDir()
+    command_stats = ServerCommandStats(count)
     watchdog = notifier.watchdog if notifier.enabled else None
     supervisor: Supervisor
 
@@ -186,6 +199,12 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
             sockets=sockets,
             relay=index == 0,
             penalties=penalties,
+            make_metrics=Metrics
+            if metrics_dir is None
+            else worker_metrics(
+                command_stats, index, metrics_dir.path, lambda: counters.total("channels")
+            ),
+            serves_metrics=index == 0,
             ready=lambda: ready(index),
         )
         return serve(role)
@@ -197,6 +216,7 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
         notify=notifier,
         watchdog=watchdog,
         beats=beats,
+        reaped=(lambda pid: None) if metrics_dir is None else metrics_dir.process_dead,
     )
     log.info("starting %d workers", count)
     try:
@@ -209,3 +229,5 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
                     sock.close()
         for file in unix_files:
             file.remove()
+        if metrics_dir is not None:
+            metrics_dir.remove()

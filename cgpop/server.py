@@ -22,7 +22,6 @@ from cgpop.groupcommit import GroupCommit, advisory
 from cgpop.livesessions import LiveRegistry
 from cgpop.lmtp import LmtpListeners
 from cgpop.login import LoginPolicy, SessionCaps
-from cgpop.metrics import Metrics
 from cgpop.metrics_http import MetricsEndpoint, gateway_scrape, store_health
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, session_policy
@@ -54,7 +53,7 @@ class Gateway:
         # a database backend does not, and no other node needs what is kept there.
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
         self.state = ServerState()
-        self.metrics = Metrics(sessions=lambda: len(self.state.connections))
+        self.metrics = role.make_metrics(lambda: len(self.state.connections))
         self.workers = StoreWorkers(observe=self.metrics.observe_store)
         self.auth = Authenticator(
             self.store, admins=config.server.admins, login_cache_ttl=config.server.login_cache_ttl
@@ -192,12 +191,13 @@ class Gateway:
         for where in self.config.lmtp.listen:
             for sock in self.role.sockets.get(listen_key("lmtp", where), [None]):
                 self._register("lmtp", await self.lmtp.start(where, sock))
-        if self.config.metrics.listen is not None:
+        if (mep := self.config.metrics.listen) is not None and self.role.serves_metrics:
             endpoint = MetricsEndpoint(
                 gateway_scrape(self.metrics, self.workers.read, self.store.queue_stats),
                 store_health(self.workers.read, self.store.directory_version),
             )
-            self._register("metrics", await endpoint.start(self.config.metrics.listen))
+            for sock in self.role.sockets.get(listen_key("metrics", mep), [None]):
+                self._register("metrics", await endpoint.start(mep, sock))
         # Kept referenced: the loop holds tasks only weakly.
         loop = asyncio.get_running_loop()
         self._sweeper_task = loop.create_task(self.sweeper.run(self._stopping))

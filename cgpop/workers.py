@@ -109,6 +109,7 @@ class Supervisor:
         notify: Notify | None = None,
         watchdog: float | None = None,
         beats: Beats | None = None,
+        reaped: Callable[[int], None] = lambda pid: None,
     ) -> None:
         if count < 1:
             raise ValueError("at least one worker")
@@ -118,6 +119,7 @@ class Supervisor:
         # Seconds between WATCHDOG=1 pings (None: no watchdog), sent while _healthy().
         self.watchdog = watchdog if notify is not None else None
         self.beats = beats
+        self.reaped = reaped  # told the pid of each worker that ended
         self._next_ping = 0.0
         self.slots = [_Slot(i) for i in range(count)]
         self.stopping = False
@@ -235,6 +237,7 @@ class Supervisor:
             slot = next((s for s in self.slots if s.pid == pid), None)
             if slot is None:
                 continue
+            self.reaped(pid)
             slot.pid = 0
             ended.append(slot)
             if self.stopping:

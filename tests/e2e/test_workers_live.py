@@ -17,10 +17,13 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cgpop import alerts
 from cgpop.store.sqlite import SqliteStore
@@ -116,13 +119,18 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Workers]]:
     made: list[Workers] = []
 
     def make(
-        max_channels: int = 1000, max_per_ip: int = 1000, max_per_account: int = 50
+        max_channels: int = 1000,
+        max_per_ip: int = 1000,
+        max_per_account: int = 50,
+        metrics: bool = False,
+        env: dict[str, str] | None = None,
     ) -> Workers:
-        svc = Workers(tmp_path)
+        svc = Workers(tmp_path, env)
         svc.conf.write_text(
             BASE.format(
                 max_channels=max_channels, max_per_ip=max_per_ip, max_per_account=max_per_account
             )
+            + ('[metrics]\nlisten = "127.0.0.1:0"\n' if metrics else "")
         )
         svc.add_account(USER, PASSWORD)
         made.append(svc)
@@ -419,3 +427,66 @@ def test_many_connections_over_both_workers_get_no_more_guesses(tmp_path: Path) 
         for pop in pops:
             close(pop)
         svc.close()
+
+
+def scrape_workers(port: int, path: str = "/metrics") -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def sample(body: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def test_one_metrics_page_sums_both_workers(
+    make_service: Callable[..., Workers], tmp_path: Path
+) -> None:
+    """`[metrics] listen` with workers = 2: one /metrics on the one configured address shows
+    the whole server (issue 12's names): logins and commands counted over both workers, the
+    sessions open in both, and the totals do not go back when a worker is replaced."""
+    tmp = tmp_path / "tmp"  # where the server's private multiprocess directory goes
+    tmp.mkdir()
+    svc = make_service(metrics=True, env={"TMPDIR": str(tmp)})
+    port = svc.ready()["POP3"]
+    (private,) = tmp.iterdir()
+    assert private.name.startswith("cgpop-metrics-") and private.stat().st_mode & 0o077 == 0
+    found = re.search(r"METRICS listening on 127\.0\.0\.1:(\d+)", "".join(svc.log))
+    metrics_port = int(found.group(1) if found else svc.wait_log(r"METRICS .*:(\d+)").group(1))
+    assert scrape_workers(metrics_port, "/healthz") == (200, "ok\n")
+    held = svc.on_each_worker(port)
+    for pop in held.values():
+        assert pop.login().startswith("+OK")
+        assert pop.cmd("STAT").startswith("+OK")
+    status, body = scrape_workers(metrics_port)
+    assert status == 200
+    assert sample(body, "cgpop_pop3_logins_total", result="ok") == 2
+    assert sample(body, "cgpop_pop3_commands_total", verb="STAT") == 2
+    assert sample(body, "cgpop_pop3_commands_total", verb="PASS") == 2
+    # Every connection the test opened is still open, on one worker or the other.
+    assert sample(body, "cgpop_pop3_sessions") == len(svc.sockets)
+    (first_pid, first), (second_pid, _) = held.items()
+    assert first.cmd("QUIT").startswith("+OK")
+    svc.wait_log("disconnected")
+    _, body = scrape_workers(metrics_port)
+    assert sample(body, "cgpop_pop3_sessions") == len(svc.sockets) - 1
+    assert sample(body, "cgpop_pop3_commands_total", verb="QUIT") == 1
+    # A worker killed and replaced: what it counted stays in the totals.
+    os.kill(first_pid, signal.SIGKILL)
+    svc.wait_log(rf"\(pid {first_pid}\) ended")
+    svc.wait_log(r"POP3 listening on")
+    _, body = scrape_workers(metrics_port)
+    assert sample(body, "cgpop_pop3_logins_total", result="ok") == 2
+    assert sample(body, "cgpop_pop3_commands_total", verb="STAT") == 2
+    assert second_pid in svc.workers()
+    assert scrape_workers(metrics_port, "/healthz") == (200, "ok\n")
+    svc.close()
+    assert list(tmp.iterdir()) == []  # removed at stop
