@@ -390,7 +390,11 @@ def test_many_connections_over_both_workers_get_no_more_guesses(tmp_path: Path) 
         svc.start()
         port = svc.ready()["POP3"]
         pops.extend(svc.pop(port) for _ in range(24))
-        assert len({svc.holder(p.sock) for p in pops}) == 2, "24 connections on one worker"
+        holders = {svc.holder(p.sock) for p in pops}
+        while len(holders) < 2 and len(pops) < 29:  # the kernel picks: until both hold some
+            pops.append(svc.pop(port))
+            holders.add(svc.holder(pops[-1].sock))
+        assert len(holders) == 2, "every connection went to one worker"
         window = 3.0
         start = time.monotonic()
         replies: list[tuple[float, str]] = []
