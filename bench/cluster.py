@@ -41,6 +41,8 @@ IDLE_WINDOW_S = 2.0
 SETTLE_S = 0.5
 # Statements kept per block in latest.json (the busiest, per session or delivery).
 TOP_STATEMENTS = 12
+# Round trips of the probe's delivery block kept in latest.json (its last ones).
+DELIVERY_SAMPLE = 25
 # SQL of the node's background writers, which no client waits for: the live-session
 # registry's task (cgpop/livesessions.py: rows of opened and closed sessions, the poll for
 # kill requests and the telemetry version) and the registry thread (pg_base.py: releases of
@@ -170,9 +172,12 @@ async def round_trips(
         sinks = env.data.sinks()
         seed, size = f"{env.data.seed}:probe", env.data.message_size
         jobs = [(sinks[i % len(sinks)].name, message(seed, i, size)) for i in range(n)]
+        at = len(relay.log)
         got, _ = await loadgen.run_deliveries(lmtp, jobs, 1)
         tally.errors += got.errors
         tally.samples += got.samples
+        # The last delivery's share of the log, for a look at where its round trips go.
+        out.extra["db_delivery_turns_sample"] = relay.log[at:][-DELIVERY_SAMPLE:]
 
     before = db.statements()
     windows: list[list[list[str]]] = []
