@@ -140,6 +140,7 @@ class Relay:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()  # both ends of every open connection
         self._thread = threading.Thread(target=self._run, name="pgwire-relay", daemon=True)
         self._thread.start()
         if not self._ready.wait(30):
@@ -155,9 +156,18 @@ class Relay:
         try:
             self._loop.run_forever()
         finally:
-            self._server.close()
-            self._loop.run_until_complete(self._server.wait_closed())
+            self._loop.run_until_complete(self._shutdown())
             self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Close the listener and every connection, and let their tasks end."""
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._writers):
+            w.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.gather(*others, return_exceptions=True)
+        await self._server.wait_closed()
 
     def counts(self) -> tuple[int, int]:
         """(turns, connections opened) so far; differences of two readings are what counts."""
@@ -169,6 +179,7 @@ class Relay:
         except OSError:
             writer.close()
             return
+        self._writers.update((writer, up_w))
         self.connections += 1
         turns = Turns(self.log)
 
@@ -192,6 +203,7 @@ class Relay:
         for w in (writer, up_w):
             with contextlib.suppress(OSError):
                 await w.wait_closed()
+            self._writers.discard(w)
 
     def stop(self) -> None:
         if self._loop.is_running():
