@@ -13,7 +13,9 @@ and `cgpop-pg2` (pgcluster.py) also:
   round trips a login waits for, from USER to PASS's +OK, counted on the wire by
   pgwire.Relay in front of a separate probe node, outside the timed blocks, logins one at a
   time; turns of the node's background writers in that window (BACKGROUND_SQL, recognised
-  by their statements) are left out, `_open_all` keeps them.
+  by their statements) are left out, `_open_all` keeps them; the median login (the mean in
+  `_open_mean`; each sequence of turns and how often it occurred in latest.json,
+  `db_open_turns_waited`).
 - `db_round_trips_per_login` / `_per_session` / `_per_delivery`: every turn the node makes
   per USER/PASS/QUIT login, per full `sessions` session (STAT, UIDL, LIST, RETR all, QUIT),
   per single LMTP delivery, deferred writes included; the probe node's idle rate (its
@@ -23,6 +25,7 @@ and `cgpop-pg2` (pgcluster.py) also:
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 
@@ -53,6 +56,12 @@ BACKGROUND_SQL = (
     "DELETE FROM store_sessions",
     "SET heartbeat",
 )
+
+
+def _first(turn: list[str]) -> str:
+    """A turn by its first statement after BEGIN (its SQL's first 60 characters)."""
+    telling = [sql for sql in turn if sql.strip().upper() != "BEGIN"] or turn
+    return telling[0][:60] if telling else "(no statement: Sync or Flush)"
 
 
 def background(turn: list[str]) -> bool:
@@ -189,10 +198,19 @@ async def round_trips(
     _per(db, before, n, out, "login")
     waited = [[t for t in w if not background(t)] for w in windows]
     out.extra["db_open_turns_sample"] = windows[-1] if windows else []
+    # How often each sequence of waited-for turns occurred (each turn by its first statement).
+    shapes: dict[str, int] = {}
+    for w in waited:
+        shape = " | ".join(_first(t) for t in w)
+        shapes[shape] = shapes.get(shape, 0) + 1
+    out.extra["db_open_turns_waited"] = shapes
     return {
-        # USER to PASS's +OK: the turns the login waited for (the background writers' turns
-        # in the same window left out; all of them in _all).
-        "db_round_trips_per_open": sum(map(len, waited)) / max(1, len(waited)),
+        # USER to PASS's +OK: the turns a login waited for (the background writers' turns in
+        # the same window left out; all of them in _all). The median login: a sweep's
+        # transaction (collector, queue) that happens to fall in one window is not the
+        # login's, and a change on the login path moves every login.
+        "db_round_trips_per_open": statistics.median(map(len, waited)) if waited else 0.0,
+        "db_round_trips_per_open_mean": sum(map(len, waited)) / max(1, len(waited)),
         "db_round_trips_per_open_all": sum(map(len, windows)) / max(1, len(windows)),
         "db_round_trips_per_login": per_login,
         "db_round_trips_per_session": await _turns(relay, rate, n, sessions),
