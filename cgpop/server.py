@@ -30,7 +30,7 @@ from cgpop.reload import reload_config
 from cgpop.runner import Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
 from cgpop.spool import Octets
-from cgpop.store.factory import open_store, other_sessions
+from cgpop.store.factory import open_store
 from cgpop.sweeper import Sweeper
 from cgpop.telemetry import TelemetryWriter
 from cgpop.tlsconf import ReloadableContext
@@ -88,7 +88,6 @@ class Gateway:
             close_maildrop=self.store.close_maildrop,
             penalty=penalty,
             caps=self.caps,
-            other_sessions=other_sessions(config, self.store),
             count_login=self.metrics.count_login,
         )
         self.sasl_config = sasl.SaslConfig(

@@ -27,6 +27,9 @@ from typing import Any
 import pytest
 
 _INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (see .ci/run)"
+# A test server: durability is not under test here, speed on 2 cores is. (The bench passes its
+# own settings: bench/pgcluster.py.)
+TEST_OPTIONS = "-c fsync=off -c full_page_writes=off -c max_connections=200"
 
 
 def find_bindir() -> Path:
@@ -65,6 +68,7 @@ class PgServer:
     root: Path
     port: int
     run_as: dict[str, Any]
+    options: str = TEST_OPTIONS  # postgres -c settings, given to pg_ctl start
 
     @property
     def datadir(self) -> Path:
@@ -88,11 +92,7 @@ class PgServer:
         log = self.root / "server.log"
         for _attempt in range(5):
             self.port = _free_port()
-            opts = (
-                f"-h 127.0.0.1 -p {self.port} -k {self.root}"
-                # A test server: durability is not under test here, speed on 2 cores is.
-                " -c fsync=off -c full_page_writes=off -c max_connections=200"
-            )
+            opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} {self.options}"
             done = self._run(
                 str(self.bindir / "pg_ctl"),
                 "start",
@@ -124,7 +124,7 @@ class PgServer:
                 conn.execute(sql.encode())
 
 
-def start_postgres() -> PgServer:
+def start_postgres(options: str = TEST_OPTIONS) -> PgServer:
     bindir = find_bindir()
     root = Path(tempfile.mkdtemp(prefix="cgpop-pg-"))
     run_as: dict[str, Any] = {}
@@ -135,7 +135,7 @@ def start_postgres() -> PgServer:
             raise RuntimeError(f"running as root and no postgres user. {_INSTALL_HINT}") from None
         os.chown(root, pw.pw_uid, pw.pw_gid)
         run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    server = PgServer(bindir, root, 0, run_as)
+    server = PgServer(bindir, root, 0, run_as, options)
     init = server._run(
         str(bindir / "initdb"),
         "-D",
