@@ -45,7 +45,6 @@ from cgpop.store.api import (
     StoreError,
     flag_names,
 )
-from cgpop.store.pg_access import PgAccess
 from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
 from cgpop.store.pg_copy import PgCopy
 from cgpop.store.pg_live import PgLive
@@ -66,7 +65,7 @@ PUBLIC_ACCOUNT = "public"
 _COLLECT_LOCK = 0x6367706F70434F4C
 
 
-class PostgresStore(SqlDirectory, PgQueue, PgCopy, PgLive, PgQuotas, PgAccess):
+class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory):
     def __init__(
         self,
         dsn: str,

@@ -77,7 +77,7 @@ def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
 
 
 @translate_errors
-class SqliteStore(SqlDirectory, SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuotas):
+class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuotas, SqlDirectory):
     def __init__(
         self,
         data_dir: Path,
