@@ -84,6 +84,10 @@ class SqlAccess:
 
         def _many(self, conn: SqlConn, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
+        # The id of a domain (NotFound when there is none), on the backend's own connection
+        # type: each backend's base has it.
+        def _domain_id(self, conn: Any, name: str) -> int: ...
+
     def _run(self, conn: SqlConn, sql: str, args: Sequence[Any] = ()) -> SqlCursor:
         """Run shared SQL on `conn` (inside the caller's transaction, if any)."""
         return conn.execute(self._DIALECT.sql(sql), args)
