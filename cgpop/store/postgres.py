@@ -21,7 +21,7 @@ Database time is used for every time stored, so nodes with skewed clocks agree. 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from cgpop.store.api import (
     StoreError,
     flag_names,
 )
+from cgpop.store.importing import RealTo, import_batches
 from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
 from cgpop.store.pg_copy import PgCopy
 from cgpop.store.pg_live import PgLive
@@ -350,38 +351,20 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory):
         mailbox: Mailbox,
         messages: Iterable[tuple[bytes, int]],
         batch: int = 500,
-        real_to: Callable[[bytes], tuple[str | None, tuple[str, ...]]] | None = None,
+        real_to: RealTo | None = None,
     ) -> int:
         """Bulk import (migration from Maildir/mbox): (octets, flag bits) per message, stored
         as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages, in
         order. `real_to(octets)` gives what to record from the message's own X-Real-To field:
         the addresses (joined by REAL_TO_SEPARATOR) and the individual names (issue 13)."""
         count = 0
-        pending: list[tuple[_Body, Sequence[Copy], int]] = []
-
-        def flush() -> None:
+        for pending in import_batches(mailbox.id, messages, batch, real_to, _prepare):
             with self._tx() as conn:
                 self._quota_lock_box(conn, mailbox.id)
-                self._store_bodies(conn, pending)
+                self._store_bodies(conn, [(body, [copy], flags) for body, flags, copy in pending])
                 # Counted, never refused: a migration must not stop half way.
                 self._quota_move(conn, mailbox.id, sum(b.size for b, _, _ in pending), len(pending))
-            pending.clear()
-
-        for raw, flags in messages:
-            x_real_to, names = real_to(raw) if real_to is not None else (None, ())
-            copy = Copy(
-                mailbox.id,
-                b"",
-                x_real_to,
-                names[0] if names else None,
-                more_individuals=tuple(names[1:]),
-            )
-            pending.append((_prepare(raw), [copy], flags))
-            count += 1
-            if len(pending) >= batch:
-                flush()
-        if pending:
-            flush()
+            count += len(pending)
         return count
 
     def prune_duplicates(self) -> None:

@@ -24,7 +24,7 @@ import sqlite3
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from cgpop.spool import Octets, SpooledMessage, StreamStuffer
@@ -41,6 +41,7 @@ from cgpop.store.api import (
     StoredMessage,
     flag_names,
 )
+from cgpop.store.importing import RealTo, import_batches
 from cgpop.store.quota_rules import merge
 from cgpop.store.sql_directory import SqlDirectory
 from cgpop.store.sqlite_alerts import SqliteAlerts
@@ -349,33 +350,23 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
         mailbox: Mailbox,
         messages: Iterable[tuple[bytes, int]],
         batch: int = 500,
-        real_to: Callable[[bytes], tuple[str | None, tuple[str, ...]]] | None = None,
+        real_to: RealTo | None = None,
     ) -> int:
         """Bulk import (migration from Maildir/mbox): (octets, flag bits) per message, stored
         as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages.
         `real_to(octets)` gives what to record from the message's own X-Real-To field: the
         addresses (joined by REAL_TO_SEPARATOR) and the individual names (issue 13)."""
         count = 0
-        pending: list[tuple[bytes, int]] = []
-
-        def flush() -> None:
+        for pending in import_batches(mailbox.id, messages, batch, real_to, bytes):
             pins: list[int] = []
             files: list[str | None] = []
             try:
                 with self._tx() as conn:
                     now = _now()
-                    for raw, flags in pending:
+                    for raw, flags, copy in pending:
                         size, stuffed, file = self._stored_body(raw, pins)
                         files.append(file)
                         body_id = self._insert_body(conn, size, stuffed, file, 1)
-                        x_real_to, names = real_to(raw) if real_to is not None else (None, ())
-                        copy = Copy(
-                            mailbox.id,
-                            b"",
-                            x_real_to,
-                            names[0] if names else None,
-                            more_individuals=names[1:],
-                        )
                         self._insert_copy(conn, copy, body_id, size, now, flags)
                         # Counted, never refused: a migration must not stop half way.
                         self._quota_move(conn, mailbox.id, [size])
@@ -384,15 +375,7 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
                 raise
             finally:
                 self._release(pins)
-            pending.clear()
-
-        for item in messages:
-            pending.append(item)
-            count += 1
-            if len(pending) >= batch:
-                flush()
-        if pending:
-            flush()
+            count += len(pending)
         return count
 
     def _claim_duplicate_slot(self, conn: sqlite3.Connection, copy: Copy, now: float) -> bool:
