@@ -52,6 +52,7 @@ from cgpop.store.pg_live import PgLive
 from cgpop.store.pg_queue import PgQueue
 from cgpop.store.pg_quota import PgQuotas
 from cgpop.store.quota_rules import Root, merge
+from cgpop.store.sql_alerts import PENDING_ALERT, SqlAlerts, alert_of, pending_args
 from cgpop.store.sql_directory import SqlDirectory
 from cgpop.wire import dot_stuff, normalize_crlf
 
@@ -66,7 +67,7 @@ PUBLIC_ACCOUNT = "public"
 _COLLECT_LOCK = 0x6367706F70434F4C
 
 
-class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory):
+class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory, SqlAlerts):
     def __init__(
         self,
         dsn: str,
@@ -388,24 +389,6 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory):
         assert row is not None
         return int(row[0])
 
-    def list_alerts(self) -> list[Alert]:
-        """Every alert with the number of accounts it was shown to, in one query."""
-        rows = self._all(
-            "SELECT a.id, a.scope, a.target, a.text, a.created, count(d.alert_id) "
-            "FROM alerts a LEFT JOIN alerts_delivered d ON d.alert_id = a.id "
-            "GROUP BY a.id ORDER BY a.id"
-        )
-        return [_alert(r) for r in rows]
-
-    def remove_alert(self, alert_id: int) -> bool:
-        """Delete an alert and its delivery records (cascade); False when there was none."""
-        return self._one("DELETE FROM alerts WHERE id = %s RETURNING 1", (alert_id,)) is not None
-
-    def pending_alert(self, account: str) -> Alert | None:
-        """The oldest alert not yet shown to `account` ("name@domain"), not marked."""
-        row = self._one(_PENDING_ALERT, _alert_args(account))
-        return None if row is None else _alert(row)
-
     def take_alert(self, account: str) -> Alert | None:
         """`pending_alert`, marked shown in the same statement. Two logins of one account on
         two nodes at once: the delivery row's key makes one of them lose the race; the loser
@@ -413,20 +396,20 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory):
         skipped. Each round either wins or sees one more alert delivered, so it ends."""
         while True:
             try:
-                row = self._one(
-                    f"WITH pick AS ({_PENDING_ALERT}), taken AS ("
+                row = self._write_row(
+                    f"WITH pick AS ({PENDING_ALERT}), taken AS ("
                     "INSERT INTO alerts_delivered(alert_id, account, delivered_at) "
-                    f"SELECT id, %s, {NOW} FROM pick ON CONFLICT DO NOTHING RETURNING alert_id) "
+                    f"SELECT id, ?, {NOW} FROM pick ON CONFLICT DO NOTHING RETURNING alert_id) "
                     "SELECT p.id, p.scope, p.target, p.text, p.created, "
                     "EXISTS (SELECT 1 FROM taken) FROM pick p",
-                    (*_alert_args(account), account.lower()),
+                    (*pending_args(account), account.lower()),
                 )
             except pgerrors.ForeignKeyViolation:  # the alert was removed meanwhile
                 continue
             if row is None:
                 return None
             if row[5]:
-                return _alert(row[:5])
+                return alert_of(row[:5])
 
     # --- POP sessions ---
     def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot:
@@ -632,26 +615,6 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory):
     def remove_orphan_files(self) -> int:
         """Bodies live in the database's transactions: a crash leaves nothing half-written."""
         return 0
-
-
-# Oldest first; an account sees its own alerts, its domain's and the server's.
-_PENDING_ALERT = (
-    "SELECT id, scope, target, text, created FROM alerts a "
-    "WHERE ((a.scope = 'account' AND a.target = %s) OR (a.scope = 'domain' AND a.target = %s) "
-    "OR a.scope = 'server') AND NOT EXISTS (SELECT 1 FROM alerts_delivered d "
-    "WHERE d.alert_id = a.id AND d.account = %s) ORDER BY a.created, a.id LIMIT 1"
-)
-
-
-def _alert_args(account: str) -> tuple[str, str, str]:
-    account = account.lower()
-    return account, account.rpartition("@")[2], account
-
-
-def _alert(r: Sequence[Any]) -> Alert:
-    """An `alerts` row (id, scope, target, text, created[, delivered count])."""
-    delivered = int(r[5]) if len(r) > 5 else 0
-    return Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), delivered)
 
 
 @dataclass(frozen=True, slots=True)

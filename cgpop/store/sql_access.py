@@ -68,7 +68,7 @@ class Dialect:
 class SqlAccess:
     """The statements shared SQL classes run, on top of a backend's connections. A backend
     provides `_DIALECT`; `_reader`, a connection whose statements commit each on its own (for
-    reads); `_tx`, a transaction; `_write_row`, one write statement that ends in RETURNING,
+    reads); `_tx`, a transaction; `_write_row`, one write statement that returns rows (RETURNING),
     committed, and its first row or None; `_many`, one statement for each of many rows, in
     the caller's transaction. Each takes shared SQL and spells it with `_DIALECT`."""
 

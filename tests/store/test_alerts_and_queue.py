@@ -132,3 +132,21 @@ def test_queue_list_shows_every_recipient_and_a_done_message_goes(store: Store) 
     store.claim_due(100.0, 10)
     store.record_attempt(done, [Update("c@x.org", State.SENT)])
     assert store.list_queue() == [] and store.remove_queued(done) is False
+
+
+def test_a_removed_alert_goes_with_its_delivery_records(store: Store) -> None:
+    shown = store.add_alert("server", "", "shown")
+    taken = store.take_alert("joe@example.com")
+    assert taken is not None and taken.id == shown
+    assert store.remove_alert(shown) is True
+    assert store.list_alerts() == []
+    later = store.add_alert("domain", "EXAMPLE.com", "later")
+    [listed] = store.list_alerts()
+    assert (listed.id, listed.scope, listed.target, listed.delivered) == (
+        later,
+        "domain",
+        "example.com",
+        0,
+    )
+    assert store.pending_alert("ann@EXAMPLE.COM") == listed
+    assert store.pending_alert("joe@other.example") is None
