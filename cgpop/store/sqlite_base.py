@@ -80,6 +80,14 @@ class SqliteDatabase(SqlAccess):
     def _reader(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return contextlib.nullcontext(self._conn())
 
+    # The thread's own connection needs no context around a read: the login path's lookups
+    # (account, mailbox, ACL) skip it.
+    def _row(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self._conn().execute(self._DIALECT.sql(sql), args).fetchone()
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return self._conn().execute(self._DIALECT.sql(sql), args).fetchall()
+
     def _write_row(self, sql: str, args: Sequence[Any] = ()) -> Any:
         # In a transaction of its own, as every write here: BEGIN IMMEDIATE takes the write
         # lock first (waiting up to busy_timeout), so the statement never has to upgrade.
