@@ -29,7 +29,7 @@ from cgpop.store.api import (
 )
 from cgpop.store.pg_access import PgAccess
 from cgpop.store.pg_base import Conn, PgDatabase
-from cgpop.store.sql_queue import SqlQueue
+from cgpop.store.sql_queue import SqlQueue, bounce_of
 
 # A claim whose instance is gone or silent past its own timeout is abandoned.
 _ABANDONED = (
@@ -157,24 +157,10 @@ class PgQueue(PgDatabase, PgAccess, SqlQueue):
             ") AS f JOIN queue_messages AS m ON m.id = f.message_id ORDER BY m.id",
             (BOUNCE_HEAD, now, limit),
         )
-        bounces: list[Bounce] = []
-        for message_id, sender, account, head, created, failed, errors, attempts in rows:
-            failures = []
-            for recipient, error in zip(failed, errors, strict=True):
-                status, _, text = (error or "5.0.0 failed").partition(" ")
-                failures.append((str(recipient), status, text))
-            bounces.append(
-                Bounce(
-                    int(message_id),
-                    str(sender),
-                    str(account),
-                    bytes(head),
-                    float(created),
-                    tuple(failures),
-                    int(attempts),
-                )
-            )
-        return bounces
+        return [
+            bounce_of(mid, sender, account, head, created, zip(failed, errors, strict=True), n)
+            for mid, sender, account, head, created, failed, errors, n in rows
+        ]
 
     def defer_bounce(self, message_id: int, recipients: Sequence[str], when: float) -> None:
         with self._conn() as conn:

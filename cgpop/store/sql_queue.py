@@ -6,10 +6,45 @@ serialises them with its one writer, PostgreSQL claims rows with SKIP LOCKED for
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cgpop.store.api import Entry, QueueStats, RecipientState, SubmissionCounts, Verdict
+from cgpop.store.api import (
+    Bounce,
+    Entry,
+    QueueStats,
+    RecipientState,
+    SubmissionCounts,
+    Verdict,
+)
 from cgpop.store.sql_access import SqlAccess, SqlConn
+
+
+def bounce_of(
+    message_id: Any,
+    sender: Any,
+    account: Any,
+    head: Any,
+    created: Any,
+    failed: Iterable[Sequence[Any]],
+    attempts: Any,
+) -> Bounce:
+    """A message's bounce from its row and its failed (recipient, last error) pairs, in the
+    order given. A last error reads "status text" (api.Update); one without a text (never
+    recorded) bounces as a generic permanent failure."""
+    failures = []
+    for recipient, error in failed:
+        status, _, text = (error or "5.0.0 failed").partition(" ")
+        failures.append((str(recipient), status, text))
+    return Bounce(
+        int(message_id),
+        str(sender),
+        str(account),
+        bytes(head),
+        float(created),
+        tuple(failures),
+        int(attempts),
+    )
 
 
 class SqlQueue(SqlAccess):

@@ -17,7 +17,7 @@ from cgpop.store.api import (
     Outbound,
     Update,
 )
-from cgpop.store.sql_queue import SqlQueue
+from cgpop.store.sql_queue import SqlQueue, bounce_of
 from cgpop.store.sqlite_base import SqliteDatabase
 
 
@@ -139,8 +139,7 @@ class SqliteQueue(SqliteDatabase, SqlQueue):
             )
 
     def pending_bounces(self, now: float, limit: int = BOUNCE_BATCH) -> list[Bounce]:
-        bounces: list[Bounce] = []
-        for message_id, sender, account, head, created, failed, attempts in self._conn().execute(
+        rows = self._conn().execute(
             "SELECT m.id, m.sender, m.account, substr(m.message, 1, ?), m.created, f.failed,"
             " f.attempts FROM ("
             "   SELECT message_id, json_group_array(json_array(recipient, last_error)) AS failed,"
@@ -149,15 +148,11 @@ class SqliteQueue(SqliteDatabase, SqlQueue):
             "   GROUP BY message_id ORDER BY message_id LIMIT ?"
             " ) AS f JOIN queue_messages AS m ON m.id = f.message_id ORDER BY m.id",
             (BOUNCE_HEAD, now, limit),
-        ):
-            failures = []
-            for recipient, error in sorted(json.loads(failed)):
-                status, _, text = (error or "5.0.0 failed").partition(" ")
-                failures.append((recipient, status, text))
-            bounces.append(
-                Bounce(message_id, sender, account, bytes(head), created, tuple(failures), attempts)
-            )
-        return bounces
+        )
+        return [
+            bounce_of(mid, sender, account, head, created, sorted(json.loads(failed)), attempts)
+            for mid, sender, account, head, created, failed, attempts in rows
+        ]
 
     def defer_bounce(self, message_id: int, recipients: Sequence[str], when: float) -> None:
         with self._tx() as conn:

@@ -150,3 +150,25 @@ def test_a_removed_alert_goes_with_its_delivery_records(store: Store) -> None:
     )
     assert store.pending_alert("ann@EXAMPLE.COM") == listed
     assert store.pending_alert("joe@other.example") is None
+
+
+def test_a_bounce_lists_each_failed_recipient_with_its_status(store: Store) -> None:
+    mid = store.enqueue(_outbound("c@x.org", "a@x.org", "b@x.org"), 100.0)
+    store.claim_due(100.0, 10)
+    store.record_attempt(
+        mid,
+        [
+            Update("c@x.org", State.FAILED, 0.0, "5.1.1 no such user"),
+            Update("a@x.org", State.FAILED, 0.0, None),  # no reply text was recorded
+            Update("b@x.org", State.SENT),
+        ],
+    )
+    [bounce] = store.pending_bounces(100.0, 10)
+    assert (bounce.message_id, bounce.sender, bounce.account) == (
+        mid,
+        "joe@example.com",
+        "joe@example.com",
+    )
+    assert bounce.failures == (("a@x.org", "5.0.0", "failed"), ("c@x.org", "5.1.1", "no such user"))
+    assert (bounce.created, bounce.attempts) == (100.0, 1)
+    assert bounce.head == b"Subject: q\r\n\r\nx\r\n"
