@@ -1,0 +1,236 @@
+"""A database outage under a live node (issue 11, "Database outage"): a real `cgpop serve` on a
+PostgreSQL of the test's own, which the test stops (`pg_ctl stop -m immediate`, a crash as far as
+the node can tell) and starts again on the same port. Checked from the outside with real
+clients: while the database is down every request that needs it gets a temporary failure
+(POP `-ERR [SYS/TEMP]`, LMTP 451, `deliver` exit 75, /healthz 503) within the documented bound
+and nothing crashes; once it is back, service resumes without restarting the node.
+
+docs/cluster.md, "What happens when the database is down", is the contract tested here.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import smtplib
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cgpop.store.pg_base import POOL_WAIT
+from tests.conftest import message
+from tests.pg import PgServer, private_postgres
+from tests.store_pg.cluster import DIRECT_IP, PASSWORD, TIMEOUT, USER, Node, pop
+
+# The node's own bound on a client's wait while the database is down is POOL_WAIT per store
+# call (docs/cluster.md); a call made once the pool knows the database is down fails much
+# sooner. Every check below must answer within it.
+BOUND = POOL_WAIT
+TEMP = re.compile(rb"^-ERR \[SYS/TEMP\] [^\r\n]*database[^\r\n]*\r\n$")
+METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'
+
+
+class Raw:
+    """A POP3 connection at the byte level: every reply line exactly as sent."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT, (DIRECT_IP, 0))
+        self.file = self.sock.makefile("rb")
+        assert self.line().startswith(b"+OK")
+
+    def line(self) -> bytes:
+        got = self.file.readline(100_000)
+        if not got:
+            raise EOFError("server closed the connection")
+        return got
+
+    def cmd(self, text: str) -> bytes:
+        self.sock.sendall(text.encode() + b"\r\n")
+        return self.line()
+
+    def multi(self) -> list[bytes]:
+        lines = []
+        while (got := self.line()) != b".\r\n":
+            lines.append(got)
+        return lines
+
+    def login(self) -> bytes:
+        assert self.cmd(f"USER {USER}").startswith(b"+OK")
+        return self.cmd(f"PASS {PASSWORD}")
+
+    def at_eof(self) -> bool:
+        return self.file.read(1) == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def timed(what: str, fn: object, *args: object) -> object:
+    """`fn(*args)`, asserting it answered within BOUND."""
+    start = time.monotonic()
+    result = fn(*args)  # type: ignore[operator]
+    took = time.monotonic() - start
+    assert took < BOUND, f"{what} took {took:.1f} s with the database down (bound {BOUND} s)"
+    return result
+
+
+def lmtp_send(node: Node, subject: str) -> dict[str, tuple[int, bytes]]:
+    with smtplib.LMTP("127.0.0.1", node.ports["LMTP"], timeout=TIMEOUT) as lmtp:
+        return lmtp.sendmail("s@remote.test", [USER], message(subject))
+
+
+def lmtp_refused(node: Node, subject: str) -> tuple[int, bytes]:
+    """An LMTP delivery that must not be accepted: the reply to RCPT (or to DATA)."""
+    with smtplib.LMTP("127.0.0.1", node.ports["LMTP"], timeout=TIMEOUT) as lmtp:
+        lmtp.ehlo("mta.test")
+        assert lmtp.mail("s@remote.test")[0] == 250
+        code, text = lmtp.rcpt(USER)
+        if code != 250:
+            return code, text
+        return lmtp.data(message(subject))
+
+
+def xmit(raw: Raw, subject: str) -> bytes:
+    """XTND XMIT of a message from the account to itself (a local delivery)."""
+    assert raw.cmd("XTND XMIT") == b"+OK Start sending message.\r\n"
+    head = f"From: {USER}\r\nTo: {USER}\r\nSubject: {subject}\r\n\r\n"
+    raw.sock.sendall(head.encode() + b"Hello.\r\n.\r\n")
+    return raw.line()
+
+
+def healthz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def metrics_port(node: Node) -> int:
+    pattern = r"METRICS listening on 127\.0\.0\.1:(\d+)"
+    for line in node.log:
+        if found := re.search(pattern, line):
+            return int(found[1])
+    return int(node.wait_log(pattern)[1])
+
+
+def sasl_plain(raw: Raw) -> bytes:
+    token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    return raw.cmd(f"AUTH PLAIN {token}")
+
+
+def assert_alive(node: Node) -> None:
+    assert node.proc.poll() is None, "".join(node.log)
+    assert not [line for line in node.log if "Traceback" in line], "".join(node.log)
+
+
+@pytest.fixture
+def db() -> Iterator[PgServer]:
+    with private_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def node(db: PgServer, tmp_path: Path) -> Iterator[Node]:
+    started = Node(tmp_path, "pop-a", db.dsn, extra=METRICS)
+    try:
+        assert started.cli("domain", "add", "example.com").returncode == 0
+        done = started.cli("account", "add", USER, "--password-stdin", stdin=PASSWORD + "\n")
+        assert done.returncode == 0, done.stderr
+        yield started
+    finally:
+        started.stop()
+
+
+def test_outage_answers_temporary_failures_and_service_resumes(db: PgServer, node: Node) -> None:
+    assert lmtp_send(node, "one") == {}
+    assert lmtp_send(node, "two") == {}
+    port, web = node.ports["POP3"], metrics_port(node)
+    pid = node.proc.pid
+    assert healthz(web) == (200, "ok\n")
+    survivor, quitter = Raw(port), Raw(port)  # logged in before the outage
+    for raw in (survivor, quitter):
+        assert raw.login().startswith(b"+OK")
+        assert raw.cmd("STAT").startswith(b"+OK 2 ")
+    stat = survivor.cmd("STAT")
+
+    db.stop("immediate")
+    try:
+        # New logins: USER/PASS and AUTH PLAIN, a clear temporary failure, in time.
+        fresh = Raw(port)
+        assert fresh.cmd(f"USER {USER}").startswith(b"+OK")
+        reply = timed("PASS", fresh.cmd, f"PASS {PASSWORD}")
+        assert TEMP.match(reply), reply  # type: ignore[arg-type]
+        reply = timed("AUTH PLAIN", sasl_plain, fresh)
+        assert TEMP.match(reply), reply  # type: ignore[arg-type]
+        assert fresh.cmd("QUIT").startswith(b"+OK")
+        fresh.close()
+
+        # The open session: what its snapshot holds is served, the rest is a temporary
+        # failure on one line; the session goes on.
+        assert survivor.cmd("STAT") == stat
+        assert survivor.cmd("UIDL").startswith(b"+OK")
+        assert len(survivor.multi()) == 2
+        reply = timed("RETR", survivor.cmd, "RETR 1")
+        assert TEMP.match(reply), reply  # type: ignore[arg-type]
+        reply = timed("XTND XMIT", xmit, survivor, "during")
+        assert TEMP.match(reply), reply  # type: ignore[arg-type]
+        assert survivor.cmd("NOOP") == b"+OK\r\n"
+
+        # QUIT after DELE removes nothing, says so, and closes.
+        assert quitter.cmd("DELE 1").startswith(b"+OK")
+        reply = timed("QUIT", quitter.cmd, "QUIT")
+        assert reply.startswith(b"-ERR [SYS/TEMP] "), reply  # type: ignore[union-attr]
+        assert quitter.at_eof()
+        quitter.close()
+
+        # LMTP: 451 with an enhanced code, at RCPT (the recipient cannot be checked).
+        code, text = timed("LMTP", lmtp_refused, node, "down")  # type: ignore[misc]
+        assert (code, text[:6]) == (451, b"4.3.0 "), (code, text)
+
+        # `cgpop deliver`: exit 75, a clear message, no traceback.
+        done = node.cli("deliver", USER, stdin="Subject: down\n\nbody\n")
+        assert done.returncode == 75, done.stderr
+        assert "cgpop: cannot use the database" in done.stderr
+        assert "Traceback" not in done.stderr
+
+        status, text_ = timed("healthz", healthz, web)  # type: ignore[misc]
+        assert status == 503 and "store unavailable" in text_, text_
+        assert_alive(node)
+    finally:
+        db.start(same_port=True)
+
+    # Back: service resumes without a restart of the node, from the first request on (the
+    # connections the outage broke were replaced when it was noticed).
+    client = pop(port)
+    assert client.stat()[0] == 2
+    assert client.retr(1)[1][-1] == b"Hello."
+    client.quit()
+    client.close()
+    assert survivor.cmd("STAT") == stat  # the DELE'd message of `quitter` is still there
+    assert survivor.cmd("RETR 1").startswith(b"+OK")
+    assert survivor.multi()[-1] == b"Hello.\r\n"
+    assert lmtp_send(node, "three") == {}
+    assert xmit(survivor, "after") == b"+OK Message sent successfully\r\n"
+    assert healthz(web) == (200, "ok\n")
+    # The registry: the node beats again, and its sessions are listed.
+    listed = node.cli("sessions")
+    assert listed.returncode == 0, listed.stderr
+    assert "pop-a" in listed.stdout and USER in listed.stdout
+    assert node.proc.pid == pid
+    assert_alive(node)
+    assert survivor.cmd("QUIT").startswith(b"+OK")
+    survivor.close()
+    client = pop(port)
+    assert client.stat()[0] == 4  # one, two, three and the XTND XMIT to itself
+    client.quit()
+    client.close()
