@@ -36,7 +36,15 @@ from datetime import UTC, datetime, timedelta
 
 from cgpop.blocking import Run
 from cgpop.delivery import Result, Status
-from cgpop.store.api import BOUNCE_BATCH, Bounce, Job, OutboundQueue, State, Update
+from cgpop.store.api import (
+    BOUNCE_BATCH,
+    Bounce,
+    Job,
+    OutboundQueue,
+    State,
+    TemporaryFailure,
+    Update,
+)
 from xtnd.dsn import Failure, build_dsn, is_failure_status
 from xtnd.mx import MxError, make_resolver, resolve_mx
 from xtnd.relay import Outcome, RecipientResult, RelayResult, StartTLS, send
@@ -121,6 +129,8 @@ class RelayWorker:
             due: float | None = None
             try:
                 due = await self.run_once()
+            except TemporaryFailure as exc:  # the store cannot be used now: the next pass
+                log.warning("relay worker pass failed: %s", exc)
             except Exception:
                 log.exception("relay worker pass failed")
             wait = self.settings.poll_interval
@@ -138,7 +148,9 @@ class RelayWorker:
             jobs = await self.write(self.store.claim_due, now, BATCH)
             outcomes = await asyncio.gather(*(self._job(j) for j in jobs), return_exceptions=True)
             for job, outcome in zip(jobs, outcomes, strict=True):
-                if isinstance(outcome, Exception):
+                if isinstance(outcome, TemporaryFailure):  # requeued once the store is back
+                    log.warning("queue message %d: attempt failed: %s", job.message_id, outcome)
+                elif isinstance(outcome, Exception):
                     log.error("queue message %d: attempt failed", job.message_id, exc_info=outcome)
             due = now if len(jobs) >= BATCH else await self.read(self.store.next_due)
         await self._bounce()
