@@ -122,6 +122,12 @@ class PgServer:
         Waits until the server is down: its port then refuses connections."""
         self._run(str(self.bindir / "pg_ctl"), "stop", "-w", "-m", mode, "-D", str(self.datadir))
 
+    def running(self) -> bool:
+        return (
+            self._run(str(self.bindir / "pg_ctl"), "status", "-D", str(self.datadir)).returncode
+            == 0
+        )
+
     def admin(self, *statements: str) -> None:
         import psycopg
 

@@ -14,6 +14,7 @@ import base64
 import re
 import smtplib
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import psycopg
 import pytest
 
 from cgpop.store.pg_base import POOL_WAIT
@@ -227,7 +229,8 @@ def test_outage_answers_temporary_failures_and_service_resumes(db: PgServer, nod
         assert status == 503 and "store unavailable" in text_, text_
         assert_alive(node)
     finally:
-        db.start(same_port=True)
+        if not db.running():
+            db.start(same_port=True)
 
     # Back: service resumes without a restart of the node, within the bound; until then a
     # login gets the same temporary failure as during the outage, nothing else.
@@ -261,3 +264,49 @@ def test_outage_answers_temporary_failures_and_service_resumes(db: PgServer, nod
     assert client.stat()[0] == 4  # one, two, three and the XTND XMIT to itself
     client.quit()
     client.close()
+
+
+def test_outage_during_a_delivery_is_never_acknowledged(db: PgServer, node: Node) -> None:
+    """The database stops while a delivery's transaction is inside it (held there by an
+    administrator's lock, so the moment is certain): the LMTP client gets 451, the message
+    was not stored, and the retry that follows is delivered once."""
+    port = node.ports["POP3"]
+    lmtp = smtplib.LMTP("127.0.0.1", node.ports["LMTP"], timeout=TIMEOUT)
+    admin = psycopg.connect(f"host=127.0.0.1 port={db.port} user=postgres dbname=cgpop")
+    try:
+        lmtp.ehlo("mta.test")
+        assert lmtp.mail("s@remote.test")[0] == 250
+        assert lmtp.rcpt(USER)[0] == 250
+        admin.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # held: no commit
+        replies: list[tuple[int, bytes]] = []
+        sender = threading.Thread(target=lambda: replies.append(lmtp.data(message("held"))))
+        sender.start()
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        deadline = time.monotonic() + TIMEOUT
+        while admin.execute(waiting).fetchone() == (0,):
+            assert time.monotonic() < deadline, "the delivery never reached the database"
+            time.sleep(0.02)
+        db.stop("immediate")
+        sender.join(TIMEOUT)
+        assert replies and replies[0][0] == 451, replies
+        assert replies[0][1].startswith(b"4.3.0 "), replies
+        assert lmtp.noop()[0] == 250  # the LMTP session goes on
+    finally:
+        admin.close()
+        lmtp.close()
+        if not db.running():
+            db.start(same_port=True)
+    back = time.monotonic()
+    while (reply := login(port)) != b"+OK":
+        assert reply == TEMP, reply
+        assert time.monotonic() - back < BOUND, "service did not resume"
+    client = pop(port)
+    assert client.stat()[0] == 0  # nothing was acknowledged, and nothing was stored
+    client.quit()
+    client.close()
+    assert lmtp_send(node, "held") == {}  # the MTA's retry
+    client = pop(port)
+    assert client.stat()[0] == 1
+    client.quit()
+    client.close()
+    assert_alive(node)
