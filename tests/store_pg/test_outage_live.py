@@ -182,6 +182,7 @@ def test_outage_answers_temporary_failures_and_service_resumes(db: PgServer, nod
     assert b"Subject: one\r\n" in survivor.multi()
 
     db.stop("immediate")
+    stopped = time.monotonic()
     try:
         # New logins: USER/PASS and AUTH PLAIN, a clear temporary failure, in time.
         fresh = Raw(port)
@@ -228,6 +229,9 @@ def test_outage_answers_temporary_failures_and_service_resumes(db: PgServer, nod
         status, text_ = timed("healthz", healthz, web)
         assert status == 503 and "store unavailable" in text_, text_
         assert_alive(node)
+        # Longer than node_timeout (3 s, cluster.py): when the database is back this node
+        # counts as dead until its heartbeat thread, which lived through the outage, beats.
+        time.sleep(max(0.0, 4.0 - (time.monotonic() - stopped)))
     finally:
         if not db.running():
             db.start(same_port=True)
@@ -250,6 +254,13 @@ def test_outage_answers_temporary_failures_and_service_resumes(db: PgServer, nod
     assert xmit(survivor, "after") == b"+OK Message sent successfully\r\n"
     assert healthz(web) == (200, "ok\n")
     # The registry: the node beats again, and its sessions are listed.
+    beat = "SELECT heartbeat FROM store_instances WHERE node = 'pop-a'"
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        first = conn.execute(beat).fetchall()
+        deadline = time.monotonic() + TIMEOUT
+        while conn.execute(beat).fetchall() == first:
+            assert time.monotonic() < deadline, "the heartbeat did not resume"
+            time.sleep(0.05)
     listed = node.cli("sessions")
     assert listed.returncode == 0, listed.stderr
     # The survivor's row only: `quitter`'s went when the database came back.
