@@ -239,7 +239,11 @@ class LoginSession:
         p = self.policy
         if p.other_sessions is None:
             return True
-        others = await p.read(p.other_sessions, access.snapshot)
+        try:
+            others = await p.read(p.other_sessions, access.snapshot)
+        except BaseException:  # the store unavailable: the slot is not kept
+            p.caps.leave_account(access.account)
+            raise
         if p.caps.account_sessions(access.account) + others <= p.caps.max_per_account:
             return True
         p.caps.leave_account(access.account)
@@ -261,6 +265,17 @@ class LoginSession:
                 await asyncio.sleep(p.penalty.delay_for(self.peer_ip, key))
             return checked
         p.penalty.record_success(self.peer_ip, key)
+        try:
+            return await self._admit(checked, access)
+        except BaseException:
+            # The store became unavailable past step 1 (the caller answers -ERR [SYS/TEMP]):
+            # the maildrop opened there closes, so it holds nothing.
+            p.close_maildrop(access.snapshot)
+            raise
+
+    async def _admit(self, checked: LoginResult, access: Access) -> LoginResult:
+        """Steps 3 and 4 for credentials that passed."""
+        p, slog = self.policy, self.slog
         account = access.account
         # 3. An alert shown instead of the login.
         if access.alert_pending:
