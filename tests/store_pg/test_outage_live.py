@@ -29,6 +29,7 @@ from cgpop.store.pg_base import POOL_WAIT
 from tests.conftest import message
 from tests.pg import PgServer, private_postgres
 from tests.store_pg.cluster import DIRECT_IP, PASSWORD, TIMEOUT, USER, Node, pop
+from tests.xtnd.conftest import Sink, SinkHandler, _start
 
 # The node's own bound on a client's wait while the database is down is POOL_WAIT per store
 # call (docs/cluster.md); a call made once the pool knows the database is down fails much
@@ -101,10 +102,10 @@ def lmtp_refused(node: Node, subject: str) -> tuple[int, bytes]:
         return lmtp.data(message(subject))
 
 
-def xmit(raw: Raw, subject: str) -> bytes:
-    """XTND XMIT of a message from the account to itself (a local delivery)."""
+def xmit(raw: Raw, subject: str, to: str = USER) -> bytes:
+    """XTND XMIT of a message from the account (to itself: a local delivery)."""
     assert raw.cmd("XTND XMIT") == b"+OK Start sending message.\r\n"
-    head = f"From: {USER}\r\nTo: {USER}\r\nSubject: {subject}\r\n\r\n"
+    head = f"From: {USER}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\n"
     raw.sock.sendall(head.encode() + b"Hello.\r\n.\r\n")
     return raw.line()
 
@@ -155,8 +156,27 @@ def db() -> Iterator[PgServer]:
 
 
 @pytest.fixture
-def node(db: PgServer, tmp_path: Path) -> Iterator[Node]:
-    started = Node(tmp_path, "pop-a", db.dsn, extra=METRICS)
+def raws() -> Iterator[list[Raw]]:
+    """The test's raw POP connections, closed at the end whatever happened."""
+    opened: list[Raw] = []
+    yield opened
+    for raw in opened:
+        raw.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """The smarthost the node relays XTND XMIT mail to."""
+    yield from _start(SinkHandler())
+
+
+@pytest.fixture
+def node(db: PgServer, sink: Sink, tmp_path: Path) -> Iterator[Node]:
+    relay = (
+        f'[xtnd]\nrelay = "127.0.0.1:{sink.port}"\n'
+        "queue_poll_interval = 0.2\nretry_schedule = [0.2]\n"
+    )
+    started = Node(tmp_path, "pop-a", db.dsn, extra=METRICS + relay)
     try:
         assert started.cli("domain", "add", "example.com").returncode == 0
         done = started.cli("account", "add", USER, "--password-stdin", stdin=PASSWORD + "\n")
@@ -166,13 +186,16 @@ def node(db: PgServer, tmp_path: Path) -> Iterator[Node]:
         started.stop()
 
 
-def test_outage_answers_temporary_failures_and_service_resumes(db: PgServer, node: Node) -> None:
+def test_outage_answers_temporary_failures_and_service_resumes(
+    db: PgServer, node: Node, sink: Sink, raws: list[Raw]
+) -> None:
     assert lmtp_send(node, "one") == {}
     assert lmtp_send(node, "two") == {}
     port, web = node.ports["POP3"], metrics_port(node)
     pid = node.proc.pid
     assert healthz(web) == (200, "ok\n")
     survivor, quitter = Raw(port), Raw(port)  # logged in before the outage
+    raws += [survivor, quitter]
     for raw in (survivor, quitter):
         assert raw.login().startswith(b"+OK")
         assert raw.cmd("STAT").startswith(b"+OK 2 ")
@@ -186,6 +209,7 @@ def test_outage_answers_temporary_failures_and_service_resumes(db: PgServer, nod
     try:
         # New logins: USER/PASS and AUTH PLAIN, a clear temporary failure, in time.
         fresh = Raw(port)
+        raws.append(fresh)
         assert fresh.cmd(f"USER {USER}").startswith(b"+OK")
         reply = timed("PASS", fresh.cmd, f"PASS {PASSWORD}")
         assert reply == TEMP, reply
@@ -252,6 +276,12 @@ def test_outage_answers_temporary_failures_and_service_resumes(db: PgServer, nod
     assert b"Subject: one\r\n" in survivor.multi()
     assert lmtp_send(node, "three") == {}
     assert xmit(survivor, "after") == b"+OK Message sent successfully\r\n"
+    # The relay worker lived through the outage: it sends what is queued now.
+    assert xmit(survivor, "relayed", "ann@example.org") == b"+OK Message sent successfully\r\n"
+    deadline = time.monotonic() + TIMEOUT
+    while not sink.handler.messages:
+        assert time.monotonic() < deadline, "the relay worker did not send"
+        time.sleep(0.05)
     assert healthz(web) == (200, "ok\n")
     # The registry: the node beats again, and its sessions are listed.
     beat = "SELECT heartbeat FROM store_instances WHERE node = 'pop-a'"
