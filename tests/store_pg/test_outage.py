@@ -31,16 +31,19 @@ def failure_time(store: PostgresStore) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.parametrize("mode", ["immediate", "fast"])
 def test_calls_fail_fast_while_the_database_is_down_and_work_when_it_is_back(
-    db: PgServer,
+    db: PgServer, mode: str
 ) -> None:
+    """`immediate`: connections drop without a word (a crash); `fast`: each is told first
+    (an administrator's shutdown, a failover)."""
     store = PostgresStore(db.dsn, node="pop-a", pool_size=3)
     try:
         box = joe_inbox(store)
         put(store, box, "one")
         with store._conn(), store._conn():  # two connections in the pool
             pass
-        db.stop("immediate")
+        db.stop(mode)
         failure_time(store)  # on a connection the stop broke: at once
         # The database is known to be down: DOWN_WAIT per call, not POOL_WAIT (a client
         # behind a worker thread would otherwise wait POOL_WAIT per call queued before it).
