@@ -27,6 +27,9 @@ from typing import Any
 import pytest
 
 _INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (see .ci/run)"
+# A test server: durability is not under test here, speed on 2 cores is. (The bench passes its
+# own settings: bench/pgcluster.py.)
+TEST_OPTIONS = "-c fsync=off -c full_page_writes=off -c max_connections=200"
 
 
 def find_bindir() -> Path:
@@ -65,6 +68,7 @@ class PgServer:
     root: Path
     port: int
     run_as: dict[str, Any]
+    options: str = TEST_OPTIONS  # postgres -c settings, given to pg_ctl start
 
     @property
     def datadir(self) -> Path:
@@ -91,11 +95,7 @@ class PgServer:
         for _attempt in range(1 if same_port else 5):
             if not same_port:
                 self.port = _free_port()
-            opts = (
-                f"-h 127.0.0.1 -p {self.port} -k {self.root}"
-                # A test server: durability is not under test here, speed on 2 cores is.
-                " -c fsync=off -c full_page_writes=off -c max_connections=200"
-            )
+            opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} {self.options}"
             done = self._run(
                 str(self.bindir / "pg_ctl"),
                 "start",
@@ -136,7 +136,7 @@ class PgServer:
                 conn.execute(sql.encode())
 
 
-def start_postgres() -> PgServer:
+def start_postgres(options: str = TEST_OPTIONS) -> PgServer:
     bindir = find_bindir()
     root = Path(tempfile.mkdtemp(prefix="cgpop-pg-"))
     run_as: dict[str, Any] = {}
@@ -147,7 +147,7 @@ def start_postgres() -> PgServer:
             raise RuntimeError(f"running as root and no postgres user. {_INSTALL_HINT}") from None
         os.chown(root, pw.pw_uid, pw.pw_gid)
         run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    server = PgServer(bindir, root, 0, run_as)
+    server = PgServer(bindir, root, 0, run_as, options)
     init = server._run(
         str(bindir / "initdb"),
         "-D",

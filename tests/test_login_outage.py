@@ -1,6 +1,6 @@
-"""A login whose credentials passed, then the store became unavailable (cgpop/login.py steps 3
-and 4): the login fails with the store's TemporaryFailure (the runner answers -ERR [SYS/TEMP]),
-and neither the maildrop it opened nor its per-account slot stays taken."""
+"""A login whose credentials passed, then the store became unavailable (cgpop/login.py step 3,
+taking an alert): the login fails with the store's TemporaryFailure (the runner answers
+-ERR [SYS/TEMP]), and neither the maildrop it opened nor a per-account slot stays taken."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from cgpop.access import Access, LoginResult
 from cgpop.login import LoginPolicy, SessionCaps
 from cgpop.logs import SessionLog
 from cgpop.penalty import Penalty
-from cgpop.store.api import Alert, Mailbox, Snapshot, TemporaryFailure
+from cgpop.store.api import Mailbox, Snapshot, TemporaryFailure
 
 SNAP = Snapshot(Mailbox(7, 1, "joe@example.com", "INBOX", 1), array("q"), array("q"), 0.0, 0)
 
@@ -40,20 +40,17 @@ def unavailable(*args: object) -> Any:
     raise TemporaryFailure("database unavailable")
 
 
-@pytest.mark.parametrize("step", ["alert", "cluster cap"])
-def test_a_login_the_store_fails_after_the_credentials_keeps_nothing(step: str) -> None:
+def test_a_login_the_store_fails_after_the_credentials_keeps_nothing() -> None:
     closed: list[Snapshot] = []
     caps = SessionCaps(max_per_ip=10, max_per_account=1)
-    alert: Callable[[str], Alert | None] = unavailable if step == "alert" else lambda a: None
     policy = LoginPolicy(
-        Checks(alert_pending=step == "alert"),  # type: ignore[arg-type]
+        Checks(alert_pending=True),  # type: ignore[arg-type]
         read=run,
         write=run,
-        take_alert=alert,
+        take_alert=unavailable,
         close_maildrop=closed.append,
         penalty=Penalty(),
         caps=caps,
-        other_sessions=unavailable if step == "cluster cap" else None,
     )
     slog = SessionLog(logging.getLogger("test"), "POP3", "s1", "127.0.0.1:1")
     login = policy.session("127.0.0.1", slog).password(
@@ -62,4 +59,4 @@ def test_a_login_the_store_fails_after_the_credentials_keeps_nothing(step: str) 
     with pytest.raises(TemporaryFailure):
         asyncio.run(login)
     assert closed == [SNAP]  # the maildrop opened at step 1 holds nothing
-    assert caps.account_sessions("joe@example.com") == 0  # the slot is free again
+    assert caps.account_sessions("joe@example.com") == 0

@@ -44,6 +44,7 @@ from cgpop.store.api import (
     Mailbox,
     MessageInfo,
     NotFound,
+    OpenedSession,
     Snapshot,
     Stored,
     StoredMessage,
@@ -873,6 +874,14 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
 
     # --- POP sessions ---
     def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot:
+        return self._open(mailbox, individual, None).snapshot
+
+    def open_session(self, mailbox: Mailbox, individual: str | None, account: str) -> OpenedSession:
+        """open_maildrop, other_sessions and pending_alert in the same round trip: the count
+        and the alert are read after the registration committed, as if called after it."""
+        return self._open(mailbox, individual, account)
+
+    def _open(self, mailbox: Mailbox, individual: str | None, account: str | None) -> OpenedSession:
         instance = self._ensure_instance()
         select: tuple[str, tuple[Any, ...]]
         if individual is None:
@@ -896,13 +905,19 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
                 "WHERE x.mailbox_id = %s AND x.individual = %s AND m.expunged_xid IS NULL) s",
                 (mailbox.id, individual.lower(), mailbox.id, individual.lower()),
             )
+        after: list[tuple[str, tuple[Any, ...]]] = []
+        if account is not None:
+            after = [
+                (_OTHER_SESSIONS, (mailbox.account_id, instance)),
+                (f"SELECT EXISTS ({_PENDING_ALERT})", _alert_args(account)),
+            ]
         try:
-            reg_row, rows = self._register_and_read(instance, mailbox.id, select)
+            reg_row, rows, extra = self._register_and_read(instance, mailbox.id, select, after)
         except pgerrors.ForeignKeyViolation:
             # This process was declared dead (silent past node_timeout) and its registry row
             # removed: register again, then open.
             self.heartbeat()
-            reg_row, rows = self._register_and_read(instance, mailbox.id, select)
+            reg_row, rows, extra = self._register_and_read(instance, mailbox.id, select, after)
         assert reg_row is not None
         # One row of two arrays, in binary: far less per-message work than a row each.
         uids = array("q", rows[0][0])
@@ -910,11 +925,19 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
         snap = Snapshot(mailbox, uids, sizes, float(reg_row[1]), sum(sizes))
         with self._lock:
             self._sessions[id(snap)] = (snap, int(reg_row[0]))
-        return snap
+        others = int(extra[0][0]) if extra and extra[0] else 0
+        pending = bool(extra[1][0]) if len(extra) > 1 and extra[1] else False
+        return OpenedSession(snap, others, pending)
 
     def _register_and_read(
-        self, instance: int, mailbox_id: int, select: tuple[str, tuple[Any, ...]]
-    ) -> tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]:
+        self,
+        instance: int,
+        mailbox_id: int,
+        select: tuple[str, tuple[Any, ...]],
+        after: Sequence[tuple[str, tuple[Any, ...]]] = (),
+    ) -> tuple[tuple[Any, ...] | None, list[tuple[Any, ...]], list[tuple[Any, ...] | None]]:
+        """Register the session, then read the maildrop and the `after` statements' first
+        rows, in one pipeline."""
         with self._conn() as conn:
             try:
                 # One round trip: the registration commits *before* the maildrop is read, so
@@ -928,7 +951,8 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
                     )
                     conn.execute("COMMIT")
                     cur = conn.execute(*select, binary=True)
-                return reg.fetchone(), cur.fetchall()
+                    more = [conn.execute(*stmt) for stmt in after]
+                return reg.fetchone(), cur.fetchall(), [c.fetchone() for c in more]
             except psycopg.Error:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.rollback()
@@ -1020,14 +1044,7 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
     def other_sessions(self, snapshot: Snapshot) -> int:
         """Sessions of other store instances (nodes, processes) on mailboxes of the owner of
         `snapshot`, from the registry (live sessions only: a small table): one count, no lock."""
-        row = self._one(
-            "SELECT count(*) FROM store_sessions s "
-            "JOIN store_instances i ON i.id = s.instance_id "
-            "JOIN mailboxes m ON m.id = s.mailbox_id "
-            "WHERE m.account_id = %s AND s.instance_id IS DISTINCT FROM %s "
-            "AND i.heartbeat >= now() - i.timeout * interval '1 second'",
-            (snapshot.mailbox.account_id, self._instance),
-        )
+        row = self._one(_OTHER_SESSIONS, (snapshot.mailbox.account_id, self._instance))
         return 0 if row is None else int(row[0])
 
     def live_sessions(self) -> list[tuple[int, str, int, float]]:
@@ -1077,6 +1094,14 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
         return 0
 
 
+# other_sessions: the account's live sessions registered by other store instances.
+_OTHER_SESSIONS = (
+    "SELECT count(*) FROM store_sessions s "
+    "JOIN store_instances i ON i.id = s.instance_id "
+    "JOIN mailboxes m ON m.id = s.mailbox_id "
+    "WHERE m.account_id = %s AND s.instance_id IS DISTINCT FROM %s "
+    "AND i.heartbeat >= now() - i.timeout * interval '1 second'"
+)
 # Oldest first; an account sees its own alerts, its domain's and the server's.
 _PENDING_ALERT = (
     "SELECT id, scope, target, text, created FROM alerts a "

@@ -40,6 +40,7 @@ from cgpop.store.api import (
     Mailbox,
     MessageInfo,
     NotFound,
+    OpenedSession,
     Snapshot,
     Stored,
     StoredMessage,
@@ -959,6 +960,16 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
             self._holds.publish(min(self._open) if self._open else None)
 
     # --- the collector (the safety mechanism) ---
+    def open_session(self, mailbox: Mailbox, individual: str | None, account: str) -> OpenedSession:
+        """The three calls in order: the embedded store has no network round trip to save."""
+        snapshot = self.open_maildrop(mailbox, individual)
+        try:
+            pending = self.pending_alert(account) is not None
+        except BaseException:
+            self.close_maildrop(snapshot)
+            raise
+        return OpenedSession(snapshot, self.other_sessions(snapshot), pending)
+
     def other_sessions(self, snapshot: Snapshot) -> int:
         """The embedded store has no session registry: the process that serves it counts its
         own sessions (cgpop/login.py SessionCaps)."""

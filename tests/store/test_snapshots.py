@@ -154,3 +154,23 @@ def test_a_stores_own_sessions_are_not_other_sessions(store: Store) -> None:
     assert store.other_sessions(snap) == 0
     store.close_maildrop(second)
     store.close_maildrop(snap)
+
+
+def test_open_session_is_open_maildrop_with_the_count_and_the_alert(store: Store) -> None:
+    # Issue 11: what a login needs at open, in one call (one round trip on PostgreSQL).
+    box = inbox(store)
+    put(store, box, "one")
+    quiet = store.open_session(box, None, "joe@example.com")
+    assert list(quiet.snapshot.uids) == list(store.open_maildrop(box, None).uids)
+    assert quiet.others == 0  # its own store's sessions are not "others"
+    assert quiet.alert_pending is False
+    store.add_alert("account", "joe@example.com", "read me")
+    told = store.open_session(box, None, "JOE@example.com")
+    assert told.alert_pending is True
+    assert store.take_alert("joe@example.com") is not None
+    # The snapshot is a session like any other: it keeps what an expunge removes.
+    store.expunge(box.id, [told.snapshot.uids[0]])
+    store.collect()
+    assert b"Subject: one" in b"".join(store.read_message(told.snapshot, 0).chunks())
+    for snap in (quiet.snapshot, told.snapshot):
+        store.close_maildrop(snap)
