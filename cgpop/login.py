@@ -256,6 +256,17 @@ class LoginSession:
                 await asyncio.sleep(p.penalty.delay_for(self.peer_ip, key))
             return checked
         p.penalty.record_success(self.peer_ip, key)
+        try:
+            return await self._admit(checked, access)
+        except BaseException:
+            # The store became unavailable past step 1 (the caller answers -ERR [SYS/TEMP]):
+            # the maildrop opened there closes, so it holds nothing.
+            p.close_maildrop(access.snapshot)
+            raise
+
+    async def _admit(self, checked: LoginResult, access: Access) -> LoginResult:
+        """Steps 3 and 4 for credentials that passed."""
+        p, slog = self.policy, self.slog
         account = access.account
         # 3. An alert shown instead of the login.
         if access.alert_pending:
