@@ -18,6 +18,9 @@ def fake_salt_key(config: Config) -> bytes:
     if configured:
         return configured.encode("utf-8")
     path = config.server.data_dir / FAKE_SALT_KEY_FILE
+    # The prefork parent makes the key before any store has made data_dir (a database
+    # backend never does); node-local files live there, so make it here too.
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
