@@ -12,6 +12,7 @@ from accounts.credentials import make_credentials
 from bench.cluster import background
 from bench.pgwire import Relay
 from cgpop.auth import Authenticator
+from cgpop.delivery import Deliverer, Result, Status
 from cgpop.spool import Octets
 from cgpop.store.api import SEEN, Copy, Mailbox, OverQuota, Stored
 from cgpop.store.postgres import PostgresStore
@@ -156,3 +157,31 @@ def test_seen_flags_are_set_in_one_round_trip(delivering: tuple[PostgresStore, R
     turns = _turns(relay, lambda: store.mark_seen([(joe.id, 1), (joe.id, 3)]))
     assert len(turns) == 1, turns
     assert [store.message_flags(joe.id, uid) for uid in (1, 2, 3)] == [SEEN, 0, SEEN]
+
+
+def test_an_lmtp_delivery_takes_three_round_trips(
+    delivering: tuple[PostgresStore, Relay],
+) -> None:
+    """RCPT reads the directory version (the targets are cached), DATA resolves the checked
+    recipients without another read, the commit takes two; a message not checked at RCPT
+    (deliver, XTND XMIT) reads the version once for all its recipients."""
+    store, relay = delivering
+    deliverer = Deliverer(store, default_domain="example.com")
+    rcpts = ("joe@example.com", "ann@example.com")
+    for rcpt in rcpts:
+        assert deliverer.check(rcpt) is None  # fills the cache
+    results: list[list[Result]] = []
+
+    def lmtp(n: int) -> None:
+        for rcpt in rcpts:
+            assert deliverer.check(rcpt) is None
+        prepared = deliverer.prepare("s@x", rcpts, _message(n), checked=True)
+        results.extend(deliverer.commit([prepared]))
+
+    turns = _turns(relay, lambda: lmtp(1))
+    assert [r.status for r in results[0]] == [Status.DELIVERED, Status.DELIVERED]
+    assert len(turns) == 2 + 2, turns  # two RCPTs, one commit
+    assert turns[0] == turns[1] == ["SELECT v FROM directory_version"]
+    turns = _turns(relay, lambda: deliverer.deliver("s@x", rcpts, _message(2)))
+    assert len(turns) == 1 + 2, turns
+    assert turns[0] == ["SELECT v FROM directory_version"]
