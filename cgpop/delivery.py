@@ -7,6 +7,7 @@ delivery share one stored body. Blocking: run it in a worker thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -158,16 +159,29 @@ class Deliverer:
             [self.prepare(sender, rcpts, message) for sender, rcpts, message in jobs]
         )
 
-    def prepare(self, sender: str, recipients: Sequence[str], message: Octets) -> Prepared:
+    def prepare(
+        self, sender: str, recipients: Sequence[str], message: Octets, checked: bool = False
+    ) -> Prepared:
         """Resolve every recipient (reads only): a final Result for those that get no copy,
-        None (filled in by `commit`) for those that do, with their Copy."""
+        None (filled in by `commit`) for those that do, with their Copy.
+
+        One read of the directory version for all recipients. `checked`: the recipients were
+        just checked by `check` (LMTP RCPT, in this transaction): their targets as RCPT saw
+        them serve without another read (issue 11: the version read was half of an LMTP
+        delivery's round trips). A directory change between RCPT and DATA then applies from
+        the next transaction; a mailbox removed meanwhile still fails in the store (451)."""
         results: list[Result | None] = []
         copies: list[Copy] = []
         head = head_of(message)
         mid = message_id(head)
         own = HeaderRealTo(head, self.real_to_header, self.resolve)
+        version = None if checked else self.store.directory_version()
         for rcpt in recipients:
-            found = self.target(rcpt)
+            compute = functools.partial(self._target, rcpt)
+            if version is None:
+                found = self._targets.peek(rcpt, compute)
+            else:
+                found = self._targets.get(rcpt, compute, version)
             if isinstance(found, Status):
                 if found is Status.REFUSED:
                     log.info("recipient %s refused: mailbox takes no posting", rcpt[:200])

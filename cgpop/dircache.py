@@ -44,7 +44,8 @@ class DirectoryCache(Generic[V]):
     def peek(self, key: Hashable, compute: Callable[[], V]) -> V:
         """The value cached for `key` whatever its version (no read of the version), else
         `get`. Only for answers that may lag a directory change by one use (the failed-login
-        penalty's key: it names a delay bucket, it grants nothing)."""
+        penalty's key: it names a delay bucket, it grants nothing; an LMTP recipient's target
+        at DATA, just checked at RCPT)."""
         with self._lock:
             entry = self._entries.get(key)
         return entry[1] if entry is not None else self.get(key, compute)

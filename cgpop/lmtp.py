@@ -106,7 +106,8 @@ class _Handler:
             self.count(Status.TEMPORARY)
             return "452 4.5.3 too many recipients"
         # Refuse unknown users, missing mailboxes and mailboxes that take no posting at RCPT,
-        # so the MTA bounces them at once (RFC 2033 section 4.2); DATA checks again.
+        # so the MTA bounces them at once (RFC 2033 section 4.2); DATA stores where RCPT
+        # found them (cgpop/delivery.py, Deliverer.prepare).
         try:
             refused = await self.check(address)
         except TemporaryFailure as exc:  # the store cannot be used now: the MTA retries

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -102,7 +103,7 @@ class Gateway:
             config.server.hostname,
             config.server.data_dir,
             self.check_recipient,
-            self.deliver,
+            functools.partial(self.deliver, checked=True),
             count_recipient=self.metrics.count_recipient,
             count_refused=self.metrics.pop3.refused,
         )
@@ -130,10 +131,13 @@ class Gateway:
         return await self.workers.read(self.deliverer.check, recipient)
 
     async def deliver(
-        self, sender: str, recipients: Sequence[str], message: Octets
+        self, sender: str, recipients: Sequence[str], message: Octets, checked: bool = False
     ) -> list[Result]:
-        """Local delivery: recipients resolved in a reader thread, then the group commit."""
-        prepared = await self.workers.read(self.deliverer.prepare, sender, recipients, message)
+        """Local delivery: recipients resolved in a reader thread (`checked`: at LMTP RCPT),
+        then the group commit."""
+        prepared = await self.workers.read(
+            self.deliverer.prepare, sender, recipients, message, checked
+        )
         if not prepared.copies:
             return prepared.refused()
         return await self.delivery.submit(prepared)

@@ -13,6 +13,9 @@ domain without a limit is never locked, so unlimited domains deliver in parallel
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+import psycopg
 
 from cgpop.store.api import NotFound, OverQuota
 from cgpop.store.pg_access import PgAccess
@@ -20,61 +23,83 @@ from cgpop.store.pg_base import NOW, Conn, PgDatabase
 from cgpop.store.quota_rules import Root, admit, warning
 from cgpop.store.sql_quota import SqlQuotas, quota_limit
 
+Cursor = psycopg.Cursor[tuple[Any, ...]]
+
 
 class PgQuotas(PgDatabase, PgAccess, SqlQuotas):
     _EXPUNGED = "m.expunged_xid"
 
     # --- hooks for the delivery, import and expunge transactions ---
-    def _quota_lock(
-        self, conn: Conn, mailbox_ids: Sequence[int]
-    ) -> dict[int, tuple[Root, Root | None]]:
-        """Lock the quota rows of these mailboxes' accounts and limited domains (domains, then
-        accounts, each in id order: the one lock order of every transaction) and read them:
-        per mailbox id, its account's root and its domain's (None: no domain limit)."""
-        boxes = sorted(set(mailbox_ids))
-        owners = {
-            int(r[0]): (int(r[1]), str(r[2]), int(r[3]), str(r[4]))
-            for r in conn.execute(
+    @staticmethod
+    def _quota_lock_send(conn: Conn, boxes: Sequence[int]) -> list[Cursor]:
+        """Queue the locks and reads of these mailboxes' accounts' and limited domains' quota
+        rows (domains, then accounts, each in id order: the one lock order of every
+        transaction). Each statement finds its rows from the mailbox ids alone, so in a
+        pipeline they all go in one round trip (issue 11); `_quota_roots` reads the answers.
+        A statement's snapshot is taken after the previous one's locks: the sums and rows
+        read are those the holders of the locks committed."""
+        boxes = sorted(set(boxes))
+        of_boxes = "SELECT account_id FROM mailboxes WHERE id = ANY(%(b)s)"
+        domains_of = f"SELECT domain_id FROM accounts WHERE id IN ({of_boxes})"
+        limited = (
+            f"SELECT domain_id FROM domain_quotas WHERE domain_id IN ({domains_of}) "
+            "AND (storage_limit IS NOT NULL OR messages_limit IS NOT NULL)"
+        )
+        args = {"b": boxes}
+        return [
+            conn.execute(
                 "SELECT m.id, a.id, a.name || '@' || d.name, d.id, d.name FROM mailboxes m "
                 "JOIN accounts a ON a.id = m.account_id JOIN domains d ON d.id = a.domain_id "
-                "WHERE m.id = ANY(%s)",
-                (boxes,),
-            )
-        }
-        if len(owners) != len(boxes):
-            raise NotFound("the mailbox was removed during delivery")
-        dids = sorted({o[2] for o in owners.values()})
-        names = {o[2]: o[3] for o in owners.values()}
-        limits = conn.execute(
-            "SELECT domain_id, storage_limit, messages_limit FROM domain_quotas "
-            "WHERE domain_id = ANY(%s) ORDER BY domain_id FOR UPDATE",
-            (dids,),
-        ).fetchall()
-        domains: dict[int, Root] = {}
-        limited = [int(r[0]) for r in limits if r[1] is not None or r[2] is not None]
-        used = {
-            int(r[0]): (int(r[1]), int(r[2]))
-            for r in conn.execute(
+                "WHERE m.id = ANY(%(b)s)",
+                args,
+            ),
+            conn.execute(
+                "SELECT domain_id, storage_limit, messages_limit FROM domain_quotas "
+                f"WHERE domain_id IN ({domains_of}) ORDER BY domain_id FOR UPDATE",
+                args,
+            ),
+            conn.execute(
                 "SELECT a.domain_id, coalesce(sum(q.storage_used), 0), "
                 "coalesce(sum(q.messages_used), 0) FROM account_quotas q "
-                "JOIN accounts a ON a.id = q.account_id WHERE a.domain_id = ANY(%s) "
+                f"JOIN accounts a ON a.id = q.account_id WHERE a.domain_id IN ({limited}) "
                 "GROUP BY a.domain_id",
-                (limited,),
-            )
+                args,
+            ),
+            conn.execute(
+                f"INSERT INTO account_quotas(account_id) SELECT DISTINCT account_id "
+                f"FROM ({of_boxes}) o ORDER BY 1 ON CONFLICT DO NOTHING",
+                args,
+            ),
+            conn.execute(
+                "SELECT account_id, storage_used, messages_used, storage_limit, messages_limit "
+                f"FROM account_quotas WHERE account_id IN ({of_boxes}) "
+                "ORDER BY account_id FOR UPDATE",
+                args,
+            ),
+        ]
+
+    @staticmethod
+    def _quota_roots(
+        boxes: Sequence[int], sent: Sequence[Cursor]
+    ) -> dict[int, tuple[Root, Root | None]]:
+        """The answers of `_quota_lock_send`: per mailbox id, its account's root and its
+        domain's (None: no domain limit)."""
+        owners_cur, limits_cur, used_cur, _, accounts_cur = sent
+        owners = {
+            int(r[0]): (int(r[1]), str(r[2]), int(r[3]), str(r[4])) for r in owners_cur.fetchall()
         }
-        for did, storage_limit, messages_limit in limits:
+        if len(owners) != len(set(boxes)):
+            raise NotFound("the mailbox was removed during delivery")
+        names = {o[2]: o[3] for o in owners.values()}
+        used = {int(r[0]): (int(r[1]), int(r[2])) for r in used_cur.fetchall()}
+        domains: dict[int, Root] = {}
+        for did, storage_limit, messages_limit in limits_cur.fetchall():
             if storage_limit is None and messages_limit is None:
                 continue
             s, m = used.get(int(did), (0, 0))
             domains[int(did)] = Root(
                 names[int(did)], s, m, quota_limit(storage_limit), quota_limit(messages_limit)
             )
-        aids = sorted({o[0] for o in owners.values()})
-        conn.execute(
-            "INSERT INTO account_quotas(account_id) SELECT unnest(%s::bigint[]) ORDER BY 1 "
-            "ON CONFLICT DO NOTHING",
-            (aids,),
-        )
         addresses = {o[0]: o[1] for o in owners.values()}
         accounts = {
             int(r[0]): Root(
@@ -85,12 +110,10 @@ class PgQuotas(PgDatabase, PgAccess, SqlQuotas):
                 quota_limit(r[4]),
                 int(r[0]),
             )
-            for r in conn.execute(
-                "SELECT account_id, storage_used, messages_used, storage_limit, messages_limit "
-                "FROM account_quotas WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE",
-                (aids,),
-            )
+            for r in accounts_cur.fetchall()
         }
+        if len(accounts) != len(addresses):
+            raise NotFound("the account was removed during delivery")
         return {mid: (accounts[o[0]], domains.get(o[2])) for mid, o in owners.items()}
 
     def _quota_admit(
@@ -102,7 +125,7 @@ class PgQuotas(PgDatabase, PgAccess, SqlQuotas):
     ) -> list[OverQuota | None]:
         """Per copy (mailbox id, size as POP reports it), or None for one not to store:
         None when it fits, else OverQuota. Usage of the copies that fit is written and the
-        warnings they raise are queued, in `conn`'s transaction (rows from `_quota_lock`)."""
+        warnings they raise are queued, in `conn`'s transaction (rows from `_quota_roots`)."""
         accounts = {a.id: a for a, _ in roots.values()}
         before = {key: (a.storage, a.messages) for key, a in accounts.items()}
         refused = admit([None if w is None else (*roots[w[0]], w[1]) for w in wanted])

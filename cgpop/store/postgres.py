@@ -51,7 +51,7 @@ from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
 from cgpop.store.pg_copy import PgCopy
 from cgpop.store.pg_live import PgLive
 from cgpop.store.pg_queue import PgQueue
-from cgpop.store.pg_quota import PgQuotas
+from cgpop.store.pg_quota import Cursor, PgQuotas
 from cgpop.store.quota_rules import Root, merge
 from cgpop.store.sql_alerts import PENDING_ALERT, SqlAlerts, alert_of, pending_args
 from cgpop.store.sql_directory import SqlDirectory
@@ -166,11 +166,54 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory, SqlAlerts):
     def _deliver_once(
         self, prepared: Sequence[tuple[_Body, Sequence[Copy]]], warn_percent: int | None
     ) -> list[list[Stored]]:
-        with self._tx() as conn:
-            every = [c for _, copies in prepared for c in copies]
-            # Quota rows first: the lock order of every transaction (cgpop/store/pg_quota.py).
-            roots = self._quota_lock(conn, [c.mailbox_id for c in every]) if every else {}
-            fresh = self._claim_duplicates(conn, every)
+        """One group commit in two database round trips (issue 11): every lock and read the
+        verdicts need in one pipeline, then every write and the COMMIT in another. A large
+        spooled body is streamed with COPY, which a pipeline cannot carry: that batch takes
+        a few more."""
+        every = [c for _, copies in prepared for c in copies]
+        if not every:
+            return [[] for _ in prepared]
+        with self._conn() as conn:
+            try:
+                return self._deliver_tx(conn, prepared, every, warn_percent)
+            except BaseException:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                raise
+
+    def _deliver_tx(
+        self,
+        conn: Conn,
+        prepared: Sequence[tuple[_Body, Sequence[Copy]]],
+        every: Sequence[Copy],
+        warn_percent: int | None,
+    ) -> list[list[Stored]]:
+        boxes = sorted({c.mailbox_id for c in every})
+        with conn.pipeline() as pipe:
+            conn.execute("BEGIN")
+            # Quota rows first, then duplicate records, then the mailboxes' UID counters: the
+            # lock order of every transaction (cgpop/store/pg_quota.py), so concurrent group
+            # commits on several nodes queue instead of deadlocking.
+            quota = self._quota_lock_send(conn, boxes)
+            claims = self._claim_send(conn, every)
+            counters = conn.execute(
+                "SELECT id, next_uid FROM mailboxes WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                (boxes,),
+            )
+            ids = conn.execute(
+                "SELECT array_agg(nextval(pg_get_serial_sequence('bodies', 'id'))) "
+                "FROM generate_series(1, %s)",
+                (sum(1 for _, copies in prepared if copies),),
+            )
+            pipe.sync()  # the first round trip: every answer below is in
+            roots = self._quota_roots(boxes, quota)
+            fresh = self._claimed(claims)
+            next_uid = {int(r[0]): int(r[1]) for r in counters.fetchall()}
+            if len(next_uid) != len(boxes):
+                raise NotFound("the mailbox was removed during delivery")
+            ids_row = ids.fetchone()
+            assert ids_row is not None
+            body_ids: list[int] = list(ids_row[0])
             outcome: list[list[Stored]] = []
             keep: list[tuple[_Body, Sequence[Copy], int]] = []
             for body, copies in prepared:
@@ -179,8 +222,13 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory, SqlAlerts):
                 kept = [c for c, ok in zip(copies, stored, strict=True) if ok]
                 if kept:
                     keep.append((body, kept, 0))
-            if keep:
-                self._store_bodies(conn, keep)
+            uids = _take_uids(next_uid, [c.mailbox_id for _, cs, _ in keep for c in cs])
+            if all(body.spooled is None for body, _, _ in keep):
+                self._write_bodies(conn, keep, body_ids, uids)
+                conn.execute("COMMIT")
+                return outcome  # the pipeline's end is the second round trip
+        self._write_bodies(conn, keep, body_ids, uids)
+        conn.execute("COMMIT")
         return outcome
 
     def _admit(
@@ -209,15 +257,17 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory, SqlAlerts):
                 )
         return merge(stored, refused)
 
-    def _claim_duplicates(self, conn: Conn, copies: Sequence[Copy]) -> dict[int, bool]:
-        """Cyrus-style duplicate suppression: {id(copy): False} for copies whose Message-ID
-        already reached their recipient within the window (on any node). The claim is one
-        INSERT .. ON CONFLICT: a concurrent claim of the same key on another node waits for
-        that transaction and then sees its row."""
-        if self.duplicate_window is None:
-            return {}
+    def _claim_send(
+        self, conn: Conn, copies: Sequence[Copy]
+    ) -> tuple[dict[int, bool], dict[tuple[str, str], int], Cursor | None]:
+        """Cyrus-style duplicate suppression, queued in the pipeline: the claim of each
+        (Message-ID, recipient) is one INSERT .. ON CONFLICT; a concurrent claim of the same
+        key on another node waits for that transaction and then sees its row. Returns what
+        `_claimed` needs to tell the verdicts."""
         first: dict[tuple[str, str], int] = {}
         verdict: dict[int, bool] = {}
+        if self.duplicate_window is None:
+            return verdict, first, None
         for c in copies:
             if not c.message_id or not c.dedup_key:
                 continue
@@ -227,17 +277,28 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory, SqlAlerts):
             else:
                 first[key] = id(c)
         if not first:
-            return verdict
+            return verdict, first, None
         keys = sorted(first)  # one lock order for every transaction: no deadlock among claims
-        rows = conn.execute(
+        cur = conn.execute(
             "INSERT INTO duplicates AS d (message_id, rcpt, seen_at) "
             f"SELECT k.m, k.r, {NOW} FROM unnest(%s::text[], %s::text[]) AS k(m, r) "
             "ORDER BY k.m, k.r "
             "ON CONFLICT (message_id, rcpt) DO UPDATE SET seen_at = excluded.seen_at "
             "WHERE d.seen_at <= excluded.seen_at - %s RETURNING d.message_id, d.rcpt",
             ([k[0] for k in keys], [k[1] for k in keys], self.duplicate_window),
-        ).fetchall()
-        claimed = {(str(m), str(r)) for m, r in rows}
+        )
+        return verdict, first, cur
+
+    @staticmethod
+    def _claimed(
+        sent: tuple[dict[int, bool], dict[tuple[str, str], int], Cursor | None],
+    ) -> dict[int, bool]:
+        """{id(copy): False} for copies whose Message-ID already reached their recipient
+        within the window (on any node), True for those claimed now."""
+        verdict, first, cur = sent
+        if cur is None:
+            return verdict
+        claimed = {(str(m), str(r)) for m, r in cur.fetchall()}
         for key, copy_id in first.items():
             verdict[copy_id] = key in claimed
         return verdict
@@ -253,13 +314,33 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory, SqlAlerts):
             (len(bodies),),
         ).fetchone()
         assert ids_row is not None
-        body_ids: list[int] = list(ids_row[0])
         uids = self._allocate_uids(conn, [c.mailbox_id for _, cs, _ in bodies for c in cs])
+        self._write_bodies(conn, bodies, list(ids_row[0]), uids, advance=False)
+
+    def _write_bodies(
+        self,
+        conn: Conn,
+        bodies: Sequence[tuple[_Body, Sequence[Copy], int]],
+        body_ids: Sequence[int],
+        uids: dict[int, list[int]],
+        advance: bool = True,
+    ) -> None:
+        """Write each body under its id and its copies under their UIDs, none of it waiting
+        for an answer (in a pipeline: no round trip). `advance`: also move each mailbox's
+        counter past its new UIDs (its row locked by the caller). A spooled body is streamed
+        with COPY: not in a pipeline."""
         body_rows: list[tuple[int, int, bytes | None, int]] = []
         chunk_rows: list[tuple[int, int, bytes]] = []
         message_rows: list[tuple[Any, ...]] = []
         individual_rows: list[tuple[int, str, int]] = []
-        for body_id, (body, copies, flags) in zip(body_ids, bodies, strict=True):
+        if advance and uids:
+            conn.execute(
+                "UPDATE mailboxes m SET next_uid = c.next FROM unnest(%s::bigint[], "
+                "%s::bigint[]) AS c(id, next) WHERE m.id = c.id",
+                (list(uids), [u[-1] + 1 for u in uids.values()]),
+            )
+        uids = {mid: list(u) for mid, u in uids.items()}
+        for body_id, (body, copies, flags) in zip(body_ids, bodies, strict=False):
             size, stuffed = body.size, body.stuffed
             if body.spooled is not None:
                 size = self._stream_body(conn, body_id, body.spooled)
@@ -290,9 +371,11 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory, SqlAlerts):
                 "INSERT INTO bodies(id, size, data, chunks) VALUES (%s, %s, %s, %s)", body_rows
             )
             if chunk_rows:
-                with cur.copy("COPY body_chunks (body_id, seq, data) FROM STDIN") as copy_in:
-                    for row in chunk_rows:
-                        copy_in.write_row(row)
+                # Not COPY: a pipeline cannot carry it, and these chunks are in memory anyway.
+                cur.executemany(
+                    "INSERT INTO body_chunks (body_id, seq, data) VALUES (%s, %s, %s)",
+                    chunk_rows,
+                )
             cur.executemany(
                 "INSERT INTO messages(mailbox_id, uid, body_id, size, flags, internal_date, "
                 f"x_real_to, individual, prefix) VALUES (%s, %s, %s, %s, %s, {NOW}, %s, %s, %s)",
@@ -549,7 +632,7 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory, SqlAlerts):
         pairs = sorted(set(items))
 
         def once() -> None:
-            with self._conn() as conn, conn.pipeline(), conn.transaction():
+            with self._one_trip() as conn:  # one round trip (issue 11)
                 conn.execute("SET LOCAL synchronous_commit = off")
                 conn.execute(
                     f"UPDATE messages m SET flags = m.flags | {SEEN} "
@@ -652,6 +735,16 @@ class _Body:
     size: int
     stuffed: bytes
     spooled: SpooledMessage | None = None
+
+
+def _take_uids(next_uid: dict[int, int], mailbox_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Consecutive new UIDs per mailbox from its counter (`next_uid`, read with its row
+    locked), in the order of `mailbox_ids` (one entry per copy)."""
+    uids: dict[int, list[int]] = {}
+    for mid in mailbox_ids:
+        taken = uids.setdefault(mid, [])
+        taken.append(next_uid[mid] + len(taken))
+    return uids
 
 
 def _stored_prefix(copy: Copy) -> bytes:
