@@ -51,6 +51,12 @@ FLUSH_AT = 256 * 1024
 # session never holds more than this much message data in memory.
 READ_AHEAD = 32
 READ_AHEAD_BYTES = 256 * 1024
+# \Seen marks of a session are handed to the group commit together: at QUIT or disconnect, once
+# SEEN_BATCH are waiting, or SEEN_DELAY seconds after the first, so a session's RETRs cost one
+# writer-thread hop (shared with other sessions) instead of one per group-commit round, and a
+# flag is stored at most about a second after its RETR (\Seen is advisory, RFC 1939 has none).
+SEEN_BATCH = 64
+SEEN_DELAY = 1.0
 
 # XTND XMIT (account, peer, message, login address): None when accepted for every recipient,
 # else the reply.
@@ -138,6 +144,8 @@ class SessionRunner:
         self.killed = False
         self.kill_sent = False
         self.idle: Callable[[], bool] = lambda: False
+        self.seen: list[tuple[int, int]] = []  # (mailbox id, uid) not yet handed on
+        self.seen_timer: asyncio.TimerHandle | None = None
 
     def send(self, data: bytes) -> None:
         self.out.append(data)
@@ -164,6 +172,7 @@ class SessionRunner:
                 if self.out_size >= FLUSH_AT:
                     await self.flush()
             elif isinstance(event, Close):
+                self.flush_seen()
                 await self.flush()
                 self.writer.close()
             elif isinstance(event, PasswordLogin):
@@ -271,6 +280,7 @@ class SessionRunner:
         if self.transcript is not None:
             self.transcript.close()
             self.transcript = None
+        self.flush_seen()
         if self.access is not None:
             self.services.login.logout(self.access)
             self.services.collect_soon()
@@ -351,7 +361,25 @@ class SessionRunner:
             transcript.reply_end()
         self.send(TERMINATOR)
         if event.mark_seen:
-            self.services.mark_seen((snap.mailbox.id, snap.uids[event.index]))
+            self.mark_seen((snap.mailbox.id, snap.uids[event.index]))
+
+    def mark_seen(self, item: tuple[int, int]) -> None:
+        """Queue a \\Seen mark for the group commit (see SEEN_BATCH)."""
+        self.seen.append(item)
+        if len(self.seen) >= SEEN_BATCH:
+            self.flush_seen()
+        elif self.seen_timer is None:
+            self.seen_timer = asyncio.get_running_loop().call_later(SEEN_DELAY, self.flush_seen)
+
+    def flush_seen(self) -> None:
+        """Hand the queued \\Seen marks to the group commit: submitted together, they join
+        one batch (one transaction on the writer thread)."""
+        if self.seen_timer is not None:
+            self.seen_timer.cancel()
+            self.seen_timer = None
+        seen, self.seen = self.seen, []
+        for item in seen:
+            self.services.mark_seen(item)
 
     async def stream_body(self, stored: StoredMessage, event: SendMessage) -> bool:
         """Send the status line and a large body in bounded chunks read off the event loop.
