@@ -95,6 +95,10 @@ class Prepared:
         return [r for r in self.results if r is not None]
 
 
+# A delivery not yet resolved: (sender, recipients, message).
+Job = tuple[str, Sequence[str], Octets]
+
+
 class Deliverer:
     def __init__(
         self,
@@ -200,6 +204,29 @@ class Deliverer:
             )
             results.append(None)
         return Prepared(tuple(recipients), results, copies, message)
+
+    def prepare_and_commit(self, batch: Sequence[Prepared | Job]) -> list[list[Result]]:
+        """The group commit's batch (cgpop/groupcommit.py): resolve the jobs not yet prepared
+        here, on the writer thread, so an LMTP message costs one worker-thread hop for its
+        recipients and its storing instead of two; then store those with copies together."""
+        ready: list[Prepared | list[Result]] = []
+        for item in batch:
+            if isinstance(item, Prepared):
+                ready.append(item)
+                continue
+            sender, recipients, message = item
+            try:
+                ready.append(self.prepare(sender, recipients, message))
+            except Exception:
+                # As a failed delivery: 451 for each recipient (the MTA retries), the others
+                # of the batch go on.
+                log.exception("delivery failed: recipients not resolved")
+                ready.append([Result(rcpt, Status.TEMPORARY) for rcpt in recipients])
+        to_store = [p for p in ready if isinstance(p, Prepared) and p.copies]
+        stored = iter(self.commit(to_store) if to_store else [])
+        return [
+            p if isinstance(p, list) else next(stored) if p.copies else p.refused() for p in ready
+        ]
 
     def commit(self, batch: Sequence[Prepared]) -> list[list[Result]]:
         """Store prepared deliveries in one transaction when possible; if the joint commit

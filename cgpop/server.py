@@ -16,7 +16,7 @@ from cgpop import sasl, sdnotify, tlsconf
 from cgpop.auth import Authenticator
 from cgpop.blocking import StoreWorkers
 from cgpop.config import Config, Endpoint
-from cgpop.delivery import Deliverer, Prepared, Result, Status
+from cgpop.delivery import Deliverer, Job, Prepared, Result, Status
 from cgpop.errors import Pop3Error
 from cgpop.groupcommit import GroupCommit, advisory
 from cgpop.livesessions import LiveRegistry
@@ -70,9 +70,11 @@ class Gateway:
             lambda items: self.workers.write(advisory(self.store.mark_seen, r"\Seen"), items)
         )
         # LMTP group commit: concurrent deliveries share one transaction and fsync; each
-        # sender still gets its reply only once its message is durable.
-        self.delivery: GroupCommit[Prepared, list[Result]] = GroupCommit(
-            lambda batch: self.workers.write(self.deliverer.commit, batch), max_batch=64
+        # sender still gets its reply only once its message is durable. Recipients are
+        # resolved in the same writer-thread hop (Deliverer.prepare_and_commit).
+        self.delivery: GroupCommit[Prepared | Job, list[Result]] = GroupCommit(
+            lambda batch: self.workers.write(self.deliverer.prepare_and_commit, batch),
+            max_batch=64,
         )
         self.caps = SessionCaps(
             config.pop3.max_per_ip, config.pop3.max_per_account, counts=role.counts
@@ -133,11 +135,8 @@ class Gateway:
     async def deliver(
         self, sender: str, recipients: Sequence[str], message: Octets
     ) -> list[Result]:
-        """Local delivery: recipients resolved in a reader thread, then the group commit."""
-        prepared = await self.workers.read(self.deliverer.prepare, sender, recipients, message)
-        if not prepared.copies:
-            return prepared.refused()
-        return await self.delivery.submit(prepared)
+        """Local delivery: recipients resolved and the message stored by the group commit."""
+        return await self.delivery.submit((sender, tuple(recipients), message))
 
     def services(self) -> Services:
         count = self.metrics.count_submission
