@@ -48,8 +48,10 @@ from cgpop.wire import TERMINATOR, top_lines
 # Flush collected replies once they pass this, so a pipelined burst cannot grow memory.
 FLUSH_AT = 256 * 1024
 # Read-ahead window for RETR/TOP: messages per worker-thread hop, and a byte bound so a
-# session never holds more than this much message data in memory.
-READ_AHEAD = 32
+# session never holds more than this much message data in memory. The byte bound is the one
+# that matters; the count only caps the rows of one read (64: a typical maildrop of small
+# messages in one hop, where 32 took two).
+READ_AHEAD = 64
 READ_AHEAD_BYTES = 256 * 1024
 # \Seen marks of a session are handed to the group commit together: at QUIT or disconnect, once
 # SEEN_BATCH are waiting, or SEEN_DELAY seconds after the first, so a session's RETRs cost one
