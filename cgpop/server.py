@@ -27,6 +27,7 @@ from cgpop.metrics_http import MetricsEndpoint, gateway_scrape, store_health
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, session_policy
 from cgpop.prefork import Role, listen_key
+from cgpop.rcptcache import AcceptedRecipients
 from cgpop.reload import reload_config
 from cgpop.runner import Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
@@ -71,11 +72,13 @@ class Gateway:
         )
         # LMTP group commit: concurrent deliveries share one transaction and fsync; each
         # sender still gets its reply only once its message is durable. Recipients are
-        # resolved in the same writer-thread hop (Deliverer.prepare_and_commit).
+        # resolved in the same writer-thread hop (Deliverer.commit).
         self.delivery: GroupCommit[Prepared | Job, list[Result]] = GroupCommit(
-            lambda batch: self.workers.write(self.deliverer.prepare_and_commit, batch),
+            lambda batch: self.workers.write(self.deliverer.commit, batch),
             max_batch=64,
         )
+        # LMTP RCPT: recent acceptances reused (DATA resolves every recipient again).
+        self.accepted = AcceptedRecipients(lambda r: self.workers.read(self.deliverer.check, r))
         self.caps = SessionCaps(
             config.pop3.max_per_ip, config.pop3.max_per_account, counts=role.counts
         )
@@ -130,7 +133,7 @@ class Gateway:
         )
 
     async def check_recipient(self, recipient: str) -> Status | None:
-        return await self.workers.read(self.deliverer.check, recipient)
+        return await self.accepted.check(recipient)
 
     async def deliver(
         self, sender: str, recipients: Sequence[str], message: Octets
