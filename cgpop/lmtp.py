@@ -32,6 +32,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 from cgpop import spool
 from cgpop.config import Endpoint, LmtpConfig, UnixSocket
 from cgpop.delivery import Result, Status
+from cgpop.lmtpdata import DataBlocks, read_data
 from cgpop.logs import SessionLog
 from cgpop.spool import Octets, Spool, SpooledMessage
 from cgpop.streams import UnixSocketFile, peer_address
@@ -242,33 +243,16 @@ class _TrackedLMTP(LMTP):
         await self.push("250 OK" if status is MISSING else status)
 
     async def _read_data(self, data: Spool) -> str | None:
-        """The DATA lines, unstuffed (RFC 5321 section 4.5.2), into `data`; None when all is
-        well, else the reply owed after the data (RFC 5321 section 4.2.5)."""
-        limit = self.data_size_limit
-        size = 0
-        error: str | None = None
-        fragment = False  # the last read ended mid-line
-        while self.transport is not None:
-            try:
-                # RFC 5321 section 2.3.8: lines end at CRLF only.
-                line = await self._reader.readuntil(b"\r\n")
-            except asyncio.CancelledError:
-                self._writer.close()
-                raise
-            except asyncio.LimitOverrunError as exc:
-                error = error or "500 Line too long (see RFC5321 4.5.3.1.6)"
-                line = await self._reader.read(exc.consumed)
-            if not fragment and line == b".\r\n":
-                return error
-            size += len(line)
-            if error is None and limit and size > limit:
-                error = "552 Error: Too much mail data"
-            if error is not None:
-                data.discard()  # keep reading to the end, hold nothing
-            else:
-                data.write(line[1:] if not fragment and line.startswith(b".") else line)
-            fragment = not line.endswith(b"\r\n")
-        raise ConnectionError("connection lost during DATA")
+        """The DATA section, unstuffed (RFC 5321 section 4.5.2), into `data`, read in blocks
+        (cgpop/lmtpdata.py); None when all is well, else the reply owed after the data (RFC
+        5321 section 4.2.5)."""
+        blocks = DataBlocks(self.line_length_limit, self.data_size_limit)
+        try:
+            await read_data(self._reader, blocks, data.write, data.discard)
+        except asyncio.CancelledError:
+            self._writer.close()
+            raise
+        return blocks.error
 
 
 class LmtpListeners:
