@@ -207,8 +207,9 @@ class Deliverer:
 
     def commit(self, batch: Sequence[Prepared | Job]) -> list[list[Result]]:
         """The group commit's batch (cgpop/groupcommit.py; `cgpop_store_seconds{operation=
-        "commit"}`): resolve the jobs not yet prepared here, on the writer thread, so an LMTP message costs one worker-thread hop for its
-        recipients and its storing instead of two; then store those with copies together."""
+        "commit"}`): resolve the jobs not yet prepared here, on the writer thread, so an LMTP
+        message costs one worker-thread hop for its recipients and its storing instead of
+        two; then store those with copies together."""
         ready: list[Prepared | list[Result]] = []
         for item in batch:
             if isinstance(item, Prepared):

@@ -14,15 +14,39 @@ R = TypeVar("R")
 
 class GroupCommit(Generic[Item, R]):
     """`write` stores one batch (off the event loop) and returns one result per item; each
-    submitter's future gets its own result, or the batch's exception."""
+    submitter's future gets its own result, or the batch's exception.
+
+    With `linger`, a batch waits that many seconds for more items before it is written (fewer,
+    larger transactions for writes nobody waits on, such as \\Seen); `hurry()` ends the wait
+    at once."""
 
     def __init__(
-        self, write: Callable[[list[Item]], Awaitable[list[R]]], max_batch: int = 256
+        self,
+        write: Callable[[list[Item]], Awaitable[list[R]]],
+        max_batch: int = 256,
+        linger: float = 0.0,
     ) -> None:
         self.write = write
         self.max_batch = max_batch
+        self.linger = linger
         self.pending: list[tuple[Item, asyncio.Future[R]]] = []
         self.task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # set while a batch lingers
+
+    def hurry(self) -> None:
+        """Write what is pending now, without waiting out the linger."""
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _linger(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake = wake = loop.create_future()
+        timer = loop.call_later(self.linger, self.hurry)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
 
     def submit(self, item: Item) -> asyncio.Future[R]:
         loop = asyncio.get_running_loop()
@@ -35,6 +59,8 @@ class GroupCommit(Generic[Item, R]):
     async def _run(self) -> None:
         try:
             while self.pending:
+                if self.linger > 0 and len(self.pending) < self.max_batch:
+                    await self._linger()
                 batch = self.pending[: self.max_batch]
                 del self.pending[: self.max_batch]
                 try:

@@ -29,7 +29,7 @@ from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, ses
 from cgpop.prefork import Role, listen_key
 from cgpop.rcptcache import AcceptedRecipients
 from cgpop.reload import reload_config
-from cgpop.runner import Services, SubmitFn
+from cgpop.runner import SEEN_LINGER, Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
 from cgpop.spool import Octets
 from cgpop.store.factory import open_store, other_sessions
@@ -66,9 +66,11 @@ class Gateway:
             real_to_header=config.pop3.real_to_header,
             quota=config.quota,
         )
-        # RETR sets \\Seen at once; many sessions' flag updates share one transaction.
+        # RETR sets \\Seen within SEEN_LINGER (and at once when its session ends); many
+        # sessions' flag updates share one transaction.
         self.seen: GroupCommit[tuple[int, int], None] = GroupCommit(
-            lambda items: self.workers.write(advisory(self.store.mark_seen, r"\Seen"), items)
+            lambda items: self.workers.write(advisory(self.store.mark_seen, r"\Seen"), items),
+            linger=SEEN_LINGER,
         )
         # LMTP group commit: concurrent deliveries share one transaction and fsync; each
         # sender still gets its reply only once its message is durable. Recipients are
@@ -151,6 +153,7 @@ class Gateway:
             read_messages=self.store.read_messages,
             expunge=self.store.expunge,
             mark_seen=self.seen.submit,
+            seen_now=self.seen.hurry,
             submit=submit,
             collect_soon=self.sweeper.collect_soon,
             tls=self.tls,

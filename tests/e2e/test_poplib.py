@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import poplib
 
 import pytest
 
-from cgpop import runner
 from cgpop.store.api import SEEN
 from tests.conftest import LiveServer, message
 from tests.e2e.helpers import USER, Raw, flags, pop, uids, wait_sessions_closed
@@ -184,39 +184,21 @@ def test_retr_sets_seen_top_does_not(server: LiveServer, three: list[bytes]) -> 
     assert flags(server, 3) == 0
 
 
-def test_seen_stored_while_session_stays_open(
-    server: LiveServer, three: list[bytes], monkeypatch: pytest.MonkeyPatch
+def test_pipelined_retrs_all_seen_while_session_is_open(
+    server: LiveServer, three: list[bytes]
 ) -> None:
-    """A session's \\Seen marks go to the store in one batch at QUIT, or SEEN_DELAY after its
-    first RETR while it stays open (here 0: at the next turn of the loop, before the NOOP)."""
-    monkeypatch.setattr(runner, "SEEN_DELAY", 0.0)
-    client = pop(server)
-    try:
-        client.retr(3)
-        client.noop()
-        assert flags(server, 3) == SEEN
-        assert flags(server, 1) == 0
-    finally:
-        client.quit()
-
-
-def test_seen_batch_of_many_retrs(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """More RETRs than SEEN_BATCH in one session: each message is marked, the last ones at QUIT."""
-    monkeypatch.setattr(runner, "SEEN_BATCH", 2)
-    monkeypatch.setattr(runner, "SEEN_DELAY", 3600.0)
-    for n in range(5):
-        server.deliver(USER, message(f"batch {n}", "body\n"))
-    client = pop(server)
-    try:
-        for n in range(1, 6):
-            client.retr(n)
-        client.noop()
-        # Two full batches were handed on, the fifth mark waits for QUIT.
-        assert [flags(server, uid) for uid in range(1, 5)] == [SEEN] * 4
-        assert flags(server, 5) == 0
-    finally:
-        client.quit()
-    assert flags(server, 5) == SEEN
+    """The marks of a pipelined burst go to the \\Seen group commit together, as their replies
+    are written: by the time the replies arrive every one is on its way to the store (stored
+    once the lingering batch is written), with the session still open."""
+    with Raw(server) as raw:
+        assert raw.login().startswith(b"+OK")
+        raw.send(b"RETR 1\r\nRETR 3\r\n")
+        for _ in range(2):
+            assert raw.line().startswith(b"+OK")
+            raw.multi()
+        assert raw.cmd("NOOP").startswith(b"+OK")
+        asyncio.run_coroutine_threadsafe(server.gateway.seen.drain(), server.loop).result(30)
+        assert [flags(server, uid) for uid in (1, 2, 3)] == [SEEN, 0, SEEN]
 
 
 def test_message_without_final_crlf(server: LiveServer) -> None:
