@@ -65,13 +65,18 @@ class DataBlocks:
     def _check(self, data: bytes) -> None:
         """Count `data` (no error yet) and note the first limit it passes, in stream order."""
         limit, size_limit = self.max_line, self.max_size
-        if self._line + len(data) <= limit and (
-            not size_limit or self.size + len(data) <= size_limit
-        ):
-            self.size += len(data)
-            last = data.rfind(b"\r\n")
-            self._line = self._line + len(data) if last < 0 else len(data) - last - 2
-            return
+        if not size_limit or self.size + len(data) <= size_limit:
+            if self._line + len(data) <= limit:
+                self.size += len(data)
+                last = data.rfind(b"\r\n")
+                self._line = self._line + len(data) if last < 0 else len(data) - last - 2
+                return
+            lines = data.split(b"\r\n")
+            first = self._line + len(lines[0])
+            if first <= limit and max(map(len, lines)) <= limit:
+                self.size += len(data)
+                self._line = first if len(lines) == 1 else len(lines[-1])
+                return
         # Some limit may be passed in this block: line by line, as the line reader did (a
         # line's length is checked when it is read, the running size after it).
         lines = data.split(b"\r\n")
