@@ -29,7 +29,8 @@ class GroupCommit(Generic[Item, R]):
         self.write = write
         self.max_batch = max_batch
         self.linger = linger
-        self.pending: list[tuple[Item, asyncio.Future[R]]] = []
+        # (item, its submitter's future; None for an item nobody waits for, see `add`)
+        self.pending: list[tuple[Item, asyncio.Future[R] | None]] = []
         self.task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None  # set while a batch lingers
 
@@ -56,6 +57,13 @@ class GroupCommit(Generic[Item, R]):
             self.task = loop.create_task(self._run())
         return future
 
+    def add(self, item: Item) -> None:
+        """Queue an item nobody waits for (a \\Seen mark per RETR): no future to make and
+        settle; a failed batch is the write's own concern (see `advisory`)."""
+        self.pending.append((item, None))
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
     async def _run(self) -> None:
         try:
             while self.pending:
@@ -67,11 +75,12 @@ class GroupCommit(Generic[Item, R]):
                     results = await self.write([i for i, _ in batch])
                 except Exception as exc:
                     for _, future in batch:
-                        if not future.done():  # its submitter was cancelled (client gone)
+                        # Not done: its submitter was cancelled (client gone).
+                        if future is not None and not future.done():
                             future.set_exception(exc)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
+                    if future is not None and not future.done():
                         future.set_result(result)
         finally:
             self.task = None

@@ -152,7 +152,7 @@ class Gateway:
             write=self.workers.write,
             read_messages=self.store.read_messages,
             expunge=self.store.expunge,
-            mark_seen=self.seen.submit,
+            mark_seen=self.seen.add,
             seen_now=self.seen.hurry,
             submit=submit,
             collect_soon=self.sweeper.collect_soon,

@@ -69,3 +69,31 @@ def test_linger_gathers_items_until_hurried() -> None:
         await commit.drain()
 
     asyncio.run(scenario())
+
+
+def test_added_items_join_batches_without_futures() -> None:
+    """`add` (no one waits, as for \\Seen): written in the same batches as submitted items,
+    and a failed batch still answers its submitters and leaves the loop running."""
+    batches: list[list[int]] = []
+
+    async def write(items: list[int]) -> list[int]:
+        batches.append(items)
+        if 0 in items:
+            raise OSError("disk full")
+        return items
+
+    async def scenario() -> None:
+        commit: GroupCommit[int, int] = GroupCommit(write)
+        commit.add(1)
+        waited = commit.submit(2)
+        commit.add(3)
+        assert await asyncio.wait_for(waited, 10) == 2
+        commit.add(0)
+        failed = commit.submit(4)
+        with pytest.raises(OSError, match="disk full"):
+            await asyncio.wait_for(failed, 10)
+        commit.add(5)
+        await commit.drain()
+
+    asyncio.run(scenario())
+    assert batches == [[1, 2, 3], [0, 4], [5]]
