@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, certs, cgpop_side, dovecot, procstat, rawpop
+from bench import ceiling, certs, cgpop_side, dovecot, pgcluster, procstat, rawpop
 from bench.dataset import big_message
 from bench.servers import RunningServer
 from bench.workloads import (
@@ -196,7 +196,22 @@ TARGETS: dict[tuple[str, str], list[tuple[str, float, str | None]]] = {
     ("filtered", "filtered_over_unfiltered_p50"): [("value<=", 1.0, None)],
 }
 # Ratio columns: (numerator, denominator), shown when both ran.
-RATIOS = [("cgpop", HP), ("cgpop-nocache", HP), ("cgpop", HP_PLAIN)]
+RATIOS = [
+    ("cgpop", HP),
+    ("cgpop-nocache", HP),
+    ("cgpop", HP_PLAIN),
+    (pgcluster.PG, HP),
+    (pgcluster.PG2, HP),
+    (pgcluster.PG, "cgpop"),
+]
+# Issue 11's targets on cgpop on PostgreSQL: (workload, figure) -> [(kind, bound, denominator
+# or None for the value itself, numerator)].
+PG_TARGETS: dict[tuple[str, str], list[tuple[str, float, str | None, str]]] = {
+    ("cluster", "sessions_per_s"): [("ratio>=", 1.0, HP, pgcluster.PG)],
+    ("cluster", "messages_per_s"): [("ratio>=", 1.0, HP, pgcluster.PG)],
+    ("cluster", "db_round_trips_per_open"): [("value<=", 2.0, None, pgcluster.PG)],
+    ("bigbox", "p50_ms"): [("ratio<=", 1.5, "cgpop", pgcluster.PG)],
+}
 
 
 def _short(label: str) -> str:
@@ -213,15 +228,16 @@ def _verdicts(
     wl: str, fig: str, medians: dict[str, dict[str, float] | None], labels: list[str]
 ) -> str:
     out = []
-    c = medians.get("cgpop")
-    for kind, bound, base in TARGETS.get((wl, fig), []):
-        if base is not None and base not in labels:
+    targets = [(*t, "cgpop") for t in TARGETS.get((wl, fig), [])] + PG_TARGETS.get((wl, fig), [])
+    for kind, bound, base, subject in targets:
+        if (base is not None and base not in labels) or subject not in labels:
             continue
+        c = medians.get(subject)
         x = (c or {}).get(fig) if base is None else _ratio(c, medians.get(base), fig)
         if x is None:
             continue
         ok = x >= bound if kind.endswith(">=") else x <= bound
-        what = f"cgpop/{_short(base)}" if base else "value"
+        what = f"{_short(subject)}/{_short(base)}" if base else f"{_short(subject)} value"
         out.append(f"{'holds' if ok else 'FAILS'} ({what} {kind[-2:]} {bound:g})")
     return "; ".join(out) or "-"
 
@@ -349,6 +365,7 @@ async def run_all(
             if applies(s.label)
             and (s.label != "cgpop-nocache" or name in NOCACHE_WORKLOADS)
             and (s.label != HP_PLAIN or name in dovecot.PLAIN_WORKLOADS)
+            and pgcluster.takes_part(s.label, name)
         ]
         per: dict[str, list[Run]] = {s.label: [] for s in these}
         if not these:
@@ -443,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         clients=max(1, args.clients),
     )
     ceiling_proc = None
+    pg: pgcluster.Setup | None = None
     servers: list[RunningServer] = []
     setup: dict[str, float] = {}
     print(f"run directory {root}; fd limit {nofile}", flush=True)
@@ -469,11 +487,12 @@ def main(argv: list[str] | None = None) -> int:
                     metrics=args.cgpop_metrics,
                 )
                 cg[v] = (d, conf, ports)
+                wanted_v = pgcluster.data_workloads(wanted_v)
                 pending.append(
                     (v, cgpop_side.create_accounts(exe, conf, ds, wanted_v), conf, wanted_v)
                 )
         t0 = time.perf_counter()
-        passwd = dovecot.populate(root / "dovecot-data", ds, wanted)
+        passwd = dovecot.populate(root / "dovecot-data", ds, pgcluster.data_workloads(wanted))
         setup["maildir_write_s"] = time.perf_counter() - t0
         homes = root / "dovecot-data" / "home"
         if use_cgpop:
@@ -491,6 +510,20 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append(srv)
                 if v == "cache" and "filtered" in wanted:
                     setup["cgpop_filtered_lmtp_s"] = asyncio.run(cgpop_side.load_filtered(srv, ds))
+            if pgcluster.needed(wanted) and "cache" in cg:
+                t0 = time.perf_counter()
+                pg = pgcluster.setup(
+                    exe,
+                    root,
+                    cert,
+                    key,
+                    cg["cache"][1],
+                    wanted,
+                    workers=args.cgpop_workers,
+                    metrics=args.cgpop_metrics,
+                )
+                servers += pg.servers
+                setup["cgpop_pg_setup_s"] = time.perf_counter() - t0
         if use_dovecot:
             for mode in args.dovecot_modes.split(","):
                 servers.append(
@@ -512,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             ceiling_proc.wait()
         for s in servers:
             s.stop()
+        if pg is not None:
+            pg.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -595,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(f"`{k} = {v}`" for k, v in cgpop_side.SETTINGS.items()),
         "setup: " + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()),
     ]
+    if pg is not None:
+        notes += pgcluster.notes(pg)
     if use_cgpop and "tls" in results and args.tls_loop == "asyncio":
         notes.insert(3, cgpop_side.TLS_LOOP_NOTE)
     command = "bench/run " + " ".join(argv if argv is not None else sys.argv[1:])

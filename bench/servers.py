@@ -32,6 +32,11 @@ class RunningServer:
     info: dict[str, object] = field(default_factory=dict)
     # Starts a fresh server process on the same data (cgpop only), None when not supported.
     restart_fn: Callable[..., None] | None = None
+    # Further process trees measured as part of this server (cgpop on PostgreSQL: the
+    # postmaster and its backends; behind HAProxy: the nodes), see pgcluster.py.
+    extra_roots: list[int] = field(default_factory=list)
+    # Objects a workload needs about this server, not reported (cluster.py: the database).
+    attached: dict[str, object] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

@@ -142,14 +142,18 @@ class Meter:
 
     def __init__(self, server: RunningServer, env: Env | None = None) -> None:
         self.pid = server.pid
+        self.roots = [server.pid, *server.extra_roots]
         self.disk_path = str(env.run_dir) if env is not None and env.run_dir else None
         self.children: list[float] = []
 
     def add_clients(self, cpu_s: list[float]) -> None:
         self.children += cpu_s
 
+    def _pids(self) -> list[int]:
+        return [p for root in self.roots for p in procstat.tree_pids(root)]
+
     def __enter__(self) -> Meter:
-        pids = procstat.tree_pids(self.pid)
+        pids = self._pids()
         self.own0 = procstat.own_cpu(pids)
         self.cpu0 = procstat.cpu_seconds(pids)
         self.machine0 = procstat.machine_busy_s()
@@ -161,7 +165,7 @@ class Meter:
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.t0
         own_lg = time.process_time() - self.lg0
-        pids = procstat.tree_pids(self.pid)
+        pids = self._pids()
         own1 = procstat.own_cpu(pids)
         self.server_cpu = procstat.cpu_seconds(pids) - self.cpu0
         self.loadgen_cpu = own_lg + sum(self.children)
@@ -645,6 +649,15 @@ async def filtered(server: RunningServer, env: Env, warm: bool) -> Run:
     return run
 
 
+async def cluster(server: RunningServer, env: Env, warm: bool) -> Run:
+    """Issue 11: sessions and delivery on the embedded store, on PostgreSQL (one node, two
+    behind HAProxy) and on Dovecot hp, with the database's statements and round trips
+    (bench/cluster.py)."""
+    from bench import cluster as cluster_workload
+
+    return await cluster_workload.run(server, env, warm)
+
+
 Workload = Callable[[RunningServer, Env, bool], Awaitable[Run]]
 WORKLOADS: dict[str, Workload] = {
     "sessions": sessions,
@@ -656,6 +669,7 @@ WORKLOADS: dict[str, Workload] = {
     "idle": idle,
     "delivery": delivery,
     "filtered": filtered,
+    "cluster": cluster,
 }
 # Which server labels take part in a workload (default: all).
 APPLIES: dict[str, Callable[[str], bool]] = {
@@ -695,6 +709,18 @@ HEADLINE: dict[str, list[tuple[str, bool]]] = {
         ("fresh_p99_ms", False),
     ],
     "delivery": [("messages_per_s", True), ("server_cpu_ms_per_message", False)],
+    "cluster": [
+        ("sessions_per_s", True),
+        ("server_cpu_ms_per_session", False),
+        ("messages_per_s", True),
+        ("server_cpu_ms_per_message", False),
+        ("db_statements_per_session", False),
+        ("db_statements_per_delivery", False),
+        ("db_round_trips_per_open", False),
+        ("db_round_trips_per_login", False),
+        ("db_round_trips_per_session", False),
+        ("db_round_trips_per_delivery", False),
+    ],
     "filtered": [
         ("filtered_p50_ms", False),
         ("unfiltered_p50_ms", False),

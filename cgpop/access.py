@@ -28,6 +28,9 @@ class Access:
     # account's XTND XMIT service is enabled.
     login_address: str = ""
     may_submit: bool = True
+    # Issue 11: the account's sessions on other nodes, counted when the maildrop opened
+    # (after this session's registry row committed); 0 for a store one process serves.
+    others: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,11 +104,14 @@ class Authenticator:
             self.verified.remember(creds, password)
         return good
 
-    def lookup(self, login: str, default_domain: str) -> tuple[LoginTarget | None, Account | None]:
+    def lookup(
+        self, login: str, default_domain: str, version: int | None = None
+    ) -> tuple[LoginTarget | None, Account | None]:
         """Resolve a login name and load the account it authenticates as (cached until the
-        directory changes; a password change is a directory change)."""
+        directory changes; a password change is a directory change). `version`: the
+        directory version this login read already (DirectoryCache.get)."""
         return self._lookups.get(
-            (login, default_domain), lambda: self._lookup(login, default_domain)
+            (login, default_domain), lambda: self._lookup(login, default_domain), version
         )
 
     def _lookup(self, login: str, default_domain: str) -> tuple[LoginTarget | None, Account | None]:
@@ -125,7 +128,11 @@ class Authenticator:
         it authenticates as after routing, so `alice%example.com`, `INBOX#alice` and
         `~alice/INBOX#alice` are one key. A name that resolves to nothing is spelt out by the
         grammar alone (the same unification), so unknown and known names behave alike."""
-        target = self.lookup(login, default_domain)[0]
+        # Cached whatever the directory version (no database round trip before the login's
+        # turn): after a directory change the key may name the old account for one login.
+        target = self._lookups.peek(
+            (login, default_domain), lambda: self._lookup(login, default_domain)
+        )[0]
         if target is not None:
             return target.auth_address
         try:
@@ -148,7 +155,10 @@ class Authenticator:
         apop_digest: str | None = None,
         apop_banner: str = "",
     ) -> LoginResult:
-        target, account = self.lookup(login, default_domain)
+        # One read of the directory version for every lookup of this login (issue 11: a
+        # session opens with at most two database round trips, this and open_session).
+        version = self.store.directory_version()
+        target, account = self.lookup(login, default_domain, version)
         creds = account.credentials if account is not None else DUMMY_CREDENTIALS
         if password is not None:
             good = self.check_password(creds, password, account is not None)
@@ -160,7 +170,7 @@ class Authenticator:
             good = good and secret is not None
         if not good or account is None or target is None:
             return LoginResult(error=AUTH_FAILED)
-        return self.open(target, account)
+        return self.open(target, account, version)
 
     def sasl_credentials(
         self, authcid: str, default_domain: str, password: str | None
@@ -177,19 +187,22 @@ class Authenticator:
     def open_login(self, login: str, default_domain: str) -> LoginResult:
         """After SASL proved the credentials of `login` (or an admin's, for an authorization
         identity): resolve it and open the maildrop it names."""
-        target, account = self.lookup(login, default_domain)
+        version = self.store.directory_version()
+        target, account = self.lookup(login, default_domain, version)
         if target is None or account is None:
             return LoginResult(error=AUTH_FAILED)
-        return self.open(target, account)
+        return self.open(target, account, version)
 
     def is_admin(self, login: str, default_domain: str) -> bool:
         target = self.lookup(login, default_domain)[0]
         return target is not None and target.auth_address in self.admins
 
-    def rights(self, mailbox: Mailbox, user: str) -> Rights:
+    def rights(self, mailbox: Mailbox, user: str, version: int | None = None) -> Rights:
         """What `user` (an authenticated address) may do on `mailbox` (Cyrus semantics),
         cached until the directory changes."""
-        return self._rights.get((mailbox.id, user), lambda: self._compute_rights(mailbox, user))
+        return self._rights.get(
+            (mailbox.id, user), lambda: self._compute_rights(mailbox, user), version
+        )
 
     def _compute_rights(self, mailbox: Mailbox, user: str) -> Rights:
         entries = self.store.acl_entries(mailbox)
@@ -207,8 +220,11 @@ class Authenticator:
             is_admin=user in self.admins,
         )
 
-    def open(self, target: LoginTarget, account: Account) -> LoginResult:
-        """Credentials are proved: open the maildrop the name picked, if rights allow."""
+    def open(
+        self, target: LoginTarget, account: Account, version: int | None = None
+    ) -> LoginResult:
+        """Credentials are proved: open the maildrop the name picked, if rights allow.
+        `version`: the directory version the login's lookups were made at."""
         if "pop" in account.disabled:
             # Issue 13: after the credentials, so only their holder learns of the suspension;
             # not a failed login (no penalty), and PERM: retrying will not help.
@@ -218,11 +234,12 @@ class Authenticator:
         mailbox = self._mailboxes.get(
             (route.domain, route.account, route.mailbox),
             lambda: self.store.get_mailbox(route.domain, route.account, route.mailbox),
+            version,
         )
         if mailbox is None:
             log.info("login %s: no mailbox %s#%s", account.address, route.mailbox, route.address)
             return LoginResult(error=AUTH_FAILED)
-        rights = self.rights(mailbox, account.address)
+        rights = self.rights(mailbox, account.address, version)
         # POP needs `r` to open a maildrop. Refused like a bad password, so the reply does not
         # tell whether the mailbox exists (issue 3: no probing).
         if "r" not in rights:
@@ -234,15 +251,18 @@ class Authenticator:
                 str(rights),
             )
             return LoginResult(error=AUTH_FAILED)
-        snapshot = self.store.open_maildrop(mailbox, route.individual)
+        # The maildrop, the account's sessions on other nodes and whether an alert waits: one
+        # round trip on PostgreSQL (issue 11).
+        opened = self.store.open_session(mailbox, route.individual, account.address)
         return LoginResult(
             access=Access(
                 account.address,
-                snapshot,
+                opened.snapshot,
                 may_seen="s" in rights,
                 may_delete="t" in rights,
                 may_expunge="e" in rights,
-                alert_pending=self.store.pending_alert(account.address) is not None,
+                alert_pending=opened.alert_pending,
+                others=opened.others,
                 login_address=target.login_address,
                 may_submit="xtnd" not in account.disabled,
             )

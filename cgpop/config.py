@@ -760,10 +760,6 @@ def from_dict(
     store = _store(sec["store"])
     metrics = _metrics(sec["metrics"])
     quota = _quota(sec["quota"])
-    if metrics.listen is not None and server.workers != 1:
-        # Each worker counts its own sessions; one summed /metrics is not built yet, and a
-        # page showing one worker's share would mislead.
-        raise sec["metrics"].fail("listen", "not available with [server] workers > 1 yet")
 
     return Config(
         server, pop3, lmtp, delivery, tls, xtnd, source, store, metrics=metrics, quota=quota

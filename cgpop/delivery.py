@@ -19,7 +19,15 @@ from cgpop.config import QuotaConfig
 from cgpop.dircache import DirectoryCache
 from cgpop.realto import HeaderRealTo
 from cgpop.spool import Octets, head_of
-from cgpop.store.api import Copy, Mailbox, OverQuota, Store, Stored, StoreError
+from cgpop.store.api import (
+    Copy,
+    Mailbox,
+    OverQuota,
+    Store,
+    Stored,
+    StoreError,
+    TemporaryFailure,
+)
 from router.resolve import resolve_recipient
 from router.route import Route, RouteError
 
@@ -218,10 +226,13 @@ class Deliverer:
             sender, recipients, message = item
             try:
                 ready.append(self.prepare(sender, recipients, message))
-            except Exception:
+            except Exception as exc:
                 # As a failed delivery: 451 for each recipient (the MTA retries), the others
-                # of the batch go on.
-                log.exception("delivery failed: recipients not resolved")
+                # of the batch go on; a store that cannot be used now is no bug (no traceback).
+                if isinstance(exc, TemporaryFailure):
+                    log.warning("delivery failed: recipients not resolved: %s", exc)
+                else:
+                    log.exception("delivery failed: recipients not resolved")
                 ready.append([Result(rcpt, Status.TEMPORARY) for rcpt in recipients])
         to_store = [p for p in ready if isinstance(p, Prepared) and p.copies]
         stored = iter(self.store_prepared(to_store) if to_store else [])

@@ -18,3 +18,9 @@ class Pop3Error(Exception):
 
 class Pop3Fatal(Pop3Error):
     """The session must end: the reply is sent, then the connection is closed."""
+
+
+# The store (its database) cannot be used now: a login, a RETR, an XTND XMIT that needs it.
+# RFC 3206 section 4: SYS/TEMP, "the failure is temporary; try again later" (docs/cluster.md,
+# "What happens when the database is down").
+STORE_UNAVAILABLE = Pop3Error("mail store temporarily unavailable, try again later", "SYS/TEMP")

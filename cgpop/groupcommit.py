@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from cgpop.store.api import TemporaryFailure
+
 Item = TypeVar("Item")
 R = TypeVar("R")
 
@@ -99,6 +101,10 @@ def advisory(
     def run(items: list[Item]) -> list[None]:
         try:
             write(items)
+        except TemporaryFailure as exc:  # the store cannot be used now (database down)
+            logging.getLogger("cgpop").warning(
+                "could not set %s on %d messages: %s", what, len(items), exc
+            )
         except Exception:
             logging.getLogger("cgpop").exception(
                 "could not set %s on %d messages", what, len(items)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ POLL_INTERVAL = 1.0
 # How late a login's row may be listed (well within the poll's second): rows queued within
 # this time are written together, and a session shorter than this is never written at all.
 WRITE_DELAY = 0.5
+# After a failed write, the sweeps that write every row again: two, because the first may come
+# before this node's heartbeat has told the others it is alive again (then its rows can be
+# removed once more, with the node); by the second, one heartbeat (node_timeout / 3) has gone.
+RESYNC_SWEEPS = 2
 
 
 @dataclass(eq=False, slots=True)
@@ -58,6 +63,8 @@ class LiveRegistry:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._version: int | None = None
+        # Sweeps that still write every session's row again, after a failed write.
+        self._resync = 0
         # Accounts ("name@domain") whose sessions write a transcript (cgpop/telemetry.py).
         self.telemetry: frozenset[str] = frozenset()
 
@@ -86,13 +93,15 @@ class LiveRegistry:
     async def _write_queued(self) -> None:
         try:
             while self._opened or self._closed:
-                await self.flush(progress=False)
+                if not await self.flush(progress=False):
+                    break  # the store is unavailable: the sweep tries again
         finally:
             self._task = None
 
-    async def flush(self, *, progress: bool) -> None:
+    async def flush(self, *, progress: bool) -> bool:
         """Write what is queued (and, with `progress`, every session's state and sent
-        octets) in one transaction. The registry is advisory: a failure is logged."""
+        octets) in one transaction. The registry is advisory: a failure is logged, and what
+        was queued is written at the next flush (the next login, close or sweep)."""
         opened = list(self._opened.values())
         closed = self._closed
         self._opened, self._closed = {}, []
@@ -101,20 +110,42 @@ class LiveRegistry:
         updates = []
         changed = []
         if progress:
+            if self._resync:
+                opened += self._rows_again({row.id for row in opened})
             for sid, local in self.local.items():
                 now = local.progress()
                 if now != local.written:
                     updates.append((sid, *now))
                     changed.append((local, now))
         if not (opened or closed or updates):
-            return
+            return True
         try:
             await self.write(self.store.record_sessions, opened, updates, closed)
         except Exception as exc:
             log.warning("live-session registry not updated: %s", exc)
-            return
+            for row in opened:
+                if row.id in self.local:
+                    self._opened.setdefault(row.id, row)
+            self._closed[:0] = closed
+            self._resync = RESYNC_SWEEPS
+            return False
+        if progress and self._resync:
+            self._resync -= 1
         for local, now in changed:
             local.written = now
+        return True
+
+    def _rows_again(self, queued: set[str]) -> list[LiveSession]:
+        """After a failed write (a database outage), every session's row is written again at
+        the next sweeps: the outage may have outlasted node_timeout, and then this node's rows
+        were removed with it when the database came back (docs/cluster.md). A row in place
+        stays as it is."""
+        rows = []
+        for sid, local in self.local.items():
+            if sid not in queued:
+                state, sent = local.progress()
+                rows.append(dataclasses.replace(local.row, state=state, sent_bytes=sent))
+        return rows
 
     async def sweep(self) -> None:
         """At the housekeeping sweep: progress of every session, and rows of dead

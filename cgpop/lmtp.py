@@ -35,6 +35,7 @@ from cgpop.delivery import Result, Status
 from cgpop.lmtpdata import DataBlocks, read_data
 from cgpop.logs import SessionLog
 from cgpop.spool import Octets, Spool, SpooledMessage
+from cgpop.store.api import TemporaryFailure
 from cgpop.streams import UnixSocketFile, peer_address
 
 log = logging.getLogger("cgpop")
@@ -109,6 +110,10 @@ class _Handler:
         # so the MTA bounces them at once (RFC 2033 section 4.2); DATA checks again.
         try:
             refused = await self.check(address)
+        except TemporaryFailure as exc:  # the store cannot be used now: the MTA retries
+            self._log(session).warning("recipient %s not checked: %s", address[:200], exc)
+            self.count(Status.TEMPORARY)
+            return TEMPORARY_FAILURE
         except Exception:
             self._log(session).exception("recipient check failed")
             self.count(Status.TEMPORARY)
@@ -126,10 +131,13 @@ class _Handler:
         slog = self._log(session)
         try:
             results = await self.deliver(sender, envelope.rcpt_tos, content)
-        except Exception:
+        except Exception as exc:
             # Never aiosmtpd's "500 Error: (ExceptionClass)": that would bounce the mail for
             # good and show our internals. 451 for each recipient: the MTA retries.
-            slog.exception("delivery failed")
+            if isinstance(exc, TemporaryFailure):  # the store cannot be used now
+                slog.warning("delivery failed: %s", exc)
+            else:
+                slog.exception("delivery failed")
             for _ in envelope.rcpt_tos:
                 self.count(Status.TEMPORARY)
             return "\r\n".join(TEMPORARY_FAILURE for _ in envelope.rcpt_tos)

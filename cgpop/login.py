@@ -137,7 +137,6 @@ class LoginPolicy:
         close_maildrop: Callable[[Snapshot], None],
         penalty: Penalty,
         caps: SessionCaps,
-        other_sessions: Callable[[Snapshot], int] | None = None,
         count_login: Callable[[str], None] = lambda result: None,
     ) -> None:
         """`count_login` is told each decided login's outcome: "ok", "auth_failed" (bad
@@ -146,8 +145,6 @@ class LoginPolicy:
         self.checks, self.read, self.write = checks, read, write
         self.take_alert, self.close_maildrop = take_alert, close_maildrop
         self.penalty, self.caps = penalty, caps
-        # Issue 11: the account's sessions on other nodes (the store's registry), if any.
-        self.other_sessions = other_sessions
         self.count_login = count_login
 
     def session(self, peer_ip: str, slog: SessionLog) -> LoginSession:
@@ -231,16 +228,14 @@ class LoginSession:
             checked = await p.read(p.checks.open_login, login, domain)
         return await self.decide(checked, proven_by or login, domain)
 
-    async def _under_cluster_cap(self, access: Access) -> bool:
+    def _under_cluster_cap(self, access: Access) -> bool:
         """With sessions on other nodes counted in, is the account still within
-        `max_per_account`? Called once this session holds its slot here and its registry row
-        (written when its maildrop opened), so of two logins racing on two nodes at least one
-        sees the other: the cap is never exceeded (both may be refused; the client retries)."""
+        `max_per_account`? `access.others` was counted when the maildrop opened, after this
+        session's registry row committed (Store.open_session), so of two logins racing on two
+        nodes at least one sees the other: the cap is never exceeded (both may be refused;
+        the client retries). 0 on a store one process serves."""
         p = self.policy
-        if p.other_sessions is None:
-            return True
-        others = await p.read(p.other_sessions, access.snapshot)
-        if p.caps.account_sessions(access.account) + others <= p.caps.max_per_account:
+        if p.caps.account_sessions(access.account) + access.others <= p.caps.max_per_account:
             return True
         p.caps.leave_account(access.account)
         return False
@@ -261,6 +256,17 @@ class LoginSession:
                 await asyncio.sleep(p.penalty.delay_for(self.peer_ip, key))
             return checked
         p.penalty.record_success(self.peer_ip, key)
+        try:
+            return await self._admit(checked, access)
+        except BaseException:
+            # The store became unavailable past step 1 (the caller answers -ERR [SYS/TEMP]):
+            # the maildrop opened there closes, so it holds nothing.
+            p.close_maildrop(access.snapshot)
+            raise
+
+    async def _admit(self, checked: LoginResult, access: Access) -> LoginResult:
+        """Steps 3 and 4 for credentials that passed."""
+        p, slog = self.policy, self.slog
         account = access.account
         # 3. An alert shown instead of the login.
         if access.alert_pending:
@@ -271,7 +277,7 @@ class LoginSession:
                 p.count_login("alert")
                 return LoginResult(error=Pop3Error(alert.text, "SYS/TEMP"), counts_as_failure=False)
         # 4. The per-account cap: this process's sessions, then those of other nodes.
-        if not p.caps.enter_account(account) or not await self._under_cluster_cap(access):
+        if not p.caps.enter_account(account) or not self._under_cluster_cap(access):
             p.close_maildrop(access.snapshot)
             slog.warning("login %s refused: per-account session limit", account)
             p.count_login("refused")

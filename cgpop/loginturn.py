@@ -1,7 +1,12 @@
 """Taking turns at password checks (cgpop/penalty.py): the asyncio side of the failed-login
 penalty. The checks of one (address, account) pair are made one at a time, across every
 connection of the address, each after the pair's `turn_wait`; so a hundred connections guess
-no faster than one (issue 10, defect 7)."""
+no faster than one (issue 10, defect 7).
+
+With several workers (issue 14) the asyncio lock orders the attempts of one worker, and the
+shared penalty book (cgpop.shared.SharedBook) orders the workers: `Penalty.claim_turn` takes
+the pair's turn atomically across processes. The queue bound (MAX_QUEUED) is per worker; it
+bounds connections held open, not the rate of checks, which the shared book sets."""
 
 from __future__ import annotations
 
@@ -34,9 +39,7 @@ class _Turn:
 
 
 # Per penalty object (tests replace the gateway's), the turns of pairs with attempts in flight.
-_turns: weakref.WeakKeyDictionary[Penalty, dict[tuple[str, str], _Turn]] = (
-    weakref.WeakKeyDictionary()
-)
+_turns: weakref.WeakKeyDictionary[Penalty, dict[str, _Turn]] = weakref.WeakKeyDictionary()
 
 
 @contextlib.asynccontextmanager
@@ -60,8 +63,9 @@ async def login_turn(
     turn.users += 1
     try:
         async with turn.lock:
-            wait = penalty.turn_wait(peer, account)
-            if wait > 0:
+            # The pair's turn may be taken meanwhile by another worker of the server (a shared
+            # penalty book): wait until the time the book names, then claim it again.
+            while (wait := penalty.claim_turn(peer, account)) > 0:
                 await asyncio.sleep(wait)
             yield None
     finally:

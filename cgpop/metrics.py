@@ -12,13 +12,19 @@ update (about 0.4 and 0.9 us each here), so commands, their durations and the oc
 kept in plain lists on the event loop (`CommandStats`, ~0.3 us per command) and turned into
 metric families at scrape time by a collector. Every other count (logins, handshakes, LMTP
 recipients, store calls) is rare beside the commands and uses the library's objects directly.
+
+With `[server] workers` above 1 (issue 14) one /metrics shows the whole server
+(cgpop/metrics_workers.py): the library's objects run in prometheus_client's multiprocess mode
+(each process writes its values to files in one directory; the serving process's
+MultiProcessCollector sums them), and the per-command numbers live in shared memory, one block
+per worker, summed by the same collector as in one process.
 """
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -29,6 +35,7 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from cgpop.pop3.states import LEGAL
@@ -106,8 +113,9 @@ class CommandStats:
 
     def __init__(self) -> None:
         # Per verb: how many commands fell in each bucket (not cumulative), and their total time.
-        self.buckets = [[0] * len(COMMAND_BUCKETS) for _ in VERBS]
-        self.sums = [0.0] * len(VERBS)
+        # (Lists here; arrays in shared memory for a worker, cgpop.metrics_workers.)
+        self.buckets: Sequence[Any] = [[0] * len(COMMAND_BUCKETS) for _ in VERBS]
+        self.sums: Any = [0.0] * len(VERBS)
         self.sent_bytes = 0
 
     @staticmethod
@@ -121,13 +129,14 @@ class CommandStats:
 
 
 class _PopCollector(Collector):
-    """The hot-path numbers as metric families, built when scraped."""
+    """The hot-path numbers as metric families, built when scraped. `totals` gives the numbers
+    to show: this process's, or the sum over every worker."""
 
-    def __init__(self, stats: CommandStats, sessions: Callable[[], int]) -> None:
-        self.stats, self.sessions = stats, sessions
+    def __init__(self, totals: Callable[[], CommandStats], sessions: Callable[[], int]) -> None:
+        self.totals, self.sessions = totals, sessions
 
     def collect(self) -> Iterable[Metric]:
-        stats = self.stats
+        stats = self.totals()
         sessions = GaugeMetricFamily("cgpop_pop3_sessions", "Open POP3 sessions.")
         sessions.add_metric([], self.sessions())
         yield sessions
@@ -185,12 +194,29 @@ class Pop3Meter:
 
 class Metrics:
     """The registry and every metric of one gateway (a registry of its own, not the library's
-    global one, so several gateways in one process, as in the tests, count apart)."""
+    global one, so several gateways in one process, as in the tests, count apart).
 
-    def __init__(self, sessions: Callable[[], int] = lambda: 0) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=True)
-        self.commands = CommandStats()
-        r.register(_PopCollector(self.commands, sessions))
+    A worker of several (cgpop/metrics_workers.py) passes `stats` (its block of the shared
+    per-command numbers), `totals` (their sum over all workers) and `multiprocess_dir`: its
+    library metrics then go only to that directory's files (prometheus_client multiprocess
+    mode, chosen before the fork), and the exposition sums every process's files."""
+
+    def __init__(
+        self,
+        sessions: Callable[[], int] = lambda: 0,
+        *,
+        stats: CommandStats | None = None,
+        totals: Callable[[], CommandStats] | None = None,
+        multiprocess_dir: str | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.commands = CommandStats() if stats is None else stats
+        own = self.commands
+        self.registry.register(_PopCollector(totals or (lambda: own), sessions))
+        r: CollectorRegistry | None = self.registry
+        if multiprocess_dir is not None:
+            MultiProcessCollector(self.registry, multiprocess_dir)  # type: ignore[no-untyped-call]
+            r = None  # the values are in the files, which the collector above reads
         logins = Counter(
             "cgpop_pop3_logins", "POP3 login attempts, by outcome.", ["result"], registry=r
         )
@@ -223,13 +249,20 @@ class Metrics:
             buckets=STORE_BUCKETS,
             registry=r,
         )
+        # Set at scrape time by the process that serves /metrics; with workers the others hold
+        # 0, so the largest value of the live processes is the queue's ("livemax": a dead
+        # process's file is dropped when the supervisor reaps it).
         self._queue_messages = Gauge(
-            "cgpop_queue_messages", "Messages in the XTND XMIT outbound queue.", registry=r
+            "cgpop_queue_messages",
+            "Messages in the XTND XMIT outbound queue.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self._queue_oldest = Gauge(
             "cgpop_queue_oldest_seconds",
             "Age of the oldest message in the outbound queue (0 when empty).",
             registry=r,
+            multiprocess_mode="livemax",
         )
 
     # --- the callables handed to the parts ---

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 from cgpop.blocking import Run
@@ -90,7 +91,11 @@ class MetricsEndpoint:
     def __init__(self, scrape: Scrape, health: Health) -> None:
         self.scrape, self.health = scrape, health
 
-    async def start(self, ep: Endpoint) -> asyncio.Server:
+    async def start(self, ep: Endpoint, sock: socket.socket | None = None) -> asyncio.Server:
+        """Serve on `ep`, or on `sock` when the listener was opened already (the parent of
+        several workers opens it, cgpop/prefork.py)."""
+        if sock is not None:
+            return await asyncio.start_server(self.handle, sock=sock, limit=MAX_HEAD)
         try:
             return await asyncio.start_server(
                 self.handle, ep.host, ep.port, reuse_address=True, limit=MAX_HEAD

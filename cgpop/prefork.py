@@ -11,29 +11,44 @@ What the workers share, and how:
   shared memory (cgpop.shared.SnapshotHolds) and every collector honours the oldest of all, so a
   body stays readable by a session in another worker. PostgreSQL registers sessions in the
   database and needs nothing here.
+- The failed-login penalty: its records (failures per address, per account and per pair, and
+  each pair's next turn) in one fixed shared-memory table (cgpop.shared.SharedBook; its
+  collision rule only ever makes the penalty stricter), so the turn of an (address, account)
+  pair is one for the whole server and an address gets no more checks by reaching N workers.
 - Alerts (taken once per account in one store transaction), the login cache's invalidation (the
   directory version in the store) and the XTND queue: in the store, as for separate processes.
   Only worker 0 runs the XTND relay queue (its start requeues the entries a dead relay left
   `sending`, which must not race another relay); every worker accepts XTND XMIT.
+- `[metrics] listen`: the parent opens the listener; worker 0 serves /metrics and /healthz on
+  it, summing every worker's figures (cgpop/metrics_workers.py: prometheus_client's
+  multiprocess mode in a private directory the parent makes and removes, and the per-command
+  numbers in shared memory).
 - Only the parent talks to systemd: READY=1 once every worker serves (Supervisor.worker_ready),
-  RELOADING=1/READY=1 around SIGHUP, STOPPING=1; the workers run without $NOTIFY_SOCKET.
+  RELOADING=1/READY=1 around SIGHUP, STOPPING=1, and WATCHDOG=1 while every worker's event loop
+  beats (cgpop.shared.Heartbeats; the rule is in cgpop/workers.py); the workers run without
+  $NOTIFY_SOCKET.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cgpop.config import Config, Endpoint, UnixSocket
 from cgpop.lmtp import SOCKET_MODE
 from cgpop.login import Counts
+from cgpop.metrics import Metrics
+from cgpop.metrics_workers import MultiprocessDir, ServerCommandStats, worker_metrics
+from cgpop.penalty import PenaltyBook
 from cgpop.saltkey import fake_salt_key
 from cgpop.sdnotify import Notifier
-from cgpop.shared import ServerCounters, SnapshotHolds
+from cgpop.shared import Heartbeats, ServerCounters, SharedBook, SnapshotHolds
 from cgpop.store.api import HoldBoard
 from cgpop.store.factory import open_store
 from cgpop.streams import UnixSocketFile
@@ -65,7 +80,11 @@ class Role:
     # listen_key(kind, endpoint) -> the sockets the parent opened for it
     sockets: Mapping[str, list[socket.socket]] = field(default_factory=dict)
     relay: bool = True  # runs the XTND relay queue
+    penalties: PenaltyBook | None = None  # the failed-login records (None: this process's)
     ready: Callable[[], None] = lambda: None  # it serves now (told to the parent)
+    # Its metrics, given the count of its own open sessions; and whether it serves /metrics.
+    make_metrics: Callable[[Callable[[], int]], Metrics] = Metrics
+    serves_metrics: bool = True
 
 
 def _bind(ep: Endpoint) -> list[socket.socket]:
@@ -100,6 +119,7 @@ def open_listeners(
         *(("pop3", ep) for ep in config.pop3.listen),
         *(("pop3s", ep) for ep in config.pop3.tls_listen),
         *(("lmtp", ep) for ep in config.lmtp.listen),
+        *(() if config.metrics.listen is None else [("metrics", config.metrics.listen)]),
     ]
     opened: dict[str, list[socket.socket]] = {}
     try:
@@ -123,6 +143,24 @@ def open_listeners(
     return opened
 
 
+# The heartbeat task of this worker, kept referenced (the loop holds tasks only weakly).
+_beating: set[asyncio.Task[None]] = set()
+
+
+def start_beating(beats: Heartbeats, index: int, interval: float) -> None:
+    """In a worker, on its running event loop: beat every `interval` seconds while the loop
+    runs (a loop stuck in a call stops beating; the parent then stops the watchdog pings)."""
+
+    async def beat() -> None:
+        while True:
+            beats.beat(index, time.monotonic())
+            await asyncio.sleep(interval)
+
+    task = asyncio.get_running_loop().create_task(beat(), name="cgpop-heartbeat")
+    _beating.add(task)
+    task.add_done_callback(_beating.discard)
+
+
 def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
     """The parent: open the listeners and the shared state, fork `[server] workers` workers
     that each run `serve(role)`, supervise them until SIGTERM/SIGINT. The exit status."""
@@ -135,8 +173,19 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
     sockets = open_listeners(config, unix_files)
     counters = ServerCounters(count)
     holds = SnapshotHolds(count)
+    penalties = SharedBook()
     notifier = Notifier()
+    beats = Heartbeats(count)
+    # One /metrics for the server: set up before any worker makes a metric.
+    metrics_dir = None if config.metrics.listen is None else MultiprocessDir()
+    command_stats = ServerCommandStats(count)
+    watchdog = notifier.watchdog if notifier.enabled else None
     supervisor: Supervisor
+
+    def ready(index: int) -> None:
+        supervisor.worker_ready(index)
+        if watchdog is not None:
+            start_beating(beats, index, watchdog)
 
     def work(index: int) -> int:
         for name in _PARENT_ONLY:
@@ -149,13 +198,26 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
             holds=holds.slot(index),
             sockets=sockets,
             relay=index == 0,
-            ready=lambda: supervisor.worker_ready(index),
+            penalties=penalties,
+            make_metrics=Metrics
+            if metrics_dir is None
+            else worker_metrics(
+                command_stats, index, metrics_dir.path, lambda: counters.total("channels")
+            ),
+            serves_metrics=index == 0,
+            ready=lambda: ready(index),
         )
         return serve(role)
 
-    if notifier.watchdog is not None:
-        log.warning("systemd WatchdogSec= is not pinged with [server] workers > 1: unset it")
-    supervisor = Supervisor(count, work, grace=config.server.shutdown_grace, notify=notifier)
+    supervisor = Supervisor(
+        count,
+        work,
+        grace=config.server.shutdown_grace,
+        notify=notifier,
+        watchdog=watchdog,
+        beats=beats,
+        reaped=(lambda pid: None) if metrics_dir is None else metrics_dir.process_dead,
+    )
     log.info("starting %d workers", count)
     try:
         return supervisor.run()
@@ -167,3 +229,5 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
                     sock.close()
         for file in unix_files:
             file.remove()
+        if metrics_dir is not None:
+            metrics_dir.remove()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from cgpop import streams
 from cgpop.access import Access, LoginResult
 from cgpop.blocking import Run
-from cgpop.errors import Pop3Error
+from cgpop.errors import STORE_UNAVAILABLE, Pop3Error
 from cgpop.livesessions import LiveRegistry, Local
 from cgpop.login import LoginPolicy
 from cgpop.logs import SessionLog
@@ -40,7 +40,7 @@ from cgpop.pop3.events import (
 from cgpop.pop3.lines import LineBuffer
 from cgpop.pop3.session import Policy, Session
 from cgpop.spool import Octets
-from cgpop.store.api import LiveSession, Snapshot, StoredMessage
+from cgpop.store.api import LiveSession, Snapshot, StoredMessage, TemporaryFailure
 from cgpop.telemetry import TelemetryWriter, Transcript
 from cgpop.tlsconf import ReloadableContext
 from cgpop.wire import TERMINATOR, top_lines
@@ -168,7 +168,6 @@ class SessionRunner:
         await self.writer.drain()
 
     async def run_events(self, events: Iterable[Event]) -> None:
-        peer = self.peer
         for event in events:
             if isinstance(event, Send):
                 self.send(event.data)
@@ -180,7 +179,25 @@ class SessionRunner:
                 self.end_seen()
                 await self.flush()
                 self.writer.close()
-            elif isinstance(event, PasswordLogin):
+            elif isinstance(event, PasswordLogin | SaslCredentials | SaslLogin | FailedLogin):
+                await self.run_events(await self.login_step(event))
+            elif isinstance(event, SendMessage):
+                await self.send_message(event)
+            elif isinstance(event, Commit):
+                await self.run_events(await self.commit(event))
+            elif isinstance(event, StartTls):
+                await self.start_tls(event)
+            elif isinstance(event, Submit):
+                await self.run_events(self.session.submit_result(await self.submit(event)))
+
+    async def login_step(
+        self, event: PasswordLogin | SaslCredentials | SaslLogin | FailedLogin
+    ) -> list[Event]:
+        """One step of a login; the engine's answer to it. A store that cannot be used now
+        (its database down) ends the login with -ERR [SYS/TEMP], not counted as a failure."""
+        peer = self.peer
+        try:
+            if isinstance(event, PasswordLogin):
                 result = await self.logins.password(
                     event.login,
                     peer.domain,
@@ -188,31 +205,23 @@ class SessionRunner:
                     apop_digest=event.apop_digest,
                     apop_banner=self.session.policy.apop_banner,
                 )
-                outcome = self.admitted(result, event.login)
-                await self.run_events(self.session.login_result(outcome))
-            elif isinstance(event, SendMessage):
-                await self.send_message(event)
-            elif isinstance(event, Commit):
-                await self.run_events(await self.commit(event))
-            elif isinstance(event, StartTls):
-                await self.start_tls(event)
-            elif isinstance(event, SaslCredentials):
+                return self.session.login_result(self.admitted(result, event.login))
+            if isinstance(event, SaslCredentials):
                 creds, good = await self.logins.sasl_credentials(
                     event.authcid, peer.domain, event.password
                 )
-                await self.run_events(self.session.sasl_credentials(creds, good))
-            elif isinstance(event, FailedLogin):
+                return self.session.sasl_credentials(creds, good)
+            if isinstance(event, FailedLogin):
                 failed = LoginResult(
                     error=event.outcome.error, counts_as_failure=event.outcome.counts_as_failure
                 )
                 await self.logins.decide(failed, event.login, peer.domain)
-                await self.run_events(self.session.login_result(event.outcome))
-            elif isinstance(event, SaslLogin):
-                result = await self.logins.sasl(event.login, event.proven_by, peer.domain)
-                outcome = self.admitted(result, event.login)
-                await self.run_events(self.session.login_result(outcome))
-            elif isinstance(event, Submit):
-                await self.run_events(self.session.submit_result(await self.submit(event)))
+                return self.session.login_result(event.outcome)
+            result = await self.logins.sasl(event.login, event.proven_by, peer.domain)
+            return self.session.login_result(self.admitted(result, event.login))
+        except TemporaryFailure as exc:
+            self.slog.warning("login refused, the store is unavailable: %s", exc)
+            return self.session.login_unavailable(STORE_UNAVAILABLE)
 
     def admitted(self, result: LoginResult, login: str) -> LoginOutcome:
         if result.access is not None:
@@ -342,8 +351,16 @@ class SessionRunner:
 
     async def send_message(self, event: SendMessage) -> None:
         snap = self.session.snapshot
-        stored = await self.fetch(event.index)
         transcript = self.transcript
+        try:
+            stored = await self.fetch(event.index)
+        except TemporaryFailure as exc:
+            # Before the status line: one -ERR line, and the session goes on.
+            self.slog.warning("message not sent, the store is unavailable: %s", exc)
+            self.send(STORE_UNAVAILABLE.reply())
+            if transcript is not None:
+                transcript.reply(STORE_UNAVAILABLE.reply())
+            return
         if stored is None:
             gone = Pop3Error("message is no longer available", "SYS/TEMP").reply()
             self.send(gone)
@@ -398,16 +415,19 @@ class SessionRunner:
         try:
             try:
                 first = await read(next, source, None)
-            except OSError as exc:
+            except (OSError, TemporaryFailure) as exc:
                 self.slog.error(
                     "body of message uid %d in mailbox %d unreadable: %s",
                     snap.uids[event.index],
                     snap.mailbox.id,
                     exc,
                 )
-                self.send(BODY_MISSING)
+                missing = (
+                    STORE_UNAVAILABLE.reply() if isinstance(exc, TemporaryFailure) else BODY_MISSING
+                )
+                self.send(missing)
                 if self.transcript is not None:
-                    self.transcript.reply(BODY_MISSING)
+                    self.transcript.reply(missing)
                 return False
             self.send(event.status)
             if self.transcript is not None:
@@ -418,7 +438,7 @@ class SessionRunner:
             while True:
                 try:
                     part = await read(next, chunks, None)
-                except OSError as exc:
+                except (OSError, TemporaryFailure) as exc:
                     # Inside a multi-line reply only its octets may follow: end the
                     # connection rather than put an -ERR in the middle of the message.
                     self.slog.error("body read failed mid-message: %s", exc)
@@ -439,6 +459,9 @@ class SessionRunner:
         snap = self.session.snapshot
         try:
             removed = await self.services.write(self.services.expunge, snap.mailbox.id, event.uids)
+        except TemporaryFailure as exc:  # nothing removed; the client may try again later
+            self.slog.warning("expunge failed, the store is unavailable: %s", exc)
+            return self.session.commit_result(False, 0)
         except Exception:
             self.slog.exception("expunge failed")
             return self.session.commit_result(False, 0)

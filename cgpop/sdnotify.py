@@ -110,6 +110,10 @@ class Notifier:
     def stopping(self) -> bool:
         return self.send("STOPPING=1")
 
+    def ping(self) -> bool:
+        """WATCHDOG=1: the service is alive (systemd.service(5) WatchdogSec=)."""
+        return self.send("WATCHDOG=1")
+
     def start_watchdog(self) -> asyncio.Task[None] | None:
         """Ping every WATCHDOG_USEC/2 from a task on the running loop, so a stuck loop misses
         its pings and systemd restarts the service. None when no watchdog was asked for."""
@@ -122,7 +126,7 @@ class Notifier:
 
     async def _pings(self, interval: float) -> None:
         while True:
-            self.send("WATCHDOG=1")
+            self.ping()
             await asyncio.sleep(interval)
 
     def close(self) -> None:

@@ -22,7 +22,6 @@ from cgpop.groupcommit import GroupCommit, advisory
 from cgpop.livesessions import LiveRegistry
 from cgpop.lmtp import LmtpListeners
 from cgpop.login import LoginPolicy, SessionCaps
-from cgpop.metrics import Metrics
 from cgpop.metrics_http import MetricsEndpoint, gateway_scrape, store_health
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, session_policy
@@ -32,7 +31,7 @@ from cgpop.reload import reload_config
 from cgpop.runner import SEEN_LINGER, Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
 from cgpop.spool import Octets
-from cgpop.store.factory import open_store, other_sessions
+from cgpop.store.factory import open_store
 from cgpop.sweeper import Sweeper
 from cgpop.telemetry import TelemetryWriter
 from cgpop.tlsconf import ReloadableContext
@@ -55,7 +54,7 @@ class Gateway:
         # a database backend does not, and no other node needs what is kept there.
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
         self.state = ServerState()
-        self.metrics = Metrics(sessions=lambda: len(self.state.connections))
+        self.metrics = role.make_metrics(lambda: len(self.state.connections))
         self.workers = StoreWorkers(observe=self.metrics.observe_store)
         self.auth = Authenticator(
             self.store, admins=config.server.admins, login_cache_ttl=config.server.login_cache_ttl
@@ -85,7 +84,8 @@ class Gateway:
             config.pop3.max_per_ip, config.pop3.max_per_account, counts=role.counts
         )
         penalty = Penalty(
-            PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max)
+            PenaltyPolicy(base=config.pop3.auth_delay, maximum=config.pop3.auth_delay_max),
+            book=role.penalties,
         )
         self.login = LoginPolicy(
             self.auth,
@@ -95,7 +95,6 @@ class Gateway:
             close_maildrop=self.store.close_maildrop,
             penalty=penalty,
             caps=self.caps,
-            other_sessions=other_sessions(config, self.store),
             count_login=self.metrics.count_login,
         )
         self.sasl_config = sasl.SaslConfig(
@@ -196,12 +195,13 @@ class Gateway:
         for where in self.config.lmtp.listen:
             for sock in self.role.sockets.get(listen_key("lmtp", where), [None]):
                 self._register("lmtp", await self.lmtp.start(where, sock))
-        if self.config.metrics.listen is not None:
+        if (mep := self.config.metrics.listen) is not None and self.role.serves_metrics:
             endpoint = MetricsEndpoint(
                 gateway_scrape(self.metrics, self.workers.read, self.store.queue_stats),
                 store_health(self.workers.read, self.store.directory_version),
             )
-            self._register("metrics", await endpoint.start(self.config.metrics.listen))
+            for sock in self.role.sockets.get(listen_key("metrics", mep), [None]):
+                self._register("metrics", await endpoint.start(mep, sock))
         # Kept referenced: the loop holds tasks only weakly.
         loop = asyncio.get_running_loop()
         self._sweeper_task = loop.create_task(self.sweeper.run(self._stopping))

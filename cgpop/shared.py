@@ -23,7 +23,16 @@ import multiprocessing
 import struct
 from multiprocessing.synchronize import Lock
 
-__all__ = ["ServerCounters", "SharedCounters", "SnapshotHolds", "WorkerCounts"]
+from cgpop.penalty import Record
+
+__all__ = [
+    "Heartbeats",
+    "ServerCounters",
+    "SharedBook",
+    "SharedCounters",
+    "SnapshotHolds",
+    "WorkerCounts",
+]
 
 _ENTRY = struct.Struct("=Qq")
 _EMPTY = 0  # digest 0 marks an empty slot; a real key's digest is never 0 (see _digest)
@@ -227,3 +236,99 @@ class HoldSlot:
 
     def oldest(self) -> float | None:
         return self.holds.oldest()
+
+
+_BEAT = struct.Struct("=d")
+
+
+class Heartbeats:
+    """When each worker's event loop last ran its heartbeat (time.monotonic(), CLOCK_MONOTONIC,
+    one clock for every process of the machine), so the parent pings systemd's watchdog only
+    while every worker's loop runs (cgpop/workers.py). One aligned 8-byte store per beat, read
+    without a lock: an old or a new value, either is a time the worker really beat. A slot
+    starts at 0 (never beaten); the parent compares it with the worker's start time. Create it
+    in the parent before forking."""
+
+    def __init__(self, workers: int) -> None:
+        self._mem = mmap.mmap(-1, workers * _BEAT.size)
+
+    def beat(self, index: int, now: float) -> None:
+        _BEAT.pack_into(self._mem, index * _BEAT.size, now)
+
+    def last(self, index: int) -> float:
+        return float(_BEAT.unpack_from(self._mem, index * _BEAT.size)[0])
+
+
+_RECORD = struct.Struct("=Qqdd")  # owner digest, count, last failure, next turn
+_SHARED = 1  # owner digest of a record holding the failures of more than one key
+
+
+class SharedBook:
+    """The failed-login penalty's records (cgpop/penalty.py) for all workers of one server
+    (issue 14), so an address spreading its guesses over every worker gets no more checks than
+    from one process. Create it in the parent before forking.
+
+    A fixed table of `slots` records of 32 bytes (2**17 slots: 4 MiB) in anonymous shared
+    memory, under a process-shared lock (the penalty takes it around each whole operation).
+    Each key hashes (64-bit BLAKE2b) to one slot; no probing, no eviction, so memory never
+    grows. The rule on collisions: a collision may only make the penalty stricter, never let
+    anyone through faster.
+    - Reads ignore who owns a slot: a key sees the failures of every key sharing its slot.
+    - A failure written over a live record of another key merges the two (the penalty adds
+      its failure to the count it read) and marks the slot shared.
+    - A success clears a slot only when it holds that key's failures alone (its own digest);
+      a shared slot stays until it has decayed, then any key may take it again.
+    A record that has fully decayed is emptied by whoever reads it, so slots are reused.
+    With k keys failing at once, a given key collides with probability about k / slots."""
+
+    def __init__(self, slots: int = 1 << 17) -> None:
+        if slots < 2 or slots & (slots - 1):
+            raise ValueError("slots must be a power of two")
+        self.slots = slots
+        self._mem = mmap.mmap(-1, slots * _RECORD.size)
+        self._lock = multiprocessing.get_context("fork").Lock()
+
+    def locked(self) -> Lock:
+        return self._lock
+
+    def _slot(self, key: str) -> tuple[int, int]:
+        digest = _digest(key)
+        if digest == _SHARED:
+            digest = 2  # 0 and 1 are markers; 2 sharing a digest is only a collision
+        return digest, (digest & (self.slots - 1)) * _RECORD.size
+
+    def get(self, key: str) -> Record | None:
+        offset = self._slot(key)[1]
+        owner, count, last, ready = _RECORD.unpack_from(self._mem, offset)
+        return None if owner == _EMPTY else Record(int(count), float(last), float(ready))
+
+    def put(self, key: str, record: Record) -> None:
+        digest, offset = self._slot(key)
+        owner = _RECORD.unpack_from(self._mem, offset)[0]
+        if owner not in (_EMPTY, digest):
+            digest = _SHARED  # another key's live record: merged by the caller's count
+        _RECORD.pack_into(self._mem, offset, digest, record.count, record.last, record.ready)
+
+    def drop(self, key: str) -> None:
+        # Fully decayed for every key sharing the slot: nothing of anyone's is lost.
+        offset = self._slot(key)[1]
+        self._mem[offset : offset + _RECORD.size] = bytes(_RECORD.size)
+
+    def clear(self, key: str) -> None:
+        digest, offset = self._slot(key)
+        if _RECORD.unpack_from(self._mem, offset)[0] == digest:
+            self._mem[offset : offset + _RECORD.size] = bytes(_RECORD.size)
+
+    def trim(self, max_keys: int) -> None:
+        """Nothing to do: the table has a fixed size."""
+
+    def __len__(self) -> int:
+        """Slots holding a record."""
+        return sum(
+            1
+            for i in range(self.slots)
+            if _RECORD.unpack_from(self._mem, i * _RECORD.size)[0] != _EMPTY
+        )
+
+    def close(self) -> None:
+        self._mem.close()

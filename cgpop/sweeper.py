@@ -52,8 +52,10 @@ class Sweeper:
                     await self.registry_sweep()
             if self._collect_wanted:
                 self._collect_wanted = False
-                with contextlib.suppress(Exception):
+                try:
                     await self.write(self.collect)
+                except Exception:  # the store unavailable (database down): the next round
+                    self._collect_wanted = True
             if now >= next_prune:
                 # Duplicate-suppression records older than the window are of no more use.
                 next_prune = now + PRUNE_INTERVAL

@@ -16,6 +16,17 @@ Readiness: a worker calls `worker_ready(index)` once it serves; that writes its 
 and sends the parent SIGUSR1 (signals coalesce, so the parent reads every index the pipe holds
 at each wake-up). Once every worker has reported, the parent tells its `notify` (systemd's
 READY=1, cgpop/sdnotify.py): only the parent talks to the service manager.
+
+The watchdog (systemd WatchdogSec=): each worker's event loop beats into shared memory every
+`watchdog` seconds (cgpop.shared.Heartbeats, started by its ready call), and the parent sends
+WATCHDOG=1 every `watchdog` seconds only while it is healthy, i.e. every worker slot is
+- a running worker that has beaten within two intervals (a worker whose loop is stuck stops
+  beating), or one started less than `_START_GRACE` ago that has not served yet, or
+- a worker that died and is being replaced, unless it died at start `_UNHEALTHY_FAILURES`
+  times in a row (a bad certificate, an unreachable store: systemd's restart is the remedy).
+So a stuck worker or one that cannot start stops the pings, and systemd restarts the service
+after WatchdogSec, as it would a stuck single process. While draining after SIGTERM the parent
+sends no more pings (STOPPING=1 was sent; the drain is bounded by `shutdown_grace`).
 """
 
 from __future__ import annotations
@@ -41,6 +52,11 @@ _QUICK_DEATH = 1.0
 _MAX_BACKOFF = 30.0
 # After the drain grace, workers still alive get SIGKILL this much later at most.
 _KILL_MARGIN = 5.0
+# A started worker opens the store and runs the collector before it serves: longer than this
+# without a heartbeat is a hung start, and the parent stops the watchdog pings.
+_START_GRACE = 30.0
+# Quick deaths in a row after which a worker that cannot start makes the parent unhealthy.
+_UNHEALTHY_FAILURES = 3
 
 
 def worker_count(setting: int | str) -> int:
@@ -58,6 +74,13 @@ class Notify(Protocol):
     def reloading(self) -> bool: ...
     def reloaded(self, status: str = "") -> bool: ...
     def stopping(self) -> bool: ...
+    def ping(self) -> bool: ...
+
+
+class Beats(Protocol):
+    """When each worker's event loop last beat (cgpop.shared.Heartbeats), time.monotonic()."""
+
+    def last(self, index: int) -> float: ...
 
 
 @dataclass
@@ -84,12 +107,20 @@ class Supervisor:
         *,
         grace: float,
         notify: Notify | None = None,
+        watchdog: float | None = None,
+        beats: Beats | None = None,
+        reaped: Callable[[int], None] = lambda pid: None,
     ) -> None:
         if count < 1:
             raise ValueError("at least one worker")
         self.work = work
         self.grace = grace
         self.notify = notify
+        # Seconds between WATCHDOG=1 pings (None: no watchdog), sent while _healthy().
+        self.watchdog = watchdog if notify is not None else None
+        self.beats = beats
+        self.reaped = reaped  # told the pid of each worker that ended
+        self._next_ping = 0.0
         self.slots = [_Slot(i) for i in range(count)]
         self.stopping = False
         self.announced = False  # every worker has reported ready once
@@ -116,6 +147,7 @@ class Supervisor:
                 self._read_ready()
                 self._reap()
                 self._restart_due()
+                self._ping_due()
             return self._drain()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -156,9 +188,41 @@ class Supervisor:
 
     def _next_timeout(self) -> float:
         due = [s.restart_at for s in self.slots if s.restart_at is not None]
+        if self.watchdog is not None and self.announced:
+            due.append(self._next_ping)
         if not due:
             return 3600.0
         return max(0.0, min(due) - time.monotonic())
+
+    def _ping_due(self) -> None:
+        """WATCHDOG=1 once per interval after start-up, while healthy."""
+        if self.watchdog is None or not self.announced or self.notify is None:
+            return
+        now = time.monotonic()
+        if now < self._next_ping:
+            return
+        self._next_ping = now + self.watchdog
+        if self._healthy(now):
+            self.notify.ping()
+
+    def _healthy(self, now: float) -> bool:
+        """Every worker serves with a live event loop, or is starting, or is being replaced
+        after a death that was not one of several failed starts in a row (module docstring)."""
+        assert self.watchdog is not None
+        for slot in self.slots:
+            if not slot.pid:
+                if slot.failures >= _UNHEALTHY_FAILURES:
+                    return False
+                continue
+            if self.beats is None:
+                continue
+            last = self.beats.last(slot.index)
+            if last < slot.started:  # not serving yet
+                if now - slot.started > _START_GRACE:
+                    return False
+            elif now - last > 2 * self.watchdog:
+                return False
+        return True
 
     def _reap(self) -> list[_Slot]:
         """Collect every worker that has exited; schedule its replacement unless stopping."""
@@ -173,6 +237,7 @@ class Supervisor:
             slot = next((s for s in self.slots if s.pid == pid), None)
             if slot is None:
                 continue
+            self.reaped(pid)
             slot.pid = 0
             ended.append(slot)
             if self.stopping:

@@ -27,6 +27,9 @@ from typing import Any
 import pytest
 
 _INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (see .ci/run)"
+# A test server: durability is not under test here, speed on 2 cores is. (The bench passes its
+# own settings: bench/pgcluster.py.)
+TEST_OPTIONS = "-c fsync=off -c full_page_writes=off -c max_connections=200"
 
 
 def find_bindir() -> Path:
@@ -65,6 +68,7 @@ class PgServer:
     root: Path
     port: int
     run_as: dict[str, Any]
+    options: str = TEST_OPTIONS  # postgres -c settings, given to pg_ctl start
 
     @property
     def datadir(self) -> Path:
@@ -84,15 +88,14 @@ class PgServer:
             args, capture_output=True, text=True, check=False, cwd=self.root, **self.run_as
         )
 
-    def start(self) -> None:
+    def start(self, *, same_port: bool = False) -> None:
+        """Start the server on a free port, or (`same_port`: a restart after `stop`) on the
+        port it had, as a database coming back after an outage would."""
         log = self.root / "server.log"
-        for _attempt in range(5):
-            self.port = _free_port()
-            opts = (
-                f"-h 127.0.0.1 -p {self.port} -k {self.root}"
-                # A test server: durability is not under test here, speed on 2 cores is.
-                " -c fsync=off -c full_page_writes=off -c max_connections=200"
-            )
+        for _attempt in range(1 if same_port else 5):
+            if not same_port:
+                self.port = _free_port()
+            opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} {self.options}"
             done = self._run(
                 str(self.bindir / "pg_ctl"),
                 "start",
@@ -109,12 +112,21 @@ class PgServer:
             if done.returncode == 0:
                 return
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            if "could not bind" not in tail and "in use" not in tail:
+            if same_port or ("could not bind" not in tail and "in use" not in tail):
                 raise RuntimeError(f"pg_ctl start failed: {done.stderr}\n{tail}")
         raise RuntimeError("pg_ctl start: no free port after 5 attempts")
 
-    def stop(self) -> None:
-        self._run(str(self.bindir / "pg_ctl"), "stop", "-m", "immediate", "-D", str(self.datadir))
+    def stop(self, mode: str = "immediate") -> None:
+        """`pg_ctl stop -m MODE`: "immediate" drops every connection at once without a
+        goodbye (a crash, as far as clients can tell); "fast" ends them with an error first.
+        Waits until the server is down: its port then refuses connections."""
+        self._run(str(self.bindir / "pg_ctl"), "stop", "-w", "-m", mode, "-D", str(self.datadir))
+
+    def running(self) -> bool:
+        return (
+            self._run(str(self.bindir / "pg_ctl"), "status", "-D", str(self.datadir)).returncode
+            == 0
+        )
 
     def admin(self, *statements: str) -> None:
         import psycopg
@@ -124,7 +136,7 @@ class PgServer:
                 conn.execute(sql.encode())
 
 
-def start_postgres() -> PgServer:
+def start_postgres(options: str = TEST_OPTIONS) -> PgServer:
     bindir = find_bindir()
     root = Path(tempfile.mkdtemp(prefix="cgpop-pg-"))
     run_as: dict[str, Any] = {}
@@ -135,7 +147,7 @@ def start_postgres() -> PgServer:
             raise RuntimeError(f"running as root and no postgres user. {_INSTALL_HINT}") from None
         os.chown(root, pw.pw_uid, pw.pw_gid)
         run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    server = PgServer(bindir, root, 0, run_as)
+    server = PgServer(bindir, root, 0, run_as, options)
     init = server._run(
         str(bindir / "initdb"),
         "-D",
@@ -158,6 +170,23 @@ def start_postgres() -> PgServer:
     return server
 
 
+def remove_postgres(server: PgServer) -> None:
+    server.stop()
+    shutil.rmtree(server.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PgServer]:
+    """A PostgreSQL server of the caller's own (initdb, start; stopped and removed at the
+    end), for a test that stops and restarts it: the session-wide one is shared by every
+    other test and must stay up."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        remove_postgres(server)
+
+
 # --- pytest fixtures (import them into a conftest.py that needs PostgreSQL) ---
 
 _schemas = iter(range(1, 1_000_000))
@@ -177,8 +206,7 @@ def postgres() -> Iterator[PgServer]:
     try:
         yield server
     finally:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
+        remove_postgres(server)
 
 
 def new_schema_dsn(server: PgServer) -> str:

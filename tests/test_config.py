@@ -103,7 +103,7 @@ def test_workers_refuses_anything_else(value: object, reason: str) -> None:
     assert str(err.value) == f"<dict>: server.workers: {reason}"
 
 
-def test_metrics_with_several_workers_is_refused_until_summed() -> None:
-    with pytest.raises(config.ConfigError) as err:
-        config.from_dict({"server": {"workers": 2}, "metrics": {"listen": "127.0.0.1:9110"}})
-    assert str(err.value) == "<dict>: metrics.listen: not available with [server] workers > 1 yet"
+def test_metrics_with_several_workers_is_accepted() -> None:
+    """One summed /metrics for the whole server (tests/e2e/test_workers_live.py)."""
+    cfg = config.from_dict({"server": {"workers": 2}, "metrics": {"listen": "127.0.0.1:9110"}})
+    assert cfg.server.workers == 2 and str(cfg.metrics.listen) == "127.0.0.1:9110"

@@ -85,3 +85,25 @@ def test_cache_is_bounded_and_recomputes_on_a_new_version(
     for i in range(10):
         cache.get(i, compute)
     assert len(cache._entries) <= 3
+
+
+def test_a_version_read_by_the_caller_is_used_and_peek_reads_none() -> None:
+    # Issue 11: one read of the version serves all the lookups of a login.
+    reads: list[int] = []
+    current = [1]
+
+    def version() -> int:
+        reads.append(current[0])
+        return current[0]
+
+    cache: DirectoryCache[str] = DirectoryCache(version)
+    assert cache.get("k", lambda: "one", version=1) == "one"
+    assert cache.get("k", lambda: "two", version=1) == "one"
+    assert reads == []
+    assert cache.get("k", lambda: "two", version=2) == "two"  # a newer version recomputes
+    current[0] = 3
+    assert cache.peek("k", lambda: "three") == "two"  # cached: no read, whatever its age
+    assert reads == []
+    assert cache.peek("new", lambda: "fresh") == "fresh"  # not cached: a validated get
+    assert reads == [3]
+    assert cache.get("k", lambda: "three") == "three"

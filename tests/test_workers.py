@@ -141,3 +141,98 @@ def test_sighup_reaches_every_worker_and_sigterm_drains_them(
 def test_worker_count() -> None:
     assert worker_count(3) == 3
     assert worker_count("auto") == len(os.sched_getaffinity(0))
+
+
+class Beats:
+    def __init__(self) -> None:
+        self.at: dict[int, float] = {}
+
+    def last(self, index: int) -> float:
+        return self.at.get(index, 0.0)
+
+
+class Told:
+    """A Notify that records what the supervisor tells the service manager."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def ready(self, status: str = "") -> bool:
+        self.said.append("READY=1")
+        return True
+
+    def reloading(self) -> bool:
+        return True
+
+    def reloaded(self, status: str = "") -> bool:
+        return True
+
+    def stopping(self) -> bool:
+        return True
+
+    def ping(self) -> bool:
+        self.said.append("WATCHDOG=1")
+        return True
+
+
+def test_the_watchdog_is_pinged_only_while_every_worker_is_healthy() -> None:
+    """The rule of cgpop/workers.py, without forking: the parent pings once per interval while
+    each worker beats (or is starting, or is being replaced), and not when one is stuck, hung
+    at start, or keeps dying at start. Times are given, not waited for."""
+    from cgpop.workers import Supervisor
+
+    beats, told = Beats(), Told()
+    sup = Supervisor(2, lambda index: 0, grace=1.0, notify=told, watchdog=1.0, beats=beats)
+    try:
+        now = 1000.0
+        for slot in sup.slots:
+            slot.pid, slot.started = 100 + slot.index, now - 5.0
+        sup.announced = True
+        beats.at = {0: now - 0.5, 1: now - 1.5}
+        assert sup._healthy(now)
+        beats.at[1] = now - 2.5  # worker 1's loop has not run for two intervals: stuck
+        assert not sup._healthy(now)
+        beats.at[1] = 0.0  # a fresh worker still starting
+        sup.slots[1].started = now - 10.0
+        assert sup._healthy(now)
+        sup.slots[1].started = now - 31.0  # a start that hangs
+        assert not sup._healthy(now)
+        sup.slots[1].pid = 0  # died; being replaced
+        sup.slots[1].failures = 2
+        assert sup._healthy(now)
+        sup.slots[1].failures = 3  # the third quick death in a row
+        assert not sup._healthy(now)
+        # The pings follow the rule, one per interval (now the real clock's).
+        now = time.monotonic()
+        sup.slots[1].failures = 0
+        beats.at = {0: now, 1: now}
+        sup._ping_due()
+        sup._ping_due()  # within the interval: nothing more
+        assert told.said == ["WATCHDOG=1"]
+        sup._next_ping = 0.0
+        sup.slots[1].failures = 3
+        sup._ping_due()
+        assert told.said == ["WATCHDOG=1"]
+    finally:
+        os.close(sup._ready_r)
+        os.close(sup._ready_w)
+
+
+def test_a_reaped_worker_is_reported() -> None:
+    """The supervisor tells `reaped` each worker's pid as it collects it (the metrics'
+    mark_process_dead), here a real child that exits at once."""
+    from cgpop.workers import Supervisor
+
+    ended: list[int] = []
+    sup = Supervisor(1, lambda index: 0, grace=1.0, reaped=ended.append)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        sup.slots[0].pid = pid
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, not yet collected
+        assert [s.index for s in sup._reap()] == [0]
+        assert ended == [pid]
+    finally:
+        os.close(sup._ready_r)
+        os.close(sup._ready_w)

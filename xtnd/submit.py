@@ -44,7 +44,7 @@ from cgpop.blocking import Run
 from cgpop.delivery import Prepared, Result, Status
 from cgpop.dircache import DirectoryCache
 from cgpop.spool import Octets
-from cgpop.store.api import Outbound, SubmissionCounts, Verdict
+from cgpop.store.api import Outbound, SubmissionCounts, TemporaryFailure, Verdict
 from router.resolve import is_claimed
 from router.route import Route
 from xtnd import ratelimit
@@ -124,6 +124,9 @@ class Submitter:
         except SubmissionError as exc:
             log.info("XTND XMIT from %s refused: %s", account, exc.text)
             raise
+        except TemporaryFailure as exc:  # the store cannot be used now (database down)
+            log.warning("XTND XMIT from %s: store unavailable: %s", account, exc)
+            raise SubmissionError(_TRY_LATER, temporary=True) from exc
         except Exception as exc:
             # A failing store (its own errors, the file system's) or anything unexpected: the
             # client may retry; the traceback is for the operator only.

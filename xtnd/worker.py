@@ -36,7 +36,15 @@ from datetime import UTC, datetime, timedelta
 
 from cgpop.blocking import Run
 from cgpop.delivery import Result, Status
-from cgpop.store.api import BOUNCE_BATCH, Bounce, Job, OutboundQueue, State, Update
+from cgpop.store.api import (
+    BOUNCE_BATCH,
+    Bounce,
+    Job,
+    OutboundQueue,
+    State,
+    TemporaryFailure,
+    Update,
+)
 from xtnd.dsn import Failure, build_dsn, is_failure_status
 from xtnd.mx import MxError, make_resolver, resolve_mx
 from xtnd.relay import Outcome, RecipientResult, RelayResult, StartTLS, send
@@ -87,6 +95,9 @@ class RelayWorker:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._connections = asyncio.Semaphore(CONCURRENCY)
+        # (message id, recipients, when) of attempts neither recorded nor requeued (the store
+        # unavailable): still claimed by this process, requeued at the next pass.
+        self._unrecorded: list[tuple[int, tuple[str, ...], float]] = []
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="xtnd-relay")
@@ -121,6 +132,8 @@ class RelayWorker:
             due: float | None = None
             try:
                 due = await self.run_once()
+            except TemporaryFailure as exc:  # the store cannot be used now: the next pass
+                log.warning("relay worker pass failed: %s", exc)
             except Exception:
                 log.exception("relay worker pass failed")
             wait = self.settings.poll_interval
@@ -132,13 +145,20 @@ class RelayWorker:
     async def run_once(self) -> float | None:
         """One pass: send what is due, then bounce what failed. Returns when a recipient is
         next due (now when the batch was full), None when none is queued."""
+        while self._unrecorded:
+            message_id, recipients, when = self._unrecorded[0]
+            await self.write(self.store.requeue, message_id, recipients, when)
+            del self._unrecorded[0]
+            log.warning("queue message %d: recipients requeued", message_id)
         now = time.time()
         due: float | None = await self.read(self.store.next_due)
         if due is not None and due <= now:
             jobs = await self.write(self.store.claim_due, now, BATCH)
             outcomes = await asyncio.gather(*(self._job(j) for j in jobs), return_exceptions=True)
             for job, outcome in zip(jobs, outcomes, strict=True):
-                if isinstance(outcome, Exception):
+                if isinstance(outcome, TemporaryFailure):  # requeued once the store is back
+                    log.warning("queue message %d: attempt failed: %s", job.message_id, outcome)
+                elif isinstance(outcome, Exception):
                     log.error("queue message %d: attempt failed", job.message_id, exc_info=outcome)
             due = now if len(jobs) >= BATCH else await self.read(self.store.next_due)
         await self._bounce()
@@ -158,12 +178,21 @@ class RelayWorker:
         updates = [self._update(job, r, attempts.get(r.recipient, 0), now) for r in results]
         try:
             await self.write(self.store.record_attempt, job.message_id, updates)
-        except Exception:
+        except Exception as exc:
             # Database busy, disk full: whatever happened on the wire, try again later
             # (at-least-once, see the module docstring).
-            log.exception("queue message %d: could not record the attempt", job.message_id)
+            if isinstance(exc, TemporaryFailure):
+                log.warning(
+                    "queue message %d: could not record the attempt: %s", job.message_id, exc
+                )
+            else:
+                log.exception("queue message %d: could not record the attempt", job.message_id)
             when = next_attempt(1, now, self.settings.retry_schedule).timestamp()
-            await self.write(self.store.requeue, job.message_id, job.recipients, when)
+            try:
+                await self.write(self.store.requeue, job.message_id, job.recipients, when)
+            except TemporaryFailure:  # the store unavailable (database down): a later pass
+                self._unrecorded.append((job.message_id, tuple(job.recipients), when))
+                raise
             log.warning("queue message %d: recipients requeued", job.message_id)
         for r in results:
             log.info(

@@ -189,6 +189,13 @@ class Session:
                 events.append(Close())
         return events
 
+    def login_unavailable(self, error: Pop3Error) -> list[Event]:
+        """The answer to a login request (PasswordLogin, SaslCredentials, SaslLogin,
+        FailedLogin) the shell could not carry out because the store cannot be used now: the
+        exchange ends with `error`, not counted as a failed login; the client may try again."""
+        self._sasl_end()
+        return self.login_result(LoginOutcome(error=error, counts_as_failure=False))
+
     def sasl_credentials(self, creds: Credentials | None, password_ok: bool | None) -> list[Event]:
         """The answer to SaslCredentials."""
         self.busy = False

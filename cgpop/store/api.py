@@ -111,6 +111,18 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenedSession:
+    """What a POP login needs when it opens its maildrop (Store.open_session)."""
+
+    snapshot: Snapshot
+    # Live sessions of other processes on mailboxes of the snapshot's owner (other_sessions),
+    # counted after this session's own registration.
+    others: int
+    # Whether an alert waits for the logging-in account (pending_alert is not None).
+    alert_pending: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MessageInfo:
     """One message as the admin CLI shows it."""
 
@@ -476,6 +488,13 @@ class Mailstore(Protocol):
 
     # --- POP sessions (the live-session registry: open_maildrop .. close_maildrop) ---
     def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot: ...
+    def open_session(self, mailbox: Mailbox, individual: str | None, account: str) -> OpenedSession:
+        """`open_maildrop`, then `other_sessions` of the new snapshot and whether
+        `pending_alert(account)` has one, with the same guarantees as those three calls in
+        that order (the count is taken after this session is registered), in one database
+        round trip where the backend has a network between it and the process (issue 11)."""
+        ...
+
     def read_message(self, snapshot: Snapshot, index: int) -> StoredMessage:
         """The copy's stored octets. Works for every message of the snapshot until
         `close_maildrop`, even after another session expunged it."""

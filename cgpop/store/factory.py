@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from cgpop.config import Config, ConfigError
-from cgpop.store.api import HoldBoard, Snapshot, Store
+from cgpop.store.api import HoldBoard, Store
 
 
 def open_store(config: Config, *, holds: HoldBoard | None = None) -> Store:
@@ -25,9 +23,3 @@ def open_store(config: Config, *, holds: HoldBoard | None = None) -> Store:
 
         return PostgresStore.from_config(config)
     raise ConfigError(f"{config.source}: store.backend: unknown store backend {backend!r}")
-
-
-def other_sessions(config: Config, store: Store) -> Callable[[Snapshot], int] | None:
-    """What counts an account's sessions on other nodes (`max_per_account` across nodes),
-    or None for a backend only one process serves (no registry to ask, no round trip)."""
-    return store.other_sessions if config.store.backend == "postgresql" else None

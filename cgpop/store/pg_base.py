@@ -31,6 +31,19 @@ log = logging.getLogger("cgpop.store.postgres")
 # enough to ride out a burst (every worker thread busy), short enough that a client gets its
 # -ERR [SYS/TEMP] or 451 well within its own timeouts while the database is unreachable.
 POOL_WAIT = 10.0
+# While the database is known to be unreachable (connections to it fail), a call waits this
+# long instead, then fails: with the database down, waiting POOL_WAIT would hold a worker thread
+# per call, and clients queued behind the threads would wait minutes for their -ERR [SYS/TEMP]
+# or 451 (docs/cluster.md, "What happens when the database is down").
+DOWN_WAIT = 1.0
+# The pool's background reconnection backs off (1, 2, 4 s...) and gives up after this long; the
+# next call then starts a new attempt at once. Short, so the pool finds a database that came
+# back within about a second, not after a backoff grown over a long outage (psycopg_pool's
+# default gives up after 5 minutes, waiting minutes between attempts by then).
+RECONNECT_WINDOW = 2.0
+# libpq's connect_timeout (seconds) unless the DSN sets one: a connection attempt to a host
+# that does not answer (a network cut, not a refused port) ends, and the pool tries again.
+CONNECT_TIMEOUT = 5
 # Deadlocks and serialization failures are retried this often before they become
 # TemporaryFailure (concurrent group commits from several nodes can collide on a UID row).
 _TX_RETRIES = 5
@@ -62,11 +75,16 @@ class PgDatabase:
             dsn,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True},
+            kwargs=_connect_kwargs(dsn),
             timeout=POOL_WAIT,
+            reconnect_timeout=RECONNECT_WINDOW,
             open=False,
             name=f"cgpop-{self.node}",
         )
+        # Connections to the database failed since the last call that got one (the
+        # database is down): calls wait DOWN_WAIT for a connection, not POOL_WAIT.
+        self._down = False
+        self._connect_errors = 0
         self._lock = threading.Lock()
         self._instance: int | None = None
         # The registry thread: beats, and writes closed sessions (close_maildrop runs on the
@@ -94,16 +112,30 @@ class PgDatabase:
     @contextlib.contextmanager
     def _conn(self) -> Iterator[Conn]:
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(DOWN_WAIT if self._down else POOL_WAIT) as conn:
+                if self._down:
+                    self._down = False
+                    self._connect_errors = self._pool.get_stats().get("connections_errors", 0)
                 yield conn
         except psycopg.OperationalError as exc:  # PoolTimeout is one too
-            if not isinstance(exc, pgerrors.TransactionRollback | PoolTimeout):
+            if isinstance(exc, PoolTimeout):
+                # Every connection busy (a burst), or none to be had (the database is down).
+                self._down = self._connections_fail()
+            elif not isinstance(exc, pgerrors.TransactionRollback):
                 # A lost connection (database restarted, failed over): the pool's other idle
                 # connections are most likely lost too. Test and replace them now, so one
                 # call fails, not one per pooled connection.
+                self._down = True
                 with contextlib.suppress(psycopg.Error):
                     self._pool.check()
             raise Unavailable(f"database unavailable: {exc}") from exc
+
+    def _connections_fail(self) -> bool:
+        """Have the pool's attempts to connect failed since a call last got a connection?"""
+        errors = self._pool.get_stats().get("connections_errors", 0)
+        failing = errors > self._connect_errors
+        self._connect_errors = errors
+        return failing or self._down
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Conn]:
@@ -235,3 +267,11 @@ class PgDatabase:
                     f"VALUES (%s, %s, {NOW}, %s) ON CONFLICT DO NOTHING",
                     (instance, self.node, self.node_timeout),
                 )
+
+
+def _connect_kwargs(dsn: str) -> dict[str, Any]:
+    """Connection options: autocommit, and CONNECT_TIMEOUT unless the DSN sets its own."""
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(dsn):
+        kwargs["connect_timeout"] = CONNECT_TIMEOUT
+    return kwargs

@@ -9,10 +9,13 @@ session behind. `cgpop sessions kill` sets `kill_requested`; the owning node pol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import psycopg
 
 from cgpop.store.api import LiveSession
-from cgpop.store.pg_base import PgDatabase
+from cgpop.store.pg_base import Conn, PgDatabase
 
 _COLUMNS = (
     "l.id, l.node, l.peer, l.login, l.account, l.mailbox, l.state, l.since, l.sent_bytes, l.tls"
@@ -21,6 +24,21 @@ _LIVE = "i.heartbeat >= now() - i.timeout * interval '1 second'"
 
 
 class PgLive(PgDatabase):
+    @contextlib.contextmanager
+    def _one_trip(self) -> Iterator[Conn]:
+        """A transaction sent as one pipeline, BEGIN to COMMIT: one round trip (issue 11).
+        psycopg's transaction() in a pipeline syncs at its start and at its end: three."""
+        with self._conn() as conn:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    yield conn
+                    conn.execute("COMMIT")
+            except BaseException:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                raise
+
     def record_sessions(
         self,
         opened: Sequence[LiveSession],
@@ -28,7 +46,7 @@ class PgLive(PgDatabase):
         closed: Sequence[str],
     ) -> None:
         instance = self._ensure_instance()
-        with self._tx() as conn, conn.cursor() as cur:
+        with self._one_trip() as conn, conn.cursor() as cur:
             # Advisory rows, rebuilt by the living nodes: no wait for the WAL flush.
             cur.execute("SET LOCAL synchronous_commit = off")
             if opened:

@@ -23,16 +23,13 @@ from cgpop.store.api import (
     BOUNCE_BATCH,
     BOUNCE_HEAD,
     Bounce,
-    Entry,
     Job,
     Outbound,
-    QueueStats,
-    RecipientState,
-    SubmissionCounts,
     Update,
-    Verdict,
 )
+from cgpop.store.pg_access import PgAccess
 from cgpop.store.pg_base import Conn, PgDatabase
+from cgpop.store.sql_queue import SqlQueue, bounce_of
 
 # A claim whose instance is gone or silent past its own timeout is abandoned.
 _ABANDONED = (
@@ -62,26 +59,9 @@ def _enqueue(conn: Conn, outbound: Outbound, now: float) -> int:
     return message_id
 
 
-def _drop_if_done(conn: Conn, message_id: int) -> None:
-    """A message goes when none of its recipients is queued, sending or failed."""
-    conn.execute(
-        "DELETE FROM queue_messages m WHERE m.id = %s AND NOT EXISTS ("
-        "SELECT 1 FROM queue_recipients r WHERE r.message_id = m.id AND r.state <> 'sent')",
-        (message_id,),
-    )
+class PgQueue(PgDatabase, PgAccess, SqlQueue):
+    _SUBMISSION_ID = "id"
 
-
-def _counts(conn: Conn, account: str, since: float) -> SubmissionCounts:
-    row = conn.execute(
-        "SELECT count(*), coalesce(sum(recipients), 0) FROM submissions "
-        "WHERE account = %s AND at > %s",
-        (account, since),
-    ).fetchone()
-    assert row is not None
-    return SubmissionCounts(int(row[0]), int(row[1]))
-
-
-class PgQueue(PgDatabase):
     # --- api.OutboundQueue ---
     def enqueue(self, outbound: Outbound, now: float) -> int:
         with self._tx() as conn:
@@ -154,7 +134,7 @@ class PgQueue(PgDatabase):
                     for u in updates
                 ],
             )
-            _drop_if_done(conn, message_id)
+            self._drop_if_done(conn, message_id)
 
     def requeue(self, message_id: int, recipients: Sequence[str], when: float) -> None:
         with self._tx() as conn:
@@ -177,24 +157,10 @@ class PgQueue(PgDatabase):
             ") AS f JOIN queue_messages AS m ON m.id = f.message_id ORDER BY m.id",
             (BOUNCE_HEAD, now, limit),
         )
-        bounces: list[Bounce] = []
-        for message_id, sender, account, head, created, failed, errors, attempts in rows:
-            failures = []
-            for recipient, error in zip(failed, errors, strict=True):
-                status, _, text = (error or "5.0.0 failed").partition(" ")
-                failures.append((str(recipient), status, text))
-            bounces.append(
-                Bounce(
-                    int(message_id),
-                    str(sender),
-                    str(account),
-                    bytes(head),
-                    float(created),
-                    tuple(failures),
-                    int(attempts),
-                )
-            )
-        return bounces
+        return [
+            bounce_of(mid, sender, account, head, created, zip(failed, errors, strict=True), n)
+            for mid, sender, account, head, created, failed, errors, n in rows
+        ]
 
     def defer_bounce(self, message_id: int, recipients: Sequence[str], when: float) -> None:
         with self._conn() as conn:
@@ -211,85 +177,8 @@ class PgQueue(PgDatabase):
                 " AND state = 'failed'",
                 (message_id, list(recipients)),
             )
-            _drop_if_done(conn, message_id)
-
-    def next_due(self) -> float | None:
-        # Uses the partial index queue_due.
-        row = self._one("SELECT min(next_attempt) FROM queue_recipients WHERE state = 'queued'")
-        return None if row is None or row[0] is None else float(row[0])
-
-    def flush_queue(self) -> int:
-        with self._conn() as conn:
-            cur = conn.execute(
-                "UPDATE queue_recipients SET next_attempt = 0 WHERE state = 'queued'"
-            )
-            return cur.rowcount
-
-    def remove_queued(self, message_id: int) -> bool:
-        # The recipients go with the message (ON DELETE CASCADE).
-        row = self._one("DELETE FROM queue_messages WHERE id = %s RETURNING 1", (message_id,))
-        return row is not None
-
-    def list_queue(self) -> list[Entry]:
-        with self._conn() as conn:
-            recipients: dict[int, list[RecipientState]] = {}
-            for message_id, recipient, state, attempts, next_attempt, last_error in conn.execute(
-                "SELECT message_id, recipient, state, attempts, next_attempt, last_error"
-                ' FROM queue_recipients ORDER BY message_id, recipient COLLATE "C"'
-            ):
-                recipients.setdefault(int(message_id), []).append(
-                    RecipientState(
-                        str(recipient), str(state), int(attempts), float(next_attempt), last_error
-                    )
-                )
-            messages = conn.execute(
-                "SELECT id, sender, account, length(message), created FROM queue_messages"
-                " ORDER BY id"
-            ).fetchall()
-        return [
-            Entry(
-                int(id_),
-                str(sender),
-                str(account),
-                int(size),
-                float(created),
-                tuple(recipients.get(int(id_), ())),
-            )
-            for id_, sender, account, size, created in messages
-        ]
-
-    def queue_stats(self) -> QueueStats:
-        row = self._one("SELECT count(*), min(created) FROM queue_messages")
-        assert row is not None
-        return QueueStats(int(row[0]), None if row[1] is None else float(row[1]))
+            self._drop_if_done(conn, message_id)
 
     # --- api.Submissions ---
-    def submission_counts(self, account: str, since: float) -> SubmissionCounts:
-        with self._conn() as conn:
-            return _counts(conn, account, since)
-
-    def take_submission_slot(
-        self, account: str, recipients: int, now: float, since: float, verdict: Verdict
-    ) -> int | str:
-        with self._tx() as conn:
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_SUBMISSION_LOCK, account)
-            )
-            refused = verdict(_counts(conn, account, since))
-            if refused is not None:
-                return refused
-            # Rows older than the window never count again; dropping them keeps the table small.
-            conn.execute(
-                "DELETE FROM submissions WHERE account = %s AND at <= %s", (account, since)
-            )
-            row = conn.execute(
-                "INSERT INTO submissions (account, at, recipients) VALUES (%s, %s, %s) "
-                "RETURNING id",
-                (account, now, recipients),
-            ).fetchone()
-            assert row is not None
-            return int(row[0])
-
-    def release_submission_slot(self, slot: int) -> None:
-        with self._conn() as conn:
-            conn.execute("DELETE FROM submissions WHERE id = %s", (slot,))
+    def _lock_submissions(self, conn: Conn, account: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_SUBMISSION_LOCK, account))

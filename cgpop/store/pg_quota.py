@@ -13,29 +13,17 @@ domain without a limit is never locked, so unlimited domains deliver in parallel
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from cgpop.store.api import NotFound, OverQuota, Quota
+from cgpop.store.api import NotFound, OverQuota
+from cgpop.store.pg_access import PgAccess
 from cgpop.store.pg_base import NOW, Conn, PgDatabase
 from cgpop.store.quota_rules import Root, admit, warning
-
-_COUNTED = (
-    "SELECT a.id, coalesce(sum(m.size), 0), count(m.uid) FROM accounts a "
-    "LEFT JOIN mailboxes b ON b.account_id = a.id "
-    "LEFT JOIN messages m ON m.mailbox_id = b.id AND m.expunged_xid IS NULL "
-)
+from cgpop.store.sql_quota import SqlQuotas, quota_limit
 
 
-def _opt(v: Any) -> int | None:
-    return None if v is None else int(v)
+class PgQuotas(PgDatabase, PgAccess, SqlQuotas):
+    _EXPUNGED = "m.expunged_xid"
 
-
-def _quota(row: Sequence[Any]) -> Quota:
-    """(storage used, storage limit, messages used, messages limit) as a Quota."""
-    return Quota(int(row[0]), _opt(row[1]), int(row[2]), _opt(row[3]))
-
-
-class PgQuotas(PgDatabase):
     # --- hooks for the delivery, import and expunge transactions ---
     def _quota_lock(
         self, conn: Conn, mailbox_ids: Sequence[int]
@@ -79,7 +67,7 @@ class PgQuotas(PgDatabase):
                 continue
             s, m = used.get(int(did), (0, 0))
             domains[int(did)] = Root(
-                names[int(did)], s, m, _opt(storage_limit), _opt(messages_limit)
+                names[int(did)], s, m, quota_limit(storage_limit), quota_limit(messages_limit)
             )
         aids = sorted({o[0] for o in owners.values()})
         conn.execute(
@@ -90,7 +78,12 @@ class PgQuotas(PgDatabase):
         addresses = {o[0]: o[1] for o in owners.values()}
         accounts = {
             int(r[0]): Root(
-                addresses[int(r[0])], int(r[1]), int(r[2]), _opt(r[3]), _opt(r[4]), int(r[0])
+                addresses[int(r[0])],
+                int(r[1]),
+                int(r[2]),
+                quota_limit(r[3]),
+                quota_limit(r[4]),
+                int(r[0]),
             )
             for r in conn.execute(
                 "SELECT account_id, storage_used, messages_used, storage_limit, messages_limit "
@@ -154,120 +147,17 @@ class PgQuotas(PgDatabase):
             (storage, count, mailbox_id),
         )
 
-    # --- api.Quotas ---
-    def _ids(self, conn: Conn, domain: str, account: str | None) -> tuple[int, int]:
-        """(domain id, account id or 0 for a domain quota); NotFound names what is missing."""
-        did = self._domain_id(conn, domain)
-        if account is None:
-            return did, 0
-        row = conn.execute(
-            "SELECT id FROM accounts WHERE domain_id = %s AND name = %s", (did, account.lower())
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"no such account: {account}@{domain}")
-        return did, int(row[0])
-
-    def set_quota(
-        self, domain: str, account: str | None, storage: int | None, messages: int | None
-    ) -> None:
-        with self._tx() as conn:
-            did, aid = self._ids(conn, domain, account)
-            if account is None:
-                conn.execute(
-                    "INSERT INTO domain_quotas(domain_id, storage_limit, messages_limit) "
-                    "VALUES (%s, %s, %s) ON CONFLICT (domain_id) DO UPDATE SET "
-                    "storage_limit = excluded.storage_limit, "
-                    "messages_limit = excluded.messages_limit",
-                    (did, storage, messages),
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO account_quotas(account_id, storage_limit, messages_limit) "
-                    "VALUES (%s, %s, %s) ON CONFLICT (account_id) DO UPDATE SET "
-                    "storage_limit = excluded.storage_limit, "
-                    "messages_limit = excluded.messages_limit",
-                    (aid, storage, messages),
-                )
-
-    def get_quota(self, domain: str, account: str | None) -> Quota:
-        with self._conn() as conn:
-            did, aid = self._ids(conn, domain, account)
-            if account is not None:
-                row = conn.execute(
-                    "SELECT storage_used, storage_limit, messages_used, messages_limit "
-                    "FROM account_quotas WHERE account_id = %s",
-                    (aid,),
-                ).fetchone()
-                return _quota(row) if row is not None else Quota(0, None, 0, None)
-            row = conn.execute(
-                "SELECT coalesce(sum(q.storage_used), 0), "
-                "(SELECT storage_limit FROM domain_quotas WHERE domain_id = %s), "
-                "coalesce(sum(q.messages_used), 0), "
-                "(SELECT messages_limit FROM domain_quotas WHERE domain_id = %s) "
-                "FROM account_quotas q JOIN accounts a ON a.id = q.account_id "
-                "WHERE a.domain_id = %s",
-                (did, did, did),
-            ).fetchone()
-            assert row is not None
-            return _quota(row)
-
-    def list_quotas(self, domain: str | None = None) -> list[tuple[str, Quota]]:
-        sql = (
-            "SELECT a.name || '@' || d.name, q.storage_used, q.storage_limit, q.messages_used, "
-            "q.messages_limit FROM account_quotas q JOIN accounts a ON a.id = q.account_id "
-            "JOIN domains d ON d.id = a.domain_id "
-            "WHERE (q.storage_limit IS NOT NULL OR q.messages_limit IS NOT NULL)"
+    # --- api.Quotas' hook (cgpop/store/sql_quota.py) ---
+    def _quota_rows(self, conn: Conn, account_ids: Sequence[int]) -> None:
+        ids = list(account_ids)
+        conn.execute(
+            "INSERT INTO account_quotas(account_id) SELECT unnest(%s::bigint[]) ORDER BY 1 "
+            "ON CONFLICT DO NOTHING",
+            (ids,),
         )
-        args: tuple[str, ...] = ()
-        if domain is not None:
-            sql += " AND d.name = %s"
-            args = (domain.lower(),)
-        rows = self._all(sql + ' ORDER BY d.name COLLATE "C", a.name COLLATE "C"', args)
-        return [(str(r[0]), _quota(r[1:])) for r in rows]
-
-    def recalc_quota(
-        self, domain: str | None = None, account: str | None = None
-    ) -> list[tuple[str, Quota, Quota]]:
-        with self._tx() as conn:
-            where = ""
-            args: tuple[int, ...] = ()
-            if domain is not None:
-                did, aid = self._ids(conn, domain, account)
-                where = "WHERE a.id = %s" if account is not None else "WHERE a.domain_id = %s"
-                args = (aid,) if account is not None else (did,)
-            ids = [int(r[0]) for r in conn.execute(f"SELECT a.id FROM accounts a {where}", args)]
-            conn.execute(
-                "INSERT INTO account_quotas(account_id) SELECT unnest(%s::bigint[]) ORDER BY 1 "
-                "ON CONFLICT DO NOTHING",
-                (ids,),
-            )
-            # The lock order of deliveries; then the count cannot change under us.
-            conn.execute(
-                "SELECT 1 FROM account_quotas WHERE account_id = ANY(%s) "
-                "ORDER BY account_id FOR UPDATE",
-                (ids,),
-            )
-            counted = conn.execute(_COUNTED + where + " GROUP BY a.id", args).fetchall()
-            out: list[tuple[str, Quota, Quota]] = []
-            for aid, storage, messages in counted:
-                row = conn.execute(
-                    "SELECT a.name || '@' || d.name, q.storage_used, q.storage_limit, "
-                    "q.messages_used, q.messages_limit FROM account_quotas q "
-                    "JOIN accounts a ON a.id = q.account_id JOIN domains d ON d.id = a.domain_id "
-                    "WHERE q.account_id = %s",
-                    (aid,),
-                ).fetchone()
-                assert row is not None
-                before = _quota(row[1:])
-                if (before.storage_used, before.messages_used) == (int(storage), int(messages)):
-                    continue
-                conn.execute(
-                    "UPDATE account_quotas SET storage_used = %s, messages_used = %s "
-                    "WHERE account_id = %s",
-                    (storage, messages, aid),
-                )
-                after = Quota(
-                    int(storage), before.storage_limit, int(messages), before.messages_limit
-                )
-                out.append((str(row[0]), before, after))
-            return sorted(out, key=lambda item: item[0])
+        # The lock order of deliveries; then the count cannot change under us.
+        conn.execute(
+            "SELECT 1 FROM account_quotas WHERE account_id = ANY(%s) "
+            "ORDER BY account_id FOR UPDATE",
+            (ids,),
+        )

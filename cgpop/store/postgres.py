@@ -20,43 +20,41 @@ Database time is used for every time stored, so nodes with skewed clocks agree. 
 
 from __future__ import annotations
 
-import contextlib
 from array import array
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
 
-from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
-from accounts.credentials import Credentials
 from cgpop.config import Config
 from cgpop.spool import Octets, SpooledMessage, StreamStuffer, to_bytes
 from cgpop.store.api import (
     ALERT_SCOPES,
     SEEN,
-    SERVICES,
-    Account,
     Alert,
     BodyReader,
     Copy,
     Mailbox,
     MessageInfo,
     NotFound,
+    OpenedSession,
     Snapshot,
     Stored,
     StoredMessage,
     StoreError,
     flag_names,
 )
-from cgpop.store.naming import rename_plan
+from cgpop.store.importing import RealTo, import_batches
 from cgpop.store.pg_base import NOW, POOL_WAIT, XID, XMIN, Conn
 from cgpop.store.pg_copy import PgCopy
 from cgpop.store.pg_live import PgLive
 from cgpop.store.pg_queue import PgQueue
 from cgpop.store.pg_quota import PgQuotas
 from cgpop.store.quota_rules import Root, merge
+from cgpop.store.sql_alerts import PENDING_ALERT, SqlAlerts, alert_of, pending_args
+from cgpop.store.sql_directory import SqlDirectory
 from cgpop.wire import dot_stuff, normalize_crlf
 
 # Bodies up to this size stay in the body row (one row read per RETR, and PostgreSQL's TOAST
@@ -70,7 +68,7 @@ PUBLIC_ACCOUNT = "public"
 _COLLECT_LOCK = 0x6367706F70434F4C
 
 
-class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
+class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas, SqlDirectory, SqlAlerts):
     def __init__(
         self,
         dsn: str,
@@ -105,257 +103,7 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
             duplicate_window=d.duplicate_window if d.duplicate_suppression else None,
         )
 
-    # --- domains ---
-    def add_domain(self, name: str) -> None:
-        with self._tx() as conn:
-            if conn.execute(
-                "SELECT 1 FROM domain_aliases WHERE alias = %s", (name.lower(),)
-            ).fetchone():
-                raise StoreError(f"{name} is already a domain alias")
-            if (
-                conn.execute(
-                    "INSERT INTO domains(name) VALUES (%s) ON CONFLICT DO NOTHING RETURNING id",
-                    (name.lower(),),
-                ).fetchone()
-                is None
-            ):
-                raise StoreError(f"domain already exists: {name}")
-
-    def remove_domain(self, name: str) -> None:
-        with self._tx() as conn:
-            did = self._domain_id(conn, name)
-            row = conn.execute(
-                "SELECT count(*) FROM accounts WHERE domain_id = %s", (did,)
-            ).fetchone()
-            count = 0 if row is None else int(row[0])
-            if count:
-                raise StoreError(f"domain {name} still has {count} account(s); remove them first")
-            conn.execute("DELETE FROM domains WHERE id = %s", (did,))
-
-    def list_domains(self) -> list[str]:
-        return [str(r[0]) for r in self._all('SELECT name FROM domains ORDER BY name COLLATE "C"')]
-
-    def domain_exists(self, name: str) -> bool:
-        return self._one("SELECT 1 FROM domains WHERE name = %s", (name.lower(),)) is not None
-
-    def directory_version(self) -> int:
-        """Moves with every change to domains, aliases, accounts, mailboxes, routes, ACLs and
-        groups, from any node or process (statement triggers, pg_schema)."""
-        row = self._one("SELECT v FROM directory_version")
-        assert row is not None
-        return int(row[0])
-
-    # --- the router's view (router.resolve.Directory) ---
-    def canonical_domain(self, name: str) -> str | None:
-        name = name.lower()
-        row = self._one(
-            "SELECT name FROM domains WHERE name = %s UNION ALL "
-            "SELECT d.name FROM domain_aliases a JOIN domains d ON d.id = a.domain_id "
-            "WHERE a.alias = %s",
-            (name, name),
-        )
-        return None if row is None else str(row[0])
-
-    def account_exists(self, domain: str, account: str) -> bool:
-        row = self._one(
-            "SELECT 1 FROM accounts a JOIN domains d ON d.id = a.domain_id "
-            "WHERE d.name = %s AND a.name = %s",
-            (domain.lower(), account.lower()),
-        )
-        return row is not None
-
-    def route_target(self, pattern: str) -> str | None:
-        row = self._one("SELECT target FROM routes WHERE pattern = %s", (pattern,))
-        return None if row is None else str(row[0])
-
-    def add_route(self, pattern: str, target: str) -> None:
-        row = self._one(
-            "INSERT INTO routes(pattern, target) VALUES (%s, %s) "
-            "ON CONFLICT DO NOTHING RETURNING 1",
-            (pattern, target),
-        )
-        if row is None:
-            raise StoreError(f"a route for {pattern} already exists")
-
-    def remove_route(self, pattern: str) -> None:
-        if self._one("DELETE FROM routes WHERE pattern = %s RETURNING 1", (pattern,)) is None:
-            raise NotFound(f"no route for {pattern}")
-
-    def list_routes(self) -> list[tuple[str, str]]:
-        rows = self._all("SELECT pattern, target FROM routes ORDER BY pattern")
-        return [(str(p), str(t)) for p, t in rows]
-
-    def add_domain_alias(self, alias: str, domain: str) -> None:
-        with self._tx() as conn:
-            did = self._domain_id(conn, domain)
-            alias = alias.lower()
-            if conn.execute("SELECT 1 FROM domains WHERE name = %s", (alias,)).fetchone():
-                raise StoreError(f"{alias} is a domain, not a free alias name")
-            row = conn.execute(
-                "INSERT INTO domain_aliases(alias, domain_id) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING RETURNING 1",
-                (alias, did),
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"alias already exists: {alias}")
-
-    def remove_domain_alias(self, alias: str, domain: str) -> None:
-        with self._tx() as conn:
-            did = self._domain_id(conn, domain)
-            row = conn.execute(
-                "DELETE FROM domain_aliases WHERE alias = %s AND domain_id = %s RETURNING 1",
-                (alias.lower(), did),
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no alias {alias} for {domain}")
-
-    def list_domain_aliases(self) -> list[tuple[str, str]]:
-        rows = self._all(
-            "SELECT a.alias, d.name FROM domain_aliases a JOIN domains d ON d.id = a.domain_id "
-            "ORDER BY a.alias"
-        )
-        return [(str(a), str(d)) for a, d in rows]
-
-    # --- accounts ---
-    def _account_id(self, conn: Conn, domain: str, name: str) -> int:
-        row = conn.execute(
-            "SELECT a.id FROM accounts a JOIN domains d ON d.id = a.domain_id "
-            "WHERE d.name = %s AND a.name = %s",
-            (domain.lower(), name.lower()),
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"no such account: {name}@{domain}")
-        return int(row[0])
-
-    def add_account(self, domain: str, name: str, creds: Credentials) -> None:
-        self.add_accounts([(domain, name, creds)])
-
-    def add_accounts(self, entries: Sequence[tuple[str, str, Credentials]]) -> None:
-        """Create accounts, each with its INBOX, in one transaction: (domain, name, creds)."""
-        with self._tx() as conn:
-            for domain, name, creds in entries:
-                did = self._domain_id(conn, domain)
-                row = conn.execute(
-                    "INSERT INTO accounts(domain_id, name, salt, iterations, stored_key, "
-                    "server_key, shared_secret) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT DO NOTHING RETURNING id",
-                    (
-                        did,
-                        name.lower(),
-                        creds.salt,
-                        creds.iterations,
-                        creds.stored_key,
-                        creds.server_key,
-                        creds.shared_secret,
-                    ),
-                ).fetchone()
-                if row is None:
-                    raise StoreError(f"account already exists: {name}@{domain}")
-                box_id = self._insert_mailbox(conn, int(row[0]), "INBOX")
-                self._default_acl(conn, name, box_id)
-
-    def set_credentials(self, domain: str, name: str, creds: Credentials) -> None:
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, name)
-            conn.execute(
-                "UPDATE accounts SET salt = %s, iterations = %s, stored_key = %s, "
-                "server_key = %s, shared_secret = %s WHERE id = %s",
-                (
-                    creds.salt,
-                    creds.iterations,
-                    creds.stored_key,
-                    creds.server_key,
-                    creds.shared_secret,
-                    aid,
-                ),
-            )
-
-    def remove_account(self, domain: str, name: str) -> None:
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, name)
-            rows = conn.execute("SELECT id FROM mailboxes WHERE account_id = %s", (aid,))
-            for (mid,) in rows.fetchall():
-                self._drop_mailbox(conn, int(mid))
-            conn.execute("DELETE FROM accounts WHERE id = %s", (aid,))
-            # A later account of the same name must not inherit this one's rights.
-            address = f"{name.lower()}@{domain.lower()}"
-            conn.execute("DELETE FROM acl WHERE identifier = %s", (address,))
-            conn.execute("DELETE FROM group_members WHERE member = %s", (address,))
-
-    def list_accounts(self, domain: str | None = None) -> list[str]:
-        sql = "SELECT a.name || '@' || d.name FROM accounts a JOIN domains d ON d.id = a.domain_id"
-        with self._conn() as conn:
-            if domain is None:
-                rows = conn.execute(
-                    sql + ' ORDER BY d.name COLLATE "C", a.name COLLATE "C"'
-                ).fetchall()
-            else:
-                self._domain_id(conn, domain)
-                rows = conn.execute(
-                    sql + ' WHERE d.name = %s ORDER BY a.name COLLATE "C"', (domain.lower(),)
-                ).fetchall()
-        return [str(r[0]) for r in rows]
-
-    def get_account(self, domain: str, name: str) -> Account | None:
-        row = self._one(
-            "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret, "
-            "a.pop_enabled, a.xtnd_enabled FROM accounts a JOIN domains d ON d.id = a.domain_id "
-            "WHERE d.name = %s AND a.name = %s",
-            (domain.lower(), name.lower()),
-        )
-        if row is None:
-            return None
-        creds = Credentials(bytes(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]), row[5])
-        disabled = frozenset(s for s, on in zip(SERVICES, row[6:8], strict=True) if not on)
-        return Account(int(row[0]), domain.lower(), name.lower(), creds, disabled)
-
-    # --- account services (issue 13) ---
-    def set_services_enabled(
-        self, domain: str, name: str, services: Sequence[str], enabled: bool
-    ) -> None:
-        unknown = set(services) - set(SERVICES)
-        if unknown:
-            raise StoreError(f"unknown service(s): {', '.join(sorted(unknown))}")
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, name)
-            for service in services:
-                # The column name comes from SERVICES, never from the caller's text.
-                column = {"pop": "pop_enabled", "xtnd": "xtnd_enabled"}[service]
-                conn.execute(
-                    f"UPDATE accounts SET {column} = %s WHERE id = %s".encode(), (enabled, aid)
-                )
-
-    def disabled_services(self, domain: str | None = None) -> dict[str, frozenset[str]]:
-        sql = (
-            "SELECT a.name || '@' || d.name, a.pop_enabled, a.xtnd_enabled "
-            "FROM accounts a JOIN domains d ON d.id = a.domain_id"
-        )
-        order = ' ORDER BY d.name COLLATE "C", a.name COLLATE "C"'
-        with self._conn() as conn:
-            if domain is None:
-                rows = conn.execute(sql + order).fetchall()
-            else:
-                self._domain_id(conn, domain)
-                cur = conn.execute(sql + " WHERE d.name = %s" + order, (domain.lower(),))
-                rows = cur.fetchall()
-        return {
-            str(address): frozenset(s for s, on in zip(SERVICES, flags, strict=True) if not on)
-            for address, *flags in rows
-        }
-
-    # --- mailboxes ---
-    def _insert_mailbox(self, conn: Conn, account_id: int, name: str) -> int:
-        # uidvalidity grows strictly across all nodes (one locked counter row), so a
-        # re-created mailbox never repeats a UIDL.
-        row = conn.execute(
-            "INSERT INTO mailboxes(account_id, name, uidvalidity) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING RETURNING id",
-            (account_id, name, self._next_uidvalidity(conn)),
-        ).fetchone()
-        if row is None:
-            raise StoreError(f"mailbox already exists: {name}")
-        return int(row[0])
-
+    # --- the directory's hooks (cgpop/store/sql_directory.py) ---
     def _next_uidvalidity(self, conn: Conn) -> int:
         row = conn.execute(
             f"UPDATE uidvalidity SET v = greatest(v + 1, {NOW}::bigint) RETURNING v"
@@ -373,58 +121,6 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
         ).fetchall()
         self._quota_move(conn, mailbox_id, -sum(int(r[0]) for r in gone), -len(gone))
         conn.execute("DELETE FROM mailboxes WHERE id = %s", (mailbox_id,))
-
-    def add_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox:
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, account)
-            box_id = self._insert_mailbox(conn, aid, mailbox)
-            if not self._inherit_acl(conn, aid, mailbox, box_id):
-                self._default_acl(conn, account, box_id)
-        found = self.get_mailbox(domain, account, mailbox)
-        assert found is not None
-        return found
-
-    def remove_mailbox(self, domain: str, account: str, mailbox: str) -> None:
-        if mailbox == "INBOX":
-            raise StoreError("INBOX cannot be removed; remove the account instead")
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, account)
-            row = conn.execute(
-                "SELECT id FROM mailboxes WHERE account_id = %s AND name = %s", (aid, mailbox)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no such mailbox: {mailbox}")
-            self._drop_mailbox(conn, int(row[0]))
-
-    def rename_mailbox(self, domain: str, account: str, old: str, new: str) -> None:
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, account)
-            rows = conn.execute(
-                "SELECT id, name FROM mailboxes WHERE account_id = %s", (aid,)
-            ).fetchall()
-            plan = rename_plan(((int(i), str(n)) for i, n in rows), old, new)
-            for box_id, name in plan:
-                conn.execute("UPDATE mailboxes SET name = %s WHERE id = %s", (name, box_id))
-
-    def list_mailboxes(self, domain: str, account: str) -> list[str]:
-        with self._conn() as conn:
-            aid = self._account_id(conn, domain, account)
-            rows = conn.execute(
-                "SELECT name FROM mailboxes WHERE account_id = %s ORDER BY name", (aid,)
-            ).fetchall()
-        return [str(r[0]) for r in rows]
-
-    def get_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox | None:
-        row = self._one(
-            "SELECT m.id, m.account_id, m.uidvalidity FROM mailboxes m "
-            "JOIN accounts a ON a.id = m.account_id JOIN domains d ON d.id = a.domain_id "
-            "WHERE d.name = %s AND a.name = %s AND m.name = %s",
-            (domain.lower(), account.lower(), mailbox),
-        )
-        if row is None:
-            return None
-        owner = f"{account.lower()}@{domain.lower()}"
-        return Mailbox(int(row[0]), int(row[1]), owner, mailbox, int(row[2]))
 
     def list_messages(self, mailbox: Mailbox) -> list[MessageInfo]:
         # The names after the first come along as an array (message_individuals).
@@ -448,125 +144,6 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
             )
             for uid, size, flags, x_real_to, when, individual, more in rows
         ]
-
-    def message_flags(self, mailbox_id: int, uid: int) -> int | None:
-        row = self._one(
-            "SELECT flags FROM messages WHERE mailbox_id = %s AND uid = %s", (mailbox_id, uid)
-        )
-        return None if row is None else int(row[0])
-
-    # --- ACL and groups (accounts/acl.py has the rights arithmetic) ---
-    def _default_acl(self, conn: Conn, account: str, mailbox_id: int) -> None:
-        # Issue 3: every new mailbox of an account named `public` (in any domain) is readable
-        # by everybody until its owner or an admin says otherwise.
-        if account.lower() == PUBLIC_ACCOUNT:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) "
-                    "VALUES (%s, %s, %s, %s)",
-                    [
-                        (mailbox_id, e.identifier, e.negative, str(e.rights))
-                        for e in DEFAULT_PUBLIC_ACL
-                    ],
-                )
-
-    def _inherit_acl(self, conn: Conn, account_id: int, mailbox: str, mailbox_id: int) -> bool:
-        """Issue 13, Cyrus's rule: a new mailbox starts with a copy of its nearest existing
-        ancestor's ACL in the `/` hierarchy; False when it has none (the caller applies the
-        defaults). A top-level mailbox has no parent (INBOX is its sibling)."""
-        parts = mailbox.split("/")
-        for cut in range(len(parts) - 1, 0, -1):
-            row = conn.execute(
-                "SELECT id FROM mailboxes WHERE account_id = %s AND name = %s",
-                (account_id, "/".join(parts[:cut])),
-            ).fetchone()
-            if row is not None:
-                conn.execute(
-                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) "
-                    "SELECT %s, identifier, negative, rights FROM acl WHERE mailbox_id = %s",
-                    (mailbox_id, int(row[0])),
-                )
-                return True
-        return False
-
-    def acl_entries(self, mailbox: Mailbox) -> list[AclEntry]:
-        """The mailbox's ACL, positive entries first, each group sorted by identifier."""
-        rows = self._all(
-            "SELECT identifier, negative, rights FROM acl WHERE mailbox_id = %s "
-            'ORDER BY negative, identifier COLLATE "C"',
-            (mailbox.id,),
-        )
-        return [AclEntry(str(i), Rights.parse(str(r)), bool(n)) for i, n, r in rows]
-
-    def get_acl_entry(
-        self, mailbox: Mailbox, identifier: str, negative: bool = False
-    ) -> AclEntry | None:
-        row = self._one(
-            "SELECT rights FROM acl WHERE mailbox_id = %s AND identifier = %s AND negative = %s",
-            (mailbox.id, identifier, negative),
-        )
-        return None if row is None else AclEntry(identifier, Rights.parse(str(row[0])), negative)
-
-    def set_acl_entry(self, mailbox: Mailbox, entry: AclEntry) -> None:
-        """Add or replace the entry for (identifier, negative). Empty rights remove it, as
-        Cyrus's SETACL with an empty rights string does (RFC 4314 section 3.1)."""
-        if not entry.rights:
-            with contextlib.suppress(NotFound):
-                self.delete_acl_entry(mailbox, entry.identifier, entry.negative)
-            return
-        try:
-            with self._conn() as conn:
-                conn.execute(
-                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (mailbox_id, negative, identifier) "
-                    "DO UPDATE SET rights = excluded.rights",
-                    (mailbox.id, entry.identifier, entry.negative, str(entry.rights)),
-                )
-        except pgerrors.ForeignKeyViolation:  # the mailbox was removed
-            raise NotFound(f"no such mailbox: {mailbox.name}") from None
-
-    def delete_acl_entry(self, mailbox: Mailbox, identifier: str, negative: bool = False) -> None:
-        row = self._one(
-            "DELETE FROM acl WHERE mailbox_id = %s AND identifier = %s AND negative = %s "
-            "RETURNING 1",
-            (mailbox.id, identifier, negative),
-        )
-        if row is None:
-            sign = "-" if negative else ""
-            raise NotFound(f"no ACL entry for {sign}{identifier} on {mailbox.name}")
-
-    def add_group_member(self, group: str, member: str) -> None:
-        row = self._one(
-            "INSERT INTO group_members(group_name, member) VALUES (%s, %s) "
-            "ON CONFLICT DO NOTHING RETURNING 1",
-            (group.lower(), member.lower()),
-        )
-        if row is None:
-            raise StoreError(f"{member} is already in group {group}")
-
-    def remove_group_member(self, group: str, member: str) -> None:
-        row = self._one(
-            "DELETE FROM group_members WHERE group_name = %s AND member = %s RETURNING 1",
-            (group.lower(), member.lower()),
-        )
-        if row is None:
-            raise NotFound(f"{member} is not in group {group}")
-
-    def list_group_members(self, group: str | None = None) -> list[tuple[str, str]]:
-        """(group, member) pairs, sorted; one group's only when `group` is given."""
-        sql = "SELECT group_name, member FROM group_members"
-        order = ' ORDER BY group_name COLLATE "C", member COLLATE "C"'
-        if group is None:
-            rows = self._all(sql + order)
-        else:
-            rows = self._all(sql + " WHERE group_name = %s" + order, (group.lower(),))
-        return [(str(g), str(m)) for g, m in rows]
-
-    def groups_of(self, address: str) -> frozenset[str]:
-        rows = self._all(
-            "SELECT group_name FROM group_members WHERE member = %s", (address.lower(),)
-        )
-        return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
     def deliver(
@@ -776,38 +353,20 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
         mailbox: Mailbox,
         messages: Iterable[tuple[bytes, int]],
         batch: int = 500,
-        real_to: Callable[[bytes], tuple[str | None, tuple[str, ...]]] | None = None,
+        real_to: RealTo | None = None,
     ) -> int:
         """Bulk import (migration from Maildir/mbox): (octets, flag bits) per message, stored
         as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages, in
         order. `real_to(octets)` gives what to record from the message's own X-Real-To field:
         the addresses (joined by REAL_TO_SEPARATOR) and the individual names (issue 13)."""
         count = 0
-        pending: list[tuple[_Body, Sequence[Copy], int]] = []
-
-        def flush() -> None:
+        for pending in import_batches(mailbox.id, messages, batch, real_to, _prepare):
             with self._tx() as conn:
                 self._quota_lock_box(conn, mailbox.id)
-                self._store_bodies(conn, pending)
+                self._store_bodies(conn, [(body, [copy], flags) for body, flags, copy in pending])
                 # Counted, never refused: a migration must not stop half way.
                 self._quota_move(conn, mailbox.id, sum(b.size for b, _, _ in pending), len(pending))
-            pending.clear()
-
-        for raw, flags in messages:
-            x_real_to, names = real_to(raw) if real_to is not None else (None, ())
-            copy = Copy(
-                mailbox.id,
-                b"",
-                x_real_to,
-                names[0] if names else None,
-                more_individuals=tuple(names[1:]),
-            )
-            pending.append((_prepare(raw), [copy], flags))
-            count += 1
-            if len(pending) >= batch:
-                flush()
-        if pending:
-            flush()
+            count += len(pending)
         return count
 
     def prune_duplicates(self) -> None:
@@ -831,24 +390,6 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
         assert row is not None
         return int(row[0])
 
-    def list_alerts(self) -> list[Alert]:
-        """Every alert with the number of accounts it was shown to, in one query."""
-        rows = self._all(
-            "SELECT a.id, a.scope, a.target, a.text, a.created, count(d.alert_id) "
-            "FROM alerts a LEFT JOIN alerts_delivered d ON d.alert_id = a.id "
-            "GROUP BY a.id ORDER BY a.id"
-        )
-        return [_alert(r) for r in rows]
-
-    def remove_alert(self, alert_id: int) -> bool:
-        """Delete an alert and its delivery records (cascade); False when there was none."""
-        return self._one("DELETE FROM alerts WHERE id = %s RETURNING 1", (alert_id,)) is not None
-
-    def pending_alert(self, account: str) -> Alert | None:
-        """The oldest alert not yet shown to `account` ("name@domain"), not marked."""
-        row = self._one(_PENDING_ALERT, _alert_args(account))
-        return None if row is None else _alert(row)
-
     def take_alert(self, account: str) -> Alert | None:
         """`pending_alert`, marked shown in the same statement. Two logins of one account on
         two nodes at once: the delivery row's key makes one of them lose the race; the loser
@@ -856,23 +397,31 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
         skipped. Each round either wins or sees one more alert delivered, so it ends."""
         while True:
             try:
-                row = self._one(
-                    f"WITH pick AS ({_PENDING_ALERT}), taken AS ("
+                row = self._write_row(
+                    f"WITH pick AS ({PENDING_ALERT}), taken AS ("
                     "INSERT INTO alerts_delivered(alert_id, account, delivered_at) "
-                    f"SELECT id, %s, {NOW} FROM pick ON CONFLICT DO NOTHING RETURNING alert_id) "
+                    f"SELECT id, ?, {NOW} FROM pick ON CONFLICT DO NOTHING RETURNING alert_id) "
                     "SELECT p.id, p.scope, p.target, p.text, p.created, "
                     "EXISTS (SELECT 1 FROM taken) FROM pick p",
-                    (*_alert_args(account), account.lower()),
+                    (*pending_args(account), account.lower()),
                 )
             except pgerrors.ForeignKeyViolation:  # the alert was removed meanwhile
                 continue
             if row is None:
                 return None
             if row[5]:
-                return _alert(row[:5])
+                return alert_of(row[:5])
 
     # --- POP sessions ---
     def open_maildrop(self, mailbox: Mailbox, individual: str | None) -> Snapshot:
+        return self._open(mailbox, individual, None).snapshot
+
+    def open_session(self, mailbox: Mailbox, individual: str | None, account: str) -> OpenedSession:
+        """open_maildrop, other_sessions and pending_alert in the same round trip: the count
+        and the alert are read after the registration committed, as if called after it."""
+        return self._open(mailbox, individual, account)
+
+    def _open(self, mailbox: Mailbox, individual: str | None, account: str | None) -> OpenedSession:
         instance = self._ensure_instance()
         select: tuple[str, tuple[Any, ...]]
         if individual is None:
@@ -896,13 +445,19 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
                 "WHERE x.mailbox_id = %s AND x.individual = %s AND m.expunged_xid IS NULL) s",
                 (mailbox.id, individual.lower(), mailbox.id, individual.lower()),
             )
+        after: list[tuple[str, tuple[Any, ...]]] = []
+        if account is not None:
+            after = [
+                (_OTHER_SESSIONS, (mailbox.account_id, instance)),
+                (self._DIALECT.sql(f"SELECT EXISTS ({PENDING_ALERT})"), pending_args(account)),
+            ]
         try:
-            reg_row, rows = self._register_and_read(instance, mailbox.id, select)
+            reg_row, rows, extra = self._register_and_read(instance, mailbox.id, select, after)
         except pgerrors.ForeignKeyViolation:
             # This process was declared dead (silent past node_timeout) and its registry row
             # removed: register again, then open.
             self.heartbeat()
-            reg_row, rows = self._register_and_read(instance, mailbox.id, select)
+            reg_row, rows, extra = self._register_and_read(instance, mailbox.id, select, after)
         assert reg_row is not None
         # One row of two arrays, in binary: far less per-message work than a row each.
         uids = array("q", rows[0][0])
@@ -910,11 +465,19 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
         snap = Snapshot(mailbox, uids, sizes, float(reg_row[1]), sum(sizes))
         with self._lock:
             self._sessions[id(snap)] = (snap, int(reg_row[0]))
-        return snap
+        others = int(extra[0][0]) if extra and extra[0] else 0
+        pending = bool(extra[1][0]) if len(extra) > 1 and extra[1] else False
+        return OpenedSession(snap, others, pending)
 
     def _register_and_read(
-        self, instance: int, mailbox_id: int, select: tuple[str, tuple[Any, ...]]
-    ) -> tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]:
+        self,
+        instance: int,
+        mailbox_id: int,
+        select: tuple[str, tuple[Any, ...]],
+        after: Sequence[tuple[str, tuple[Any, ...]]] = (),
+    ) -> tuple[tuple[Any, ...] | None, list[tuple[Any, ...]], list[tuple[Any, ...] | None]]:
+        """Register the session, then read the maildrop and the `after` statements' first
+        rows, in one pipeline."""
         with self._conn() as conn:
             try:
                 # One round trip: the registration commits *before* the maildrop is read, so
@@ -928,7 +491,8 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
                     )
                     conn.execute("COMMIT")
                     cur = conn.execute(*select, binary=True)
-                return reg.fetchone(), cur.fetchall()
+                    more = [conn.execute(*stmt) for stmt in after]
+                return reg.fetchone(), cur.fetchall(), [c.fetchone() for c in more]
             except psycopg.Error:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.rollback()
@@ -1020,14 +584,7 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
     def other_sessions(self, snapshot: Snapshot) -> int:
         """Sessions of other store instances (nodes, processes) on mailboxes of the owner of
         `snapshot`, from the registry (live sessions only: a small table): one count, no lock."""
-        row = self._one(
-            "SELECT count(*) FROM store_sessions s "
-            "JOIN store_instances i ON i.id = s.instance_id "
-            "JOIN mailboxes m ON m.id = s.mailbox_id "
-            "WHERE m.account_id = %s AND s.instance_id IS DISTINCT FROM %s "
-            "AND i.heartbeat >= now() - i.timeout * interval '1 second'",
-            (snapshot.mailbox.account_id, self._instance),
-        )
+        row = self._one(_OTHER_SESSIONS, (snapshot.mailbox.account_id, self._instance))
         return 0 if row is None else int(row[0])
 
     def live_sessions(self) -> list[tuple[int, str, int, float]]:
@@ -1077,24 +634,14 @@ class PostgresStore(PgQueue, PgCopy, PgLive, PgQuotas):
         return 0
 
 
-# Oldest first; an account sees its own alerts, its domain's and the server's.
-_PENDING_ALERT = (
-    "SELECT id, scope, target, text, created FROM alerts a "
-    "WHERE ((a.scope = 'account' AND a.target = %s) OR (a.scope = 'domain' AND a.target = %s) "
-    "OR a.scope = 'server') AND NOT EXISTS (SELECT 1 FROM alerts_delivered d "
-    "WHERE d.alert_id = a.id AND d.account = %s) ORDER BY a.created, a.id LIMIT 1"
+# other_sessions: the account's live sessions registered by other store instances.
+_OTHER_SESSIONS = (
+    "SELECT count(*) FROM store_sessions s "
+    "JOIN store_instances i ON i.id = s.instance_id "
+    "JOIN mailboxes m ON m.id = s.mailbox_id "
+    "WHERE m.account_id = %s AND s.instance_id IS DISTINCT FROM %s "
+    "AND i.heartbeat >= now() - i.timeout * interval '1 second'"
 )
-
-
-def _alert_args(account: str) -> tuple[str, str, str]:
-    account = account.lower()
-    return account, account.rpartition("@")[2], account
-
-
-def _alert(r: Sequence[Any]) -> Alert:
-    """An `alerts` row (id, scope, target, text, created[, delivered count])."""
-    delivered = int(r[5]) if len(r) > 5 else 0
-    return Alert(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), delivered)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,30 +24,27 @@ import sqlite3
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from accounts.acl import DEFAULT_PUBLIC_ACL, AclEntry, Rights
-from accounts.credentials import Credentials
 from cgpop.spool import Octets, SpooledMessage, StreamStuffer
 from cgpop.store import schema
 from cgpop.store.api import (
     SEEN,
-    SERVICES,
-    Account,
     Copy,
     HoldBoard,
     Mailbox,
     MessageInfo,
     NotFound,
+    OpenedSession,
     Snapshot,
     Stored,
     StoredMessage,
-    StoreError,
     flag_names,
 )
-from cgpop.store.naming import rename_plan
+from cgpop.store.importing import RealTo, import_batches
 from cgpop.store.quota_rules import merge
+from cgpop.store.sql_directory import SqlDirectory
 from cgpop.store.sqlite_alerts import SqliteAlerts
 from cgpop.store.sqlite_base import translate_errors
 from cgpop.store.sqlite_copy import SqliteCopy
@@ -82,7 +79,7 @@ def _file_chunks(path: Path, chunk_size: int) -> Generator[bytes, None, None]:
 
 
 @translate_errors
-class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuotas):
+class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuotas, SqlDirectory):
     def __init__(
         self,
         data_dir: Path,
@@ -106,234 +103,13 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
         (self.bodies_dir / "tmp").mkdir(parents=True, exist_ok=True)
         schema.migrate(self._conn())
 
-    # --- domains ---
-    def add_domain(self, name: str) -> None:
-        with self._tx() as conn:
-            if conn.execute(
-                "SELECT 1 FROM domain_aliases WHERE alias = ?", (name.lower(),)
-            ).fetchone():
-                raise StoreError(f"{name} is already a domain alias")
-            try:
-                conn.execute("INSERT INTO domains(name) VALUES (?)", (name.lower(),))
-            except sqlite3.IntegrityError:
-                raise StoreError(f"domain already exists: {name}") from None
-
-    def remove_domain(self, name: str) -> None:
-        with self._tx() as conn:
-            did = self._domain_id(conn, name)
-            (count,) = conn.execute(
-                "SELECT count(*) FROM accounts WHERE domain_id = ?", (did,)
-            ).fetchone()
-            if count:
-                raise StoreError(f"domain {name} still has {count} account(s); remove them first")
-            conn.execute("DELETE FROM domains WHERE id = ?", (did,))
-
-    def list_domains(self) -> list[str]:
-        return [r[0] for r in self._conn().execute("SELECT name FROM domains ORDER BY name")]
-
-    def domain_exists(self, name: str) -> bool:
-        row = self._conn().execute("SELECT 1 FROM domains WHERE name = ?", (name.lower(),))
-        return row.fetchone() is not None
-
-    def directory_version(self) -> int:
-        """Moves with every change to domains, aliases, accounts, mailboxes, routes, ACLs and
-        groups, from any process (schema migration 6)."""
-        row = self._conn().execute("SELECT v FROM directory_version").fetchone()
-        return int(row[0])
-
-    # --- the router's view (router.resolve.Directory) ---
-    def canonical_domain(self, name: str) -> str | None:
-        name = name.lower()
-        row = (
-            self._conn()
-            .execute(
-                "SELECT name FROM domains WHERE name = ? UNION ALL "
-                "SELECT d.name FROM domain_aliases a JOIN domains d ON d.id = a.domain_id "
-                "WHERE a.alias = ?",
-                (name, name),
-            )
-            .fetchone()
-        )
-        return None if row is None else str(row[0])
-
-    def account_exists(self, domain: str, account: str) -> bool:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT 1 FROM accounts a JOIN domains d ON d.id = a.domain_id "
-                "WHERE d.name = ? AND a.name = ?",
-                (domain.lower(), account.lower()),
-            )
-            .fetchone()
-        )
-        return row is not None
-
-    def route_target(self, pattern: str) -> str | None:
-        row = self._conn().execute("SELECT target FROM routes WHERE pattern = ?", (pattern,))
-        found = row.fetchone()
-        return None if found is None else str(found[0])
-
-    def add_route(self, pattern: str, target: str) -> None:
-        with self._tx() as conn:
-            try:
-                conn.execute("INSERT INTO routes(pattern, target) VALUES (?, ?)", (pattern, target))
-            except sqlite3.IntegrityError:
-                raise StoreError(f"a route for {pattern} already exists") from None
-
-    def remove_route(self, pattern: str) -> None:
-        with self._tx() as conn:
-            if conn.execute("DELETE FROM routes WHERE pattern = ?", (pattern,)).rowcount == 0:
-                raise NotFound(f"no route for {pattern}")
-
-    def list_routes(self) -> list[tuple[str, str]]:
-        rows = self._conn().execute("SELECT pattern, target FROM routes ORDER BY pattern")
-        return [(str(p), str(t)) for p, t in rows]
-
-    def add_domain_alias(self, alias: str, domain: str) -> None:
-        with self._tx() as conn:
-            did = self._domain_id(conn, domain)
-            alias = alias.lower()
-            if conn.execute("SELECT 1 FROM domains WHERE name = ?", (alias,)).fetchone():
-                raise StoreError(f"{alias} is a domain, not a free alias name")
-            try:
-                conn.execute(
-                    "INSERT INTO domain_aliases(alias, domain_id) VALUES (?, ?)", (alias, did)
-                )
-            except sqlite3.IntegrityError:
-                raise StoreError(f"alias already exists: {alias}") from None
-
-    def remove_domain_alias(self, alias: str, domain: str) -> None:
-        with self._tx() as conn:
-            did = self._domain_id(conn, domain)
-            cur = conn.execute(
-                "DELETE FROM domain_aliases WHERE alias = ? AND domain_id = ?", (alias.lower(), did)
-            )
-            if cur.rowcount == 0:
-                raise NotFound(f"no alias {alias} for {domain}")
-
-    def list_domain_aliases(self) -> list[tuple[str, str]]:
-        rows = self._conn().execute(
-            "SELECT a.alias, d.name FROM domain_aliases a JOIN domains d ON d.id = a.domain_id "
-            "ORDER BY a.alias"
-        )
-        return [(str(a), str(d)) for a, d in rows]
-
-    # --- accounts ---
-    def _account_id(self, conn: sqlite3.Connection, domain: str, name: str) -> int:
-        row = conn.execute(
-            "SELECT a.id FROM accounts a JOIN domains d ON d.id = a.domain_id "
-            "WHERE d.name = ? AND a.name = ?",
-            (domain.lower(), name.lower()),
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"no such account: {name}@{domain}")
-        return int(row[0])
-
-    def add_account(self, domain: str, name: str, creds: Credentials) -> None:
-        self.add_accounts([(domain, name, creds)])
-
-    def set_credentials(self, domain: str, name: str, creds: Credentials) -> None:
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, name)
-            conn.execute(
-                "UPDATE accounts SET salt = ?, iterations = ?, stored_key = ?, server_key = ?, "
-                "shared_secret = ? WHERE id = ?",
-                (
-                    creds.salt,
-                    creds.iterations,
-                    creds.stored_key,
-                    creds.server_key,
-                    creds.shared_secret,
-                    aid,
-                ),
-            )
-
-    def remove_account(self, domain: str, name: str) -> None:
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, name)
-            ids = [
-                r[0] for r in conn.execute("SELECT id FROM mailboxes WHERE account_id = ?", (aid,))
-            ]
-            for mid in ids:
-                self._drop_mailbox(conn, mid)
-            conn.execute("DELETE FROM accounts WHERE id = ?", (aid,))
-            # A later account of the same name must not inherit this one's rights.
-            address = f"{name.lower()}@{domain.lower()}"
-            conn.execute("DELETE FROM acl WHERE identifier = ?", (address,))
-            conn.execute("DELETE FROM group_members WHERE member = ?", (address,))
-
-    def list_accounts(self, domain: str | None = None) -> list[str]:
-        sql = "SELECT a.name || '@' || d.name FROM accounts a JOIN domains d ON d.id = a.domain_id"
-        args: tuple[str, ...] = ()
-        if domain is not None:
-            self._domain_id(self._conn(), domain)
-            sql += " WHERE d.name = ?"
-            args = (domain.lower(),)
-        return [r[0] for r in self._conn().execute(sql + " ORDER BY d.name, a.name", args)]
-
-    def get_account(self, domain: str, name: str) -> Account | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT a.id, a.salt, a.iterations, a.stored_key, a.server_key, a.shared_secret, "
-                "a.pop_enabled, a.xtnd_enabled "
-                "FROM accounts a JOIN domains d ON d.id = a.domain_id "
-                "WHERE d.name = ? AND a.name = ?",
-                (domain.lower(), name.lower()),
-            )
-            .fetchone()
-        )
-        if row is None:
-            return None
-        creds = Credentials(bytes(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]), row[5])
-        disabled = frozenset(s for s, on in zip(SERVICES, row[6:8], strict=True) if not on)
-        return Account(int(row[0]), domain.lower(), name.lower(), creds, disabled)
-
-    # --- account services (issue 13; schema migration 8) ---
-    def set_services_enabled(
-        self, domain: str, name: str, services: Sequence[str], enabled: bool
-    ) -> None:
-        unknown = set(services) - set(SERVICES)
-        if unknown:
-            raise StoreError(f"unknown service(s): {', '.join(sorted(unknown))}")
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, name)
-            for service in services:
-                # The column name comes from SERVICES, never from the caller's text.
-                column = {"pop": "pop_enabled", "xtnd": "xtnd_enabled"}[service]
-                conn.execute(f"UPDATE accounts SET {column} = ? WHERE id = ?", (int(enabled), aid))
-
-    def disabled_services(self, domain: str | None = None) -> dict[str, frozenset[str]]:
-        sql = (
-            "SELECT a.name || '@' || d.name, a.pop_enabled, a.xtnd_enabled "
-            "FROM accounts a JOIN domains d ON d.id = a.domain_id"
-        )
-        args: tuple[str, ...] = ()
-        if domain is not None:
-            self._domain_id(self._conn(), domain)
-            sql += " WHERE d.name = ?"
-            args = (domain.lower(),)
-        return {
-            str(address): frozenset(s for s, on in zip(SERVICES, flags, strict=True) if not on)
-            for address, *flags in self._conn().execute(sql + " ORDER BY d.name, a.name", args)
-        }
-
-    # --- mailboxes ---
-    def _insert_mailbox(self, conn: sqlite3.Connection, account_id: int, name: str) -> int:
-        # uidvalidity comes from a persistent counter (schema migration 9), never the clock:
-        # it never repeats, even for a mailbox removed and re-created in the same second or
-        # after a restart, so a re-created mailbox never repeats a UIDL.
+    # --- the directory's hooks (cgpop/store/sql_directory.py) ---
+    def _next_uidvalidity(self, conn: sqlite3.Connection) -> int:
+        # A persistent counter (schema migration 9), never the clock: it never repeats, even
+        # for a mailbox removed and re-created in the same second or after a restart.
         conn.execute("UPDATE uidvalidity_counter SET last = last + 1")
         (uidvalidity,) = conn.execute("SELECT last FROM uidvalidity_counter").fetchone()
-        try:
-            cur = conn.execute(
-                "INSERT INTO mailboxes(account_id, name, uidvalidity) VALUES (?, ?, ?)",
-                (account_id, name, uidvalidity),
-            )
-        except sqlite3.IntegrityError:
-            raise StoreError(f"mailbox already exists: {name}") from None
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        return int(uidvalidity)
 
     def _drop_mailbox(self, conn: sqlite3.Connection, mailbox_id: int) -> None:
         # Copies are expunged, not deleted: open sessions may still read them.
@@ -344,60 +120,6 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
         ).fetchall()
         self._quota_move(conn, mailbox_id, [-int(r[0]) for r in gone])
         conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
-
-    def add_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox:
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, account)
-            box_id = self._insert_mailbox(conn, aid, mailbox)
-            if not self._inherit_acl(conn, aid, mailbox, box_id):
-                self._default_acl(conn, account, box_id)
-        found = self.get_mailbox(domain, account, mailbox)
-        assert found is not None
-        return found
-
-    def remove_mailbox(self, domain: str, account: str, mailbox: str) -> None:
-        if mailbox == "INBOX":
-            raise StoreError("INBOX cannot be removed; remove the account instead")
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, account)
-            row = conn.execute(
-                "SELECT id FROM mailboxes WHERE account_id = ? AND name = ?", (aid, mailbox)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no such mailbox: {mailbox}")
-            self._drop_mailbox(conn, int(row[0]))
-
-    def rename_mailbox(self, domain: str, account: str, old: str, new: str) -> None:
-        with self._tx() as conn:
-            aid = self._account_id(conn, domain, account)
-            rows = conn.execute(
-                "SELECT id, name FROM mailboxes WHERE account_id = ?", (aid,)
-            ).fetchall()
-            plan = rename_plan(((int(i), str(n)) for i, n in rows), old, new)
-            for box_id, name in plan:
-                conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (name, box_id))
-
-    def list_mailboxes(self, domain: str, account: str) -> list[str]:
-        conn = self._conn()
-        aid = self._account_id(conn, domain, account)
-        rows = conn.execute("SELECT name FROM mailboxes WHERE account_id = ? ORDER BY name", (aid,))
-        return [r[0] for r in rows]
-
-    def get_mailbox(self, domain: str, account: str, mailbox: str) -> Mailbox | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT m.id, m.account_id, m.uidvalidity FROM mailboxes m "
-                "JOIN accounts a ON a.id = m.account_id JOIN domains d ON d.id = a.domain_id "
-                "WHERE d.name = ? AND a.name = ? AND m.name = ?",
-                (domain.lower(), account.lower(), mailbox),
-            )
-            .fetchone()
-        )
-        if row is None:
-            return None
-        owner = f"{account.lower()}@{domain.lower()}"
-        return Mailbox(int(row[0]), int(row[1]), owner, mailbox, int(row[2]))
 
     def list_messages(self, mailbox: Mailbox) -> list[MessageInfo]:
         conn = self._conn()
@@ -425,138 +147,6 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
             )
             for uid, size, flags, x_real_to, when, individual in rows
         ]
-
-    def message_flags(self, mailbox_id: int, uid: int) -> int | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT flags FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
-            )
-            .fetchone()
-        )
-        return None if row is None else int(row[0])
-
-    # --- ACL and groups (accounts/acl.py has the rights arithmetic) ---
-    def _default_acl(self, conn: sqlite3.Connection, account: str, mailbox_id: int) -> None:
-        # Issue 3: every new mailbox of an account named `public` (in any domain) is readable
-        # by everybody until its owner or an admin says otherwise.
-        if account.lower() == PUBLIC_ACCOUNT:
-            conn.executemany(
-                "INSERT INTO acl(mailbox_id, identifier, negative, rights) VALUES (?, ?, ?, ?)",
-                [
-                    (mailbox_id, e.identifier, int(e.negative), str(e.rights))
-                    for e in DEFAULT_PUBLIC_ACL
-                ],
-            )
-
-    def _inherit_acl(
-        self, conn: sqlite3.Connection, account_id: int, mailbox: str, mailbox_id: int
-    ) -> bool:
-        """Issue 13, Cyrus's rule: a new mailbox starts with a copy of its parent's ACL, the
-        parent being the nearest existing ancestor in the `/` hierarchy (`a/b/c` looks at
-        `a/b`, then `a`). False when it has none (the caller applies the defaults). A
-        top-level mailbox has no parent here: INBOX is its sibling, as in CommuniGate's
-        folders, so sharing INBOX does not share every new top-level mailbox (Cyrus nests
-        them under INBOX, which would)."""
-        parts = mailbox.split("/")
-        for cut in range(len(parts) - 1, 0, -1):
-            row = conn.execute(
-                "SELECT id FROM mailboxes WHERE account_id = ? AND name = ?",
-                (account_id, "/".join(parts[:cut])),
-            ).fetchone()
-            if row is not None:
-                conn.execute(
-                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) "
-                    "SELECT ?, identifier, negative, rights FROM acl WHERE mailbox_id = ?",
-                    (mailbox_id, int(row[0])),
-                )
-                return True
-        return False
-
-    def acl_entries(self, mailbox: Mailbox) -> list[AclEntry]:
-        """The mailbox's ACL, positive entries first, each group sorted by identifier."""
-        rows = self._conn().execute(
-            "SELECT identifier, negative, rights FROM acl WHERE mailbox_id = ? "
-            "ORDER BY negative, identifier",
-            (mailbox.id,),
-        )
-        return [AclEntry(str(i), Rights.parse(str(r)), bool(n)) for i, n, r in rows]
-
-    def get_acl_entry(
-        self, mailbox: Mailbox, identifier: str, negative: bool = False
-    ) -> AclEntry | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT rights FROM acl WHERE mailbox_id = ? AND identifier = ? AND negative = ?",
-                (mailbox.id, identifier, int(negative)),
-            )
-            .fetchone()
-        )
-        return None if row is None else AclEntry(identifier, Rights.parse(str(row[0])), negative)
-
-    def set_acl_entry(self, mailbox: Mailbox, entry: AclEntry) -> None:
-        """Add or replace the entry for (identifier, negative). Empty rights remove it, as
-        Cyrus's SETACL with an empty rights string does (RFC 4314 section 3.1)."""
-        if not entry.rights:
-            with contextlib.suppress(NotFound):
-                self.delete_acl_entry(mailbox, entry.identifier, entry.negative)
-            return
-        with self._tx() as conn:
-            try:
-                conn.execute(
-                    "INSERT INTO acl(mailbox_id, identifier, negative, rights) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(mailbox_id, negative, identifier) "
-                    "DO UPDATE SET rights = excluded.rights",
-                    (mailbox.id, entry.identifier, int(entry.negative), str(entry.rights)),
-                )
-            except sqlite3.IntegrityError:  # the foreign key: the mailbox was removed
-                raise NotFound(f"no such mailbox: {mailbox.name}") from None
-
-    def delete_acl_entry(self, mailbox: Mailbox, identifier: str, negative: bool = False) -> None:
-        with self._tx() as conn:
-            cur = conn.execute(
-                "DELETE FROM acl WHERE mailbox_id = ? AND identifier = ? AND negative = ?",
-                (mailbox.id, identifier, int(negative)),
-            )
-            if cur.rowcount == 0:
-                sign = "-" if negative else ""
-                raise NotFound(f"no ACL entry for {sign}{identifier} on {mailbox.name}")
-
-    def add_group_member(self, group: str, member: str) -> None:
-        with self._tx() as conn:
-            try:
-                conn.execute(
-                    "INSERT INTO group_members(group_name, member) VALUES (?, ?)",
-                    (group.lower(), member.lower()),
-                )
-            except sqlite3.IntegrityError:
-                raise StoreError(f"{member} is already in group {group}") from None
-
-    def remove_group_member(self, group: str, member: str) -> None:
-        with self._tx() as conn:
-            cur = conn.execute(
-                "DELETE FROM group_members WHERE group_name = ? AND member = ?",
-                (group.lower(), member.lower()),
-            )
-            if cur.rowcount == 0:
-                raise NotFound(f"{member} is not in group {group}")
-
-    def list_group_members(self, group: str | None = None) -> list[tuple[str, str]]:
-        """(group, member) pairs, sorted; one group's only when `group` is given."""
-        sql = "SELECT group_name, member FROM group_members"
-        args: tuple[str, ...] = ()
-        if group is not None:
-            sql += " WHERE group_name = ?"
-            args = (group.lower(),)
-        rows = self._conn().execute(sql + " ORDER BY group_name, member", args)
-        return [(str(g), str(m)) for g, m in rows]
-
-    def groups_of(self, address: str) -> frozenset[str]:
-        rows = self._conn().execute(
-            "SELECT group_name FROM group_members WHERE member = ?", (address.lower(),)
-        )
-        return frozenset(str(r[0]) for r in rows)
 
     # --- delivery ---
     def _write_body_file(self, chunks: Iterable[bytes], pins: list[int]) -> str:
@@ -756,63 +346,28 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
                 with contextlib.suppress(OSError):
                     (self.bodies_dir / rel).unlink()
 
-    def add_accounts(self, entries: Sequence[tuple[str, str, Credentials]]) -> None:
-        """Create accounts, each with its INBOX, in one transaction: (domain, name, creds)."""
-        with self._tx() as conn:
-            for domain, name, creds in entries:
-                did = self._domain_id(conn, domain)
-                try:
-                    cur = conn.execute(
-                        "INSERT INTO accounts(domain_id, name, salt, iterations, stored_key, "
-                        "server_key, shared_secret) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            did,
-                            name.lower(),
-                            creds.salt,
-                            creds.iterations,
-                            creds.stored_key,
-                            creds.server_key,
-                            creds.shared_secret,
-                        ),
-                    )
-                except sqlite3.IntegrityError:
-                    raise StoreError(f"account already exists: {name}@{domain}") from None
-                assert cur.lastrowid is not None
-                box_id = self._insert_mailbox(conn, cur.lastrowid, "INBOX")
-                self._default_acl(conn, name, box_id)
-
     def import_messages(
         self,
         mailbox: Mailbox,
         messages: Iterable[tuple[bytes, int]],
         batch: int = 500,
-        real_to: Callable[[bytes], tuple[str | None, tuple[str, ...]]] | None = None,
+        real_to: RealTo | None = None,
     ) -> int:
         """Bulk import (migration from Maildir/mbox): (octets, flag bits) per message, stored
         as-is with no Return-Path/X-Real-To added, in transactions of `batch` messages.
         `real_to(octets)` gives what to record from the message's own X-Real-To field: the
         addresses (joined by REAL_TO_SEPARATOR) and the individual names (issue 13)."""
         count = 0
-        pending: list[tuple[bytes, int]] = []
-
-        def flush() -> None:
+        for pending in import_batches(mailbox.id, messages, batch, real_to, bytes):
             pins: list[int] = []
             files: list[str | None] = []
             try:
                 with self._tx() as conn:
                     now = _now()
-                    for raw, flags in pending:
+                    for raw, flags, copy in pending:
                         size, stuffed, file = self._stored_body(raw, pins)
                         files.append(file)
                         body_id = self._insert_body(conn, size, stuffed, file, 1)
-                        x_real_to, names = real_to(raw) if real_to is not None else (None, ())
-                        copy = Copy(
-                            mailbox.id,
-                            b"",
-                            x_real_to,
-                            names[0] if names else None,
-                            more_individuals=names[1:],
-                        )
                         self._insert_copy(conn, copy, body_id, size, now, flags)
                         # Counted, never refused: a migration must not stop half way.
                         self._quota_move(conn, mailbox.id, [size])
@@ -821,15 +376,7 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
                 raise
             finally:
                 self._release(pins)
-            pending.clear()
-
-        for item in messages:
-            pending.append(item)
-            count += 1
-            if len(pending) >= batch:
-                flush()
-        if pending:
-            flush()
+            count += len(pending)
         return count
 
     def _claim_duplicate_slot(self, conn: sqlite3.Connection, copy: Copy, now: float) -> bool:
@@ -959,6 +506,16 @@ class SqliteStore(SqliteQueue, SqliteAlerts, SqliteCopy, SqliteLive, SqliteQuota
             self._holds.publish(min(self._open) if self._open else None)
 
     # --- the collector (the safety mechanism) ---
+    def open_session(self, mailbox: Mailbox, individual: str | None, account: str) -> OpenedSession:
+        """The three calls in order: the embedded store has no network round trip to save."""
+        snapshot = self.open_maildrop(mailbox, individual)
+        try:
+            pending = self.pending_alert(account) is not None
+        except BaseException:
+            self.close_maildrop(snapshot)
+            raise
+        return OpenedSession(snapshot, self.other_sessions(snapshot), pending)
+
     def other_sessions(self, snapshot: Snapshot) -> int:
         """The embedded store has no session registry: the process that serves it counts its
         own sessions (cgpop/login.py SessionCaps)."""

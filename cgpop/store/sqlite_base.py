@@ -8,19 +8,23 @@ import functools
 import inspect
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cgpop.store.api import NotFound, TemporaryFailure, Unavailable
+from cgpop.store.sql_access import Dialect, SqlAccess, SqlConn
 
 _BUSY_TIMEOUT_MS = 30_000
 C = TypeVar("C", bound=type)
 
 
-class SqliteDatabase:
+class SqliteDatabase(SqlAccess):
     """Per-thread connections to one database file (the store's methods run on worker
     threads, one connection each)."""
+
+    # Shared SQL is SQLite's own spelling; BINARY, SQLite's default collation, is byte order.
+    _DIALECT = Dialect(placeholder="?", byte_order="", foreign_key_error=sqlite3.IntegrityError)
 
     def _domain_id(self, conn: sqlite3.Connection, name: str) -> int:
         row = conn.execute("SELECT id FROM domains WHERE name = ?", (name.lower(),)).fetchone()
@@ -71,6 +75,29 @@ class SqliteDatabase:
             raise
         else:
             conn.commit()
+
+    # --- the statements of shared SQL (cgpop/store/sql_access.py) ---
+    def _reader(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return contextlib.nullcontext(self._conn())
+
+    # The thread's own connection needs no context around a read: the login path's lookups
+    # (account, mailbox, ACL) skip it.
+    def _row(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self._conn().execute(self._DIALECT.sql(sql), args).fetchone()
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        return self._conn().execute(self._DIALECT.sql(sql), args).fetchall()
+
+    def _write_row(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        # In a transaction of its own, as every write here: BEGIN IMMEDIATE takes the write
+        # lock first (waiting up to busy_timeout), so the statement never has to upgrade.
+        with self._tx() as conn:
+            rows = conn.execute(self._DIALECT.sql(sql), args).fetchall()
+        return rows[0] if rows else None
+
+    def _many(self, conn: SqlConn, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        assert isinstance(conn, sqlite3.Connection)
+        conn.executemany(self._DIALECT.sql(sql), rows)
 
     def close(self) -> None:
         with self._lock:

@@ -21,40 +21,15 @@ from cgpop.store.api import (
     Unavailable,
     copy_rows,
 )
+from cgpop.store.sql_copy import export_queries, nonempty_tables
 from cgpop.store.sqlite_base import SqliteDatabase
 
-_LIVE = "m.expunged_at IS NULL AND m.mailbox_id IN (SELECT id FROM mailboxes)"
 # The SELECT of each table of COPY_TABLES, its columns in that order.
-_EXPORT: dict[str, str] = {
-    "counters": "SELECT 'uidvalidity', last FROM uidvalidity_counter",
-    "domains": "SELECT id, name FROM domains ORDER BY id",
-    "domain_aliases": "SELECT alias, domain_id FROM domain_aliases",
-    "accounts": "SELECT id, domain_id, name, salt, iterations, stored_key, server_key, "
-    "shared_secret, pop_enabled, xtnd_enabled FROM accounts ORDER BY id",
-    "mailboxes": "SELECT id, account_id, name, uidvalidity, next_uid FROM mailboxes ORDER BY id",
-    "routes": "SELECT pattern, target FROM routes",
-    "acl": "SELECT mailbox_id, identifier, negative, rights FROM acl",
-    "group_members": "SELECT group_name, member FROM group_members",
-    "bodies": "SELECT b.id, b.size, b.data, b.file FROM bodies b WHERE b.id IN "
-    f"(SELECT m.body_id FROM messages m WHERE {_LIVE}) ORDER BY b.id",
-    "messages": "SELECT m.mailbox_id, m.uid, m.body_id, m.size, m.flags, m.internal_date, "
-    f"m.x_real_to, m.individual, m.prefix FROM messages m WHERE {_LIVE} "
-    "ORDER BY m.mailbox_id, m.uid",
-    "message_individuals": "SELECT i.mailbox_id, i.individual, i.uid FROM message_individuals i "
-    "JOIN messages m ON m.mailbox_id = i.mailbox_id AND m.uid = i.uid WHERE " + _LIVE,
-    "duplicates": "SELECT message_id, rcpt, seen_at FROM duplicates",
-    "alerts": "SELECT id, scope, target, text, created FROM alerts ORDER BY id",
-    "alerts_delivered": "SELECT alert_id, account, delivered_at FROM alerts_delivered",
-    "queue_messages": "SELECT id, sender, account, message, created FROM queue_messages "
-    "ORDER BY id",
-    "queue_recipients": "SELECT message_id, recipient, "
-    "CASE state WHEN 'sending' THEN 'queued' ELSE state END, attempts, next_attempt, "
-    "last_error FROM queue_recipients",
-    "submissions": "SELECT account, at, recipients FROM submissions",
-    "account_quotas": "SELECT account_id, storage_used, messages_used, storage_limit, "
-    "messages_limit FROM account_quotas",
-    "domain_quotas": "SELECT domain_id, storage_limit, messages_limit FROM domain_quotas",
-}
+_EXPORT = export_queries(
+    expunged="m.expunged_at",
+    counters="SELECT 'uidvalidity', last FROM uidvalidity_counter",
+    body="b.data, b.file",
+)
 # Columns SQLite keeps as 0/1 that the copy carries as booleans.
 _BOOLEANS = {"accounts": (8, 9), "acl": (2,)}
 
@@ -88,13 +63,7 @@ class SqliteCopy(SqliteDatabase):
                 yield tuple(row)
 
     def nonempty_tables(self) -> list[str]:
-        conn = self._conn()
-        return [
-            name
-            for name in COPY_TABLES
-            if name != "counters"
-            and conn.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchone() is not None
-        ]
+        return nonempty_tables(self._conn())
 
     def import_tables(self, tables: Iterable[Table], progress: Progress | None = None) -> int:
         total = 0

@@ -13,15 +13,11 @@ from cgpop.store.api import (
     BOUNCE_BATCH,
     BOUNCE_HEAD,
     Bounce,
-    Entry,
     Job,
     Outbound,
-    QueueStats,
-    RecipientState,
-    SubmissionCounts,
     Update,
-    Verdict,
 )
+from cgpop.store.sql_queue import SqlQueue, bounce_of
 from cgpop.store.sqlite_base import SqliteDatabase
 
 
@@ -62,26 +58,9 @@ def _write_blob(
             blob.write(chunk)
 
 
-def _collect(conn: sqlite3.Connection, message_id: int) -> None:
-    left = conn.execute(
-        "SELECT 1 FROM queue_recipients WHERE message_id = ? AND state != 'sent' LIMIT 1",
-        (message_id,),
-    ).fetchone()
-    if left is None:
-        conn.execute("DELETE FROM queue_recipients WHERE message_id = ?", (message_id,))
-        conn.execute("DELETE FROM queue_messages WHERE id = ?", (message_id,))
+class SqliteQueue(SqliteDatabase, SqlQueue):
+    _SUBMISSION_ID = "rowid"
 
-
-def _counts(conn: sqlite3.Connection, account: str, since: float) -> SubmissionCounts:
-    messages, recipients = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(recipients), 0) FROM submissions"
-        " WHERE account = ? AND at > ?",
-        (account, since),
-    ).fetchone()
-    return SubmissionCounts(int(messages), int(recipients))
-
-
-class SqliteQueue(SqliteDatabase):
     # --- api.OutboundQueue ---
     def enqueue(self, outbound: Outbound, now: float) -> int:
         with self._tx() as conn:
@@ -147,7 +126,7 @@ class SqliteQueue(SqliteDatabase):
                     for u in updates
                 ],
             )
-            _collect(conn, message_id)
+            self._drop_if_done(conn, message_id)
 
     def requeue(self, message_id: int, recipients: Sequence[str], when: float) -> None:
         with self._tx() as conn:
@@ -160,8 +139,7 @@ class SqliteQueue(SqliteDatabase):
             )
 
     def pending_bounces(self, now: float, limit: int = BOUNCE_BATCH) -> list[Bounce]:
-        bounces: list[Bounce] = []
-        for message_id, sender, account, head, created, failed, attempts in self._conn().execute(
+        rows = self._conn().execute(
             "SELECT m.id, m.sender, m.account, substr(m.message, 1, ?), m.created, f.failed,"
             " f.attempts FROM ("
             "   SELECT message_id, json_group_array(json_array(recipient, last_error)) AS failed,"
@@ -170,15 +148,11 @@ class SqliteQueue(SqliteDatabase):
             "   GROUP BY message_id ORDER BY message_id LIMIT ?"
             " ) AS f JOIN queue_messages AS m ON m.id = f.message_id ORDER BY m.id",
             (BOUNCE_HEAD, now, limit),
-        ):
-            failures = []
-            for recipient, error in sorted(json.loads(failed)):
-                status, _, text = (error or "5.0.0 failed").partition(" ")
-                failures.append((recipient, status, text))
-            bounces.append(
-                Bounce(message_id, sender, account, bytes(head), created, tuple(failures), attempts)
-            )
-        return bounces
+        )
+        return [
+            bounce_of(mid, sender, account, head, created, sorted(json.loads(failed)), attempts)
+            for mid, sender, account, head, created, failed, attempts in rows
+        ]
 
     def defer_bounce(self, message_id: int, recipients: Sequence[str], when: float) -> None:
         with self._tx() as conn:
@@ -195,70 +169,8 @@ class SqliteQueue(SqliteDatabase):
                 " AND state = 'failed'",
                 [(message_id, r) for r in recipients],
             )
-            _collect(conn, message_id)
-
-    def next_due(self) -> float | None:
-        # Uses the partial index queue_due.
-        row = (
-            self._conn()
-            .execute("SELECT MIN(next_attempt) FROM queue_recipients WHERE state = 'queued'")
-            .fetchone()
-        )
-        return None if row is None or row[0] is None else float(row[0])
-
-    def flush_queue(self) -> int:
-        with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE queue_recipients SET next_attempt = 0 WHERE state = 'queued'"
-            )
-            return cur.rowcount
-
-    def remove_queued(self, message_id: int) -> bool:
-        with self._tx() as conn:
-            conn.execute("DELETE FROM queue_recipients WHERE message_id = ?", (message_id,))
-            cur = conn.execute("DELETE FROM queue_messages WHERE id = ?", (message_id,))
-            return cur.rowcount > 0
-
-    def list_queue(self) -> list[Entry]:
-        conn = self._conn()
-        recipients: dict[int, list[RecipientState]] = {}
-        for message_id, *rest in conn.execute(
-            "SELECT message_id, recipient, state, attempts, next_attempt, last_error"
-            " FROM queue_recipients ORDER BY message_id, recipient"
-        ):
-            recipients.setdefault(message_id, []).append(RecipientState(*rest))
-        return [
-            Entry(id_, sender, account, size, created, tuple(recipients.get(id_, ())))
-            for id_, sender, account, size, created in conn.execute(
-                "SELECT id, sender, account, length(message), created FROM queue_messages"
-                " ORDER BY id"
-            )
-        ]
-
-    def queue_stats(self) -> QueueStats:
-        row = self._conn().execute("SELECT COUNT(*), MIN(created) FROM queue_messages").fetchone()
-        return QueueStats(int(row[0]), None if row[1] is None else float(row[1]))
+            self._drop_if_done(conn, message_id)
 
     # --- api.Submissions ---
-    def submission_counts(self, account: str, since: float) -> SubmissionCounts:
-        return _counts(self._conn(), account, since)
-
-    def take_submission_slot(
-        self, account: str, recipients: int, now: float, since: float, verdict: Verdict
-    ) -> int | str:
-        with self._tx() as conn:
-            refused = verdict(_counts(conn, account, since))
-            if refused is not None:
-                return refused
-            # Rows older than the window never count again; dropping them keeps the table small.
-            conn.execute("DELETE FROM submissions WHERE account = ? AND at <= ?", (account, since))
-            cur = conn.execute(
-                "INSERT INTO submissions (account, at, recipients) VALUES (?, ?, ?)",
-                (account, now, recipients),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
-
-    def release_submission_slot(self, slot: int) -> None:
-        with self._tx() as conn:
-            conn.execute("DELETE FROM submissions WHERE rowid = ?", (slot,))
+    def _lock_submissions(self, conn: sqlite3.Connection, account: str) -> None:
+        pass  # the transaction holds SQLite's one write lock already (BEGIN IMMEDIATE)

@@ -17,10 +17,13 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cgpop import alerts
 from cgpop.store.sqlite import SqliteStore
@@ -116,13 +119,18 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Workers]]:
     made: list[Workers] = []
 
     def make(
-        max_channels: int = 1000, max_per_ip: int = 1000, max_per_account: int = 50
+        max_channels: int = 1000,
+        max_per_ip: int = 1000,
+        max_per_account: int = 50,
+        metrics: bool = False,
+        env: dict[str, str] | None = None,
     ) -> Workers:
-        svc = Workers(tmp_path)
+        svc = Workers(tmp_path, env)
         svc.conf.write_text(
             BASE.format(
                 max_channels=max_channels, max_per_ip=max_per_ip, max_per_account=max_per_account
             )
+            + ('[metrics]\nlisten = "127.0.0.1:0"\n' if metrics else "")
         )
         svc.add_account(USER, PASSWORD)
         made.append(svc)
@@ -326,3 +334,163 @@ def test_sighup_reaches_every_worker(make_service: Callable[..., Workers]) -> No
     greetings = [svc.pop(port).greeting.rstrip("\r\n") for _ in range(3)]
     assert greetings[:2] == ["+OK localhost cgpop POP3 ready"] * 2
     assert greetings[2] == TOO_MANY
+
+
+def test_watchdog_pinged_by_the_parent_while_every_worker_loop_runs(tmp_path: Path) -> None:
+    """With WatchdogSec= (WATCHDOG_USEC) the parent pings every WATCHDOG_USEC/2 once every
+    worker serves; a worker whose event loop stops (SIGSTOP stands in for a stuck loop) stops
+    the pings, so systemd would restart the service; they resume when it runs again."""
+    svc = Workers(tmp_path, env={"WATCHDOG_USEC": "200000"})  # pings every 0.1 s
+    svc.conf.write_text(BASE.format(max_channels=1000, max_per_ip=1000, max_per_account=50))
+    stopped: int | None = None
+    try:
+        svc.start()
+        svc.ready()
+        assert [svc.message() for _ in range(3)] == ["WATCHDOG=1"] * 3
+        stopped = svc.workers()[0]
+        os.kill(stopped, signal.SIGSTOP)
+        # Its last beat goes stale within two intervals (0.2 s): a few pings may still come,
+        # then a silence far longer than the 0.1 s between pings.
+        svc.notify.settimeout(1.0)
+        for _ in range(20):
+            try:
+                assert svc.message() == "WATCHDOG=1"
+            except TimeoutError:
+                break
+        else:
+            raise AssertionError("pings went on while a worker's loop was stopped")
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        svc.notify.settimeout(TIMEOUT)
+        assert [svc.message() for _ in range(2)] == ["WATCHDOG=1"] * 2
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        svc.close()
+
+
+SPELLINGS = ("joe", "joe@example.com", "INBOX#joe", "joe%example.com", "~joe/INBOX#joe", "JOE")
+
+
+def test_many_connections_over_both_workers_get_no_more_guesses(tmp_path: Path) -> None:
+    """tests/e2e/test_resources.py's guessing flood, with the 24 connections of one address
+    spread over both workers: the (address, account) pair's turn is the whole server's, so the
+    address gets no more checked guesses by time t than one process gives (with a penalty per
+    worker, each worker gave that many: about twice the bound). Counted by the time replies
+    arrive, as there: what is bounded is the rate."""
+    svc = Workers(tmp_path)
+    pops: list[Pop] = []
+    svc.conf.write_text(
+        BASE.format(max_channels=1000, max_per_ip=30, max_per_account=50).replace(
+            "[lmtp]", "auth_delay = 0.05\nauth_delay_max = 0.5\nmax_auth_failures = 1000\n[lmtp]"
+        )
+    )
+    svc.add_account(USER, PASSWORD)
+    try:
+        svc.start()
+        port = svc.ready()["POP3"]
+        pops.extend(svc.pop(port) for _ in range(24))
+        holders = {svc.holder(p.sock) for p in pops}
+        while len(holders) < 2 and len(pops) < 29:  # the kernel picks: until both hold some
+            pops.append(svc.pop(port))
+            holders.add(svc.holder(pops[-1].sock))
+        assert len(holders) == 2, "every connection went to one worker"
+        window = 3.0
+        start = time.monotonic()
+        replies: list[tuple[float, str]] = []
+
+        def guess(pop: Pop, spelling: str) -> None:
+            while time.monotonic() < start + window:
+                assert pop.cmd(f"USER {spelling}").startswith("+OK")
+                reply = pop.cmd("PASS wrong-guess")
+                replies.append((time.monotonic(), reply))  # when the reply arrived
+
+        threads = [
+            threading.Thread(target=guess, args=(pop, SPELLINGS[i % 6]))
+            for i, pop in enumerate(pops)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        checked = [at for at, r in replies if r.startswith("-ERR [AUTH]")]
+        refused = [r for _, r in replies if r.startswith("-ERR [SYS/TEMP]")]
+        assert len(checked) + len(refused) == len(replies)
+        assert checked
+        # As in test_resources: at most 4 checks in the first 0.75 s (0.05, 0.1, 0.2, 0.4 s
+        # spacing), then one per 0.5 s, +1 for the edge. With both workers checking a pair
+        # before its first failure, the start admits one more, within the edge.
+        for horizon in (window, window + 1.5):
+            by_then = sum(1 for at in checked if at <= start + horizon)
+            assert by_then <= 4 + horizon / 0.5 + 1, (horizon, by_then, len(checked))
+        # The owner, from the same address, is checked at the pair's next turn and let in.
+        ok = svc.pop(port)
+        pops.append(ok)
+        assert ok.login().startswith("+OK")
+    finally:
+        for pop in pops:
+            close(pop)
+        svc.close()
+
+
+def scrape_workers(port: int, path: str = "/metrics") -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def sample(body: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def test_one_metrics_page_sums_both_workers(
+    make_service: Callable[..., Workers], tmp_path: Path
+) -> None:
+    """`[metrics] listen` with workers = 2: one /metrics on the one configured address shows
+    the whole server (issue 12's names): logins and commands counted over both workers, the
+    sessions open in both, and the totals do not go back when a worker is replaced."""
+    tmp = tmp_path / "tmp"  # where the server's private multiprocess directory goes
+    tmp.mkdir()
+    svc = make_service(metrics=True, env={"TMPDIR": str(tmp)})
+    port = svc.ready()["POP3"]
+    (private,) = tmp.iterdir()
+    assert private.name.startswith("cgpop-metrics-") and private.stat().st_mode & 0o077 == 0
+    found = re.search(r"METRICS listening on 127\.0\.0\.1:(\d+)", "".join(svc.log))
+    metrics_port = int(found.group(1) if found else svc.wait_log(r"METRICS .*:(\d+)").group(1))
+    assert scrape_workers(metrics_port, "/healthz") == (200, "ok\n")
+    held = svc.on_each_worker(port)
+    for pop in held.values():
+        assert pop.login().startswith("+OK")
+        assert pop.cmd("STAT").startswith("+OK")
+    status, body = scrape_workers(metrics_port)
+    assert status == 200
+    assert sample(body, "cgpop_pop3_logins_total", result="ok") == 2
+    assert sample(body, "cgpop_pop3_commands_total", verb="STAT") == 2
+    assert sample(body, "cgpop_pop3_commands_total", verb="PASS") == 2
+    # Every connection the test opened is still open, on one worker or the other.
+    assert sample(body, "cgpop_pop3_sessions") == len(svc.sockets)
+    (first_pid, first), (second_pid, _) = held.items()
+    assert first.cmd("QUIT").startswith("+OK")
+    svc.wait_log("disconnected")
+    _, body = scrape_workers(metrics_port)
+    assert sample(body, "cgpop_pop3_sessions") == len(svc.sockets) - 1
+    assert sample(body, "cgpop_pop3_commands_total", verb="QUIT") == 1
+    # A worker killed and replaced: what it counted stays in the totals.
+    os.kill(first_pid, signal.SIGKILL)
+    svc.wait_log(rf"\(pid {first_pid}\) ended")
+    svc.wait_log(r"POP3 listening on")
+    _, body = scrape_workers(metrics_port)
+    assert sample(body, "cgpop_pop3_logins_total", result="ok") == 2
+    assert sample(body, "cgpop_pop3_commands_total", verb="STAT") == 2
+    assert second_pid in svc.workers()
+    assert scrape_workers(metrics_port, "/healthz") == (200, "ok\n")
+    svc.close()
+    assert list(tmp.iterdir()) == []  # removed at stop

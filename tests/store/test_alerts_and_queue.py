@@ -3,7 +3,15 @@ backend."""
 
 from __future__ import annotations
 
-from cgpop.store.api import Outbound, QueueStats, State, Store, SubmissionCounts, Update
+from cgpop.store.api import (
+    Outbound,
+    QueueStats,
+    RecipientState,
+    State,
+    Store,
+    SubmissionCounts,
+    Update,
+)
 
 
 def test_alerts_are_taken_once_each_oldest_first(store: Store) -> None:
@@ -81,3 +89,86 @@ def test_queue_stats_count_messages_and_the_oldest(store: Store) -> None:
     store.claim_due(600.0, 10)
     store.record_attempt(first, [Update("a@x.org", State.SENT), Update("b@x.org", State.SENT)])
     assert store.queue_stats() == QueueStats(1, 500.0)
+
+
+def test_queue_list_shows_every_recipient_and_a_done_message_goes(store: Store) -> None:
+    message = b"Subject: q\r\n\r\nx\r\n"
+    mid = store.enqueue(_outbound("b@x.org", "B@x.org", "a.b@x.org", "a-b@x.org"), 100.0)
+    [entry] = store.list_queue()
+    assert (entry.id, entry.sender, entry.account, entry.size, entry.created) == (
+        mid,
+        "joe@example.com",
+        "joe@example.com",
+        len(message),
+        100.0,
+    )
+    # Recipients in byte order, as `cgpop queue list` shows them.
+    assert entry.recipients == tuple(
+        RecipientState(r, "queued", 0, 100.0, None)
+        for r in ("B@x.org", "a-b@x.org", "a.b@x.org", "b@x.org")
+    )
+    store.claim_due(100.0, 10)
+    store.record_attempt(
+        mid,
+        [
+            Update("B@x.org", State.SENT),
+            Update("a-b@x.org", State.SENT),
+            Update("a.b@x.org", State.SENT),
+            Update("b@x.org", State.FAILED, 0.0, "5.1.1 no such user"),
+        ],
+    )
+    # A failed recipient keeps its message until its bounce is done; the sent ones are gone
+    # from the listing only with it.
+    [entry] = store.list_queue()
+    assert [(r.recipient, r.state, r.attempts) for r in entry.recipients] == [
+        ("B@x.org", "sent", 1),
+        ("a-b@x.org", "sent", 1),
+        ("a.b@x.org", "sent", 1),
+        ("b@x.org", "failed", 1),
+    ]
+    store.finish_bounce(mid, ["b@x.org"])
+    assert store.list_queue() == [] and store.queue_stats() == QueueStats(0, None)
+    done = store.enqueue(_outbound("c@x.org"), 100.0)
+    store.claim_due(100.0, 10)
+    store.record_attempt(done, [Update("c@x.org", State.SENT)])
+    assert store.list_queue() == [] and store.remove_queued(done) is False
+
+
+def test_a_removed_alert_goes_with_its_delivery_records(store: Store) -> None:
+    shown = store.add_alert("server", "", "shown")
+    taken = store.take_alert("joe@example.com")
+    assert taken is not None and taken.id == shown
+    assert store.remove_alert(shown) is True
+    assert store.list_alerts() == []
+    later = store.add_alert("domain", "EXAMPLE.com", "later")
+    [listed] = store.list_alerts()
+    assert (listed.id, listed.scope, listed.target, listed.delivered) == (
+        later,
+        "domain",
+        "example.com",
+        0,
+    )
+    assert store.pending_alert("ann@EXAMPLE.COM") == listed
+    assert store.pending_alert("joe@other.example") is None
+
+
+def test_a_bounce_lists_each_failed_recipient_with_its_status(store: Store) -> None:
+    mid = store.enqueue(_outbound("c@x.org", "a@x.org", "b@x.org"), 100.0)
+    store.claim_due(100.0, 10)
+    store.record_attempt(
+        mid,
+        [
+            Update("c@x.org", State.FAILED, 0.0, "5.1.1 no such user"),
+            Update("a@x.org", State.FAILED, 0.0, None),  # no reply text was recorded
+            Update("b@x.org", State.SENT),
+        ],
+    )
+    [bounce] = store.pending_bounces(100.0, 10)
+    assert (bounce.message_id, bounce.sender, bounce.account) == (
+        mid,
+        "joe@example.com",
+        "joe@example.com",
+    )
+    assert bounce.failures == (("a@x.org", "5.0.0", "failed"), ("c@x.org", "5.1.1", "no such user"))
+    assert (bounce.created, bounce.attempts) == (100.0, 1)
+    assert bounce.head == b"Subject: q\r\n\r\nx\r\n"

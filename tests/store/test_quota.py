@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from accounts.credentials import make_credentials
 from cgpop.store.api import Copy, Mailbox, NotFound, OverQuota, Quota, Store, Stored
 
 
@@ -212,3 +213,46 @@ def test_recalc_on_a_consistent_store_corrects_nothing(store: Store) -> None:
     store.deliver(msg(1), [to(joe)])
     assert store.recalc_quota("example.com", "joe") == []
     assert store.recalc_quota("example.com") == []
+
+
+def test_usage_and_limits_read_back_for_accounts_and_domains(store: Store) -> None:
+    assert store.get_quota("example.com", "ann") == Quota(0, None, 0, None)  # nothing yet
+    assert store.get_quota("example.com", None) == Quota(0, None, 0, None)
+    joe, ann = inbox(store, "joe"), inbox(store, "ann")
+    store.deliver(msg(1), [to(joe)])
+    store.deliver(msg(2), [to(ann, "ann")])
+    used = listed_size(store, joe) + listed_size(store, ann)
+    assert store.get_quota("example.com", None) == Quota(used, None, 2, None)
+    store.set_quota("example.com", None, None, 10)
+    assert store.get_quota("example.com", None) == Quota(used, None, 2, 10)
+    with pytest.raises(NotFound, match=r"no such domain: nowhere\.test"):
+        store.get_quota("nowhere.test", None)
+    with pytest.raises(NotFound, match=r"no such domain: nowhere\.test"):
+        store.set_quota("nowhere.test", "joe", 1, 1)
+    with pytest.raises(NotFound, match=r"nobody@example\.com"):
+        store.recalc_quota("example.com", "nobody")
+
+
+def test_quotas_list_in_byte_order_of_domain_then_account(store: Store) -> None:
+    store.add_domain("a-b.test")
+    creds = make_credentials("x")
+    store.add_accounts([("a-b.test", "z", creds), ("example.com", "b.c", creds)])
+    store.add_accounts([("example.com", "b-c", creds)])
+    for domain, name in [
+        ("example.com", "joe"),
+        ("example.com", "b.c"),
+        ("a-b.test", "z"),
+        ("example.com", "b-c"),
+    ]:
+        store.set_quota(domain, name, None, 1)
+    assert [address for address, _ in store.list_quotas()] == [
+        "z@a-b.test",
+        "b-c@example.com",
+        "b.c@example.com",
+        "joe@example.com",
+    ]
+    assert [address for address, _ in store.list_quotas("EXAMPLE.com")] == [
+        "b-c@example.com",
+        "b.c@example.com",
+        "joe@example.com",
+    ]

@@ -154,3 +154,51 @@ def test_a_stores_own_sessions_are_not_other_sessions(store: Store) -> None:
     assert store.other_sessions(snap) == 0
     store.close_maildrop(second)
     store.close_maildrop(snap)
+
+
+def test_open_session_is_open_maildrop_with_the_count_and_the_alert(store: Store) -> None:
+    # Issue 11: what a login needs at open, in one call (one round trip on PostgreSQL).
+    box = inbox(store)
+    put(store, box, "one")
+    quiet = store.open_session(box, None, "joe@example.com")
+    assert list(quiet.snapshot.uids) == list(store.open_maildrop(box, None).uids)
+    assert quiet.others == 0  # its own store's sessions are not "others"
+    assert quiet.alert_pending is False
+    store.add_alert("account", "joe@example.com", "read me")
+    told = store.open_session(box, None, "JOE@example.com")
+    assert told.alert_pending is True
+    assert store.take_alert("joe@example.com") is not None
+    # The snapshot is a session like any other: it keeps what an expunge removes.
+    store.expunge(box.id, [told.snapshot.uids[0]])
+    store.collect()
+    assert b"Subject: one" in b"".join(store.read_message(told.snapshot, 0).chunks())
+    for snap in (quiet.snapshot, told.snapshot):
+        store.close_maildrop(snap)
+
+
+def test_import_in_batches_keeps_order_and_records_real_to(store: Store) -> None:
+    """Every batch its own transaction, the messages in their order, each with what
+    `real_to` read from its own header (issue 13)."""
+    box = inbox(store)
+
+    def real_to(raw: bytes) -> tuple[str | None, tuple[str, ...]]:
+        names = tuple(n.decode() for n in raw.split(b"\r\n")[0].split()[1:])
+        return ("\n".join(f"{n}@example.com" for n in names) or None), names
+
+    messages = [
+        (f"To: {who}\r\n\r\n{i}\r\n".encode(), i % 2)
+        for i, who in enumerate(["p", "p q r", "", "q", "r p"])
+    ]
+    assert store.import_messages(box, messages, batch=2, real_to=real_to) == 5
+    listed = store.list_messages(box)
+    assert [m.uid for m in listed] == [1, 2, 3, 4, 5]
+    assert [m.individuals for m in listed] == [("p",), ("p", "q", "r"), (), ("q",), ("r", "p")]
+    assert listed[1].x_real_to == "p@example.com\nq@example.com\nr@example.com"
+    assert [m.flags for m in listed] == [(), ("\\Seen",), (), ("\\Seen",), ()]
+    for name, uids in [("p", [1, 2, 5]), ("q", [2, 4]), ("r", [2, 5])]:
+        snap = store.open_maildrop(box, name)
+        store.close_maildrop(snap)
+        assert list(snap.uids) == uids
+    snap = store.open_maildrop(box, None)
+    assert b"".join(store.read_message(snap, 4).chunks()) == b"To: r p\r\n\r\n4\r\n"
+    store.close_maildrop(snap)

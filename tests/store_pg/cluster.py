@@ -27,7 +27,10 @@ DIRECT_IP = "127.0.0.5"  # a client talking to a node directly
 USER, PASSWORD = "joe@example.com", "secret"
 
 
-def node_config(name: str, dsn: str, *, proxy: bool = False, max_per_ip: int = 20) -> str:
+def node_config(
+    name: str, dsn: str, *, proxy: bool = False, max_per_ip: int = 20, extra: str = ""
+) -> str:
+    """A node's cgpop.toml; `extra`: more sections, appended as they are."""
     proxy_from = '\nproxy_from = ["127.0.0.1/32"]' if proxy else ""
     return f"""[server]
 data_dir = "data-{name}"
@@ -46,7 +49,7 @@ dsn = "{dsn}"
 node = "{name}"
 pool_size = 4
 node_timeout = 3
-"""
+{extra}"""
 
 
 class Node:

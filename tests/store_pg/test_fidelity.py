@@ -1,5 +1,6 @@
 """Issue 13's store features on PostgresStore: several individual names per message, names
-recorded at import, inherited ACLs, suspended account services."""
+recorded at import. (Inherited ACLs and suspended account services are in the contract suite,
+tests/store/test_directory.py, for every backend.)"""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from accounts.acl import parse_acl_entry
 from accounts.credentials import make_credentials
-from cgpop.store.api import Copy, StoreError
+from cgpop.store.api import Copy
 from cgpop.store.postgres import PostgresStore
 from router.table import validate_route
 from tests.store_pg.test_snapshots import count
@@ -74,29 +74,3 @@ def test_import_keeps_the_order_whatever_the_flags(store: PostgresStore) -> None
     snap = store.open_maildrop(box, None)
     first_lines = [b"".join(store.read_message(snap, i).chunks())[:10] for i in range(5)]
     assert first_lines == [f"Subject: {i}".encode() for i in range(5)]
-
-
-def test_a_new_mailbox_inherits_its_parents_acl(store: PostgresStore) -> None:
-    parent = store.add_mailbox("client1.com", "cl1", "lists")
-    store.set_acl_entry(parent, parse_acl_entry("jsmith", "lr", default_domain="client1.com"))
-    child = store.add_mailbox("client1.com", "cl1", "lists/info/daily")
-    assert [str(e) for e in store.acl_entries(child)] == ["jsmith@client1.com lr"]
-    top = store.add_mailbox("client1.com", "cl1", "other")
-    assert store.acl_entries(top) == []
-
-
-def test_services_suspended_and_resumed(store: PostgresStore) -> None:
-    before = store.directory_version()
-    store.set_services_enabled("client1.com", "jsmith", ["pop"], False)
-    assert store.directory_version() > before  # every node's login cache sees it
-    account = store.get_account("client1.com", "jsmith")
-    assert account is not None and account.disabled == frozenset({"pop"})
-    assert store.disabled_services("client1.com") == {
-        "cl1@client1.com": frozenset(),
-        "jsmith@client1.com": frozenset({"pop"}),
-    }
-    store.set_services_enabled("client1.com", "jsmith", ["pop", "xtnd"], False)
-    store.set_services_enabled("client1.com", "jsmith", ["pop"], True)
-    assert store.disabled_services()["jsmith@client1.com"] == frozenset({"xtnd"})
-    with pytest.raises(StoreError, match="unknown service"):
-        store.set_services_enabled("client1.com", "jsmith", ["imap"], False)

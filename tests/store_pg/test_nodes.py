@@ -270,3 +270,20 @@ def test_other_sessions_counts_the_accounts_sessions_on_other_nodes(open_store: 
     silence(b, 31)  # b died: its sessions no longer count
     assert a.other_sessions(mine) == 0
     a.close_maildrop(mine)
+
+
+def test_open_session_counts_other_nodes_after_registering(open_store: Open) -> None:
+    """The count open_session returns is taken after the new session's registry row
+    committed: of two logins on two nodes, the later one sees the earlier (max_per_account
+    across nodes, cgpop/login.py)."""
+    a, b = open_store("pop-a", node_timeout=30.0), open_store("pop-b", node_timeout=30.0)
+    box = joe_inbox(a)
+    first = a.open_session(box, None, "joe@example.com")
+    assert first.others == 0
+    second = b.open_session(box, None, "joe@example.com")
+    assert second.others == 1  # a's session
+    again = a.open_session(box, None, "joe@example.com")
+    assert again.others == 1  # b's; a's own two are counted by a's process
+    assert b.other_sessions(second.snapshot) == 2
+    for store, opened in ((a, first), (b, second), (a, again)):
+        store.close_maildrop(opened.snapshot)

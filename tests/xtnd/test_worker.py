@@ -198,6 +198,35 @@ def test_failed_bookkeeping_requeues_and_the_pass_goes_on(
     assert b"Final-Recipient: rfc822; perm@example.org" in dsn
 
 
+def test_attempt_unrecorded_in_an_outage_is_requeued_when_the_store_is_back(
+    world: World, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store unavailable both to record an attempt and to requeue it (a database outage
+    that began during the attempt): the recipient is not left claimed until a restart; the
+    first pass once the store answers queues it again (at-least-once)."""
+    world.put("x@example.org")
+
+    def unavailable(*args: object) -> None:
+        raise TemporaryFailure("database unavailable")
+
+    def state() -> tuple[str, int]:
+        [entry] = world.store.list_queue()
+        return entry.recipients[0].state, entry.recipients[0].attempts
+
+    async def main() -> None:
+        relay = world.worker(sink.port, retry_schedule=(3600.0,))
+        with monkeypatch.context() as m:
+            m.setattr(world.store, "record_attempt", unavailable)
+            m.setattr(world.store, "requeue", unavailable)
+            await relay.run_once()
+        assert state() == ("sending", 0)  # claimed, the outcome unrecorded
+        await relay.run_once()
+        assert state() == ("queued", 1)
+
+    run(main())
+    assert [r for m in sink.handler.messages for r in m.rcpt_tos] == ["x@example.org"]
+
+
 def _fail(store: SqliteStore, *recipients: str, world: World) -> list[int]:
     ids = [world.put(r, now=time.time() - 10) for r in recipients]
     store.claim_due(time.time(), 10)
