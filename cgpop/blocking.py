@@ -12,9 +12,11 @@ each call's time on its thread, labelled with the function's name (a set the cod
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -41,23 +43,84 @@ def operation_name(fn: Callable[..., Any]) -> str:
     return name
 
 
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # its awaiter was cancelled (a client gone)
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+class Threads:
+    """Up to `count` threads (started as work needs them) taking jobs from one queue, each job
+    answered straight into an asyncio future on its loop. What ThreadPoolExecutor and
+    run_in_executor do, without their second future, its condition variable and the chaining
+    between the two: every store call (several per POP session and per LMTP message) pays
+    that on the event loop's thread."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self.count, self.name = count, name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)  # released by a thread waiting for work
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], args: tuple[Any, ...]) -> asyncio.Future[T]:
+        if self._closed:
+            raise RuntimeError("cannot run store work after shutdown")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        if not self._idle.acquire(blocking=False) and len(self._threads) < self.count:
+            thread = threading.Thread(
+                target=self._work, name=f"{self.name}_{len(self._threads)}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn, args = job
+            del job
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the awaiter, as run_in_executor does
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            del loop, future, fn, args, result, error
+            self._idle.release()
+
+    def shutdown(self) -> None:
+        """Let the queued work finish, then stop the threads."""
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+
+
 class StoreWorkers:
     def __init__(self, readers: int = READERS, observe: Observe | None = None) -> None:
-        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="cgpop-read")
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgpop-write")
+        self._readers = Threads(readers, "cgpop-read")
+        self._writer = Threads(1, "cgpop-write")
         self._observe = observe
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on a reader thread."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._readers, self._timed(fn), *args
-        )
+        return await self._readers.submit(self._timed(fn), args)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the writer thread, after the writes submitted before it."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._timed(fn), *args
-        )
+        return await self._writer.submit(self._timed(fn), args)
 
     def _timed(self, fn: Callable[..., T]) -> Callable[..., T]:
         observe = self._observe
@@ -76,5 +139,5 @@ class StoreWorkers:
 
     def shutdown(self) -> None:
         """Wait for the work under way, then stop the threads."""
-        self._readers.shutdown(wait=True)
-        self._writer.shutdown(wait=True)
+        self._readers.shutdown()
+        self._writer.shutdown()

@@ -20,7 +20,15 @@ from cgpop.config import QuotaConfig
 from cgpop.dircache import DirectoryCache
 from cgpop.realto import HeaderRealTo
 from cgpop.spool import Octets, head_of
-from cgpop.store.api import Copy, Mailbox, OverQuota, Store, Stored, StoreError
+from cgpop.store.api import (
+    Copy,
+    Mailbox,
+    OverQuota,
+    Store,
+    Stored,
+    StoreError,
+    TemporaryFailure,
+)
 from router.resolve import resolve_recipient
 from router.route import Route, RouteError
 
@@ -96,6 +104,10 @@ class Prepared:
         return [r for r in self.results if r is not None]
 
 
+# A delivery not yet resolved: (sender, recipients, message, checked) as `prepare` takes them.
+Job = tuple[str, Sequence[str], Octets, bool]
+
+
 class Deliverer:
     def __init__(
         self,
@@ -155,7 +167,7 @@ class Deliverer:
 
     def deliver_many(self, jobs: Sequence[tuple[str, Sequence[str], Octets]]) -> list[list[Result]]:
         """Deliver several messages (sender, recipients, octets), committed together."""
-        return self.commit(
+        return self.store_prepared(
             [self.prepare(sender, rcpts, message) for sender, rcpts, message in jobs]
         )
 
@@ -215,7 +227,34 @@ class Deliverer:
             results.append(None)
         return Prepared(tuple(recipients), results, copies, message)
 
-    def commit(self, batch: Sequence[Prepared]) -> list[list[Result]]:
+    def commit(self, batch: Sequence[Prepared | Job]) -> list[list[Result]]:
+        """The group commit's batch (cgpop/groupcommit.py; `cgpop_store_seconds{operation=
+        "commit"}`): resolve the jobs not yet prepared here, on the writer thread, so an LMTP
+        message costs one worker-thread hop for its recipients and its storing instead of
+        two; then store those with copies together."""
+        ready: list[Prepared | list[Result]] = []
+        for item in batch:
+            if isinstance(item, Prepared):
+                ready.append(item)
+                continue
+            sender, recipients, message, checked = item
+            try:
+                ready.append(self.prepare(sender, recipients, message, checked))
+            except Exception as exc:
+                # As a failed delivery: 451 for each recipient (the MTA retries), the others
+                # of the batch go on; a store that cannot be used now is no bug (no traceback).
+                if isinstance(exc, TemporaryFailure):
+                    log.warning("delivery failed: recipients not resolved: %s", exc)
+                else:
+                    log.exception("delivery failed: recipients not resolved")
+                ready.append([Result(rcpt, Status.TEMPORARY) for rcpt in recipients])
+        to_store = [p for p in ready if isinstance(p, Prepared) and p.copies]
+        stored = iter(self.store_prepared(to_store) if to_store else [])
+        return [
+            p if isinstance(p, list) else next(stored) if p.copies else p.refused() for p in ready
+        ]
+
+    def store_prepared(self, batch: Sequence[Prepared]) -> list[list[Result]]:
         """Store prepared deliveries in one transaction when possible; if the joint commit
         fails, each is tried alone so one bad message cannot fail the others."""
         items = [(p.message, p.copies) for p in batch]

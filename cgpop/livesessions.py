@@ -5,7 +5,9 @@ the one serving it; and the telemetry flags, seen by every process.
 
 Cost on the hot path: a login only queues its row and a close its removal; one task writes
 what is queued in one store transaction on the writer thread (as the group commit does), so
-a login never waits for the registry. `state` and `sent_bytes` are not written as they change:
+a login never waits for the registry. That task starts WRITE_DELAY after the first row is
+queued: a session that ends sooner (most POP sessions do) costs the store nothing, and the
+rows of many logins share one transaction. `state` and `sent_bytes` are not written as they change:
 every session's current values are flushed at the housekeeping sweep (cgpop/sweeper.py, every
 SWEEP_INTERVAL seconds), and the row goes at close, so a listing is at most one sweep old for
 those two fields and exact for the rest.
@@ -32,6 +34,9 @@ log = logging.getLogger("cgpop")
 # How soon a kill request or a telemetry change reaches this process (the bound of
 # about a second).
 POLL_INTERVAL = 1.0
+# How late a login's row may be listed (well within the poll's second): rows queued within
+# this time are written together, and a session shorter than this is never written at all.
+WRITE_DELAY = 0.5
 # After a failed write, the sweeps that write every row again: two, because the first may come
 # before this node's heartbeat has told the others it is alive again (then its rows can be
 # removed once more, with the node); by the second, one heartbeat (node_timeout / 3) has gone.
@@ -56,6 +61,7 @@ class LiveRegistry:
         self._opened: dict[str, LiveSession] = {}
         self._closed: list[str] = []
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._version: int | None = None
         # Sweeps that still write every session's row again, after a failed write.
         self._resync = 0
@@ -76,6 +82,11 @@ class LiveRegistry:
             self._write_soon()
 
     def _write_soon(self) -> None:
+        if self._task is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(WRITE_DELAY, self._start_write)
+
+    def _start_write(self) -> None:
+        self._timer = None
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._write_queued())
 

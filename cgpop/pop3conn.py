@@ -80,12 +80,13 @@ class ServerState:
 def session_policy(
     config: Config, sasl_config: sasl.SaslConfig, *, stls: bool, xtnd: bool
 ) -> Callable[[bool, str], Policy]:
-    """(TLS active, peer address) -> what the session allows."""
+    """(TLS active, peer address) -> what the session allows. Without APOP (whose banner is
+    per connection) the Policy depends only on (TLS, secure): built once for each and shared,
+    not rebuilt per connection."""
     c = config
+    built: dict[tuple[bool, bool], Policy] = {}
 
-    def policy(tls: bool, peer_ip: str) -> Policy:
-        ip = streams.peer_address(peer_ip)
-        secure = tls or (ip is not None and ip.is_loopback)
+    def build(tls: bool, secure: bool) -> Policy:
         always = c.pop3.plaintext_auth == "always"
         return Policy(
             hostname=c.server.hostname,
@@ -105,6 +106,16 @@ def session_policy(
             max_auth_failures=c.pop3.max_auth_failures,
             sasl_config=sasl_config,
         )
+
+    def policy(tls: bool, peer_ip: str) -> Policy:
+        ip = streams.peer_address(peer_ip)
+        secure = tls or (ip is not None and ip.is_loopback)
+        if c.pop3.apop:
+            return build(tls, secure)
+        found = built.get((tls, secure))
+        if found is None:
+            found = built[(tls, secure)] = build(tls, secure)
+        return found
 
     return policy
 

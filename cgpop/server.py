@@ -17,7 +17,7 @@ from cgpop import sasl, sdnotify, tlsconf
 from cgpop.auth import Authenticator
 from cgpop.blocking import StoreWorkers
 from cgpop.config import Config, Endpoint
-from cgpop.delivery import Deliverer, Prepared, Result, Status
+from cgpop.delivery import Deliverer, Job, Prepared, Result, Status
 from cgpop.errors import Pop3Error
 from cgpop.groupcommit import GroupCommit, advisory
 from cgpop.livesessions import LiveRegistry
@@ -27,8 +27,9 @@ from cgpop.metrics_http import MetricsEndpoint, gateway_scrape, store_health
 from cgpop.penalty import Penalty, PenaltyPolicy
 from cgpop.pop3conn import READ_SIZE, Handler, Pop3Connections, ServerState, session_policy
 from cgpop.prefork import Role, listen_key
+from cgpop.rcptcache import AcceptedRecipients
 from cgpop.reload import reload_config
-from cgpop.runner import Services, SubmitFn
+from cgpop.runner import SEEN_LINGER, Services, SubmitFn
 from cgpop.saltkey import fake_salt_key
 from cgpop.spool import Octets
 from cgpop.store.factory import open_store
@@ -65,15 +66,21 @@ class Gateway:
             real_to_header=config.pop3.real_to_header,
             quota=config.quota,
         )
-        # RETR sets \\Seen at once; many sessions' flag updates share one transaction.
+        # RETR sets \\Seen within SEEN_LINGER (and at once when its session ends); many
+        # sessions' flag updates share one transaction.
         self.seen: GroupCommit[tuple[int, int], None] = GroupCommit(
-            lambda items: self.workers.write(advisory(self.store.mark_seen, r"\Seen"), items)
+            lambda items: self.workers.write(advisory(self.store.mark_seen, r"\Seen"), items),
+            linger=SEEN_LINGER,
         )
         # LMTP group commit: concurrent deliveries share one transaction and fsync; each
-        # sender still gets its reply only once its message is durable.
-        self.delivery: GroupCommit[Prepared, list[Result]] = GroupCommit(
-            lambda batch: self.workers.write(self.deliverer.commit, batch), max_batch=64
+        # sender still gets its reply only once its message is durable. Recipients are
+        # resolved in the same writer-thread hop (Deliverer.commit).
+        self.delivery: GroupCommit[Prepared | Job, list[Result]] = GroupCommit(
+            lambda batch: self.workers.write(self.deliverer.commit, batch),
+            max_batch=64,
         )
+        # LMTP RCPT: recent acceptances reused (DATA resolves every recipient again).
+        self.accepted = AcceptedRecipients(lambda r: self.workers.read(self.deliverer.check, r))
         self.caps = SessionCaps(
             config.pop3.max_per_ip, config.pop3.max_per_account, counts=role.counts
         )
@@ -128,19 +135,14 @@ class Gateway:
         )
 
     async def check_recipient(self, recipient: str) -> Status | None:
-        return await self.workers.read(self.deliverer.check, recipient)
+        return await self.accepted.check(recipient)
 
     async def deliver(
         self, sender: str, recipients: Sequence[str], message: Octets, checked: bool = False
     ) -> list[Result]:
-        """Local delivery: recipients resolved in a reader thread (`checked`: at LMTP RCPT),
-        then the group commit."""
-        prepared = await self.workers.read(
-            self.deliverer.prepare, sender, recipients, message, checked
-        )
-        if not prepared.copies:
-            return prepared.refused()
-        return await self.delivery.submit(prepared)
+        """Local delivery: recipients resolved (`checked`: as LMTP RCPT just saw them) and the
+        message stored by the group commit."""
+        return await self.delivery.submit((sender, tuple(recipients), message, checked))
 
     def services(self) -> Services:
         count = self.metrics.count_submission
@@ -151,7 +153,8 @@ class Gateway:
             write=self.workers.write,
             read_messages=self.store.read_messages,
             expunge=self.store.expunge,
-            mark_seen=self.seen.submit,
+            mark_seen=self.seen.add,
+            seen_now=self.seen.hurry,
             submit=submit,
             collect_soon=self.sweeper.collect_soon,
             tls=self.tls,

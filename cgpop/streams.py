@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -26,6 +27,7 @@ BAD_PROXY = Pop3Error("PROXY protocol header expected").reply()
 PROXY_TIMEOUT = 10.0
 
 
+@functools.lru_cache(maxsize=4096)  # a few calls per connection, from few distinct peers
 def peer_address(peer_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The peer as an address, IPv4-mapped IPv6 unwrapped (a dual-stack listener reports
     127.0.0.1 as ::ffff:127.0.0.1); None for what is not an IP address."""

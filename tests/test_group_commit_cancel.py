@@ -45,3 +45,55 @@ def test_a_cancelled_submitter_does_not_strand_its_batch(fails: bool) -> None:
                 await asyncio.wait_for(third, 10)
 
     asyncio.run(scenario())
+
+
+def test_linger_gathers_items_until_hurried() -> None:
+    """A lingering batch (the \\Seen group commit) takes every item submitted while it waits,
+    and hurry() writes it at once."""
+    batches: list[list[int]] = []
+
+    async def write(items: list[int]) -> list[int]:
+        batches.append(items)
+        return items
+
+    async def scenario() -> None:
+        commit: GroupCommit[int, int] = GroupCommit(write, linger=3600.0)
+        futures = [commit.submit(1), commit.submit(2)]
+        await asyncio.sleep(0)
+        futures.append(commit.submit(3))  # while the batch lingers
+        await asyncio.sleep(0)
+        assert batches == []
+        commit.hurry()
+        assert await asyncio.wait_for(asyncio.gather(*futures), 10) == [1, 2, 3]
+        assert batches == [[1, 2, 3]]
+        await commit.drain()
+
+    asyncio.run(scenario())
+
+
+def test_added_items_join_batches_without_futures() -> None:
+    """`add` (no one waits, as for \\Seen): written in the same batches as submitted items,
+    and a failed batch still answers its submitters and leaves the loop running."""
+    batches: list[list[int]] = []
+
+    async def write(items: list[int]) -> list[int]:
+        batches.append(items)
+        if 0 in items:
+            raise OSError("disk full")
+        return items
+
+    async def scenario() -> None:
+        commit: GroupCommit[int, int] = GroupCommit(write)
+        commit.add(1)
+        waited = commit.submit(2)
+        commit.add(3)
+        assert await asyncio.wait_for(waited, 10) == 2
+        commit.add(0)
+        failed = commit.submit(4)
+        with pytest.raises(OSError, match="disk full"):
+            await asyncio.wait_for(failed, 10)
+        commit.add(5)
+        await commit.drain()
+
+    asyncio.run(scenario())
+    assert batches == [[1, 2, 3], [0, 4], [5]]

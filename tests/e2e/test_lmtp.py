@@ -144,3 +144,15 @@ def test_duplicate_suppressed(server: LiveServer, lmtp: smtplib.LMTP) -> None:
     # Mail without the same Message-ID is not suppressed.
     server.deliver("joe@example.com", message("dup", message_id="<other@remote.test>"))
     assert len(uids(server)) == 2
+
+
+def test_addresses_parsed_alike_when_repeated(server: LiveServer, lmtp: smtplib.LMTP) -> None:
+    """MAIL and RCPT arguments are parsed once and remembered (cgpop/lmtp.py): a repeated
+    malformed address is refused every time, a repeated good one accepted every time."""
+    lmtp.ehlo("client.test")
+    for _ in range(2):
+        assert lmtp.docmd("MAIL FROM:<bad@@remote.test>")[0] == 553
+        assert lmtp.mail("sender@remote.test")[0] == 250
+        assert lmtp.docmd("RCPT TO:<ann@@example.com>")[0] == 553
+        assert lmtp.docmd("RCPT TO:<ann@example.com>")[0] == 250
+        assert lmtp.rset()[0] == 250

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import poplib
 
 import pytest
@@ -181,6 +182,23 @@ def test_retr_sets_seen_top_does_not(server: LiveServer, three: list[bytes]) -> 
     assert flags(server, 1) == 0
     assert flags(server, 2) == SEEN
     assert flags(server, 3) == 0
+
+
+def test_pipelined_retrs_all_seen_while_session_is_open(
+    server: LiveServer, three: list[bytes]
+) -> None:
+    """The marks of a pipelined burst go to the \\Seen group commit together, as their replies
+    are written: by the time the replies arrive every one is on its way to the store (stored
+    once the lingering batch is written), with the session still open."""
+    with Raw(server) as raw:
+        assert raw.login().startswith(b"+OK")
+        raw.send(b"RETR 1\r\nRETR 3\r\n")
+        for _ in range(2):
+            assert raw.line().startswith(b"+OK")
+            raw.multi()
+        assert raw.cmd("NOOP").startswith(b"+OK")
+        asyncio.run_coroutine_threadsafe(server.gateway.seen.drain(), server.loop).result(30)
+        assert [flags(server, uid) for uid in (1, 2, 3)] == [SEEN, 0, SEEN]
 
 
 def test_message_without_final_crlf(server: LiveServer) -> None:

@@ -83,11 +83,13 @@ class _PortZeroController(Controller):
             # connection_made, scheduled with call_soon: let those callbacks run, then close.
             assert isinstance(self.server, asyncio.Server)
             self.server.close()
-            for _ in range(3):
+            # Several turns of the loop, closing at each: a session whose connection_made had
+            # not run yet at the first sweep (its transport still None) is closed at a later one.
+            for _ in range(10):
                 await asyncio.sleep(0)
-            for smtp in self.sessions:
-                if smtp.transport is not None:
-                    smtp.transport.close()
+                for smtp in self.sessions:
+                    if smtp.transport is not None and not smtp.transport.is_closing():
+                        smtp.transport.close()
             for _ in range(3):
                 await asyncio.sleep(0)  # connection_lost, which closes the socket, runs next
 
