@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from bench.dataset import MAIL_GID, MAIL_UID, Dataset, User, chown_tree, write_maildir
-from bench.servers import Endpoints, RunningServer, free_port, wait_for_greeting
+from bench.servers import Endpoints, RunningServer, apt_install, free_port, wait_for_greeting
 
 PACKAGES = ["dovecot-core", "dovecot-pop3d", "dovecot-lmtpd"]
 
@@ -54,9 +54,6 @@ PLAIN_SETTINGS: dict[str, str] = {
     "passdb": "passwd-file with {PLAIN} passwords (scheme=PLAIN): no KDF at login",
 }
 PLAIN_WORKLOADS = frozenset({"sessions", "pipelined", "tls", "tls-resume"})
-# Debian's maintainer scripts start the system's Dovecot unless policy-rc.d says no (101):
-# the bench starts its own instances and must not leave a system one running.
-POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 
 def ensure_installed() -> str:
@@ -66,19 +63,7 @@ def ensure_installed() -> str:
         or not Path("/usr/lib/dovecot/pop3").exists()
         or not Path("/usr/lib/dovecot/lmtp").exists()
     ):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        ours = not POLICY_RC_D.exists()
-        if ours:
-            POLICY_RC_D.write_text(
-                "#!/bin/sh\n# written by cgpop's bench while installing\nexit 101\n"
-            )
-            POLICY_RC_D.chmod(0o755)
-        try:
-            subprocess.run(["apt-get", "update"], check=True, env=env)
-            subprocess.run(["apt-get", "install", "-y", *PACKAGES], check=True, env=env)
-        finally:
-            if ours:
-                POLICY_RC_D.unlink()
+        apt_install(PACKAGES)
     out = subprocess.run(["dovecot", "--version"], check=True, capture_output=True, text=True)
     return out.stdout.strip()
 

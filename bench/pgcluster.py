@@ -17,7 +17,6 @@ and HAProxy.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -25,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import cgpop_side, pgwire
-from bench.servers import Endpoints, RunningServer, free_port, tail, wait_for_greeting
+from bench.servers import (
+    Endpoints,
+    RunningServer,
+    apt_install,
+    free_port,
+    tail,
+    wait_for_greeting,
+)
 
 PACKAGES = ["postgresql", "haproxy"]
 PG = "cgpop-pg"
@@ -106,19 +112,7 @@ def ensure_installed() -> None:
     except RuntimeError:
         missing = True
     if missing:
-        from bench.dovecot import POLICY_RC_D
-
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        ours = not POLICY_RC_D.exists()
-        if ours:  # the bench starts its own instances, not the system's
-            POLICY_RC_D.write_text("#!/bin/sh\n# written by cgpop's bench\nexit 101\n")
-            POLICY_RC_D.chmod(0o755)
-        try:
-            subprocess.run(["apt-get", "update"], check=True, env=env)
-            subprocess.run(["apt-get", "install", "-y", *PACKAGES], check=True, env=env)
-        finally:
-            if ours:
-                POLICY_RC_D.unlink()
+        apt_install(PACKAGES)
 
 
 class Database:

@@ -83,3 +83,23 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return f"(no log at {path})"
+
+
+# Debian's maintainer scripts start a package's system service unless policy-rc.d says no
+# (101): the bench starts its own instances and must not leave a system one running.
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+
+
+def apt_install(packages: tuple[str, ...] | list[str]) -> None:
+    """Install Debian packages non-interactively, starting none of their services."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    ours = not POLICY_RC_D.exists()
+    if ours:
+        POLICY_RC_D.write_text("#!/bin/sh\n# written by cgpop's bench while installing\nexit 101\n")
+        POLICY_RC_D.chmod(0o755)
+    try:
+        subprocess.run(["apt-get", "update"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", *packages], check=True, env=env)
+    finally:
+        if ours:
+            POLICY_RC_D.unlink()

@@ -55,7 +55,19 @@ class Raw:
     """A POP3 connection at the byte level, for input no client library would send."""
 
     def __init__(self, server: LiveServer) -> None:
-        self.sock = socket.create_connection((server.host, server.port("pop3")), TIMEOUT)
+        self._open(server.port("pop3"), None)
+
+    @classmethod
+    def at(cls, port: int, source: str | None = None) -> Raw:
+        """A connection to a server on 127.0.0.1 that is not a LiveServer (a `cgpop serve`
+        process), from `source` when given (a 127.0.0.x address)."""
+        raw = cls.__new__(cls)
+        raw._open(port, source)
+        return raw
+
+    def _open(self, port: int, source: str | None) -> None:
+        where = None if source is None else (source, 0)
+        self.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT, where)
         self.file = self.sock.makefile("rb")
         self.greeting = self.line()
 

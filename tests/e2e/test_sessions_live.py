@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -236,10 +235,7 @@ def test_separate_serving_processes_share_one_sqlite_registry(tmp_path: Path) ->
     try:
         clients = []
         for _, ports in procs:
-            raw = Raw.__new__(Raw)
-            raw.sock = socket.create_connection(("127.0.0.1", ports["POP3"]), TIMEOUT)
-            raw.file = raw.sock.makefile("rb")
-            raw.greeting = raw.line()
+            raw = Raw.at(ports["POP3"])
             assert raw.login().startswith(b"+OK")
             clients.append(raw)
         rows = until(lambda: len(ok := cli_json(conf, "sessions")) == 2 and ok)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import re
 import smtplib
-import socket
 import threading
 import time
 import urllib.error
@@ -28,6 +27,7 @@ import pytest
 from cgpop.store.pg_base import POOL_WAIT
 from cgpop.sweeper import SWEEP_INTERVAL
 from tests.conftest import message
+from tests.e2e.helpers import Raw
 from tests.pg import PgServer, private_postgres
 from tests.store_pg.cluster import DIRECT_IP, PASSWORD, TIMEOUT, USER, Node, pop
 from tests.xtnd.conftest import Sink, SinkHandler, _start
@@ -42,40 +42,11 @@ R = TypeVar("R")
 METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'
 
 
-class Raw:
-    """A POP3 connection at the byte level: every reply line exactly as sent."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT, (DIRECT_IP, 0))
-        self.file = self.sock.makefile("rb")
-        assert self.line().startswith(b"+OK")
-
-    def line(self) -> bytes:
-        got = self.file.readline(100_000)
-        if not got:
-            raise EOFError("server closed the connection")
-        return got
-
-    def cmd(self, text: str) -> bytes:
-        self.sock.sendall(text.encode() + b"\r\n")
-        return self.line()
-
-    def multi(self) -> list[bytes]:
-        lines = []
-        while (got := self.line()) != b".\r\n":
-            lines.append(got)
-        return lines
-
-    def login(self) -> bytes:
-        assert self.cmd(f"USER {USER}").startswith(b"+OK")
-        return self.cmd(f"PASS {PASSWORD}")
-
-    def at_eof(self) -> bool:
-        return self.file.read(1) == b""
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+def raw_at(port: int) -> Raw:
+    """A byte-level POP3 connection from the direct client address, greeted."""
+    raw = Raw.at(port, DIRECT_IP)
+    assert raw.greeting.startswith(b"+OK")
+    return raw
 
 
 def timed(what: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -130,7 +101,7 @@ def metrics_port(node: Node) -> int:
 
 def login(port: int) -> bytes:
     """A new session's USER/PASS: its reply (b"+OK" when logged in), then QUIT."""
-    raw = Raw(port)
+    raw = raw_at(port)
     try:
         assert raw.cmd(f"USER {USER}").startswith(b"+OK")
         reply = raw.cmd(f"PASS {PASSWORD}")
@@ -195,7 +166,7 @@ def test_outage_answers_temporary_failures_and_service_resumes(
     port, web = node.ports["POP3"], metrics_port(node)
     pid = node.proc.pid
     assert healthz(web) == (200, "ok\n")
-    survivor, quitter = Raw(port), Raw(port)  # logged in before the outage
+    survivor, quitter = raw_at(port), raw_at(port)  # logged in before the outage
     raws += [survivor, quitter]
     for raw in (survivor, quitter):
         assert raw.login().startswith(b"+OK")
@@ -209,7 +180,7 @@ def test_outage_answers_temporary_failures_and_service_resumes(
     stopped = time.monotonic()
     try:
         # New logins: USER/PASS and AUTH PLAIN, a clear temporary failure, in time.
-        fresh = Raw(port)
+        fresh = raw_at(port)
         raws.append(fresh)
         assert fresh.cmd(f"USER {USER}").startswith(b"+OK")
         reply = timed("PASS", fresh.cmd, f"PASS {PASSWORD}")
