@@ -87,8 +87,9 @@ class Role:
     serves_metrics: bool = True
 
 
-def _bind(ep: Endpoint) -> list[socket.socket]:
-    """Listening sockets for `ep`, one per address it resolves to (as asyncio.start_server)."""
+def _bind(ep: Endpoint, reuse_port: bool = False) -> list[socket.socket]:
+    """Listening sockets for `ep`, one per address it resolves to (as asyncio.start_server);
+    with `reuse_port`, SO_REUSEPORT, so that several sets can be bound to the same port."""
     infos = socket.getaddrinfo(
         ep.host or None, ep.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -98,6 +99,8 @@ def _bind(ep: Endpoint) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
@@ -110,33 +113,69 @@ def _bind(ep: Endpoint) -> list[socket.socket]:
     return sockets
 
 
+def _bind_each(ep: Endpoint, count: int) -> list[list[socket.socket]]:
+    """`count` sets of listening sockets on `ep`'s port, one set per worker, bound with
+    SO_REUSEPORT: the kernel spreads new connections evenly over them by their addresses
+    (socket(7)). One socket shared by every worker is not even: whichever worker wakes first
+    takes a burst, and a worker that reaches its open-files limit then refuses what others
+    could serve. Port 0 is resolved by the first set; the others bind to that port."""
+    first = _bind(ep, reuse_port=True)
+    port = first[0].getsockname()[1] if ep.port == 0 else ep.port
+    groups = [first]
+    try:
+        for _ in range(count - 1):
+            groups.append(_bind(Endpoint(ep.host, port), reuse_port=True))
+    except OSError:
+        for group in groups:
+            for sock in group:
+                sock.close()
+        raise
+    return groups
+
+
+def _distinct(opened: list[dict[str, list[socket.socket]]]) -> list[list[socket.socket]]:
+    """Each socket group once (shared groups appear under every worker)."""
+    seen: dict[int, list[socket.socket]] = {}
+    for mine in opened:
+        for group in mine.values():
+            seen.setdefault(id(group), group)
+    return list(seen.values())
+
+
 def open_listeners(
-    config: Config, unix_files: list[UnixSocketFile]
-) -> dict[str, list[socket.socket]]:
-    """Every listener of the configuration, opened once in the parent; the unix socket files
-    made are added to `unix_files`."""
+    config: Config, unix_files: list[UnixSocketFile], workers: int = 1
+) -> list[dict[str, list[socket.socket]]]:
+    """Every listener of the configuration, opened once in the parent: per worker, its
+    sockets by listen key. POP3, POP3S and LMTP over TCP get a set per worker (`_bind_each`);
+    unix sockets and the metrics listener (served by worker 0) are one, shared. The unix socket
+    files made are added to `unix_files`."""
     wanted = [
         *(("pop3", ep) for ep in config.pop3.listen),
         *(("pop3s", ep) for ep in config.pop3.tls_listen),
         *(("lmtp", ep) for ep in config.lmtp.listen),
         *(() if config.metrics.listen is None else [("metrics", config.metrics.listen)]),
     ]
-    opened: dict[str, list[socket.socket]] = {}
+    opened: list[dict[str, list[socket.socket]]] = [{} for _ in range(workers)]
     try:
         for kind, ep in wanted:
+            key = listen_key(kind, ep)
             try:
                 if isinstance(ep, UnixSocket):
                     # The parent owns the file: made here, removed when the server stops.
                     file = UnixSocketFile(ep.path, SOCKET_MODE)
                     file.sock.listen(BACKLOG)
                     unix_files.append(file)
-                    opened[listen_key(kind, ep)] = [file.sock]
-                    continue
-                opened[listen_key(kind, ep)] = _bind(ep)
+                    groups = [[file.sock]] * workers
+                elif kind == "metrics" or workers == 1:
+                    groups = [_bind(ep)] * workers
+                else:
+                    groups = _bind_each(ep, workers)
             except OSError as exc:
                 raise OSError(f"cannot listen on {ep} for {kind}: {exc.strerror}") from None
+            for mine, group in zip(opened, groups, strict=True):
+                mine[key] = group
     except OSError:
-        for sockets in opened.values():
+        for sockets in _distinct(opened):
             for sock in sockets:
                 sock.close()
         raise
@@ -170,7 +209,7 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
     open_store(config).close()
     fake_salt_key(config)  # made once here, not raced for by the workers' first starts
     unix_files: list[UnixSocketFile] = []
-    sockets = open_listeners(config, unix_files)
+    sockets = open_listeners(config, unix_files, count)
     counters = ServerCounters(count)
     holds = SnapshotHolds(count)
     penalties = SharedBook()
@@ -196,7 +235,7 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
             index=index,
             counts=mine,
             holds=holds.slot(index),
-            sockets=sockets,
+            sockets=sockets[index],
             relay=index == 0,
             penalties=penalties,
             make_metrics=Metrics
@@ -223,7 +262,7 @@ def run_workers(config: Config, serve: Callable[[Role], int]) -> int:
         return supervisor.run()
     finally:
         notifier.close()
-        for group in sockets.values():
+        for group in _distinct(sockets):
             for sock in group:
                 with contextlib.suppress(OSError):
                     sock.close()

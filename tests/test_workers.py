@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from cgpop import config as configmod
+from cgpop.prefork import listen_key, open_listeners
+from cgpop.streams import UnixSocketFile
 from cgpop.workers import worker_count
 
 # A worker answers each connection with its pid, after a short blocking pause so that the
@@ -236,3 +239,43 @@ def test_a_reaped_worker_is_reported() -> None:
     finally:
         os.close(sup._ready_r)
         os.close(sup._ready_w)
+
+
+def test_each_worker_gets_its_own_listeners_on_one_port(tmp_path: Path) -> None:
+    """POP3 and LMTP over TCP: one socket per worker, SO_REUSEPORT, all on the port the first
+    resolved from port 0 (the kernel then spreads connections evenly); the metrics listener
+    and unix sockets are one, shared."""
+
+    cfg = configmod.from_dict(
+        {
+            "server": {"data_dir": str(tmp_path / "data")},
+            "pop3": {"listen": ["127.0.0.1:0"]},
+            "lmtp": {"listen": ["127.0.0.1:0", f"unix:{tmp_path / 'lmtp.sock'}"]},
+            "metrics": {"listen": "127.0.0.1:0"},
+        },
+        source="<test>",
+    )
+    files: list[UnixSocketFile] = []
+    per_worker = open_listeners(cfg, files, 3)
+    try:
+        assert len(per_worker) == 3
+        for kind in ("pop3", "lmtp"):
+            key = listen_key(kind, cfg.pop3.listen[0] if kind == "pop3" else cfg.lmtp.listen[0])
+            socks = [mine[key][0] for mine in per_worker]
+            assert len({s.fileno() for s in socks}) == 3
+            assert len({s.getsockname() for s in socks}) == 1
+            assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in socks)
+        unix_key = listen_key("lmtp", cfg.lmtp.listen[1])
+        metrics_key = listen_key("metrics", cfg.metrics.listen)
+        for key in (unix_key, metrics_key):
+            assert len({mine[key][0].fileno() for mine in per_worker}) == 1
+    finally:
+        seen: set[int] = set()
+        for mine in per_worker:
+            for group in mine.values():
+                for sock in group:
+                    if id(sock) not in seen:
+                        seen.add(id(sock))
+                        sock.close()
+        for file in files:
+            file.remove()
