@@ -111,6 +111,15 @@ def login(port: int) -> bytes:
         raw.close()
 
 
+def wait_for_service(port: int) -> None:
+    """Once the database is back, logins succeed again within the bound, with no restart of
+    the node; until then a login gets the same temporary failure as during the outage."""
+    back = time.monotonic()
+    while (reply := login(port)) != b"+OK":
+        assert reply == TEMP, reply
+        assert time.monotonic() - back < BOUND, "service did not resume"
+
+
 def sasl_plain(raw: Raw) -> bytes:
     token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
     return raw.cmd(f"AUTH PLAIN {token}")
@@ -235,10 +244,7 @@ def test_outage_answers_temporary_failures_and_service_resumes(
 
     # Back: service resumes without a restart of the node, within the bound; until then a
     # login gets the same temporary failure as during the outage, nothing else.
-    back = time.monotonic()
-    while (reply := login(port)) != b"+OK":
-        assert reply == TEMP, reply
-        assert time.monotonic() - back < BOUND, "service did not resume"
+    wait_for_service(port)
     client = pop(port)
     assert client.stat()[0] == 2
     assert b"Subject: one" in client.retr(1)[1]
@@ -314,10 +320,7 @@ def test_outage_during_a_delivery_is_never_acknowledged(db: PgServer, node: Node
         lmtp.close()
         if not db.running():
             db.start(same_port=True)
-    back = time.monotonic()
-    while (reply := login(port)) != b"+OK":
-        assert reply == TEMP, reply
-        assert time.monotonic() - back < BOUND, "service did not resume"
+    wait_for_service(port)
     client = pop(port)
     assert client.stat()[0] == 0  # nothing was acknowledged, and nothing was stored
     client.quit()
