@@ -2,11 +2,12 @@
 without a worker-thread hop to the store.
 
 RCPT is only the early answer (RFC 2033 section 4.2: refusing there lets the MTA bounce at
-once); DATA resolves every recipient again in the group commit (cgpop/delivery.py
-`Deliverer.commit`) and answers for each one. So remembering an acceptance for TTL seconds
-changes nothing that is stored: a recipient removed within that time is refused at DATA (550
-for it, as at RCPT) instead of at RCPT. Refusals are never remembered, so a new account or a
-new `anyone p` right is accepted at once.
+once). DATA delivers each recipient to the target the last store check saw (cgpop/delivery.py
+`Deliverer.prepare`, `checked`), without reading the directory version again. Together: a
+directory change reaches LMTP within TTL seconds plus one transaction. A mailbox removed
+meanwhile still fails in the store (451 for that recipient, the MTA retries); a route or right
+removed meanwhile still delivers where it pointed until then. Refusals are never remembered,
+so a new account or a new `anyone p` right is accepted at once.
 """
 
 from __future__ import annotations

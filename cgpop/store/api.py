@@ -792,6 +792,13 @@ class LiveSession:
             float(r[7]), int(r[8]), bool(r[9]),
         )  # fmt: skip
 
+    def row(self) -> tuple[str, str, str, str, str, str, str, float, int, bool]:
+        """Its columns in field order, as `from_row` reads them back."""
+        return (
+            self.id, self.node, self.peer, self.login, self.account, self.mailbox, self.state,
+            self.since, self.sent_bytes, self.tls,
+        )  # fmt: skip
+
 
 class LiveSessions(Protocol):
     """The registry of open POP sessions of every serving process (and, on PostgreSQL, every

@@ -55,22 +55,7 @@ class PgLive(PgDatabase):
                     "mailbox, state, since, sent_bytes, tls) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (id) DO NOTHING",
-                    [
-                        (
-                            instance,
-                            s.id,
-                            s.node,
-                            s.peer,
-                            s.login,
-                            s.account,
-                            s.mailbox,
-                            s.state,
-                            s.since,
-                            s.sent_bytes,
-                            s.tls,
-                        )
-                        for s in opened
-                    ],
+                    [(instance, *s.row()) for s in opened],
                 )
             if progress:
                 cur.execute(

@@ -89,22 +89,7 @@ class SqliteLive(SqliteDatabase):
             conn.executemany(
                 f"INSERT OR REPLACE INTO live_sessions(owner, {_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        owner,
-                        s.id,
-                        s.node,
-                        s.peer,
-                        s.login,
-                        s.account,
-                        s.mailbox,
-                        s.state,
-                        s.since,
-                        s.sent_bytes,
-                        int(s.tls),
-                    )
-                    for s in opened
-                ],
+                [(owner, *s.row()) for s in opened],
             )
             conn.executemany(
                 "UPDATE live_sessions SET state = ?, sent_bytes = ? WHERE id = ?",
